@@ -1,0 +1,206 @@
+"""One table of CompressAI coders and one way to load them.
+
+The table mirrors ``compressai.zoo.image.cfgs`` but is keyed by what users type
+and says what the store needs to know: the zoo function, the valid qualities,
+the latent channel count per quality, and whether the coder is autoregressive
+(its ŷ is ``round(y - μ) + μ`` decoded serially, see docs/FORMAT.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from compressai import zoo
+from compressai.models import (
+    Cheng2020Anchor,
+    Cheng2020Attention,
+    FactorizedPrior,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from compressai.zoo.image import model_urls
+from compressai.zoo.pretrained import load_pretrained
+
+from .errors import ConfigError, WeightsError
+
+
+@dataclass(frozen=True)
+class CoderSpec:
+    name: str               # compressai.zoo name, e.g. "cheng2020-anchor"
+    model_class: type       # the exact class the zoo builds (checked with `type(m) is`)
+    channels: dict          # quality -> latent channels M of y
+    # How ŷ relates to the coded symbols (METHOD §2):
+    #   "round":   ŷ = round(y), symbols = round(y) (after the EntropyBottleneck's medians)
+    #   "mean":    ŷ = round(y - μ) + μ, μ from the hyperprior
+    #   "context": as "mean", μ also from the causal context of decoded ŷ (serial)
+    latent_kind: str
+
+    @property
+    def qualities(self) -> tuple:
+        return tuple(sorted(self.channels))
+
+    @property
+    def zoo_fn(self):
+        return getattr(zoo, self.name.replace("-", "_"))
+
+    @property
+    def has_hyperprior(self) -> bool:
+        return self.model_class is not FactorizedPrior
+
+
+CODERS = {
+    spec.name: spec
+    for spec in (
+        CoderSpec("bmshj2018-factorized", FactorizedPrior,
+                  {q: 192 if q <= 5 else 320 for q in range(1, 9)}, "round"),
+        CoderSpec("bmshj2018-hyperprior", ScaleHyperprior,
+                  {q: 192 if q <= 5 else 320 for q in range(1, 9)}, "round"),
+        CoderSpec("mbt2018-mean", MeanScaleHyperprior,
+                  {q: 192 if q <= 4 else 320 for q in range(1, 9)}, "mean"),
+        CoderSpec("mbt2018", JointAutoregressiveHierarchicalPriors,
+                  {q: 192 if q <= 4 else 320 for q in range(1, 9)}, "context"),
+        CoderSpec("cheng2020-anchor", Cheng2020Anchor,
+                  {q: 128 if q <= 3 else 192 for q in range(1, 7)}, "context"),
+        CoderSpec("cheng2020-attn", Cheng2020Attention,
+                  {q: 128 if q <= 3 else 192 for q in range(1, 7)}, "context"),
+    )
+}
+ALIASES = {"cheng2020": "cheng2020-anchor"}
+
+
+def get_spec(name: str) -> CoderSpec:
+    canonical = ALIASES.get(name, name)
+    if canonical not in CODERS:
+        valid = ", ".join(sorted(CODERS) + sorted(ALIASES))
+        raise ConfigError(f"Unknown coder {name!r}: choose one of {valid}")
+    return CODERS[canonical]
+
+
+def check_quality(spec: CoderSpec, quality: int) -> None:
+    if quality not in spec.channels:
+        q = spec.qualities
+        raise ConfigError(f"Invalid quality {quality} for {spec.name}: choose {q[0]}-{q[-1]}")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_dict_sha256(state_dict) -> str:
+    """A hash of the weights themselves (names, dtypes, shapes, bytes), independent of file format."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedCoder:
+    model: torch.nn.Module
+    spec: CoderSpec
+    quality: int
+    weights: dict  # provenance for the manifest: source, path/url, sha256, trained
+
+
+def _pretrained_url(spec: CoderSpec, quality: int) -> str:
+    return model_urls[spec.name]["mse"][quality]
+
+
+def _torch_hub_checkpoint(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 32.0):
+    """A seeded random-init coder whose symbols are not all zero.
+
+    A freshly initialized CompressAI coder maps every image to ŷ ≈ 0, which
+    makes any exactness check vacuous. Scaling the last analysis layer by
+    ``gain`` spreads y over many integers; ``update(force=True)`` then builds
+    the entropy tables for that model. Meant for demos and tests only.
+    """
+    torch.manual_seed(seed)
+    model = spec.zoo_fn(quality, pretrained=False)
+    with torch.no_grad():
+        last_conv = [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last_conv.weight.mul_(gain)
+        if last_conv.bias is not None:
+            last_conv.bias.mul_(gain)
+        ctx = getattr(model, "context_prediction", None)
+        if ctx is not None:
+            # MaskedConv2d masks its weight in place on first forward; the
+            # decoder reads the raw weight, so it must already be masked.
+            ctx.weight.mul_(ctx.mask)
+    model.update(force=True)
+    return model.eval()
+
+
+def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int = 0) -> LoadedCoder:
+    """Build the coder `name` at `quality` with `weights`: "pretrained", "untrained" or a file path.
+
+    "pretrained" is the zoo's released MSE model, fetched into (or read from)
+    the torch hub cache under $TORCH_HOME. A path is a CompressAI checkpoint: a
+    released ``.pth.tar`` or a training checkpoint holding a ``state_dict``.
+    """
+    spec = get_spec(name)
+    check_quality(spec, quality)
+
+    if weights == "untrained":
+        model = untrained_coder(spec, quality, seed=seed)
+        provenance = {"source": "untrained", "trained": False, "seed": seed,
+                      "note": "RANDOM WEIGHTS (seeded init, analysis gain 32) - for demos and tests only"}
+    elif weights == "pretrained":
+        url = _pretrained_url(spec, quality)
+        cached = _torch_hub_checkpoint(url)
+        try:
+            state = torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu")
+        except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
+            raise WeightsError(
+                f"Could not fetch the pretrained {spec.name} q{quality} weights ({exc}).\n"
+                f"This machine looks offline and {cached} is not cached. Either:\n"
+                f"  - pre-fetch on a machine with internet:  latentstore fetch-weights --coder {spec.name} "
+                f"--quality {quality}  (or: wget -P {cached.parent} {url}) and copy $TORCH_HOME there, or\n"
+                f"  - pass the checkpoint file directly:     --weights /path/to/{cached.name}"
+            ) from exc
+        model = _from_state_dict(spec, state, source=str(cached))
+        provenance = {"source": "pretrained", "trained": True, "url": url,
+                      "file_sha256": file_sha256(cached) if cached.exists() else None}
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(
+                f"--weights {weights!r} is neither 'pretrained', 'untrained' nor an existing file"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsError(f"Could not read checkpoint {path}: {exc}") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model = _from_state_dict(spec, state, source=str(path))
+        provenance = {"source": "file", "trained": True, "path": str(path.resolve()),
+                      "file_sha256": file_sha256(path)}
+
+    provenance["sha256"] = state_dict_sha256(model.state_dict())
+    return LoadedCoder(model=model.eval(), spec=spec, quality=quality, weights=provenance)
+
+
+def _from_state_dict(spec: CoderSpec, state: dict, source: str) -> torch.nn.Module:
+    try:
+        model = spec.model_class.from_state_dict(load_pretrained(state))
+    except Exception as exc:
+        raise WeightsError(f"{source} is not a {spec.name} checkpoint: {exc}") from exc
+    if type(model) is not spec.model_class:
+        raise WeightsError(f"{source} built {type(model).__name__}, expected {spec.model_class.__name__}")
+    # Released checkpoints hold the CDF tables; user training checkpoints may not.
+    model.update(force=False)
+    return model.eval()
