@@ -1,0 +1,326 @@
+"""`latentstore build`: source -> decode + augment -> encode -> shards -> manifest.
+
+The work is split into item groups of ``shard_size`` source images. Group j
+becomes one shard per variant, committed atomically with a record of its
+shards and rejects (see writers/webdataset.py). Which images land in which
+shard is a pure function of the sorted source list, so a rerun of the same
+command skips committed groups and produces the rest, and the finished store
+does not depend on batch size, worker count or interruptions. The manifest is
+written last, only when every group is committed.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .augment import apply, sample_params, variant_rng
+from .coders import get_spec, load_coder
+from .datasets import SourceItem, open_source
+from .encode import EncodedImage, Encoder
+from .errors import ConfigError, InputError, StoreError
+from .format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, OPTIONAL_FIELDS, Padding,
+                     commit_record_name, encode_field, sample_key, smallest_int_dtype,
+                     write_json_atomic, FIELDS)
+from .images import RejectedImage, load_rgb
+from .writers import ShardGroupWriter
+
+Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides a store's bytes, plus how fast to make them (the last block)."""
+    coder: str
+    quality: int
+    dataset: str
+    root: str
+    split: str
+    out: str
+    weights: str = "pretrained"
+    variants: int = 1
+    augment: str | None = None        # "train" | "val"; default: "train" for the train split, else "val"
+    seed: int = 0
+    crop: int = 224
+    resize: int = 256
+    limit: int | None = None
+    label_file: str | None = None
+    shard_size: int = 1000
+    y_hat_dtype: str = "float16"
+    fields: tuple = ()
+    max_rejects: int = 100
+    # These change speed only, never bytes.
+    batch_size: int = 8
+    workers: int = 0
+
+    def resolved(self) -> "BuildConfig":
+        spec = get_spec(self.coder)
+        augment = self.augment or ("train" if self.split == "train" else "val")
+        cfg = BuildConfig(**{**asdict(self), "coder": spec.name, "augment": augment,
+                             "fields": tuple(sorted(set(self.fields)))})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.augment not in ("train", "val"):
+            raise ConfigError(f"Invalid --augment {self.augment!r}: choose train or val")
+        if self.augment == "val" and self.variants != 1:
+            raise ConfigError(f"--variants {self.variants} with val augmentation (resize + center crop) "
+                              "would store identical copies: use --variants 1, or --augment train")
+        for name, value, low in (("variants", self.variants, 1), ("shard-size", self.shard_size, 1),
+                                 ("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
+                                 ("max-rejects", self.max_rejects, 0)):
+            if value < low:
+                raise ConfigError(f"--{name} must be at least {low}, got {value}")
+        if self.y_hat_dtype not in Y_HAT_DTYPES:
+            raise ConfigError(f"Invalid --y-hat-dtype {self.y_hat_dtype!r}: choose {', '.join(Y_HAT_DTYPES)}")
+        unknown = set(self.fields) - set(OPTIONAL_FIELDS)
+        if unknown:
+            raise ConfigError(f"Unknown --fields {', '.join(sorted(unknown))}: choose from {', '.join(OPTIONAL_FIELDS)}")
+
+    def identity(self) -> dict:
+        """The arguments a resumed build must repeat exactly (speed knobs excluded)."""
+        d = asdict(self)
+        for speed_only in ("batch_size", "workers", "out"):
+            d.pop(speed_only)
+        d["fields"] = list(self.fields)
+        d["root"] = str(Path(self.root).resolve())
+        return d
+
+
+# --------------------------------------------------------------------------- stages
+
+@dataclass
+class Prepared:
+    """One source image after decode + augmentation: a crop per variant, or a reject reason."""
+    item: SourceItem
+    crops: list = field(default_factory=list)    # [(params, uint8 HxWx3)] per variant
+    reject: str | None = None
+
+
+def prepare(item: SourceItem, cfg: BuildConfig) -> Prepared:
+    """Decode one image and cut its variants. Pure; runs in worker processes."""
+    try:
+        img = load_rgb(item.path)
+    except RejectedImage as exc:
+        return Prepared(item, reject=exc.reason)
+    crops = []
+    for v in range(cfg.variants):
+        params = sample_params(variant_rng(cfg.seed, item.key, v), img.size, cfg.augment,
+                               crop=cfg.crop, resize=cfg.resize)
+        crops.append((params, np.asarray(apply(img, params), dtype=np.uint8)))
+    return Prepared(item, crops)
+
+
+def _prepare_star(args):
+    return prepare(*args)
+
+
+def prepared_stream(items, cfg: BuildConfig, pool):
+    """Prepared images in source order, decoded ahead by the pool when there is one."""
+    jobs = ((item, cfg) for item in items)
+    if pool is None:
+        return map(_prepare_star, jobs)
+    return pool.imap(_prepare_star, jobs, chunksize=2)
+
+
+def batches(prepared, batch_size: int):
+    """(prepared, variant) pairs grouped into lists of at most batch_size crops."""
+    pairs = ((p, v) for p in prepared for v in range(len(p.crops)))
+    while chunk := list(itertools.islice(pairs, batch_size)):
+        yield chunk
+
+
+def to_input(crops: list) -> tuple[torch.Tensor, Padding]:
+    """Stack same-size uint8 crops into a [B,3,H,W] float tensor, zero-padded to multiples of 64."""
+    h, w = crops[0].shape[:2]
+    pad = Padding.centered(h, w)
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    return F.pad(x, (pad.left, pad.right, pad.top, pad.bottom)), pad
+
+
+def sample_files(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg: BuildConfig) -> dict:
+    """The tar members of one sample (see format.FIELDS)."""
+    params, crop = p.crops[variant]
+    h, w = crop.shape[:2]
+    key = sample_key(p.item.key, variant)
+    bits = enc.bits()
+    meta = {
+        "key": key, "item": p.item.key, "label": p.item.label, "variant": variant,
+        "source": p.item.relpath, "augment": params, "image_size": [h, w],
+        "padding": pad.as_dict(), "valid_region": pad.valid_region(h, w),
+        "y_shape": list(enc.y_shape), "z_shape": list(enc.z_shape) if enc.z_shape else None,
+        "bits": bits, "bpp": bits / (h * w),
+    }
+    fields = {
+        "y_hat": enc.y_hat.astype(Y_HAT_DTYPES[cfg.y_hat_dtype]),
+        "symbols": enc.symbols.astype(smallest_int_dtype(enc.symbols)),
+        "y_string": enc.y_string, "label": p.item.label, "meta": meta,
+    }
+    if enc.z_string is not None:
+        fields["z_string"] = enc.z_string
+    optional = {"means": enc.means, "scales": enc.scales, "z_symbols": enc.z_symbols}
+    for name in cfg.fields:
+        if optional[name] is None:
+            raise ConfigError(f"--fields {name}: coder {cfg.coder} has no {name}")
+        value = optional[name]
+        fields[name] = value.astype(smallest_int_dtype(value)) if name == "z_symbols" else value.astype(np.float32)
+    files = {FIELDS[name].ext: encode_field(name, value) for name, value in fields.items()}
+    files["__key__"] = key
+    return files
+
+
+# --------------------------------------------------------------------------- driver
+
+def build(cfg: BuildConfig, progress: bool = True) -> dict:
+    """Build (or finish building) one split of a store; returns the manifest."""
+    cfg = cfg.resolved()
+    out = Path(cfg.out)
+    source = open_source(cfg.dataset, cfg.root, cfg.split, limit=cfg.limit, label_file=cfg.label_file)
+    if not source.items:
+        raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
+    coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, cfg, coder.weights)
+
+    groups = [source.items[i:i + cfg.shard_size] for i in range(0, len(source.items), cfg.shard_size)]
+    records = {j: _read_record(out, cfg.split, j) for j in range(len(groups))}
+    todo = [j for j, rec in records.items() if rec is None]
+    rejects_so_far = sum(len(rec["rejects"]) for rec in records.values() if rec)
+
+    encoder = Encoder(coder)
+    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 0 else None
+    bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img",
+               desc=f"{cfg.coder} q{cfg.quality} {cfg.split}", disable=not progress, smoothing=0.1)
+    try:
+        stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool)
+        for j in todo:
+            prepared = list(itertools.islice(stream, len(groups[j])))
+            records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far)
+            rejects_so_far += len(records[j]["rejects"])
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    manifest = _manifest(out, cfg, coder, source, [records[j] for j in range(len(groups))])
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before) -> dict:
+    rejects = [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
+    if rejects_before + len(rejects) > cfg.max_rejects:
+        listing = "\n".join(f"  {r['source']}: {r['reason']}" for r in rejects[:10])
+        raise InputError(
+            f"{rejects_before + len(rejects)} images rejected, more than --max-rejects {cfg.max_rejects}. "
+            f"Latest:\n{listing}\nFix or remove those files, or raise --max-rejects; "
+            f"rerunning the command resumes where it stopped."
+        )
+    stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
+    ok = [p for p in prepared if not p.reject]
+    with ShardGroupWriter(out, cfg.split, group, cfg.variants) as writer:
+        for chunk in batches(ok, cfg.batch_size):
+            x, pad = to_input([p.crops[v][1] for p, v in chunk])
+            for (p, v), enc in zip(chunk, encoder.encode(x)):
+                files = sample_files(p, v, enc, pad, cfg)
+                writer.write(v, files)
+                h, w = p.crops[v][1].shape[:2]
+                stats["samples"] += 1
+                stats["bits"] += enc.bits()
+                stats["pixels"] += h * w
+                for ext, data in files.items():
+                    if ext != "__key__":
+                        stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
+            bar.update(len(chunk))
+        bar.update(len(rejects) * cfg.variants)
+        writer.extra = {"images": len(prepared), "rejects": rejects, "stats": stats}
+    return _read_record(out, cfg.split, group)
+
+
+def _read_record(out: Path, split: str, group: int) -> dict | None:
+    """A group's commit record, if the group is fully committed."""
+    path = out / commit_record_name(split, group)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    for shard in record["shards"]:
+        p = out / shard["path"]
+        if not p.is_file() or p.stat().st_size != shard["bytes"]:
+            return None  # a shard was lost or replaced since: rebuild the group
+    return record
+
+
+def _check_resume(out: Path, cfg: BuildConfig, weights: dict) -> None:
+    """Refuse to continue a build that was started with other arguments."""
+    path = out / f"build-{cfg.split}.json"
+    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"]}
+    if path.is_file():
+        started = json.loads(path.read_text())
+        diffs = [f"--{k.replace('_', '-')}: store has {started['config'].get(k)!r}, command has {v!r}"
+                 for k, v in current["config"].items() if started["config"].get(k) != v]
+        if started["weights_sha256"] != current["weights_sha256"]:
+            diffs.append("coder weights differ (sha256)")
+        if diffs:
+            raise ConfigError(f"{out} split {cfg.split!r} was started with other arguments:\n  "
+                              + "\n  ".join(diffs) + "\nRepeat the original command, or use a new --out.")
+    else:
+        write_json_atomic(path, current)
+
+
+def _versions() -> dict:
+    import compressai, webdataset
+    return {"latentstore": __version__, "torch": torch.__version__, "compressai": compressai.__version__,
+            "numpy": np.__version__, "webdataset": webdataset.__version__,
+            "python": platform.python_version()}
+
+
+def _manifest(out: Path, cfg: BuildConfig, coder, source, records: list) -> dict:
+    previous = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
+    spec = coder.spec
+    samples = sum(r["stats"]["samples"] for r in records)
+    bits = sum(r["stats"]["bits"] for r in records)
+    pixels = sum(r["stats"]["pixels"] for r in records)
+    field_bytes = {}
+    for r in records:
+        for ext, n in r["stats"]["field_bytes"].items():
+            field_bytes[ext] = field_bytes.get(ext, 0) + n
+    rejects = [rej for r in records for rej in r["rejects"]]
+    images = sum(r["images"] for r in records)
+    pad = Padding.centered(cfg.crop, cfg.crop)
+    c = spec.channels[cfg.quality]
+    padded = (cfg.crop + pad.top + pad.bottom, cfg.crop + pad.left + pad.right)
+    split_entry = {
+        "config": cfg.identity(),
+        "classes": source.classes,
+        "images_found": images,
+        "images_stored": images - len(rejects),
+        "variants": cfg.variants,
+        "samples": samples,
+        "latent_shape": [c, padded[0] // 16, padded[1] // 16],
+        "valid_region": pad.valid_region(cfg.crop, cfg.crop),
+        "padding": pad.as_dict(),
+        "mean_bpp": bits / pixels if pixels else None,
+        "bytes_per_sample": {ext: n / samples for ext, n in sorted(field_bytes.items())} if samples else {},
+        "shards": [s for r in records for s in r["shards"]],
+        "rejects": rejects,
+    }
+    if images != split_entry["images_stored"] + len(rejects) or images != len(source.items):
+        raise StoreError(f"internal error: {len(source.items)} images found, "
+                         f"{split_entry['images_stored']} stored + {len(rejects)} rejected")
+    coder_entry = {"name": spec.name, "quality": cfg.quality, "latent_kind": spec.latent_kind,
+                   "channels": c, "weights": coder.weights}
+    if previous and previous["coder"]["weights"]["sha256"] != coder.weights["sha256"]:
+        raise ConfigError(f"{out} holds splits encoded with other coder weights; use a new --out")
+    splits = dict(previous["splits"]) if previous else {}
+    splits[cfg.split] = split_entry
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "backend": "webdataset",
+            "created_by": _versions(), "coder": coder_entry, "splits": splits}

@@ -1,0 +1,178 @@
+"""The store's code twin of docs/FORMAT.md: version, layout, field names and encodings.
+
+Everything that decides a byte of a store lives here, so writers and readers
+of both backends agree by construction. No pickle anywhere: arrays are `.npy`
+with ``allow_pickle=False``, metadata is JSON, bitstreams are raw bytes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StoreError
+
+FORMAT_NAME = "latentstore"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+LATENT_STRIDE = 16    # y is H/16 x W/16
+PAD_MULTIPLE = 64     # z is H/64 x W/64, so inputs are padded to multiples of 64
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    ext: str          # member suffix in a tar shard: "<key>.<name>.<ext>" is "<key>.<ext>" here
+    kind: str         # "npy" | "bytes" | "json" | "text"
+    doc: str
+
+
+# Member names are "<key>.<ext>". The table is the single source of truth for
+# which fields exist; docs/FORMAT.md repeats it for humans.
+FIELDS = {f.name: f for f in (
+    Field("y_hat", "y_hat.npy", "npy", "ŷ exactly as g_s receives it at decode, float16 (default) or float32, [C,H,W]"),
+    Field("symbols", "symbols.npy", "npy", "integer symbols of y as the rANS coder wrote them, smallest int dtype, [C,H,W]"),
+    Field("y_string", "y_string.bin", "bytes", "the y bitstream, exactly model.compress()'s"),
+    Field("z_string", "z_string.bin", "bytes", "the hyper-latent z bitstream (absent for bmshj2018-factorized)"),
+    Field("means", "means.npy", "npy", "Gaussian mean μ per element of y, float32 (optional: --fields means)"),
+    Field("scales", "scales.npy", "npy", "Gaussian scale σ̂ per element of y, float32 (optional: --fields scales)"),
+    Field("z_symbols", "z_symbols.npy", "npy", "integer symbols of z (optional: --fields z_symbols)"),
+    Field("label", "cls", "text", "class index as decimal text (WebDataset convention); -1 when unlabeled"),
+    Field("meta", "meta.json", "json", "key, label, variant, source, augmentation params, padding, bits, bpp"),
+)}
+REQUIRED_FIELDS = ("y_hat", "symbols", "y_string", "label", "meta")
+OPTIONAL_FIELDS = ("means", "scales", "z_symbols")
+_BY_EXT = {f.ext: f for f in FIELDS.values()}
+
+
+def smallest_int_dtype(a: np.ndarray) -> np.dtype:
+    """The smallest signed integer dtype that holds every value of `a` (never clips)."""
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dt in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def encode_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_json(obj) -> bytes:
+    # sort_keys + fixed separators: the same sample always gives the same bytes.
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_field(name: str, value) -> bytes:
+    kind = FIELDS[name].kind
+    if kind == "npy":
+        return encode_npy(value)
+    if kind == "json":
+        return encode_json(value)
+    if kind == "text":
+        return str(value).encode()
+    return bytes(value)
+
+
+def decode_field(name: str, data: bytes):
+    kind = FIELDS[name].kind
+    if kind == "npy":
+        return decode_npy(data)
+    if kind == "json":
+        return json.loads(data)
+    if kind == "text":
+        return int(data.decode())
+    return data
+
+
+def field_for_member(ext: str) -> Field | None:
+    return _BY_EXT.get(ext)
+
+
+def sample_key(item_key: str, variant: int) -> str:
+    """Keys carry no dots: WebDataset splits a member name at the first dot."""
+    if "." in item_key:
+        raise ValueError(f"sample key {item_key!r} contains a dot")
+    return f"{item_key}_v{variant:03d}"
+
+
+def shard_name(split: str, variant: int, group: int) -> str:
+    """Shards of one variant can be globbed as ``{split}/v003-*.tar``."""
+    return f"{split}/v{variant:03d}-{group:06d}.tar"
+
+
+def commit_record_name(split: str, group: int) -> str:
+    return f"{split}/group-{group:06d}.json"
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Where an unpadded H×W image sits inside the padded input, and which latent cells it covers."""
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @classmethod
+    def centered(cls, height: int, width: int, multiple: int = PAD_MULTIPLE) -> "Padding":
+        ph, pw = -height % multiple, -width % multiple
+        return cls(ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+
+    def valid_region(self, height: int, width: int, stride: int = LATENT_STRIDE) -> list:
+        """[row0, row1, col0, col1), half-open, in latent cells that see any image pixel."""
+        return [self.top // stride, -(-(self.top + height) // stride),
+                self.left // stride, -(-(self.left + width) // stride)]
+
+    def as_dict(self) -> dict:
+        return {"top": self.top, "bottom": self.bottom, "left": self.left, "right": self.right}
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary name, fsync, rename: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(store) -> dict:
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        raise StoreError(
+            f"{store} has no {MANIFEST}: it is not a latentstore store, or its build has not "
+            f"finished (the manifest is written last). Rerun the build command to complete it."
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_NAME:
+        raise StoreError(f"{path} is not a latentstore manifest (format={manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{path} has format version {manifest.get('format_version')}, this latentstore reads "
+            f"version {FORMAT_VERSION}: install the latentstore version that wrote it"
+        )
+    return manifest

@@ -1,0 +1,59 @@
+"""What `latentstore info` reports: a machine summary of a manifest, and its human rendering."""
+from __future__ import annotations
+
+from .format import read_manifest
+
+
+def summarize(store) -> dict:
+    m = read_manifest(store)
+    coder, weights = m["coder"], m["coder"]["weights"]
+    splits = {}
+    for name, s in sorted(m["splits"].items()):
+        per_variant = {}
+        for shard in s["shards"]:
+            per_variant[shard["variant"]] = per_variant.get(shard["variant"], 0) + shard["samples"]
+        splits[name] = {
+            "images_found": s["images_found"], "images_stored": s["images_stored"],
+            "variants": s["variants"], "samples": s["samples"],
+            "samples_per_variant": [per_variant.get(v, 0) for v in range(s["variants"])],
+            "latent_shape": s["latent_shape"], "valid_region": s["valid_region"],
+            "mean_bpp": s["mean_bpp"], "bytes_per_sample": s["bytes_per_sample"],
+            "shards": len(s["shards"]), "bytes": sum(x["bytes"] for x in s["shards"]),
+            "rejects": s["rejects"], "augment": s["config"]["augment"], "seed": s["config"]["seed"],
+        }
+    return {"store": str(store), "format_version": m["format_version"], "backend": m["backend"],
+            "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
+            "weights": weights, "trained_weights": weights["trained"], "splits": splits,
+            "created_by": m["created_by"]}
+
+
+def render(summary: dict) -> str:
+    w = summary["weights"]
+    if not w["trained"]:
+        weights = f"UNTRAINED - {w['note']}"
+    elif w["source"] == "pretrained":
+        weights = f"pretrained (CompressAI zoo, {w['url'].rsplit('/', 1)[-1]})"
+    else:
+        weights = f"file {w['path']}"
+    lines = [
+        f"store     {summary['store']}  ({summary['backend']}, format v{summary['format_version']})",
+        f"coder     {summary['coder']}  quality {summary['quality']}  ({summary['channels']} latent channels)",
+        f"weights   {weights}",
+        f"          sha256 {w['sha256']}",
+    ]
+    for name, s in summary["splits"].items():
+        c, h, wd = s["latent_shape"]
+        r0, r1, c0, c1 = s["valid_region"]
+        lines += [
+            "",
+            f"split {name!r}: {s['images_stored']} of {s['images_found']} images stored, "
+            f"{s['variants']} variant(s) ({s['augment']} augmentation, seed {s['seed']}), {s['samples']} samples",
+            f"  latent    {c}x{h}x{wd}, valid rows {r0}..{r1 - 1}, cols {c0}..{c1 - 1}",
+            f"  mean bpp  {s['mean_bpp']:.4f}" if s["mean_bpp"] is not None else "  mean bpp  -",
+            f"  shards    {s['shards']}, {s['bytes'] / 1e6:.2f} MB",
+            "  bytes per sample:",
+        ]
+        lines += [f"    {ext:<16} {n:>12,.0f}" for ext, n in s["bytes_per_sample"].items()]
+        lines.append(f"  rejects   {len(s['rejects'])}")
+        lines += [f"    {r['source']}: {r['reason']}" for r in s["rejects"]]
+    return "\n".join(lines)

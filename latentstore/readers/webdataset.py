@@ -1,0 +1,76 @@
+"""Strict reading of latentstore tar shards.
+
+A tar file has no trailer, so a shard cut at a member boundary reads back
+without any error from tarfile or webdataset. The strict reader therefore
+checks every shard against the manifest: the sample count, the required
+fields of every sample, and that each field decodes. Every error names the
+shard and, where there is one, the sample key.
+"""
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import StoreError
+from ..format import REQUIRED_FIELDS, decode_field, field_for_member
+
+
+def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
+    """(key, member suffix, bytes) for each file member, in tar order."""
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, ext = info.name.partition(".")
+                yield key, ext, tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise StoreError(f"shard {shard}: unreadable or truncated tar ({exc})") from exc
+
+
+def iter_shard(path, shard: str, expected_samples: int | None = None,
+               fields: tuple | None = None, required: tuple = REQUIRED_FIELDS) -> Iterator[dict]:
+    """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
+
+    `fields` limits which fields are decoded (None: all). Raises StoreError naming
+    the shard (and key) on a damaged tar, a missing field, an undecodable field,
+    or a sample count other than `expected_samples`.
+    """
+    count = 0
+    current, raw = None, {}
+
+    def finish():
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise StoreError(f"shard {shard}, key {current}: missing field(s) {', '.join(missing)}")
+        sample = {"__key__": current, "__shard__": shard}
+        for name, data in raw.items():
+            if fields is not None and name not in fields:
+                continue
+            try:
+                sample[name] = decode_field(name, data)
+            except Exception as exc:
+                raise StoreError(f"shard {shard}, key {current}: field {name} does not decode ({exc})") from exc
+        return sample
+
+    for key, ext, data in _members(Path(path), shard):
+        if key != current:
+            if current is not None:
+                count += 1
+                yield finish()
+            current, raw = key, {}
+        field = field_for_member(ext)
+        if field is None:
+            raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
+        if field.name in raw:
+            raise StoreError(f"shard {shard}, key {key}: duplicate member {key}.{ext}")
+        raw[field.name] = data
+    if current is not None:
+        count += 1
+        yield finish()
+    if expected_samples is not None and count != expected_samples:
+        raise StoreError(
+            f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
+            f"(truncated or replaced shard; run `latentstore verify` and rebuild it)"
+        )

@@ -1,0 +1,101 @@
+"""WebDataset tar shards, committed atomically per item group.
+
+A build splits the source into groups of ``shard_size`` images. Group j yields
+one shard per variant (``train/v000-00000j.tar`` ... ``v015-...``), written to
+temporary names and renamed only when the whole group succeeded; a commit
+record (``train/group-00000j.json``) with each shard's sha256 and sample count
+is renamed last. A shard without a matching record is not part of the store.
+Tar headers are fixed (mtime 0, fixed owner, sorted members), so the bytes
+depend on the samples only.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import webdataset as wds
+
+from ..format import commit_record_name, fsync_dir, shard_name, write_json_atomic
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.nbytes += len(data)
+        return self._f.write(data)
+
+    def flush(self):
+        self._f.flush()
+
+    def close_synced(self):
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+    def close(self):  # tarfile may call close() on its fileobj; we close explicitly
+        pass
+
+    def discard(self):
+        self._f.close()
+
+
+class ShardGroupWriter:
+    """Write the shards of one item group; commit all of them or none.
+
+    Use as a context manager. On an exception nothing is renamed and the
+    temporary files are removed, so no shard or record claims lost samples.
+    """
+
+    def __init__(self, store, split: str, group: int, variants: int):
+        self.store = Path(store)
+        self.split, self.group, self.variants = split, group, variants
+        (self.store / split).mkdir(parents=True, exist_ok=True)
+        self._finals = [self.store / shard_name(split, v, group) for v in range(variants)]
+        self._temps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in self._finals]
+        self._files, self._tars, self._counts = [], [], [0] * variants
+        self.extra: dict = {}  # rejects and statistics, stored in the commit record
+
+    def __enter__(self):
+        for tmp in self._temps:
+            f = _HashingFile(tmp)
+            self._files.append(f)
+            self._tars.append(wds.TarWriter(f, encoder=False, mtime=0, user="latentstore",
+                                            group="latentstore", mode=0o644))
+        return self
+
+    def write(self, variant: int, sample: dict) -> None:
+        """`sample` maps member suffixes to bytes, plus "__key__"."""
+        self._tars[variant].write(sample)
+        self._counts[variant] += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            for f in self._files:
+                f.discard()
+            for tmp in self._temps:
+                tmp.unlink(missing_ok=True)
+            return False
+        self.commit()
+        return False
+
+    def commit(self) -> dict:
+        shards = []
+        for v, (tar, f, tmp, final) in enumerate(zip(self._tars, self._files, self._temps, self._finals)):
+            tar.tarstream.close()  # writes the end-of-archive blocks through our wrapper
+            f.close_synced()
+            os.replace(tmp, final)
+            shards.append({"path": shard_name(self.split, v, self.group), "variant": v,
+                           "samples": self._counts[v], "bytes": f.nbytes,
+                           "sha256": f.sha256.hexdigest()})
+        fsync_dir(self.store / self.split)
+        record = {"group": self.group, "shards": shards, **self.extra}
+        write_json_atomic(self.store / commit_record_name(self.split, self.group), record)
+        return record
