@@ -28,6 +28,8 @@ class _HashingFile:
         self.nbytes = 0
 
     def write(self, data) -> int:
+        if self._f is None:  # discarded: tarfile may still flush from its finalizer
+            return len(data)
         self.sha256.update(data)
         self.nbytes += len(data)
         return self._f.write(data)
@@ -45,6 +47,7 @@ class _HashingFile:
 
     def discard(self):
         self._f.close()
+        self._f = None
 
 
 class ShardGroupWriter:

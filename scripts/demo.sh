@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up, then build a store from the bundled demo photos (ImageNet layout) and summarize it.
+#   scripts/demo.sh                      # seeded random coder weights: runs offline
+#   WEIGHTS=pretrained scripts/demo.sh   # CompressAI's released weights (downloads once, ~30 MB)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+WEIGHTS=${WEIGHTS:-untrained}
+OUT=${OUT:-stores/demo-cheng2020-q3}
+DEMO=latentstore/data/demo-imagenet
+.venv/bin/latentstore build --coder cheng2020 --quality 3 --weights "$WEIGHTS" \
+    --dataset imagenet --root "$DEMO" --split train --variants 2 --shard-size 2 --out "$OUT"
+.venv/bin/latentstore build --coder cheng2020 --quality 3 --weights "$WEIGHTS" \
+    --dataset imagenet --root "$DEMO" --split val --out "$OUT" --quiet > /dev/null
+.venv/bin/latentstore info "$OUT"
+echo
+echo ">> reading it back with latentstore.open_store:"
+.venv/bin/python - "$OUT" <<'PY'
+import sys
+from torch.utils.data import DataLoader
+from latentstore import open_store
+
+ds = open_store(sys.argv[1], split="train", fields=("y_hat", "label", "meta"))
+for batch in DataLoader(ds, batch_size=4):
+    print(f"  y_hat {tuple(batch['y_hat'].shape)} {batch['y_hat'].dtype}  labels {batch['label'].tolist()}"
+          f"  bpp {[round(b, 3) for b in batch['meta']['bpp'].tolist()]}")
+PY

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install latentstore with its test extras into it.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo ">> creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import latentstore, compressai, timm, webdataset, zarr, pytest, matplotlib" 2>/dev/null; then
+    echo ">> installing latentstore and its dependencies (torch, compressai, timm, ...; a few minutes)"
+    .venv/bin/pip install --quiet --upgrade pip
+    .venv/bin/pip install --quiet -e '.[test]'
+fi
