@@ -1,0 +1,167 @@
+"""Compressed-domain models: one registry table and one ``create_model``.
+
+    from latentstore.models import create_model
+    m = create_model("resnet50-aa", latent_channels=128, num_classes=1000, pixel_weights="pretrained")
+    logits, feats = m(y_hat, return_features=True)  # feats at strides 8, 16, 32 of the image
+
+Names (``REGISTRY``; ``<timm>`` is any timm CNN whose family has an -aa rule):
+
+    <timm>            the pixel model itself (teacher, Decode baseline's second half)
+    <timm>-aa         architecture adaptation, METHOD §4
+    decode+<timm>     the coder's g_s, then the pixel model (pass coder=)
+    reshape+resnet50  zero-pad + pixel-shuffle ŷ to 3 channels, then ResNet-50
+    cresnet51         Torfason et al. cResNet-51 on ŷ
+    cresnet39         Deng & Karam style: model(y_hat, sigma_hat)
+    pspnet50[-aa]     segmentation (19 Cityscapes classes by default)
+
+``pixel_weights`` is "none", "pretrained" (timm's hub weights; needs internet
+or a filled HF cache) or a path to a state_dict of the pixel model named in
+the entry. They load into every layer that survives; a load that misses any
+other layer is an error, and ``model.load_report`` says what was loaded.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError, WeightsError
+from .adapt import TapClassifier, load_into, read_state_dict, timm_classifier
+from .baselines import TwoInputCResNet, cresnet, decode_classifier, reshape_classifier
+from .pspnet import BACKBONE, PSPNet
+from .taps import CLASSIFICATION_STRIDES, Tap, check_tap_shapes, feature_shapes, shapes_of
+
+__all__ = ["REGISTRY", "create_model", "resolve", "model_names", "check_tap_shapes", "feature_shapes",
+           "shapes_of", "Tap", "TapClassifier", "PSPNet", "CLASSIFICATION_STRIDES"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    pattern: str          # name, "{timm}" stands for a timm model name
+    task: str             # "classification" | "segmentation"
+    inputs: tuple         # ("image",), ("y_hat",) or ("y_hat", "sigma_hat")
+    build: Callable       # (timm_name, latent_channels, num_classes, coder, **kw) -> nn.Module
+    pixel_source: Callable  # timm_name -> timm name whose weights pixel_weights refers to
+    weights_target: Callable  # model -> (submodule, allowed_missing, allowed_unexpected); "*" = any
+    description: str
+
+
+def _stem_prefix(net) -> str:
+    return net.aa_edits["stem"] + "."
+
+
+REGISTRY = [
+    ModelEntry("pspnet50", "segmentation", ("image",),
+               lambda t, c, n, coder, **kw: PSPNet(n, None),
+               lambda t: BACKBONE, lambda m: (m.backbone, (), ("fc.",)),
+               "PSPNet-50 (deep-stem dilated ResNet-50, OS 8, PPM, aux head) on pixels"),
+    ModelEntry("pspnet50-aa", "segmentation", ("y_hat",),
+               lambda t, c, n, coder, **kw: PSPNet(n, c),
+               lambda t: BACKBONE,
+               lambda m: (m.backbone, (_stem_prefix(m.backbone),), ("fc.", _stem_prefix(m.backbone))),
+               "PSPNet-50 with the -aa backbone, on ŷ"),
+    ModelEntry("cresnet51", "classification", ("y_hat",),
+               lambda t, c, n, coder, **kw: cresnet(c, n, 51),
+               lambda t: "resnet50", lambda m: (m.net, "*", "*"),
+               "cResNet-51 (Torfason et al.): ResNet-50 minus root and conv2_x, conv4_x ×10, on ŷ"),
+    ModelEntry("cresnet39", "classification", ("y_hat", "sigma_hat"),
+               lambda t, c, n, coder, **kw: TwoInputCResNet(c, n),
+               lambda t: "resnet50", lambda m: (m.body, "*", "*"),
+               "Deng & Karam style cResNet-39 on ŷ and σ̂"),
+    ModelEntry("reshape+resnet50", "classification", ("y_hat",),
+               lambda t, c, n, coder, **kw: reshape_classifier(timm_classifier("resnet50", n, **kw), c),
+               lambda t: "resnet50", lambda m: (m.net.pixel, (), ()),
+               "zero-pad ŷ channels, pixel-shuffle to 3 channels, ResNet-50"),
+    ModelEntry("decode+{timm}", "classification", ("y_hat",),
+               lambda t, c, n, coder, **kw: decode_classifier(timm_classifier(t, n, **kw), coder),
+               lambda t: t, lambda m: (m.net.pixel, (), ()),
+               "the coder's g_s (frozen), then the pixel model"),
+    ModelEntry("{timm}-aa", "classification", ("y_hat",),
+               lambda t, c, n, coder, **kw: timm_classifier(t, n, latent_channels=c, **kw),
+               lambda t: t,
+               lambda m: (m.net, (_stem_prefix(m.net),), (_stem_prefix(m.net),)),
+               "architecture adaptation of a timm CNN (METHOD §4)"),
+    ModelEntry("{timm}", "classification", ("image",),
+               lambda t, c, n, coder, **kw: timm_classifier(t, n, **kw),
+               lambda t: t, lambda m: (m.net, (), ()),
+               "the timm pixel model (teacher)"),
+]
+
+EXAMPLES = ["resnet50", "resnet50-aa", "vgg11-aa", "vgg11_bn-aa", "efficientnet_b0-aa", "cresnet51",
+            "cresnet39", "reshape+resnet50", "decode+resnet50", "pspnet50", "pspnet50-aa"]
+
+
+def model_names() -> list[str]:
+    """The registry's names, with {timm} patterns shown as such, and common instances."""
+    return [e.pattern for e in REGISTRY] + EXAMPLES
+
+
+def _is_timm_cnn(name: str) -> bool:
+    import timm
+
+    return bool(name) and timm.is_model(name)
+
+
+def resolve(name: str) -> tuple[ModelEntry, str | None]:
+    """(registry entry, timm name or None) for ``name``; ConfigError listing valid names otherwise."""
+    for entry in REGISTRY:
+        if "{timm}" not in entry.pattern:
+            if name == entry.pattern:
+                return entry, None
+            continue
+        regex = "^" + re.escape(entry.pattern).replace(r"\{timm\}", "(?P<timm>.+?)") + "$"
+        match = re.match(regex, name)
+        if match and _is_timm_cnn(match["timm"]):
+            return entry, match["timm"]
+    raise ConfigError(f"Unknown model {name!r}: valid names are {', '.join(model_names())} "
+                      "where {timm} is any timm CNN name (timm.list_models())")
+
+
+def create_model(name: str, latent_channels: int | None, num_classes: int,
+                 pixel_weights: str = "none", coder: nn.Module | None = None, **kw) -> nn.Module:
+    """Build model ``name`` for ŷ with ``latent_channels`` channels (from the store manifest).
+
+    ``coder`` (a CompressAI model) is needed by decode+<timm> only. Extra ``kw``
+    go to ``timm.create_model`` (e.g. drop_rate, drop_path_rate).
+    """
+    entry, timm_name = resolve(name)
+    if "y_hat" in entry.inputs and not (isinstance(latent_channels, int) and latent_channels > 0):
+        raise ConfigError(f"{name} runs on ŷ: pass latent_channels (C from the store manifest), "
+                          f"got {latent_channels!r}")
+    model = entry.build(timm_name, latent_channels, num_classes, coder, **kw)
+    model.registry_name = name
+    model.task = entry.task
+    model.load_report = None
+    if pixel_weights != "none":
+        source = entry.pixel_source(timm_name)
+        state = _pixel_state_dict(source, pixel_weights, num_classes)
+        target, allowed_missing, allowed_unexpected = entry.weights_target(model)
+        # A checkpoint for another number of classes keeps everything but the classifier.
+        classifier = _classifier_prefixes(target)
+        model.load_report = load_into(target, state, allowed_missing, allowed_unexpected,
+                                      allow_mismatch="*" if allowed_missing == "*" else classifier)
+    return model
+
+
+def _classifier_prefixes(net) -> tuple:
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    head = cfg.get("classifier", ())
+    return tuple(f"{h}." for h in ((head,) if isinstance(head, str) else head))
+
+
+def _pixel_state_dict(timm_name: str, pixel_weights: str, num_classes: int) -> dict:
+    if pixel_weights != "pretrained":
+        return read_state_dict(pixel_weights)
+    import timm
+
+    try:
+        # timm drops/adapts the classifier itself when num_classes differs.
+        return timm.create_model(timm_name, pretrained=True).state_dict()
+    except Exception as exc:  # offline: huggingface_hub / urllib raise many types
+        raise WeightsError(
+            f"Could not fetch timm's pretrained {timm_name} weights ({type(exc).__name__}: {exc}). "
+            "Offline? Fill the Hugging Face cache on a machine with internet and set HF_HUB_OFFLINE=1, "
+            f"or save the weights there (torch.save(timm.create_model({timm_name!r}, pretrained=True)"
+            ".state_dict(), 'w.pth')) and pass pixel_weights='w.pth'") from exc
