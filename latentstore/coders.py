@@ -131,7 +131,10 @@ def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 
     torch.manual_seed(seed)
     model = spec.zoo_fn(quality, pretrained=False)
     with torch.no_grad():
-        last_conv = [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        # The last conv at g_a's top level: for cheng2020-attn the last conv in
+        # modules() order is the attention mask's (under a sigmoid), and
+        # scaling it leaves y near 0 and every symbol 0.
+        last_conv = [m for m in model.g_a.children() if isinstance(m, torch.nn.Conv2d)][-1]
         last_conv.weight.mul_(gain)
         if last_conv.bias is not None:
             last_conv.bias.mul_(gain)

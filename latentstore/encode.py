@@ -1,0 +1,274 @@
+"""Exact, batch-size-independent encoding with CompressAI coders.
+
+CompressAI is the judge: for every image, the strings equal
+``model.compress(x_i)`` run at batch 1, and ``model.decompress(strings,
+shape)`` at batch 1 hands ``g_s`` exactly the stored ``y_hat`` (METHOD §2).
+
+What may be batched, and what may not (measured on CPU, CompressAI 1.2.8,
+see docs/benchmarks.md and issue 5):
+
+* Convolutions (``g_a``, ``h_a``, ``h_s``, the context model and
+  ``entropy_parameters``) run per image at batch 1. Their results change in
+  the last bits with the batch size (cheng2020's ``h_a``/``h_s`` and batched
+  1x1 ``entropy_parameters`` were seen to differ), which flips roundings and
+  makes strings undecodable, and would make store bytes depend on the batch.
+* Elementwise work (quantization, ``ŷ = q + μ``, scale-table lookup) is
+  exact whatever the batch, so it runs on the whole batch at once.
+* Symbols are kept as integers and ŷ is built as ``int + μ`` (or
+  ``float(int)``), as the decoder does: ``round()`` of a small negative gives
+  -0.0, the decoder's ŷ has +0.0, and the stored bytes would differ.
+* The autoregressive coders' serial raster loop runs once per batch over
+  latent positions (not once per image), with one rANS call per image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.ans import BufferedRansEncoder
+
+from .coders import LoadedCoder
+from .errors import InputError, WeightsError
+
+# Fixed by CompressAI's autoregressive models (JointAutoregressiveHierarchicalPriors).
+_CTX_KERNEL = 5
+_CTX_PAD = (_CTX_KERNEL - 1) // 2
+
+
+@dataclass
+class EncodedImage:
+    """Everything stored for one image; arrays are per image (no batch axis)."""
+
+    symbols: np.ndarray            # int32 [M, Hy, Wy]: the integers the rANS coder wrote for y
+    y_hat: np.ndarray              # float32 [M, Hy, Wy]: exactly what g_s receives in decompress()
+    y_string: bytes
+    z_string: bytes | None         # None for bmshj2018-factorized
+    z_symbols: np.ndarray | None   # int32 [N, Hz, Wz] (None for factorized)
+    means: np.ndarray | None       # float32 μ per y element (None where the coder has no μ)
+    scales: np.ndarray | None      # float32 σ̂ per y element, as predicted (before the 0.11 lower bound)
+    y_shape: tuple[int, int]
+    z_shape: tuple[int, int] | None
+
+    def bits(self) -> int:
+        """Size of the coded image in bits (y and z strings)."""
+        return 8 * (len(self.y_string) + len(self.z_string or b""))
+
+
+class _Tables:
+    """An entropy model's rANS tables as the lists the C++ coder takes, built once."""
+
+    def __init__(self, entropy_model, what: str):
+        if entropy_model.quantized_cdf.numel() == 0:
+            raise WeightsError(
+                f"The coder's {what} has no CDF tables. Call model.update(force=True) "
+                "after loading weights (load_coder does this), then encode again."
+            )
+        self.cdf = entropy_model.quantized_cdf.tolist()
+        self.cdf_lengths = entropy_model.cdf_length.reshape(-1).int().tolist()
+        self.offsets = entropy_model.offset.reshape(-1).int().tolist()
+        self.coder = entropy_model.entropy_coder
+
+    def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
+        """One image's string, exactly as ``EntropyModel.compress`` writes it."""
+        return self.coder.encode_with_indexes(
+            symbols.reshape(-1).int().tolist(), indexes.reshape(-1).int().tolist(),
+            self.cdf, self.cdf_lengths, self.offsets)
+
+
+class Encoder:
+    """Encodes batches of images with one coder; see the module docstring for the rules.
+
+    The entropy tables are read once here: call ``model.update()`` before
+    building an Encoder, not after.
+    """
+
+    def __init__(self, coder: LoadedCoder):
+        self.coder = coder
+        self.model = coder.model.eval()
+        self.kind = coder.spec.latent_kind
+        self.hyper = coder.spec.has_hyperprior
+        self.device = next(self.model.parameters()).device
+        eb = self.model.entropy_bottleneck
+        self._bottleneck = _Tables(eb, "entropy bottleneck")
+        # [C, 1, 1]: EntropyBottleneck codes round(v - median) and decodes q + median.
+        self._medians = eb._get_medians().detach().reshape(-1, 1, 1)
+        if self.hyper:
+            gc = self.model.gaussian_conditional
+            self._gaussian = _Tables(gc, "Gaussian conditional")
+            # build_indexes counts the table entries >= the bounded scale,
+            # which is what searchsorted(side="left") on all but the last returns.
+            self._scale_bounds = gc.scale_table[:-1].to(self.device).contiguous()
+            self._lower_bound_scale = gc.lower_bound_scale
+        if self.kind == "context":
+            ctx = self.model.context_prediction
+            # compress() convolves with weight*mask, decompress() with the raw
+            # weight; they agree because the decoder's not-yet-decoded ŷ are 0.
+            self._ctx_weight = (ctx.weight * ctx.mask).detach()
+            self._ctx_bias = None if ctx.bias is None else ctx.bias.detach()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> list[EncodedImage]:
+        """Encode x (float32 [B, 3, H, W] in [0, 1], H and W multiples of 64) image by image."""
+        self._check_input(x)
+        x = x.to(self.device)
+        # Per image, never batched: see the module docstring.
+        ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
+        if not self.hyper:
+            return [self._encode_factorized(y) for y in ys]
+
+        # The hyperprior: z is coded by the entropy bottleneck, and the decoder
+        # runs h_s on the *decoded* ẑ at batch 1, so the encoder does too.
+        zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
+        z_syms, z_strings, params = [], [], []
+        for z in zs:
+            z_sym, z_hat, z_string = self._bottleneck_code(z)
+            z_syms.append(z_sym)
+            z_strings.append(z_string)
+            params.append(self.model.h_s(z_hat))
+
+        if self.kind == "context":
+            y_hats, syms, scales, means = self._context_loop(torch.cat(ys), params)
+        else:
+            y = torch.cat(ys)
+            if self.kind == "mean":
+                scales, means = torch.cat(params).chunk(2, 1)
+                syms = torch.round(y - means).int()
+                y_hats = syms + means
+            else:  # "round": ŷ = round(y), σ̂ from h_s, no μ
+                scales, means = torch.cat(params), None
+                syms = torch.round(y).int()
+                y_hats = syms.float()
+        indexes = self._build_indexes(scales)
+
+        out = []
+        for i in range(len(ys)):
+            sym_i, idx_i = syms[i], indexes[i]
+            if self.kind == "context":
+                # BufferedRansEncoder with symbols in raster order, channels
+                # innermost, as _compress_ar feeds them.
+                rans = BufferedRansEncoder()
+                rans.encode_with_indexes(
+                    sym_i.permute(1, 2, 0).reshape(-1).int().tolist(),
+                    idx_i.permute(1, 2, 0).reshape(-1).int().tolist(),
+                    self._gaussian.cdf, self._gaussian.cdf_lengths, self._gaussian.offsets)
+                y_string = rans.flush()
+            else:
+                y_string = self._gaussian.encode(sym_i, idx_i)
+            out.append(EncodedImage(
+                symbols=_np(sym_i, np.int32), y_hat=_np(y_hats[i], np.float32),
+                y_string=y_string, z_string=z_strings[i],
+                z_symbols=_np(z_syms[i][0], np.int32),
+                means=None if means is None else _np(means[i], np.float32),
+                scales=_np(scales[i], np.float32),
+                y_shape=tuple(ys[i].shape[-2:]), z_shape=tuple(zs[i].shape[-2:]),
+            ))
+        return out
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"Encoder.encode takes a float32 tensor [B, 3, H, W]; got {got}")
+        if x.dtype != torch.float32:
+            raise InputError(f"Encoder.encode takes float32 images in [0, 1]; got {x.dtype}")
+        h, w = x.shape[-2:]
+        if h % 64 or w % 64 or h == 0 or w == 0:
+            raise InputError(
+                f"Image size {h}x{w} is not a multiple of 64 (the hyper-latent stride): "
+                "pad it first and record the padding (METHOD §2)")
+
+    def _bottleneck_code(self, v: torch.Tensor):
+        """Code one image's v with the entropy bottleneck: (symbols, decoded v̂, string)."""
+        sym = torch.round(v - self._medians).int()
+        string = self._bottleneck.encode(sym, _channel_indexes(sym))
+        return sym, sym + self._medians, string
+
+    def _encode_factorized(self, y: torch.Tensor) -> EncodedImage:
+        sym, y_hat, string = self._bottleneck_code(y)
+        return EncodedImage(
+            symbols=_np(sym[0], np.int32), y_hat=_np(y_hat[0], np.float32),
+            y_string=string, z_string=None, z_symbols=None, means=None, scales=None,
+            y_shape=tuple(y.shape[-2:]), z_shape=None)
+
+    def _build_indexes(self, scales: torch.Tensor) -> torch.Tensor:
+        """GaussianConditional.build_indexes, as one searchsorted (compares values only: exact)."""
+        bounded = self._lower_bound_scale(scales).contiguous()
+        return torch.searchsorted(self._scale_bounds, bounded, side="left").int()
+
+    def _context_loop(self, y: torch.Tensor, params: list[torch.Tensor]):
+        """The serial raster loop of the autoregressive coders, once for the whole batch.
+
+        y: [B, M, Hy, Wy]; params: per image h_s output [1, 2M, Hy, Wy].
+        Returns ŷ, symbols, σ̂, μ, each [B, M, Hy, Wy].
+        """
+        b, m, height, width = y.shape
+        k, p = _CTX_KERNEL, _CTX_PAD
+        # Zeros where nothing is decoded yet, exactly the tensor the decoder
+        # convolves (compress() has raw y there, which the mask zeroes anyway).
+        y_hat = y.new_zeros(b, m, height + 2 * p, width + 2 * p)
+        entropy_parameters = self.model.entropy_parameters
+        weight, bias = self._ctx_weight, self._ctx_bias
+        syms, scales, means = [], [], []
+        for h in range(height):
+            for w in range(width):
+                crop = y_hat[:, :, h:h + k, w:w + k]
+                # Per image at batch 1: the decoder's exact convolutions.
+                gp = torch.cat([
+                    entropy_parameters(torch.cat(
+                        (params[i][:, :, h:h + 1, w:w + 1],
+                         F.conv2d(crop[i:i + 1], weight, bias=bias)), dim=1))
+                    for i in range(b)])
+                scale, mean = gp[:, :, 0, 0].chunk(2, 1)
+                q = torch.round(y[:, :, h, w] - mean).int()
+                y_hat[:, :, h + p, w + p] = q + mean
+                syms.append(q)
+                scales.append(scale)
+                means.append(mean)
+
+        def to_map(cols):  # H*W tensors [B, M] in raster order -> [B, M, H, W]
+            return torch.stack(cols, dim=-1).reshape(b, m, height, width)
+
+        return y_hat[:, :, p:p + height, p:p + width], to_map(syms), to_map(scales), to_map(means)
+
+
+def _channel_indexes(sym: torch.Tensor) -> torch.Tensor:
+    """The entropy bottleneck's CDF index of every element: its channel."""
+    c = torch.arange(sym.shape[1], dtype=torch.int32, device=sym.device)
+    return c.view(1, -1, 1, 1).expand_as(sym)
+
+
+def _np(t: torch.Tensor, dtype) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+class _Captured(Exception):
+    """Raised from the g_s hook: ŷ is all decode_y_hat needs, so g_s never runs."""
+
+
+def decode_y_hat(coder: LoadedCoder, enc: EncodedImage) -> np.ndarray:
+    """Decode enc's strings with CompressAI's ``model.decompress`` at batch 1 and return
+    the tensor ``g_s`` receives (float32 [M, Hy, Wy]): the ground truth for ``enc.y_hat``.
+    """
+    model = coder.model
+    if enc.z_string is None:
+        strings, shape = [[enc.y_string]], enc.y_shape
+    else:
+        strings, shape = [[enc.y_string], [enc.z_string]], enc.z_shape
+    captured = []
+
+    def grab(module, args):
+        captured.append(args[0].detach().cpu().clone())
+        raise _Captured
+
+    handle = model.g_s.register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            model.decompress(strings, shape)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"{type(model).__name__}.decompress never called g_s")
+    return captured[0][0].numpy()
