@@ -9,6 +9,14 @@ one code path and a new mode (e.g. a joint Cityscapes crop, where the label map
 is replayed with ``apply(label, params, resample="nearest")``) only needs a new
 sampler in ``SAMPLERS``.
 
+Params (JSON): ``version``, ``mode``, ``source_size`` [w, h], ``box`` [left, top,
+width, height] in source pixels (integers for train, fractional for val),
+``flip``, ``size`` [w, h] of the output, ``resize`` (val's shorter side, None
+for train), ``resized_size`` (val only) and ``interpolation``. Train crops are
+resampled from the source with the filter reading real pixels just past the
+box edge, where torchvision crops first and clamps: borders can differ from
+torchvision by a few levels; val matches Resize+CenterCrop to within 1 level.
+
 Randomness comes only from the ``numpy.random.Generator`` passed in, which
 ``variant_rng`` derives from (seed, key, variant): a variant is the same in any
 process, in any order.
