@@ -1,0 +1,42 @@
+"""Tiny real fixtures: photos from the bundled demo set, downscaled, and coder checkpoints."""
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+DEMO = Path(__file__).resolve().parents[1] / "latentstore" / "data" / "demo-imagenet"
+
+
+def demo_photos():
+    return sorted((DEMO / "train").glob("*/*.JPEG"))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """An ImageFolder tree, train split: 2 classes x 3 small real photos of varied sizes."""
+    root = tmp_path_factory.mktemp("tiny")
+    sizes = [(90, 60), (64, 64), (50, 120)]
+    for n, photo in enumerate(demo_photos()[:2]):
+        folder = root / "train" / f"class{n}"
+        folder.mkdir(parents=True)
+        src = Image.open(photo).convert("RGB")
+        for i, size in enumerate(sizes):
+            src.resize(size, Image.BILINEAR).save(folder / f"img{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """Save a seeded untrained coder with non-trivial symbols as a CompressAI checkpoint file."""
+    from latentstore.coders import get_spec, untrained_coder
+
+    folder = tmp_path_factory.mktemp("ckpt")
+
+    def make(coder: str, quality: int, seed: int = 0) -> Path:
+        path = folder / f"{coder}-{quality}-{seed}.pth.tar"
+        if not path.exists():
+            torch.save(untrained_coder(get_spec(coder), quality, seed=seed).state_dict(), path)
+        return path
+
+    return make
