@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 
 from .coders import ALIASES, CODERS
 from .errors import LatentstoreError
 from .format import OPTIONAL_FIELDS
+
+# torch 2.14 deprecates torch.jit.script, which CompressAI calls at import; not actionable for users.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
 CODER_HELP = "CompressAI coder: " + ", ".join(list(CODERS) + [f"{a} (= {c})" for a, c in ALIASES.items()])
 
@@ -62,6 +66,18 @@ def build(quiet, fields, **kwargs):
     cfg = BuildConfig(fields=tuple(f for f in fields.split(",") if f), **kwargs)
     run_build(cfg, progress=not quiet)
     click.echo(render(summarize(cfg.out)))
+
+
+@cli.command("fetch-weights")
+@click.option("--coder", required=True, help=CODER_HELP)
+@click.option("--quality", "qualities", required=True, multiple=True, type=int, help="Repeat for several.")
+def fetch_weights(coder, qualities):
+    """Download released coder weights into the torch hub cache ($TORCH_HOME), for offline nodes."""
+    from .coders import load_coder
+
+    for quality in qualities:
+        loaded = load_coder(coder, quality, "pretrained")
+        click.echo(f"{loaded.spec.name} q{quality}: cached, sha256 {loaded.weights['sha256']}")
 
 
 @cli.command()

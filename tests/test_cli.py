@@ -1,0 +1,55 @@
+"""The command line, called in process through its entry point."""
+import json
+
+import pytest
+
+from latentstore.cli import main
+
+
+def run(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_build_then_info(tiny_folder, tmp_path, capsys):
+    store = tmp_path / "store"
+    code, out, _ = run(capsys, "build", "--coder", "cheng2020", "--quality", "1", "--weights", "untrained",
+                       "--dataset", "imagefolder", "--root", str(tiny_folder), "--variants", "2",
+                       "--crop", "64", "--out", str(store), "--quiet")
+    assert code == 0
+    assert "UNTRAINED" in out and "6 of 6 images stored" in out
+    code, out, _ = run(capsys, "info", str(store))
+    assert code == 0 and "cheng2020-anchor  quality 1" in out and "y_hat.npy" in out
+    code, out, _ = run(capsys, "info", str(store), "--json")
+    summary = json.loads(out)
+    assert summary["splits"]["train"]["samples_per_variant"] == [6, 6]
+    assert summary["trained_weights"] is False
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--coder", "cheng2020", "--quality", "9"], "Invalid quality 9 for cheng2020-anchor: choose 1-6"),
+    (["--coder", "jpeg", "--quality", "1"], "Unknown coder 'jpeg'"),
+    (["--coder", "cheng2020", "--quality", "1", "--fields", "sigma"], "Unknown --fields sigma"),
+])
+def test_user_errors_are_one_clear_line(tiny_folder, tmp_path, capsys, args, message):
+    code, _, err = run(capsys, "build", *args, "--weights", "untrained", "--dataset", "imagefolder",
+                       "--root", str(tiny_folder), "--out", str(tmp_path / "s"), "--quiet")
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_info_on_an_unfinished_store_says_what_to_do(tmp_path, capsys):
+    code, _, err = run(capsys, "info", str(tmp_path))
+    assert code == 2 and "Rerun the build command" in err
+
+
+def test_help_explains_the_commands(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "build" in out and "info" in out and "fetch-weights" in out
+    code, out, _ = run(capsys, "build", "--help")
+    text = " ".join(out.split())  # undo click's line wrapping
+    assert "--variants" in text and "epoch e of training reads variant e mod K" in text
