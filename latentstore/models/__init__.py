@@ -95,7 +95,8 @@ EXAMPLES = ["resnet50", "resnet50-aa", "vgg11-aa", "vgg11_bn-aa", "efficientnet_
 
 def model_names() -> list[str]:
     """The registry's names, with {timm} patterns shown as such, and common instances."""
-    return [e.pattern for e in REGISTRY] + EXAMPLES
+    patterns = [e.pattern for e in REGISTRY]
+    return patterns + [n for n in EXAMPLES if n not in patterns]
 
 
 def _is_timm_cnn(name: str) -> bool:
