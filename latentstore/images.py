@@ -78,7 +78,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError) as e:
         # Pillow signals decoder failures with a mix of these types.
         msg = str(e)
-        if "truncated" in msg or isinstance(e, EOFError):
+        if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise RejectedImage(path, "truncated file") from e
         raise RejectedImage(path, f"corrupt image ({type(e).__name__}: {msg[:120]})") from e
 
