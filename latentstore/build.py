@@ -23,16 +23,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import apply, sample_params, variant_rng
+from .augment import SAMPLERS, SEG_SCALE, SINGLE_VARIANT_MODES, apply, sample_params, variant_rng
 from .coders import get_spec, load_coder
-from .datasets import SourceItem, open_source
+from .datasets import IGNORE_INDEX, SEGMENTATION, SourceItem, load_label_map, open_source
 from .encode import EncodedImage, Encoder
-from .errors import ConfigError, InputError, StoreError
-from .format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, OPTIONAL_FIELDS, Padding,
-                     commit_record_name, encode_field, sample_key, smallest_int_dtype,
-                     write_json_atomic, FIELDS)
+from .errors import ConfigError, InputError
+from .format import (FIELDS, OPTIONAL_FIELDS, Padding, commit_record_name, encode_field,
+                     sample_key, smallest_int_dtype, write_json_atomic)
 from .images import RejectedImage, load_rgb
-from .writers import ShardGroupWriter
+from .seal import part_file, seal
+from .writers import WRITERS
 
 Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -48,9 +48,9 @@ class BuildConfig:
     out: str
     weights: str = "pretrained"
     variants: int = 1
-    augment: str | None = None        # "train" | "val"; default: "train" for the train split, else "val"
+    augment: str | None = None        # augment.SAMPLERS; default: (seg-)train for the train split, else (seg-)val
     seed: int = 0
-    crop: int = 224
+    crop: int | None = None           # default 224, or 640 for seg-train (METHOD §3)
     resize: int = 256
     limit: int | None = None
     label_file: str | None = None
@@ -58,24 +58,34 @@ class BuildConfig:
     y_hat_dtype: str = "float16"
     fields: tuple = ()
     max_rejects: int = 100
-    # These change speed only, never bytes.
+    scale: tuple | None = None        # seg-train random scale range; default (0.5, 2.0)
+    format: str = "webdataset"        # store backend: a key of writers.WRITERS
+    # These change speed or the share of the work, never bytes.
     batch_size: int = 8
     workers: int = 0
+    part: tuple = (0, 1)              # (i, N): this process builds item groups j with j % N == i
 
     def resolved(self) -> "BuildConfig":
         spec = get_spec(self.coder)
-        augment = self.augment or ("train" if self.split == "train" else "val")
-        cfg = BuildConfig(**{**asdict(self), "coder": spec.name, "augment": augment,
-                             "fields": tuple(sorted(set(self.fields)))})
+        seg = "seg-" if self.dataset in SEGMENTATION else ""
+        augment = self.augment or (seg + ("train" if self.split == "train" else "val"))
+        crop = self.crop or (640 if augment == "seg-train" else 224)
+        scale = tuple(self.scale or SEG_SCALE) if augment == "seg-train" else None
+        cfg = BuildConfig(**{**asdict(self), "coder": spec.name, "augment": augment, "crop": crop,
+                             "scale": scale, "fields": tuple(sorted(set(self.fields)))})
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if self.augment not in ("train", "val"):
-            raise ConfigError(f"Invalid --augment {self.augment!r}: choose train or val")
-        if self.augment == "val" and self.variants != 1:
-            raise ConfigError(f"--variants {self.variants} with val augmentation (resize + center crop) "
-                              "would store identical copies: use --variants 1, or --augment train")
+        if self.augment not in SAMPLERS:
+            raise ConfigError(f"Invalid --augment {self.augment!r}: choose {', '.join(SAMPLERS)}")
+        if self.augment in SINGLE_VARIANT_MODES and self.variants != 1:
+            raise ConfigError(f"--variants {self.variants} with {self.augment} augmentation (deterministic) "
+                              "would store identical copies: use --variants 1, or a train augmentation")
+        if self.format not in WRITERS:
+            raise ConfigError(f"Invalid --format {self.format!r}: choose {', '.join(WRITERS)}")
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"Invalid --scale {self.scale}: need 0 < low <= high, e.g. 0.5 2.0")
         for name, value, low in (("variants", self.variants, 1), ("shard-size", self.shard_size, 1),
                                  ("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
                                  ("max-rejects", self.max_rejects, 0)):
@@ -90,9 +100,10 @@ class BuildConfig:
     def identity(self) -> dict:
         """The arguments a resumed build must repeat exactly (speed knobs excluded)."""
         d = asdict(self)
-        for speed_only in ("batch_size", "workers", "out"):
+        for speed_only in ("batch_size", "workers", "out", "part"):
             d.pop(speed_only)
         d["fields"] = list(self.fields)
+        d["scale"] = list(self.scale) if self.scale is not None else None
         d["root"] = str(Path(self.root).resolve())
         return d
 
@@ -104,6 +115,7 @@ class Prepared:
     """One source image after decode + augmentation: a crop per variant, or a reject reason."""
     item: SourceItem
     crops: list = field(default_factory=list)    # [(params, uint8 HxWx3)] per variant
+    labels: list = field(default_factory=list)   # segmentation: uint8 HxW train-id map per variant
     reject: str | None = None
 
 
@@ -113,12 +125,17 @@ def prepare(item: SourceItem, cfg: BuildConfig) -> Prepared:
         img = load_rgb(item.path)
     except RejectedImage as exc:
         return Prepared(item, reject=exc.reason)
-    crops = []
+    # A bad label map is an InputError naming it, not a reject: it is the ground truth.
+    label = load_label_map(item, img.size) if item.label_path is not None else None
+    options = {"scale": cfg.scale} if cfg.scale is not None else {}
+    crops, labels = [], []
     for v in range(cfg.variants):
         params = sample_params(variant_rng(cfg.seed, item.key, v), img.size, cfg.augment,
-                               crop=cfg.crop, resize=cfg.resize)
+                               crop=cfg.crop, resize=cfg.resize, **options)
         crops.append((params, np.asarray(apply(img, params), dtype=np.uint8)))
-    return Prepared(item, crops)
+        if label is not None:  # the same geometry, nearest neighbour, padded with ignore
+            labels.append(np.asarray(apply(label, params, resample="nearest", fill=IGNORE_INDEX), dtype=np.uint8))
+    return Prepared(item, crops, labels)
 
 
 def _prepare_star(args):
@@ -166,6 +183,8 @@ def sample_files(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg
         "symbols": enc.symbols.astype(smallest_int_dtype(enc.symbols)),
         "y_string": enc.y_string, "label": p.item.label, "meta": meta,
     }
+    if p.labels:
+        fields["label_map"] = p.labels[variant]
     if enc.z_string is not None:
         fields["z_string"] = enc.z_string
     optional = {"means": enc.means, "scales": enc.scales, "z_symbols": enc.z_symbols}
@@ -181,10 +200,16 @@ def sample_files(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg
 
 # --------------------------------------------------------------------------- driver
 
-def build(cfg: BuildConfig, progress: bool = True) -> dict:
-    """Build (or finish building) one split of a store; returns the manifest."""
+def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
+    """Build (or finish building) one split, or one part of it; returns the manifest once sealed.
+
+    A plain build seals its split into manifest.json at the end. A partitioned
+    build (``part=(i, N)``, N > 1) writes its part manifest only: run
+    ``latentstore seal`` when every part has finished. Returns None then.
+    """
     cfg = cfg.resolved()
     out = Path(cfg.out)
+    part, parts = cfg.part
     source = open_source(cfg.dataset, cfg.root, cfg.split, limit=cfg.limit, label_file=cfg.label_file)
     if not source.items:
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
@@ -193,30 +218,37 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     _check_resume(out, cfg, coder.weights)
 
     groups = [source.items[i:i + cfg.shard_size] for i in range(0, len(source.items), cfg.shard_size)]
-    records = {j: _read_record(out, cfg.split, j) for j in range(len(groups))}
-    todo = [j for j, rec in records.items() if rec is None]
+    mine = list(range(part, len(groups), parts))
+    records = {j: _read_record(out, cfg.split, j) for j in mine}
+    todo = [j for j in mine if records[j] is None]
     rejects_so_far = sum(len(rec["rejects"]) for rec in records.values() if rec)
 
     encoder = Encoder(coder)
     pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 0 else None
-    bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img",
-               desc=f"{cfg.coder} q{cfg.quality} {cfg.split}", disable=not progress, smoothing=0.1)
+    desc = f"{cfg.coder} q{cfg.quality} {cfg.split}" + (f" part {part}/{parts}" if parts > 1 else "")
+    bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img", desc=desc,
+               disable=not progress, smoothing=0.1)
     try:
         stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool)
         for j in todo:
             prepared = list(itertools.islice(stream, len(groups[j])))
-            records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far)
+            records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items))
             rejects_so_far += len(records[j]["rejects"])
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-    manifest = _manifest(out, cfg, coder, source, [records[j] for j in range(len(groups))])
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
+    write_json_atomic(out / part_file(cfg.split, part, parts), {
+        "split": cfg.split, "part": part, "parts": parts, "groups": len(groups),
+        "images": len(source.items), "classes": source.classes, "backend": cfg.format,
+        "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
+        "latent": _latent_entry(cfg, coder, [records[j] for j in mine]),
+        "created_by": _versions(), "records": [records[j] for j in mine],
+    })
+    return seal(out, splits=[cfg.split]) if parts == 1 else None
 
 
-def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before) -> dict:
+def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items) -> dict:
     rejects = [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
     if rejects_before + len(rejects) > cfg.max_rejects:
         listing = "\n".join(f"  {r['source']}: {r['reason']}" for r in rejects[:10])
@@ -227,7 +259,9 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before) -> dic
         )
     stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
     ok = [p for p in prepared if not p.reject]
-    with ShardGroupWriter(out, cfg.split, group, cfg.variants) as writer:
+    layout = {"item_keys": [p.item.key for p in prepared], "first_item": group * cfg.shard_size,
+              "total_items": total_items, "shard_size": cfg.shard_size}
+    with WRITERS[cfg.format](out, cfg.split, group, cfg.variants, layout) as writer:
         for chunk in batches(ok, cfg.batch_size):
             x, pad = to_input([p.crops[v][1] for p, v in chunk])
             for (p, v), enc in zip(chunk, encoder.encode(x)):
@@ -237,6 +271,7 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before) -> dic
                 stats["samples"] += 1
                 stats["bits"] += enc.bits()
                 stats["pixels"] += h * w
+                stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from the images
                 for ext, data in files.items():
                     if ext != "__key__":
                         stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
@@ -252,7 +287,7 @@ def _read_record(out: Path, split: str, group: int) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    for shard in record["shards"]:
+    for shard in (f for s in record["shards"] for f in s.get("files", [s])):  # zarr: a unit's chunk files
         p = out / shard["path"]
         if not p.is_file() or p.stat().st_size != shard["bytes"]:
             return None  # a shard was lost or replaced since: rebuild the group
@@ -283,44 +318,16 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def _manifest(out: Path, cfg: BuildConfig, coder, source, records: list) -> dict:
-    previous = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
-    spec = coder.spec
-    samples = sum(r["stats"]["samples"] for r in records)
-    bits = sum(r["stats"]["bits"] for r in records)
-    pixels = sum(r["stats"]["pixels"] for r in records)
-    field_bytes = {}
-    for r in records:
-        for ext, n in r["stats"]["field_bytes"].items():
-            field_bytes[ext] = field_bytes.get(ext, 0) + n
-    rejects = [rej for r in records for rej in r["rejects"]]
-    images = sum(r["images"] for r in records)
-    pad = Padding.centered(cfg.crop, cfg.crop)
-    c = spec.channels[cfg.quality]
-    padded = (cfg.crop + pad.top + pad.bottom, cfg.crop + pad.left + pad.right)
-    split_entry = {
-        "config": cfg.identity(),
-        "classes": source.classes,
-        "images_found": images,
-        "images_stored": images - len(rejects),
-        "variants": cfg.variants,
-        "samples": samples,
-        "latent_shape": [c, padded[0] // 16, padded[1] // 16],
-        "valid_region": pad.valid_region(cfg.crop, cfg.crop),
-        "padding": pad.as_dict(),
-        "mean_bpp": bits / pixels if pixels else None,
-        "bytes_per_sample": {ext: n / samples for ext, n in sorted(field_bytes.items())} if samples else {},
-        "shards": [s for r in records for s in r["shards"]],
-        "rejects": rejects,
-    }
-    if images != split_entry["images_stored"] + len(rejects) or images != len(source.items):
-        raise StoreError(f"internal error: {len(source.items)} images found, "
-                         f"{split_entry['images_stored']} stored + {len(rejects)} rejected")
-    coder_entry = {"name": spec.name, "quality": cfg.quality, "latent_kind": spec.latent_kind,
-                   "channels": c, "weights": coder.weights}
-    if previous and previous["coder"]["weights"]["sha256"] != coder.weights["sha256"]:
-        raise ConfigError(f"{out} holds splits encoded with other coder weights; use a new --out")
-    splits = dict(previous["splits"]) if previous else {}
-    splits[cfg.split] = split_entry
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "backend": "webdataset",
-            "created_by": _versions(), "coder": coder_entry, "splits": splits}
+def _coder_entry(cfg: BuildConfig, coder) -> dict:
+    return {"name": coder.spec.name, "quality": cfg.quality, "latent_kind": coder.spec.latent_kind,
+            "channels": coder.spec.channels[cfg.quality], "weights": coder.weights}
+
+
+def _latent_entry(cfg: BuildConfig, coder, records: list = ()) -> dict:
+    """Latent geometry of this split's (fixed-size) crops; seg-val stores whole images of one size."""
+    sizes = {tuple(r["stats"]["image_size"]) for r in records if r and "image_size" in r["stats"]}
+    h, w = sizes.pop() if cfg.augment == "seg-val" and len(sizes) == 1 else (cfg.crop, cfg.crop)
+    pad = Padding.centered(h, w)
+    padded = (h + pad.top + pad.bottom, w + pad.left + pad.right)
+    return {"latent_shape": [coder.spec.channels[cfg.quality], padded[0] // 16, padded[1] // 16],
+            "valid_region": pad.valid_region(h, w), "padding": pad.as_dict()}

@@ -48,7 +48,7 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int, help="Augmentation seed (and untrained weights' seed).")
 @click.option("--crop", default=224, show_default=True, type=int, help="Crop size in pixels (padded to a multiple of 64).")
 @click.option("--resize", default=256, show_default=True, type=int, help="Val: shorter side before the center crop.")
-@click.option("--limit", type=int, help="Use only the first N images of the sorted source list.")
+@click.option("--limit", type=int, help="Use N images: a deterministic round-robin across classes (nested: N is within N+1).")
 @click.option("--label-file", type=click.Path(exists=True, dir_okay=False), help="Labels for a flat ImageNet val folder.")
 @click.option("--shard-size", default=1000, show_default=True, type=int, help="Source images per shard.")
 @click.option("--y-hat-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]))
@@ -57,15 +57,36 @@ def cli():
               help="Fail once more than this many images are unreadable.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per encoder batch (speed only).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
+@click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
+                             "SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE; then run `latentstore seal`.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(quiet, fields, **kwargs):
-    """Encode a dataset split into a store of exact latents, symbols and bitstreams."""
+def build(quiet, fields, part, **kwargs):
+    """Encode a dataset split into a store of exact latents, symbols and bitstreams.
+
+    Rerunning the same command after a crash finishes only what is missing.
+    """
     from .build import BuildConfig, build as run_build
     from .info import render, summarize
+    from .seal import parse_part
 
-    cfg = BuildConfig(fields=tuple(f for f in fields.split(",") if f), **kwargs)
-    run_build(cfg, progress=not quiet)
-    click.echo(render(summarize(cfg.out)))
+    cfg = BuildConfig(fields=tuple(f for f in fields.split(",") if f), part=parse_part(part), **kwargs)
+    if run_build(cfg, progress=not quiet) is None:
+        i, n = cfg.part
+        click.echo(f"part {i}/{n} of split {cfg.split!r} is complete; run `latentstore seal {cfg.out}` "
+                   f"once all {n} parts are")
+    else:
+        click.echo(render(summarize(cfg.out)))
+
+
+@cli.command("seal")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+def seal_command(store):
+    """Merge the part manifests of a partitioned build into manifest.json (fails naming missing parts)."""
+    from .info import render, summarize
+    from .seal import seal
+
+    seal(store)
+    click.echo(render(summarize(store)))
 
 
 @cli.command("fetch-weights")
