@@ -29,24 +29,53 @@ def cli():
     """
 
 
+def teacher_options(required: bool):
+    """The --teacher* options, shared by build and add-teacher (see latentstore/teachers.py)."""
+    options = [
+        click.option("--teacher", required=required,
+                     help="Teacher whose feature maps are stored beside the latent: any timm CNN with "
+                          "features_only (e.g. resnet50), or pspnet50 (segmentation, by --teacher-layers)."),
+        click.option("--teacher-weights", default="pretrained", show_default=True,
+                     help="'pretrained' (timm's weights via the Hugging Face cache), a state_dict PATH "
+                          "(.pth/.safetensors), or 'untrained' (seeded, for tests only)."),
+        click.option("--teacher-strides", default="8,16,32", show_default=True,
+                     help="Feature strides to store, picked through timm's FeatureInfo (one field each)."),
+        click.option("--teacher-layers", default="", help="Layer names to store instead of strides, e.g. "
+                                                          "layer2,layer3,layer4 (segmentation backbones)."),
+        click.option("--teacher-dtype", default="float16", show_default=True,
+                     type=click.Choice(["float16", "bfloat16", "int8"]),
+                     help="int8: symmetric, a float32 scale per sample and channel."),
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
 @cli.command()
 @click.option("--coder", required=True, help=CODER_HELP)
 @click.option("--quality", required=True, type=int, help="Codec quality (1-8 for bmshj2018/mbt2018, 1-6 for cheng2020).")
 @click.option("--weights", default="pretrained", show_default=True,
               help="'pretrained' (zoo weights via the TORCH_HOME cache), a CompressAI checkpoint PATH, "
                    "or 'untrained' (seeded random weights, for demos and tests only).")
-@click.option("--dataset", required=True, type=click.Choice(["imagenet", "imagefolder"]),
+@click.option("--dataset", required=True, type=click.Choice(["imagenet", "imagefolder", "cityscapes"]),
               help="imagenet: <root>/<split>/<synset>/*.JPEG (val may be flat + label file); "
-                   "imagefolder: any <root>/<split>/<class>/* tree.")
+                   "imagefolder: any <root>/<split>/<class>/* tree; cityscapes: <root>/leftImg8bit/<split>/"
+                   "<city>/*_leftImg8bit.png + <root>/gtFine/... label maps (stored as label_map).")
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root folder.")
 @click.option("--split", default="train", show_default=True, help="Split folder under the root.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Store folder (created; reruns resume).")
 @click.option("--variants", default=1, show_default=True, type=int,
               help="Augmentation variants per image (epoch e of training reads variant e mod K).")
-@click.option("--augment", type=click.Choice(["train", "val"]),
-              help="train: RandomResizedCrop + flip; val: resize + center crop. Default: train for the train split.")
+@click.option("--augment", type=click.Choice(["train", "val", "seg-train", "seg-val"]),
+              help="train: RandomResizedCrop + flip; val: resize + center crop; seg-train: random scale + crop "
+                   "(padded) + flip of image and label map; seg-val: the full image. Default: (seg-)train for "
+                   "the train split, else (seg-)val; seg- for cityscapes.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Augmentation seed (and untrained weights' seed).")
-@click.option("--crop", default=224, show_default=True, type=int, help="Crop size in pixels (padded to a multiple of 64).")
+@click.option("--crop", type=int, help="Crop size in pixels (padded to a multiple of 64). Default 224; 640 for seg-train.")
+@click.option("--scale", type=float, nargs=2, help="seg-train: random scale range LOW HIGH. Default 0.5 2.0.")
 @click.option("--resize", default=256, show_default=True, type=int, help="Val: shorter side before the center crop.")
 @click.option("--limit", type=int, help="Use N images: a deterministic round-robin across classes (nested: N is within N+1).")
 @click.option("--label-file", type=click.Path(exists=True, dir_okay=False), help="Labels for a flat ImageNet val folder.")
@@ -59,8 +88,12 @@ def cli():
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
 @click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
                              "SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE; then run `latentstore seal`.")
+@click.option("--format", "format", default="webdataset", show_default=True, type=click.Choice(["webdataset", "zarr"]),
+              help="Store backend: WebDataset tar shards, or a Zarr v3 store (random access by key).")
+@teacher_options(required=False)
+@click.option("--dry-run", is_flag=True, help="Print the projected store size (one real sample encoded) and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(quiet, fields, part, **kwargs):
+def build(quiet, fields, part, dry_run, **kwargs):
     """Encode a dataset split into a store of exact latents, symbols and bitstreams.
 
     Rerunning the same command after a crash finishes only what is missing.
@@ -70,12 +103,35 @@ def build(quiet, fields, part, **kwargs):
     from .seal import parse_part
 
     cfg = BuildConfig(fields=tuple(f for f in fields.split(",") if f), part=parse_part(part), **kwargs)
-    if run_build(cfg, progress=not quiet) is None:
+    if dry_run:
+        from .dryrun import project, render as render_projection
+        click.echo(render_projection(project(cfg)))
+    elif run_build(cfg, progress=not quiet) is None:
         i, n = cfg.part
         click.echo(f"part {i}/{n} of split {cfg.split!r} is complete; run `latentstore seal {cfg.out}` "
                    f"once all {n} parts are")
     else:
         click.echo(render(summarize(cfg.out)))
+
+
+@cli.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--decode", default=0, show_default=True, type=int,
+              help="Also decode N random samples with CompressAI and compare ŷ (needs the coder's weights).")
+@click.option("--weights", help="Where the coder's weights are now, if not where the manifest says.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which random samples --decode picks.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(store, decode, weights, seed, quiet):
+    """Check every shard (sha256, sample count, fields, keys); exit 1 naming every bad shard and key."""
+    from .verify import verify as run_verify
+
+    report = run_verify(store, decode=decode, seed=seed, weights=weights, progress=not quiet)
+    for problem in report.problems:
+        click.echo(f"BAD  {problem}", err=True)
+    click.echo(f"{report.shards} shards, {report.samples} samples checked, {report.decoded} decoded "
+               f"by CompressAI: {'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
+    if not report.ok:
+        sys.exit(1)
 
 
 @cli.command("seal")
@@ -104,12 +160,38 @@ def fetch_weights(coder, qualities):
 @cli.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def info(store, as_json):
-    """Summarize a store: coder, weights, samples, bpp, bytes per field, rejects."""
+@click.option("--teacher-error", default=0, type=int, metavar="N",
+              help="Also measure each teacher dtype's relative error vs float32 on N samples (runs the teacher).")
+def info(store, as_json, teacher_error):
+    """Summarize a store: coder, weights, samples, bpp, bytes per field, teacher, rejects."""
     from .info import render, summarize
 
     summary = summarize(store)
+    if teacher_error:
+        from .add_teacher import teacher_error as measure
+        summary["teacher_error"] = measure(store, teacher_error)
     click.echo(json.dumps(summary, indent=1) if as_json else render(summary))
+
+
+@cli.command("add-teacher")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@teacher_options(required=True)
+@click.option("--split", "splits", multiple=True, help="Only this split (repeat for several); default all.")
+@click.option("--trust-sources", is_flag=True,
+              help="Skip re-running the coder's g_a to prove each replayed crop is the encoded one.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def add_teacher(store, teacher, teacher_weights, teacher_strides, teacher_layers, teacher_dtype, splits,
+                trust_sources, quiet):
+    """Add teacher features to an existing store, replaying each sample's stored augmentation.
+
+    Latent members keep their bytes; the result equals a build with --teacher.
+    """
+    from .add_teacher import add_teacher as run
+    from .info import render, summarize
+
+    run(store, teacher, teacher_weights, teacher_strides, teacher_layers, teacher_dtype,
+        splits=list(splits) or None, verify_sources=not trust_sources, progress=not quiet)
+    click.echo(render(summarize(store)))
 
 
 def main(argv=None):

@@ -207,3 +207,22 @@ def _from_state_dict(spec: CoderSpec, state: dict, source: str) -> torch.nn.Modu
     # Released checkpoints hold the CDF tables; user training checkpoints may not.
     model.update(force=False)
     return model.eval()
+
+
+def load_coder_from_manifest(coder_entry: dict, weights: str | None = None) -> LoadedCoder:
+    """The coder a store was built with, checked by the weights' sha256.
+
+    `weights` overrides where to find them (e.g. the checkpoint moved to another
+    machine); by default the manifest's own source is used.
+    """
+    recorded = coder_entry["weights"]
+    if weights is None:
+        weights = recorded["path"] if recorded["source"] == "file" else recorded["source"]
+    coder = load_coder(coder_entry["name"], coder_entry["quality"], weights, seed=recorded.get("seed", 0))
+    if coder.weights["sha256"] != recorded["sha256"]:
+        raise WeightsError(
+            f"The {coder_entry['name']} q{coder_entry['quality']} weights from {weights!r} are not the ones "
+            f"the store was built with (sha256 {coder.weights['sha256'][:12]}… != {recorded['sha256'][:12]}…): "
+            f"pass the original checkpoint"
+        )
+    return coder

@@ -67,6 +67,12 @@ class ShardGroupWriter:
         self.extra: dict = {}  # rejects and statistics, stored in the commit record
 
     def __enter__(self):
+        # A killed earlier attempt at this group may have left temporaries; parts own
+        # disjoint groups, so whatever is named after this group's shards is stale.
+        record = self.store / commit_record_name(self.split, self.group)
+        for final in self._finals + [record]:
+            for stale in final.parent.glob(f".{final.name}.tmp-*"):
+                stale.unlink(missing_ok=True)
         for tmp in self._temps:
             f = _HashingFile(tmp)
             self._files.append(f)
