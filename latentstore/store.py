@@ -1,18 +1,73 @@
-"""Reading a store as a torch IterableDataset: manifest first, then strict shard reads."""
+"""Reading a store as a torch IterableDataset: an epoch order that depends on (seed, epoch) only.
+
+How one epoch is read (RELIABILITY properties 8-11):
+
+1. Epoch e reads stored variant ``e mod K`` (or a fixed ``variant=``).
+2. The epoch's global order G is a list of (shard, sample index) pairs computed
+   from the manifest alone: with ``shuffle=True`` the variant's shards are
+   permuted with a generator seeded by (seed, epoch), cut into windows of
+   ``shuffle_window`` consecutive shards, and the samples of each window are
+   permuted in memory. Without shuffle, G is store order. G never depends on
+   ranks, workers or batch size.
+3. Rank r of W takes the contiguous slice G[r*n:(r+1)*n], where n = N // W
+   (``remainder="drop"``: the last N mod W samples of G are skipped this epoch;
+   they are different samples every epoch when shuffling) or n = ceil(N / W)
+   (``remainder="pad"``: G is extended with its own first samples, as
+   torch's DistributedSampler does). Every rank gets exactly n samples, so
+   every rank runs the same number of steps. Concatenating the ranks' outputs
+   in rank order gives G (drop: its first W*n; pad: G plus its first W*n-N).
+4. ``start=s`` skips the first s samples of every rank's slice (mid-epoch
+   resume: a checkpoint after k steps of batch b resumes with start=k*b).
+5. With ``batch_size`` set, the dataset yields collated batches and batch i of
+   a rank goes to DataLoader worker i mod workers. The DataLoader (with
+   ``batch_size=None``) takes one item from each worker in turn, so the
+   sequence of batches is the same for 0, 1 or 8 workers. Without
+   ``batch_size`` samples are dealt out the same way.
+
+Trade-off: tar shards cannot be read at random cheaply, so shuffling is
+"shard order + in-memory window", not a full permutation of the split. A
+worker reads every shard that holds one of its samples (whole shards,
+sequentially) and keeps only its own samples; each rank reads about N/W
+samples' worth of shards plus one window, and with k workers each of those
+shards is read k times (usually from the page cache). Memory per worker: its
+share of about one window of decoded samples.
+
+Backends: ``SOURCES`` maps ``manifest["backend"]`` to a function that yields
+the samples of one shard record (``info["shards"][i]``: at least ``variant``
+and ``samples``) in stored order. Strict reads raise StoreError naming shard
+and key; with ``max_skips > 0`` damaged samples are skipped, listed in
+``dataset.skipped`` and in the ``__skipped__`` entry of the next item, and the
+read fails once more than ``max_skips`` were skipped.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
-from .readers import iter_shard
+from .readers import iter_shard, iter_unit
+from .teachers import TeacherDecoder
 
 DEFAULT_FIELDS = ("y_hat", "label")
+REMAINDERS = ("drop", "pad")
+
+
+def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool) -> Iterator[dict]:
+    return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient)
+
+
+#: manifest["backend"] -> fn(store path, shard record, fields, lenient) yielding the shard's samples
+#: in stored order; in lenient mode a damaged sample comes as {"__key__", "__shard__", "__error__"}.
+SOURCES: dict[str, Callable[..., Iterator[dict]]] = {
+    "webdataset": _webdataset_samples,
+    "zarr": iter_unit,
+}
 
 
 def pick_split(manifest: dict, split: str | None, store) -> str:
@@ -50,31 +105,100 @@ def to_tensors(sample: dict, y_hat_dtype: torch.dtype = torch.float32) -> dict:
     return out
 
 
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors of equal shape; keep everything else (keys, meta dicts) as lists."""
+    out = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        out[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+# --------------------------------------------------------------------------- order
+
+def epoch_order(counts: list[int], seed: int, epoch: int, shuffle: bool, window: int) -> list[tuple]:
+    """The epoch's global order: (shard index, sample index) pairs, a function of its arguments only."""
+    if not shuffle:
+        return [(s, i) for s, n in enumerate(counts) for i in range(n)]
+    rng = np.random.default_rng([seed, epoch])
+    shards = [int(s) for s in rng.permutation(len(counts))]
+    order = []
+    for w in range(0, len(shards), window):
+        pool = [(s, i) for s in shards[w:w + window] for i in range(counts[s])]
+        order.extend(pool[int(j)] for j in rng.permutation(len(pool)))
+    return order
+
+
+def rank_slice(total: int, rank: int, world: int, remainder: str) -> range:
+    """Positions in G of rank `rank`'s samples (positions >= total wrap to the start of G)."""
+    if remainder not in REMAINDERS:
+        raise ConfigError(f"Invalid remainder {remainder!r}: choose {' or '.join(REMAINDERS)}")
+    per_rank = total // world if remainder == "drop" else -(-total // world)
+    if per_rank == 0:
+        raise ConfigError(f"{total} samples cannot be split over {world} ranks with remainder='drop': "
+                          "use remainder='pad' or fewer ranks")
+    return range(rank * per_rank, (rank + 1) * per_rank)
+
+
 class LatentDataset(IterableDataset):
     """The samples of one split, streamed from its shards with strict checks.
 
-    variant: which stored augmentation variant to read; None (default) reads
-    variant ``epoch % K`` so that epoch e sees variant e mod K (call set_epoch).
-    Shards are divided between ranks (torch.distributed, or RANK/WORLD_SIZE)
-    and DataLoader workers. Every read error names the shard and key.
+    variant: None (default) reads variant ``epoch % K`` (call set_epoch); an int
+    pins one. seed/shuffle/shuffle_window: the epoch order (module docstring).
+    batch_size/drop_last: yield collated batches (use ``DataLoader(ds,
+    batch_size=None)``). remainder: "drop" or "pad" to give every rank the same
+    count. start: per-rank sample offset to resume from. rank/world: override
+    torch.distributed / RANK, WORLD_SIZE. max_skips: 0 = strict.
     """
 
     def __init__(self, path, split: str | None = None, variant: int | None = None,
-                 fields=DEFAULT_FIELDS, y_hat_dtype: torch.dtype = torch.float32):
+                 fields=DEFAULT_FIELDS, y_hat_dtype: torch.dtype = torch.float32, *,
+                 seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
+                 batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
+                 start: int = 0, rank: int | None = None, world: int | None = None, max_skips: int = 0,
+                 teacher_dtype: torch.dtype = torch.float32):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]
-        unknown = set(fields) - set(FIELDS)
+        backend = self.manifest.get("backend", "webdataset")
+        if backend not in SOURCES:
+            raise StoreError(f"{self.path} uses backend {backend!r}; this latentstore reads {', '.join(SOURCES)}")
+        self.source = SOURCES[backend]
+        self.teacher = TeacherDecoder(self.info, fields, teacher_dtype)  # teacher_s8 ... -> float tensors
+        unknown = set(fields) - set(FIELDS) - self.teacher.fields
         if unknown:
-            raise ConfigError(f"Unknown fields {sorted(unknown)}: choose from {', '.join(FIELDS)}")
+            raise ConfigError(f"Unknown fields {sorted(unknown)}: choose from "
+                              f"{', '.join([*FIELDS, *sorted(self.teacher.fields)])}")
         if variant is not None and not 0 <= variant < self.info["variants"]:
             raise ConfigError(f"variant {variant} out of range: {self.path} stores {self.info['variants']}")
+        for name, value, low in (("shuffle_window", shuffle_window, 1), ("batch_size", 1 if batch_size is None else batch_size, 1),
+                                 ("start", start, 0), ("max_skips", max_skips, 0)):
+            if value < low:
+                raise ConfigError(f"{name} must be at least {low}, got {value}")
+        if remainder not in REMAINDERS:
+            raise ConfigError(f"Invalid remainder {remainder!r}: choose {' or '.join(REMAINDERS)}")
         self.fields, self.variant, self.y_hat_dtype = tuple(fields), variant, y_hat_dtype
+        self.seed, self.shuffle, self.shuffle_window = seed, shuffle, shuffle_window
+        self.batch_size, self.drop_last, self.remainder = batch_size, drop_last, remainder
+        self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
         self.epoch = 0
+        self.skipped: list[str] = []
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __getitem__(self, key: str) -> dict:
+        """One sample by key (``<item>_v<variant:03d>``): Zarr stores only; tar shards have no index."""
+        if self.manifest["backend"] != "zarr":
+            raise StoreError(f"{self.path} is a {self.manifest['backend']} store: random access by key is not "
+                             "supported on tar shards; iterate, or convert the store to --format zarr")
+        if getattr(self, "_keys", None) is None:
+            from .readers.zarr import KeyIndex
+            self._keys = KeyIndex(self.path, self.manifest, self.split)
+        return to_tensors(self.teacher.decode(self._keys.get(key, self.teacher.read_fields(self.fields))),
+                          self.y_hat_dtype)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Read epoch `epoch` next, from per-rank sample offset `start`."""
+        self.epoch, self.start = epoch, start
 
     @property
     def current_variant(self) -> int:
@@ -83,17 +207,113 @@ class LatentDataset(IterableDataset):
     def shards(self) -> list:
         return [s for s in self.info["shards"] if s["variant"] == self.current_variant]
 
+    def _rank_world(self) -> tuple[int, int]:
+        rank, world = _rank_and_world()
+        return (rank if self.rank is None else self.rank), (world if self.world is None else self.world)
+
+    def samples_per_rank(self) -> int:
+        rank, world = self._rank_world()
+        return len(rank_slice(sum(s["samples"] for s in self.shards()), rank, world, self.remainder))
+
     def __len__(self) -> int:
-        return sum(s["samples"] for s in self.shards())
+        """Items this rank yields from the current start: samples, or batches with batch_size."""
+        n = max(self.samples_per_rank() - self.start, 0)
+        if self.batch_size is None:
+            return n
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self) -> list[tuple]:
+        """The epoch's global order G as (shard path, sample index) pairs."""
+        shards = self.shards()
+        return [(shards[s]["path"], i) for s, i in self._order(shards)]
+
+    def _order(self, shards) -> list[tuple]:
+        return epoch_order([s["samples"] for s in shards], self.seed, self.epoch, self.shuffle,
+                           self.shuffle_window)
+
+    def _units(self, shards) -> list[list[tuple]]:
+        """This rank's items from `start` on, each a list of (shard, index) pairs."""
+        order = self._order(shards)
+        rank, world = self._rank_world()
+        mine = [order[p % len(order)] for p in rank_slice(len(order), rank, world, self.remainder)]
+        mine = mine[self.start:]
+        if self.batch_size is None:
+            return [[pair] for pair in mine]
+        b = self.batch_size
+        units = [mine[i:i + b] for i in range(0, len(mine), b)]
+        if self.drop_last and units and len(units[-1]) < b:
+            units.pop()
+        return units
 
     def __iter__(self):
-        rank, world = _rank_and_world()
+        shards = self.shards()
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
-        mine = self.shards()[rank * nworkers + wid::world * nworkers]
-        for shard in mine:
-            for sample in iter_shard(self.path / shard["path"], shard["path"], shard["samples"], self.fields):
-                yield to_tensors(sample, self.y_hat_dtype)
+        units = self._units(shards)[wid::nworkers]
+        window_of = self._windows(shards)
+        uses: dict[tuple, int] = {}
+        for unit in units:
+            for pair in unit:
+                uses[pair] = uses.get(pair, 0) + 1
+        cache: dict[tuple, dict | None] = {}
+        pending: list[str] = []
+        for unit in units:
+            batch = []
+            for pair in unit:
+                if pair not in cache:
+                    pending += self._load(shards, window_of[pair[0]], uses, cache)
+                sample = cache[pair]
+                uses[pair] -= 1
+                if uses[pair] == 0:
+                    del cache[pair]
+                if sample is not None:
+                    batch.append(sample)
+            if not batch:
+                continue
+            item = batch[0] if self.batch_size is None else collate(batch)
+            if self.max_skips:
+                item = dict(item, __skipped__="\n".join(pending) if self.batch_size is None else pending)
+                pending = []
+            yield item
+
+    def _windows(self, shards) -> dict[int, list[int]]:
+        """Shard index -> the shards read together with it (its shuffle window)."""
+        if not self.shuffle:
+            return {s: [s] for s in range(len(shards))}
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = [int(s) for s in rng.permutation(len(shards))]  # same first draw as epoch_order
+        groups = [perm[w:w + self.shuffle_window] for w in range(0, len(perm), self.shuffle_window)]
+        return {s: g for g in groups for s in g}
+
+    def _load(self, shards, window: list[int], uses: dict, cache: dict) -> list[str]:
+        """Read the shards of one window into `cache` (only samples still to be used); return skips."""
+        skipped = []
+        for s in window:
+            shard = shards[s]
+            seen, damage = 0, "the shard holds fewer samples than the manifest records"
+            for index, sample in enumerate(self.source(self.path, shard, self.teacher.read_fields(self.fields),
+                                                        self.max_skips > 0)):
+                seen = index + 1
+                if "__error__" in sample:
+                    if sample["__key__"] is None:  # damage to the shard itself: the rest is lost
+                        seen, damage = index, sample["__error__"]
+                        break
+                    if uses.get((s, index)):
+                        skipped.append(sample["__error__"])
+                        cache[(s, index)] = None
+                    continue
+                if uses.get((s, index)):
+                    cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
+            for index in range(seen, shard["samples"]):
+                if uses.get((s, index)):
+                    skipped.append(f"shard {shard['path']}, sample #{index} (key unknown): lost ({damage})")
+                    cache[(s, index)] = None
+        self.skipped += skipped
+        if len(self.skipped) > self.max_skips:
+            listing = "\n  ".join(self.skipped[:20])
+            raise StoreError(f"{len(self.skipped)} damaged samples, more than max_skips={self.max_skips}:\n  "
+                             f"{listing}\nRun `latentstore verify` and rebuild the damaged shards.")
+        return skipped
 
 
 def open_store(path, split: str | None = None, **kwargs) -> LatentDataset:

@@ -66,3 +66,156 @@ def test_bad_arguments_and_damage_are_named(store, tmp_path):
             keys(open_store(store))
     finally:
         shard.write_bytes(data)
+
+
+# ---------------------------------------------------------------- epoch order, ranks, workers, resume
+
+PRIME = 7  # samples per variant: divides by neither 2 nor 3
+
+
+@pytest.fixture(scope="module")
+def prime_store(tiny_folder, tmp_path_factory):
+    """7 images (2 + 2 + 2 + 1 per shard), 2 variants."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("prime")
+    for n, src in enumerate(sorted((tiny_folder / "train").glob("*/*.png"))):
+        (root / "train" / f"c{n % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / "train" / f"c{n % 2}" / f"i{n}.png")
+    shutil.copy(src, root / "train" / "c1" / "extra.png")
+    out = tmp_path_factory.mktemp("prime-store")
+    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                      root=str(root), split="train", out=str(out), variants=2, crop=64, shard_size=2),
+          progress=False)
+    return out
+
+
+def global_keys(store, epoch, **kw):
+    """The epoch's global order G as sample keys, read with one rank and no workers."""
+    ds = open_store(store, rank=0, world=1, **kw)
+    ds.set_epoch(epoch)
+    keys = [s["__key__"] for s in ds]
+    assert len(keys) == PRIME and len(set(keys)) == PRIME
+    return keys
+
+
+def rank_keys(store, epoch, rank, world, workers, batch_size=None, **kw):
+    ds = open_store(store, rank=rank, world=world, batch_size=batch_size, **kw)
+    ds.set_epoch(epoch, ds.start)
+    out = []
+    for item in DataLoader(ds, batch_size=None, num_workers=workers):
+        out += item["__key__"] if batch_size else [item["__key__"]]
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_order_is_a_function_of_seed_and_epoch_only(prime_store, batch_size):
+    kw = dict(shuffle=True, seed=3, shuffle_window=2)
+    g = global_keys(prime_store, 1, **kw)
+    assert all(k.endswith("_v001") for k in g)               # epoch 1 reads variant 1
+    assert g != global_keys(prime_store, 3, **kw)             # another epoch, another order
+    assert g != global_keys(prime_store, 1, **{**kw, "seed": 4})
+    for world in (1, 2, 3):
+        per_rank = PRIME // world
+        for workers in (0, 2):
+            got = [rank_keys(prime_store, 1, r, world, workers, batch_size, **kw) for r in range(world)]
+            assert [len(k) for k in got] == [per_rank] * world
+            # Ranks in rank order give G (minus the last N mod W samples), whatever the worker count.
+            assert sum(got, []) == g[:world * per_rank], (world, workers)
+
+
+def test_prime_store_gives_every_rank_the_same_count(prime_store):
+    for world in (1, 2, 3):
+        for remainder, per_rank in (("drop", PRIME // world), ("pad", -(-PRIME // world))):
+            counts, batches, seen = [], [], []
+            for rank in range(world):
+                ds = open_store(prime_store, rank=rank, world=world, remainder=remainder, shuffle=True)
+                keys = [s["__key__"] for s in ds]
+                counts.append(len(keys))
+                seen += keys
+                bds = open_store(prime_store, rank=rank, world=world, remainder=remainder, shuffle=True,
+                                 batch_size=2)
+                batches.append(sum(1 for _ in bds))
+                assert len(ds) == len(keys) and len(bds) == batches[-1]
+            assert counts == [per_rank] * world and len(set(batches)) == 1
+            if remainder == "pad":
+                assert set(seen) == set(global_keys(prime_store, 0, shuffle=True))  # pad: nothing left out
+
+
+def test_resume_from_an_offset_yields_exactly_the_unseen_samples(prime_store):
+    kw = dict(shuffle=True, seed=1, shuffle_window=3)
+    for world in (1, 2):
+        for rank in range(world):
+            full = rank_keys(prime_store, 2, rank, world, 0, 2, **kw)
+            for start in (0, 2):
+                resumed = rank_keys(prime_store, 2, rank, world, 2, 2, start=start, **kw)
+                assert resumed == full[start:]
+
+
+def test_shuffle_window_one_keeps_shards_whole(prime_store):
+    ds = open_store(prime_store, shuffle=True, shuffle_window=1, seed=5)
+    order = ds.order()
+    runs = [path for i, (path, _) in enumerate(order) if i == 0 or order[i - 1][0] != path]
+    assert len(runs) == len(ds.shards())                       # each shard read in one run
+
+
+def test_bad_reader_arguments_are_named(prime_store):
+    with pytest.raises(ConfigError, match="remainder"):
+        open_store(prime_store, remainder="wrap")
+    with pytest.raises(ConfigError, match="cannot be split over 8 ranks"):
+        list(open_store(prime_store, rank=0, world=8))
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        open_store(prime_store, batch_size=0)
+
+
+# ---------------------------------------------------------------- strict by default, lenient with a budget
+
+def corrupt(store, tmp_path, keys_to_break=1, truncate=False):
+    """A copy of `store` with the y_hat member of the first `keys_to_break` samples of shard 0 garbled."""
+    import shutil
+    import tarfile
+    import io
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    ds = open_store(copy)
+    shard = copy / ds.shards()[0]["path"]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    keys = sorted({m.name.split(".")[0] for m, _ in members})
+    broken = keys[:keys_to_break]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in members:
+            key = m.name.split(".")[0]
+            if truncate and key == keys[-1]:
+                continue                                      # cut at a member boundary: no tar error
+            if key in broken and m.name.endswith("y_hat.npy"):
+                data = b"not an npy file"
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return copy, broken, ds.shards()[0]["path"]
+
+
+def test_lenient_reads_skip_damaged_samples_and_name_them(prime_store, tmp_path):
+    copy, broken, shard = corrupt(prime_store, tmp_path)
+    with pytest.raises(StoreError, match=f"shard {shard}, key {broken[0]}: field y_hat does not decode"):
+        list(open_store(copy))                                # strict is the default
+    ds = open_store(copy, max_skips=1)
+    got = list(ds)
+    assert len(got) == PRIME - 1 and broken[0] not in {s["__key__"] for s in got}
+    assert len(ds.skipped) == 1 and shard in ds.skipped[0] and broken[0] in ds.skipped[0]
+    assert sum(bool(s["__skipped__"]) for s in got) == 1     # reported with the next sample, too
+    batches = list(DataLoader(open_store(copy, max_skips=1, batch_size=3), batch_size=None, num_workers=2))
+    assert sum(len(b["__key__"]) for b in batches) == PRIME - 1
+    assert [s for b in batches for s in b["__skipped__"]] == ds.skipped
+
+
+def test_lenient_budget_and_lost_tail_are_errors_or_named(prime_store, tmp_path):
+    copy, broken, shard = corrupt(prime_store, tmp_path, keys_to_break=1, truncate=True)
+    with pytest.raises(StoreError, match=f"shard {shard}, key {broken[0]}"):
+        list(open_store(copy))
+    with pytest.raises(StoreError, match="2 damaged samples, more than max_skips=1"):
+        list(open_store(copy, max_skips=1))
+    ds = open_store(copy, max_skips=2)
+    assert len(list(ds)) == PRIME - 2
+    assert any(broken[0] in s for s in ds.skipped) and any("sample #1 (key unknown)" in s for s in ds.skipped)

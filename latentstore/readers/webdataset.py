@@ -30,13 +30,20 @@ def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
 
 
 def iter_shard(path, shard: str, expected_samples: int | None = None,
-               fields: tuple | None = None, required: tuple = REQUIRED_FIELDS) -> Iterator[dict]:
+               fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
+               lenient: bool = False) -> Iterator[dict]:
     """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
 
     `fields` limits which fields are decoded (None: all). Raises StoreError naming
     the shard (and key) on a damaged tar, a missing field, an undecodable field,
-    or a sample count other than `expected_samples`.
+    or a sample count other than `expected_samples`. With ``lenient=True`` it
+    yields {"__key__", "__shard__", "__error__": message} in place of a damaged
+    sample and goes on; damage to the shard itself (unreadable tar, wrong count)
+    comes last, as such a dict with ``__key__`` None.
     """
+    if lenient:
+        yield from _lenient(path, shard, expected_samples, fields, required)
+        return
     count = 0
     current, raw = None, {}
 
@@ -74,3 +81,49 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
             f"(truncated or replaced shard; run `latentstore verify` and rebuild it)"
         )
+
+
+def _lenient(path, shard, expected_samples, fields, required) -> Iterator[dict]:
+    """iter_shard's lenient mode: per-sample errors become error dicts (the caller keeps the list)."""
+    count = 0
+    try:
+        for current, raw in _groups(Path(path), shard):
+            count += 1
+            try:
+                yield _decode(shard, current, raw, fields, required)
+            except StoreError as exc:
+                yield {"__key__": current, "__shard__": shard, "__error__": str(exc)}
+        if expected_samples is not None and count != expected_samples:
+            raise StoreError(f"shard {shard}: holds {count} samples, the manifest records {expected_samples}")
+    except StoreError as exc:
+        yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
+
+
+def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict]]:
+    """(key, {field name: bytes}) per sample, in tar order."""
+    current, raw = None, {}
+    for key, ext, data in _members(path, shard):
+        if key != current:
+            if current is not None:
+                yield current, raw
+            current, raw = key, {}
+        field = field_for_member(ext)
+        if field is None or field.name in raw:
+            raise StoreError(f"shard {shard}, key {key}: unknown or duplicate member {key}.{ext}")
+        raw[field.name] = data
+    if current is not None:
+        yield current, raw
+
+
+def _decode(shard: str, key: str, raw: dict, fields, required) -> dict:
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise StoreError(f"shard {shard}, key {key}: missing field(s) {', '.join(missing)}")
+    sample = {"__key__": key, "__shard__": shard}
+    for name, data in raw.items():
+        if fields is None or name in fields:
+            try:
+                sample[name] = decode_field(name, data)
+            except Exception as exc:
+                raise StoreError(f"shard {shard}, key {key}: field {name} does not decode ({exc})") from exc
+    return sample

@@ -1,0 +1,56 @@
+"""Two real processes (gloo, CPU) read a prime-sized store and all_reduce every step: no rank hangs."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+
+from latentstore import open_store
+from latentstore.build import BuildConfig, build
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, store, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ds = open_store(store, shuffle=True, batch_size=2, seed=7)  # rank and world from torch.distributed
+        keys, steps = [], 0
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            for batch in DataLoader(ds, batch_size=None, num_workers=1):
+                total = torch.tensor([float(len(batch["__key__"]))])
+                dist.all_reduce(total)        # hangs if one rank has a batch the other lacks
+                keys += batch["__key__"]
+                steps += 1
+        with open(f"{out}/rank{rank}.txt", "w") as f:
+            f.write(f"{steps}\n" + "\n".join(keys))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def store5(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("five")
+    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                      root=str(tiny_folder), split="train", out=str(out), variants=2, crop=64,
+                      shard_size=2, limit=5), progress=False)
+    return out
+
+
+def test_two_gloo_ranks_all_reduce_every_step_on_a_prime_store(store5, tmp_path):
+    assert len(open_store(store5)) == 5
+    mp.spawn(_worker, args=(2, free_port(), str(store5), str(tmp_path)), nprocs=2, join=True)
+    results = [(tmp_path / f"rank{r}.txt").read_text().split("\n") for r in range(2)]
+    steps = [int(r[0]) for r in results]
+    keys = [r[1:] for r in results]
+    assert steps == [4, 4]                                 # 2 samples per rank per epoch: 2 + 2 batches... of 2 and ... 
+    assert not set(keys[0]) & set(keys[1]) and len(keys[0]) == len(keys[1]) == 4
