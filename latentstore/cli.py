@@ -7,12 +7,12 @@ import warnings
 
 import click
 
-from .coders import ALIASES, CODERS
-from .errors import LatentstoreError
-from .format import OPTIONAL_FIELDS
-
 # torch 2.14 deprecates torch.jit.script, which CompressAI calls at import; not actionable for users.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+from .coders import ALIASES, CODERS  # noqa: E402  (after the filter: imports compressai)
+from .errors import LatentstoreError  # noqa: E402
+from .format import OPTIONAL_FIELDS  # noqa: E402
 
 CODER_HELP = "CompressAI coder: " + ", ".join(list(CODERS) + [f"{a} (= {c})" for a, c in ALIASES.items()])
 
@@ -132,6 +132,22 @@ def verify(store, decode, weights, seed, quiet):
                f"by CompressAI: {'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
     if not report.ok:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--coder", default="cheng2020", show_default=True, help="Coder whose latent shape the models take.")
+@click.option("--quality", default=3, show_default=True, type=int)
+@click.option("--image-size", default=224, show_default=True, type=int, help="Pixel size the latent comes from.")
+def models(names, coder, quality, image_size):
+    """List the compressed-domain models, or count params and MACs of NAMES (e.g. resnet50-aa cresnet51)."""
+    from .complexity import markdown_table, model_table
+    from .models import model_names
+
+    if not names:
+        click.echo("Models (create_model names; {timm} is any timm CNN):\n  " + "\n  ".join(model_names()))
+        return
+    click.echo(markdown_table(model_table(names, coder=coder, quality=quality, image_size=image_size)))
 
 
 @cli.command("seal")
