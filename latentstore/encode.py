@@ -239,7 +239,8 @@ def _channel_indexes(sym: torch.Tensor) -> torch.Tensor:
 
 
 def _np(t: torch.Tensor, dtype) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(dtype, copy=False)
+    # A compact copy: views into the batch tensors would keep the whole batch alive.
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dtype)
 
 
 class _Captured(Exception):

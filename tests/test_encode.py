@@ -110,7 +110,7 @@ def assert_exact(c: LoadedCoder, x: torch.Tensor, encoded: list[EncodedImage]) -
 def test_exact_at_every_batch_size(name):
     """B = 3 distinct images equal CompressAI; B = 1 and 2 give the same bytes per image."""
     c = coder(name)
-    x = smooth_images(3, 64, 128, seed=1)
+    x = smooth_images(3, 64, 64, seed=1)
     encoder = Encoder(c)
     batch3 = encoder.encode(x)
     assert_exact(c, x, batch3)
@@ -118,18 +118,17 @@ def test_exact_at_every_batch_size(name):
     batch2 = encoder.encode(x[[2, 0]])
     assert_same_encoding(batch2[0], batch3[2])
     assert_same_encoding(batch2[1], batch3[0])
-    for i in range(3):
-        assert_same_encoding(encoder.encode(x[i:i + 1])[0], batch3[i])
+    assert_same_encoding(encoder.encode(x[1:2])[0], batch3[1])
     # What is stored must follow the coder's kind of ŷ.
     assert (batch3[0].means is None) == (c.spec.latent_kind == "round")
     assert (batch3[0].scales is None) == (not c.spec.has_hyperprior)
 
 
 @pytest.mark.parametrize("name", sorted(CODERS))
-def test_exact_square_64(name):
-    """The smallest input (one hyper-latent pixel, 4x4 y) at B = 2."""
+def test_exact_wide_64x128(name):
+    """A non-square input (4x8 y, 1x2 z), so rows and columns cannot be swapped unnoticed."""
     c = coder(name)
-    x = smooth_images(2, 64, 64, seed=2)
+    x = smooth_images(2, 64, 128, seed=2)
     assert_exact(c, x, Encoder(c).encode(x))
 
 
@@ -140,7 +139,7 @@ def test_weights_from_checkpoint_file(name, tmp_path):
     torch.save(untrained_coder(get_spec(name), QUALITY, seed=3).state_dict(), path)
     c = load_coder(name, QUALITY, weights=str(path))
     assert c.weights["source"] == "file"
-    x = smooth_images(2, 64, 128, seed=3)
+    x = smooth_images(2, 64, 64, seed=3)
     assert_exact(c, x, Encoder(c).encode(x))
 
 
