@@ -99,16 +99,48 @@ def _sample_val(rng, width, height, crop, resize):
             "resized_size": [rw, rh]}
 
 
-#: mode -> sampler(rng, width, height, crop, resize) -> geometric params. Add modes here.
-SAMPLERS: dict[str, Callable[..., dict]] = {"train": _sample_train, "val": _sample_val}
+SEG_SCALE = (0.5, 2.0)   # METHOD §3: Cityscapes train crops come after a random rescale in this range
+
+
+def _sample_seg_train(rng, width, height, crop, resize, scale=SEG_SCALE):
+    """Random rescale, random crop x crop window (padded where it leaves the image), flip p=0.5.
+
+    Expressed as a box of the *source* whose content is resampled to
+    ``content_size`` = min(crop, scaled size); ``pad`` [left, top, right, bottom]
+    then fills the rest of the crop (image 0, label 255). Box edges are the
+    crop window's edges in the rescaled image divided by the exact scale
+    factors, so the pixels equal "resize the whole image, then crop".
+    """
+    s = float(rng.uniform(scale[0], scale[1]))
+    sw, sh = max(1, round(width * s)), max(1, round(height * s))
+    cw, ch = min(crop, sw), min(crop, sh)
+    left, top = int(rng.integers(0, sw - cw + 1)), int(rng.integers(0, sh - ch + 1))
+    flip = bool(rng.random() < 0.5)
+    fx, fy = width / sw, height / sh
+    return {"scale": s, "scaled_size": [sw, sh], "box": [left * fx, top * fy, cw * fx, ch * fy],
+            "content_size": [cw, ch], "pad": [0, 0, crop - cw, crop - ch], "flip": flip, "resize": None}
+
+
+def _sample_seg_val(rng, width, height, crop, resize):
+    """The full image as it is (Cityscapes val: 1024x2048), one variant: nothing is random."""
+    return {"box": [0, 0, width, height], "size": [width, height], "flip": False, "resize": None}
+
+
+#: mode -> sampler(rng, width, height, crop, resize, **options) -> geometric params. Add modes here.
+SAMPLERS: dict[str, Callable[..., dict]] = {"train": _sample_train, "val": _sample_val,
+                                            "seg-train": _sample_seg_train, "seg-val": _sample_seg_val}
+#: modes that store one deterministic variant per image
+SINGLE_VARIANT_MODES = frozenset({"val", "seg-val"})
 
 
 def sample_params(rng: np.random.Generator, image_size: tuple[int, int], mode: str,
-                  crop: int = 224, resize: int = 256) -> dict:
+                  crop: int = 224, resize: int = 256, **options) -> dict:
     """Draw the augmentation of one variant for an image of ``image_size`` = (width, height).
 
     mode "train": RandomResizedCrop(crop, scale=(0.08, 1), ratio=(3/4, 4/3)) + flip p=0.5.
     mode "val": shorter side to ``resize`` (bilinear, antialiased), center crop ``crop``, no flip.
+    mode "seg-train": random scale (``scale=(lo, hi)``, default 0.5-2.0), random crop x crop
+    window padded past the image edge, flip p=0.5. mode "seg-val": the full image.
     Returns a JSON-able dict with everything ``apply`` needs to replay it.
     """
     if mode not in SAMPLERS:
@@ -120,16 +152,19 @@ def sample_params(rng: np.random.Generator, image_size: tuple[int, int], mode: s
         raise InputError(f"Cannot augment an image of size {width}x{height}")
     params = {"version": VERSION, "mode": mode, "source_size": [width, height],
               "size": [crop, crop], "interpolation": "bilinear"}
-    params.update(SAMPLERS[mode](rng, width, height, crop, resize))
+    params.update(SAMPLERS[mode](rng, width, height, crop, resize, **options))
     return params
 
 
-def apply(img: Image.Image, params: dict, resample: str | None = None) -> Image.Image:
+def apply(img: Image.Image, params: dict, resample: str | None = None, fill: int = 0) -> Image.Image:
     """Replay ``params`` on ``img``: resample the box to params["size"], then mirror if flipped.
 
     Bit-exact for a given Pillow build: the same image and params always give
     the same pixels. ``resample`` overrides the stored interpolation, e.g.
-    "nearest" for a label map that shares the image's params.
+    "nearest" for a label map that shares the image's params. Where params
+    carry ``pad`` (seg-train crops past the image edge), the content is
+    resampled to ``content_size``, mirrored, then padded with ``fill`` (0 for
+    images, 255 = ignore for label maps) to params["size"].
     """
     if params.get("version") != VERSION:
         raise ConfigError(f"Augmentation params version {params.get('version')!r} is not "
@@ -145,7 +180,12 @@ def apply(img: Image.Image, params: dict, resample: str | None = None) -> Image.
     # exact path for integer train boxes and fractional val boxes alike.
     # min(): float box edges may overshoot the image by an ulp, which PIL refuses.
     box = (left, top, min(left + w, img.size[0]), min(top + h, img.size[1]))
-    out = img.resize(tuple(params["size"]), RESAMPLE[name], box=box)
+    out = img.resize(tuple(params.get("content_size", params["size"])), RESAMPLE[name], box=box)
     if params["flip"]:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if any(params.get("pad", ())):
+        left, top, _, _ = params["pad"]
+        canvas = Image.new(out.mode, tuple(params["size"]), (fill,) * len(out.getbands()))
+        canvas.paste(out, (left, top))
+        out = canvas
     return out

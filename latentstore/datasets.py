@@ -27,9 +27,11 @@ import csv
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .errors import ConfigError, InputError
 
@@ -44,6 +46,7 @@ class SourceItem:
     path: Path
     label: int    # class index, -1 when unlabeled
     relpath: str  # posix path relative to the root, as recorded in the store
+    label_path: Path | None = None  # segmentation: the label map that shares the image's geometry
 
 
 @dataclass(frozen=True)
@@ -254,13 +257,112 @@ def _open_imagefolder(root: Path, split: str, label_file) -> Source:
     return Source("imagefolder", root, split, classes, _make_items(root, labelled))
 
 
+# --- Cityscapes -------------------------------------------------------------
+
+CITYSCAPES_LAYOUT = ("ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png with "
+                     "ROOT/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png (preferred, e.g. made by "
+                     "cityscapesscripts' createTrainIdLabelImgs) or <name>_gtFine_labelIds.png")
+IGNORE_INDEX = 255
+#: Cityscapes labels (cityscapesscripts/helpers/labels.py): (labelId, name, trainId). The one table
+#: behind both the class list and the labelIds -> trainIds lookup; license plate (id -1) is 255 here.
+CITYSCAPES_LABELS = (
+    (0, "unlabeled", 255), (1, "ego vehicle", 255), (2, "rectification border", 255),
+    (3, "out of roi", 255), (4, "static", 255), (5, "dynamic", 255), (6, "ground", 255),
+    (7, "road", 0), (8, "sidewalk", 1), (9, "parking", 255), (10, "rail track", 255),
+    (11, "building", 2), (12, "wall", 3), (13, "fence", 4), (14, "guard rail", 255),
+    (15, "bridge", 255), (16, "tunnel", 255), (17, "pole", 5), (18, "polegroup", 255),
+    (19, "traffic light", 6), (20, "traffic sign", 7), (21, "vegetation", 8), (22, "terrain", 9),
+    (23, "sky", 10), (24, "person", 11), (25, "rider", 12), (26, "car", 13), (27, "truck", 14),
+    (28, "bus", 15), (29, "caravan", 255), (30, "trailer", 255), (31, "train", 16),
+    (32, "motorcycle", 17), (33, "bicycle", 18), (255, "license plate", 255),
+)
+CITYSCAPES_CLASSES = [name for _, name, train in sorted(CITYSCAPES_LABELS, key=lambda r: r[2]) if train != 255]
+#: 256-entry lookups, -1 where a value is not a valid id (an error naming the file, never a guess).
+LABEL_ID_TO_TRAIN_ID = np.full(256, -1, dtype=np.int16)
+for _id, _name, _train in CITYSCAPES_LABELS:
+    LABEL_ID_TO_TRAIN_ID[_id] = _train
+TRAIN_ID_CHECK = np.full(256, -1, dtype=np.int16)
+TRAIN_ID_CHECK[list(range(len(CITYSCAPES_CLASSES))) + [IGNORE_INDEX]] = \
+    list(range(len(CITYSCAPES_CLASSES))) + [IGNORE_INDEX]
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+_LABEL_SUFFIXES = ("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png")  # preferred first
+
+
+def _open_cityscapes(root: Path, split: str, label_file) -> Source:
+    if label_file is not None:
+        raise ConfigError("--label-file does not apply to cityscapes: label maps come from ROOT/gtFine")
+    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    _require_dir(image_dir, CITYSCAPES_LAYOUT)
+    _require_dir(label_dir, CITYSCAPES_LAYOUT)
+    labelled, used = [], set()
+    for path in _images_in(image_dir, recursive=True):
+        rel = path.relative_to(image_dir)
+        if not path.name.endswith(_IMAGE_SUFFIX):
+            raise InputError(f"{path} is not a Cityscapes image (<name>{_IMAGE_SUFFIX}): remove it. "
+                             f"Expected layout: {CITYSCAPES_LAYOUT}")
+        stem = path.name[: -len(_IMAGE_SUFFIX)]
+        candidates = [label_dir / rel.parent / f"{stem}{suffix}" for suffix in _LABEL_SUFFIXES]
+        label = next((c for c in candidates if c.is_file()), None)
+        if label is None:
+            raise InputError(f"No label map for {path}: expected {candidates[0]} or {candidates[1]}. "
+                             "Nothing is skipped silently: restore the file or remove the image.")
+        used.add((rel.parent / stem).as_posix())
+        labelled.append((path, label))
+    if not labelled:
+        raise InputError(f"No *{_IMAGE_SUFFIX} images under {image_dir}. Expected layout: {CITYSCAPES_LAYOUT}")
+    for suffix in _LABEL_SUFFIXES:
+        orphans = [p for p in sorted(label_dir.rglob(f"*{suffix}"))
+                   if (p.relative_to(label_dir).parent / p.name[: -len(suffix)]).as_posix() not in used]
+        if orphans:
+            raise InputError(f"{len(orphans)} label map(s) have no image, e.g. {orphans[0]} (expected "
+                             f"{image_dir / orphans[0].relative_to(label_dir).parent}/<name>{_IMAGE_SUFFIX}); "
+                             "the image and label trees do not match")
+    items = _make_items(root, [(p, -1) for p, _ in labelled])
+    labels = {p.relative_to(root).as_posix(): lab for p, lab in labelled}
+    items = [replace(it, label_path=labels[it.relpath]) for it in items]
+    return Source("cityscapes", root, split, list(CITYSCAPES_CLASSES), items)
+
+
+def load_label_map(item: SourceItem, size: tuple[int, int]):
+    """The train-id label map (PIL mode "L", 255 = ignore) of a segmentation item whose image is `size`.
+
+    labelIds are mapped through LABEL_ID_TO_TRAIN_ID; labelTrainIds are used as
+    they are. A label map of another size or mode, or with a value that is no
+    valid id, is an InputError naming the file.
+    """
+    from PIL import Image
+
+    path = item.label_path
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"Label map {path} cannot be read ({exc}); restore it") from exc
+    if img.mode not in ("L", "P"):
+        raise InputError(f"Label map {path} has mode {img.mode}; expected 8-bit ids (mode L)")
+    if img.size != tuple(size):
+        raise InputError(f"Label map {path} is {img.size[0]}x{img.size[1]} but its image {item.path} is "
+                         f"{size[0]}x{size[1]}: mismatched label file")
+    ids = np.asarray(img, dtype=np.uint8)
+    lut = TRAIN_ID_CHECK if path.name.endswith(_LABEL_SUFFIXES[0]) else LABEL_ID_TO_TRAIN_ID
+    train = lut[ids]
+    if (train < 0).any():
+        bad = sorted(set(ids[train < 0].tolist()))[:10]
+        raise InputError(f"Label map {path} holds values {bad} that are not "
+                         f"{'train ids (0-18, 255)' if lut is TRAIN_ID_CHECK else 'Cityscapes labelIds (0-33)'}")
+    return Image.fromarray(train.astype(np.uint8), mode="L")
+
+
 # --- Registry ---------------------------------------------------------------
 
 #: dataset name -> opener(root, split, label_file) -> Source (all items; open_source applies limit)
 OPENERS: dict[str, Callable[[Path, str, object], Source]] = {
     "imagenet": _open_imagenet,
     "imagefolder": _open_imagefolder,
+    "cityscapes": _open_cityscapes,
 }
+#: datasets whose items carry a label map: they default to the seg-train / seg-val augmentation
+SEGMENTATION = frozenset({"cityscapes"})
 
 
 def open_source(dataset: str, root, split: str, *, limit: int | None = None, label_file=None) -> Source:

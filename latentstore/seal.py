@@ -112,7 +112,7 @@ def seal(store, splits: list | None = None) -> dict:
                 problems.append(f"split {split!r}: part {i}/{p['parts']} was built with other arguments than "
                                 f"part {first['part']}/{n}")
             for r in p["records"]:
-                for shard in r["shards"]:
+                for shard in (f for s in r["shards"] for f in s.get("files", [s])):  # zarr: chunk files
                     path = store / shard["path"]
                     if not path.is_file() or path.stat().st_size != shard["bytes"]:
                         problems.append(f"split {split!r}: part {i}/{n}: shard {shard['path']} is missing "

@@ -1,0 +1,177 @@
+"""Strict reading of latentstore Zarr stores: the same sample dicts as the tar reader.
+
+Zarr itself reads a missing chunk as fill_value without a word, so nothing is
+read before the unit's chunk files (listed with size and sha256 in the
+manifest) are checked to exist with their recorded sizes; ``verify`` also
+checks their sha256 and looks for chunks no commit record claims and for
+leftover temporary files. Samples come out exactly as ``iter_shard`` gives
+them from a tar shard of the same build: same keys, dtypes and values
+(symbols are narrowed to the smallest integer dtype, as the shards store them).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import zarr
+
+from ..errors import ConfigError, StoreError
+from ..format import FIELDS, commit_record_name, read_manifest, smallest_int_dtype
+from ..writers.zarr import TEMP_PREFIX, VLEN_FIELDS
+
+def _split_group(store: Path, split: str) -> zarr.Group:
+    try:
+        return zarr.open_group(str(store), mode="r")[split]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
+
+
+def stored_fields(group: zarr.Group) -> list[str]:
+    """The latentstore fields a split stores, in FIELDS order."""
+    return [name for name in FIELDS if name in group]
+
+
+def check_files(store: Path, unit: dict) -> None:
+    """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros)."""
+    for f in unit["files"]:
+        path = store / f["path"]
+        if not path.is_file():
+            raise StoreError(f"shard {unit['path']}: chunk file {f['path']} is missing; Zarr would read it as "
+                             "zeros. Run `latentstore verify` and rebuild the group (rerun the build command).")
+        if path.stat().st_size != f["bytes"]:
+            raise StoreError(f"shard {unit['path']}: chunk file {f['path']} has {path.stat().st_size} bytes, "
+                             f"the manifest records {f['bytes']}; rebuild the group")
+
+
+def _convert(name: str, value):
+    """A stored value as the tar reader decodes it."""
+    if name == "label":
+        return int(value)
+    if name in ("symbols", "z_symbols"):
+        return value.astype(smallest_int_dtype(value))
+    if name == "meta":
+        return json.loads(value)
+    if name in VLEN_FIELDS:
+        return value
+    return np.ascontiguousarray(value)
+
+
+def _block(group, names, variant: int, lo: int, hi: int, row: int) -> dict:
+    """{field: per-item values} for items lo..hi of one variant; vlen fields as lists of bytes."""
+    out = {}
+    for name in names:
+        if name in VLEN_FIELDS:
+            offsets = group[f"{name}/offsets"][variant, lo:hi]
+            end = int(offsets[:, 1].max()) if len(offsets) else 0
+            data = group[f"{name}/bytes"][variant, row, :end].tobytes() if end else b""
+            out[name] = [data[s:e] for s, e in offsets.tolist()]
+        else:
+            out[name] = group[name][variant, lo:hi]
+    return out
+
+
+def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = False) -> Iterator[dict]:
+    """Yield the samples of one (variant, group) unit, as ``iter_shard`` does for a tar shard.
+
+    Raises StoreError naming the unit (and key) when a chunk file is missing or
+    resized, or the unit's sample count is not the recorded one. With
+    ``lenient=True`` such damage comes as one {"__key__": None, "__error__"} dict.
+    """
+    store, name = Path(store), unit["path"]
+    try:
+        check_files(store, unit)
+        group = _split_group(store, unit["split"])
+        names = [n for n in stored_fields(group) if fields is None or n in fields or n == "meta"]
+        lo, hi = unit["items"]
+        present = group["present"][unit["variant"], lo:hi]
+        if int(present.sum()) != unit["samples"]:
+            raise StoreError(f"shard {name}: holds {int(present.sum())} samples, the manifest records "
+                             f"{unit['samples']}; run `latentstore verify` and rebuild the group")
+        block = _block(group, names, unit["variant"], lo, hi, unit["group"])
+    except StoreError as exc:
+        if not lenient:
+            raise
+        yield {"__key__": None, "__shard__": name, "__error__": str(exc)}
+        return
+    for i in np.flatnonzero(present).tolist():
+        meta = json.loads(block["meta"][i])
+        sample = {"__key__": meta["key"], "__shard__": name}
+        for field in names:
+            if fields is None or field in fields:
+                sample[field] = meta if field == "meta" else _convert(field, block[field][i])
+        yield sample
+
+
+class KeyIndex:
+    """Random access by sample key ``<item>_v<variant>`` through the split's commit records."""
+
+    def __init__(self, store, manifest: dict, split: str):
+        self.store, self.split = Path(store), split
+        info = manifest["splits"][split]
+        self.units = {(u["variant"], u["group"]): u for u in info["shards"]}
+        self.items: dict = {}
+        for group in sorted({u["group"] for u in info["shards"]}):
+            record = json.loads((self.store / commit_record_name(split, group)).read_text())
+            first = next(u for u in record["shards"])["items"][0]
+            self.items.update({key: (group, first + i) for i, key in enumerate(record["items"])})
+
+    def get(self, key: str, fields: tuple | None = None) -> dict:
+        item, sep, variant = key.rpartition("_v")
+        if not sep or not variant.isdigit() or item not in self.items:
+            raise ConfigError(f"No sample {key!r} in split {self.split!r} of {self.store} "
+                              "(keys are <item key>_v<variant:03d>)")
+        group, slot = self.items[item]
+        unit = self.units.get((int(variant), group))
+        if unit is None:
+            raise ConfigError(f"No sample {key!r}: variant {int(variant)} is not stored")
+        check_files(self.store, unit)
+        zgroup = _split_group(self.store, self.split)
+        if not zgroup["present"][unit["variant"], slot]:
+            raise ConfigError(f"No sample {key!r}: its image was rejected at build time (see the manifest)")
+        names = [n for n in stored_fields(zgroup) if fields is None or n in fields]
+        block = _block(zgroup, names, unit["variant"], slot, slot + 1, group)
+        sample = {"__key__": key, "__shard__": unit["path"]}
+        sample.update({n: _convert(n, block[n][0]) for n in names})
+        return sample
+
+
+def verify(store) -> list[str]:
+    """Problems of a Zarr store's committed data: missing, resized or altered chunks (sha256),
+    chunks no commit record claims, leftover temporary files, wrong sample counts. Empty if sound."""
+    store = Path(store)
+    manifest = read_manifest(store)
+    if manifest["backend"] != "zarr":
+        raise ConfigError(f"{store} is a {manifest['backend']} store, not zarr")
+    problems = []
+    for split, info in sorted(manifest["splits"].items()):
+        known = set()
+        for unit in info["shards"]:
+            for f in unit["files"]:
+                known.add(f["path"])
+                path = store / f["path"]
+                if not path.is_file():
+                    problems.append(f"shard {unit['path']}: chunk file {f['path']} is missing")
+                elif path.stat().st_size != f["bytes"] or \
+                        hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+                    problems.append(f"shard {unit['path']}: chunk file {f['path']} differs from the record "
+                                    "(size or sha256)")
+        for path in sorted((store / split).rglob("*")):
+            rel = path.relative_to(store).as_posix()
+            if any(part.startswith(TEMP_PREFIX) or part.endswith(".partial") or ".tmp-" in part
+                   for part in path.relative_to(store).parts):
+                if path.is_file():
+                    problems.append(f"{rel}: leftover temporary file of an interrupted write; delete it "
+                                    "(or rerun the build command, which rewrites the group)")
+            elif path.is_file() and "/c/" in f"/{rel}" and rel not in known:
+                problems.append(f"{rel}: chunk that no commit record claims (an interrupted write?); "
+                                "Zarr readers would take it as data: delete it or rerun the build")
+        group = None if problems else _split_group(store, split)
+        for unit in info["shards"] if group is not None else []:
+            lo, hi = unit["items"]
+            n = int(group["present"][unit["variant"], lo:hi].sum())
+            if n != unit["samples"]:
+                problems.append(f"shard {unit['path']}: holds {n} samples, the manifest records {unit['samples']}")
+    return problems

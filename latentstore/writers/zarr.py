@@ -1,0 +1,244 @@
+"""Zarr v3 stores, committed atomically per item group, whole chunks only.
+
+Layout of split S (docs/FORMAT.md, "Zarr backend"): one array per field, indexed
+``[variant, item, ...]`` where item is the image's position in the sorted
+source list (rejected images leave a slot that ``present`` marks False):
+
+- fixed-shape fields (y_hat, symbols, means, scales, z_symbols, label,
+  label_map): ``S/<field>`` of shape ``[V, N, *sample shape]``, chunks
+  ``[1, c, *sample shape]`` with c dividing ``--shard-size``, so item group j
+  (items j*shard_size ...) owns whole chunks;
+- ``S/present``: bool ``[V, N]``;
+- variable-length fields (y_string, z_string, meta as JSON): ``S/<field>/bytes``,
+  uint8 ``[V, G, 2**40]`` (row ``[v, j]`` is the concatenation of group j's
+  values, no padding between them) and ``S/<field>/offsets``, int64
+  ``[V, N, 2]`` (start, stop) within that row.
+
+Why staging: Zarr reads a missing chunk back as fill_value, silently. Chunks
+of a group are therefore written into a private staging store
+(``S/.tmp-group-<j>-<pid>``), fsynced, renamed into place, and only then is the
+commit record ``S/group-<j>.json`` written, listing every chunk file with its
+size and sha256. A chunk that no record lists, or a record whose chunk is
+gone, is caught by ``readers.zarr.verify`` and by the reader (a missing file
+is an error, never zeros); a resumed build rewrites the group.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from ..errors import StoreError
+from ..format import FIELDS, commit_record_name, decode_field, fsync_dir, write_json_atomic
+
+VLEN_FIELDS = ("y_string", "z_string", "meta")   # stored as bytes rows + offsets
+#: stored dtype of integer fields; readers narrow symbols to the smallest dtype, as the shards store them
+STORED_DTYPE = {"symbols": np.int32, "z_symbols": np.int32, "label": np.int64}
+ROW_CAPACITY = 2 ** 40        # length of a bytes row; only written chunks exist on disk
+ROW_CHUNK = 1 << 19           # bytes per chunk of a bytes row
+BUFFER_BYTES = 256 << 20      # fixed-field samples held per group before whole chunks are written
+#: compressor choices measured in docs/FORMAT.md; all are core Zarr v3 codecs (any v3 reader opens them)
+COMPRESSORS = {
+    "blosc-zstd-shuffle": lambda: (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),),
+    "blosc-zstd-bitshuffle": lambda: (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),),
+    "zstd": lambda: (ZstdCodec(level=5),),
+    "none": lambda: (),
+}
+COMPRESSOR = "blosc-zstd-shuffle"
+TEMP_PREFIX = ".tmp-group-"
+
+
+def unit_name(split: str, variant: int, group: int) -> str:
+    """What error messages call a (variant, group) unit: the zarr twin of a tar shard's name."""
+    return f"{split}/v{variant:03d}-{group:06d}"
+
+
+def chunk_items(shard_size: int, variants: int, sample_bytes: int) -> int:
+    """Items per chunk: the largest divisor of shard_size whose chunks of all variants fit BUFFER_BYTES."""
+    best = 1
+    for d in range(1, shard_size + 1):
+        if shard_size % d == 0 and d * variants * max(sample_bytes, 1) <= BUFFER_BYTES:
+            best = d
+    return best
+
+
+def array_specs(values: dict, variants: int, total_items: int, groups: int, c: int) -> dict:
+    """{array path: (shape, chunks, dtype)} for a split whose samples look like `values`."""
+    specs = {"present": ((variants, total_items), (1, c), np.dtype(bool))}
+    for name, value in values.items():
+        if name in VLEN_FIELDS:
+            specs[f"{name}/bytes"] = ((variants, groups, ROW_CAPACITY), (1, 1, ROW_CHUNK), np.dtype(np.uint8))
+            specs[f"{name}/offsets"] = ((variants, total_items, 2), (1, c, 2), np.dtype(np.int64))
+        else:
+            a = np.asarray(value)
+            dtype = np.dtype(STORED_DTYPE.get(name, a.dtype))
+            specs[name] = ((variants, total_items, *a.shape), (1, c, *a.shape), dtype)
+    return specs
+
+
+def ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
+    """Create the split's arrays under `root`, or check that existing ones match `specs`."""
+    group = zarr.open_group(str(root), mode="a", zarr_format=3).require_group(split)
+    for path, (shape, chunks, dtype) in specs.items():
+        parent, _, name = path.rpartition("/")
+        node = group.require_group(parent) if parent else group
+        if name not in node:
+            try:
+                node.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                  compressors=COMPRESSORS[COMPRESSOR](),
+                                  config={"write_empty_chunks": True})
+                continue
+            except zarr.errors.ContainsArrayError:
+                pass  # a parallel part created it first
+        arr = node[name]
+        if (tuple(arr.shape), tuple(arr.chunks), arr.dtype) != (tuple(shape), tuple(chunks), dtype):
+            raise StoreError(f"{root}/{split}/{path} has shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}; "
+                             f"this build needs {shape}, {chunks}, {dtype}: the split was started with other "
+                             "arguments or another latentstore. Use a new --out.")
+    return group
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ZarrGroupWriter:
+    """Write item group `group` of a split into the Zarr store; commit all its chunks or none.
+
+    Same protocol as ShardGroupWriter: a context manager, ``write(variant,
+    files)`` with the tar members of one sample, ``extra`` for the record.
+    """
+
+    def __init__(self, store, split: str, group: int, variants: int, layout: dict):
+        self.store, self.split, self.group, self.variants = Path(store), split, group, variants
+        self.items = list(layout["item_keys"])
+        self.first, self.total, self.shard_size = layout["first_item"], layout["total_items"], layout["shard_size"]
+        self.groups = -(-self.total // self.shard_size)
+        self.slot = {key: self.first + i for i, key in enumerate(self.items)}
+        self.staging = self.store / split / f"{TEMP_PREFIX}{group:06d}-{os.getpid()}"
+        self.extra: dict = {}
+        self._arrays = None          # staging group, made when the first sample shows the shapes
+        self._names: tuple = ()
+        self._c = 1
+        self._pending: dict = {}     # (variant, chunk index) -> {item: {field: value}}
+        self._flushed: set = set()
+        self._rows: dict = {}        # (variant, vlen field) -> [bytes written, pending bytearray]
+        self._counts = [0] * variants
+
+    def __enter__(self):
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self
+
+    def write(self, variant: int, files: dict) -> None:
+        values = {f.name: decode_field(f.name, files[f.ext]) for f in FIELDS.values() if f.ext in files}
+        item = values["meta"]["item"]
+        if item not in self.slot:
+            raise StoreError(f"internal error: sample {files['__key__']} is not an item of group {self.group}")
+        if self._arrays is None:
+            self._setup(values)
+        if tuple(sorted(values)) != self._names:
+            raise StoreError(f"sample {files['__key__']} has fields {sorted(values)}, the split stores "
+                             f"{list(self._names)}: every sample of a Zarr split has the same fields")
+        slot = self.slot[item]
+        for name in VLEN_FIELDS:
+            if name in values:
+                written, buf = self._rows.setdefault((variant, name), [0, bytearray()])
+                start = written + len(buf)
+                buf += files[FIELDS[name].ext]
+                values[name] = np.array([start, written + len(buf)], dtype=np.int64)
+                self._write_row(variant, name, final=False)
+        chunk = slot // self._c
+        for pending in [k for k in self._pending if k[1] < chunk]:
+            self._flush(*pending)  # items arrive in order: earlier chunks are complete
+        self._pending.setdefault((variant, chunk), {})[slot] = values
+        self._counts[variant] += 1
+
+    def _setup(self, values: dict) -> None:
+        fixed = {n: np.asarray(v) for n, v in values.items() if n not in VLEN_FIELDS}
+        sample_bytes = sum(np.dtype(STORED_DTYPE.get(n, v.dtype)).itemsize * v.size for n, v in fixed.items())
+        self._c = chunk_items(self.shard_size, self.variants, sample_bytes)
+        specs = array_specs(values, self.variants, self.total, self.groups, self._c)
+        ensure_arrays(self.store, self.split, specs)
+        self.staging.mkdir(parents=True)
+        self._arrays = ensure_arrays(self.staging, self.split, specs)
+        self._names = tuple(sorted(values))
+
+    def _flush(self, variant: int, chunk: int) -> None:
+        """Write one whole chunk row of every fixed array (rejected items stay 0, present False)."""
+        samples = self._pending.pop((variant, chunk), {})
+        lo = chunk * self._c
+        hi = min(lo + self._c, self.total)
+        present = np.zeros(hi - lo, dtype=bool)
+        present[[s - lo for s in samples]] = True
+        self._arrays["present"][variant, lo:hi] = present
+        for name in self._names:
+            arr = self._arrays[f"{name}/offsets" if name in VLEN_FIELDS else name]
+            block = np.zeros((hi - lo, *arr.shape[2:]), dtype=arr.dtype)
+            for s, values in samples.items():
+                value = np.asarray(values[name])
+                if value.dtype.kind in "iu" and arr.dtype != value.dtype and value.size and \
+                        not (np.iinfo(arr.dtype).min <= value.min() and value.max() <= np.iinfo(arr.dtype).max):
+                    raise StoreError(f"item {self.items[s - self.first]}: {name} values exceed {arr.dtype}")
+                block[s - lo] = value
+            arr[variant, lo:hi] = block
+        self._flushed.add((variant, chunk))
+
+    def _write_row(self, variant: int, name: str, final: bool) -> None:
+        """Write the whole ROW_CHUNKs of a bytes row that are complete (all of it when final)."""
+        written, buf = self._rows[(variant, name)]
+        n = len(buf) if final else len(buf) // ROW_CHUNK * ROW_CHUNK
+        if n:
+            self._arrays[f"{name}/bytes"][variant, self.group, written:written + n] = np.frombuffer(bytes(buf[:n]), np.uint8)
+            self._rows[(variant, name)] = [written + n, buf[n:]]
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return False
+
+    def commit(self) -> dict:
+        units = [{"path": unit_name(self.split, v, self.group), "split": self.split, "variant": v,
+                  "group": self.group, "items": [self.first, self.first + len(self.items)],
+                  "samples": self._counts[v], "bytes": 0, "files": []} for v in range(self.variants)]
+        if self._arrays is not None:
+            for v, chunk in sorted(self._pending):
+                self._flush(v, chunk)
+            for v in range(self.variants):  # chunks of items that were all rejected still exist
+                for chunk in range(self.first // self._c, -(-(self.first + len(self.items)) // self._c)):
+                    if (v, chunk) not in self._flushed:
+                        self._flush(v, chunk)
+            for v, name in list(self._rows):
+                self._write_row(v, name, final=True)
+            self._move_chunks(units)
+        record = {"group": self.group, "shards": units, "items": self.items, **self.extra}
+        write_json_atomic(self.store / commit_record_name(self.split, self.group), record)
+        return record
+
+    def _move_chunks(self, units: list) -> None:
+        """fsync every staged chunk, rename it into the store, fsync the folders; list it in its unit."""
+        src_root, dst_root = self.staging / self.split, self.store / self.split
+        folders = set()
+        for src in sorted(p for p in src_root.rglob("*") if p.is_file() and p.name != "zarr.json"):
+            rel = src.relative_to(src_root)
+            variant = int(rel.parts[rel.parts.index("c") + 1])  # chunk key c/<variant>/...
+            with open(src, "rb") as f:
+                os.fsync(f.fileno())
+            dst = dst_root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            entry = {"path": f"{self.split}/{rel.as_posix()}", "bytes": src.stat().st_size, "sha256": _sha256(src)}
+            os.replace(src, dst)
+            folders.add(dst.parent)
+            units[variant]["files"].append(entry)
+            units[variant]["bytes"] += entry["bytes"]
+        for folder in sorted(folders):
+            fsync_dir(folder)
