@@ -10,6 +10,7 @@ written last, only when every group is committed.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import multiprocessing
@@ -32,6 +33,7 @@ from .format import (FIELDS, OPTIONAL_FIELDS, Padding, commit_record_name, encod
                      sample_key, smallest_int_dtype, write_json_atomic)
 from .images import RejectedImage, load_rgb
 from .seal import part_file, seal
+from .teachers import TEACHER_ARGS, TEACHER_DTYPES, load_teacher, resolve_teacher_args, teacher_entry
 from .writers import WRITERS
 
 Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -60,6 +62,11 @@ class BuildConfig:
     max_rejects: int = 100
     scale: tuple | None = None        # seg-train random scale range; default (0.5, 2.0)
     format: str = "webdataset"        # store backend: a key of writers.WRITERS
+    teacher: str | None = None        # teacher features beside the latent (teachers.py); None: none
+    teacher_weights: str = "pretrained"
+    teacher_strides: tuple = (8, 16, 32)
+    teacher_layers: tuple = ()        # module names; replace the strides (segmentation backbones)
+    teacher_dtype: str = "float16"
     # These change speed or the share of the work, never bytes.
     batch_size: int = 8
     workers: int = 0
@@ -72,7 +79,8 @@ class BuildConfig:
         crop = self.crop or (640 if augment == "seg-train" else 224)
         scale = tuple(self.scale or SEG_SCALE) if augment == "seg-train" else None
         cfg = BuildConfig(**{**asdict(self), "coder": spec.name, "augment": augment, "crop": crop,
-                             "scale": scale, "fields": tuple(sorted(set(self.fields)))})
+                             "scale": scale, "fields": tuple(sorted(set(self.fields))),
+                             **resolve_teacher_args(self.teacher_strides, self.teacher_layers)})
         cfg.validate()
         return cfg
 
@@ -91,6 +99,8 @@ class BuildConfig:
                                  ("max-rejects", self.max_rejects, 0)):
             if value < low:
                 raise ConfigError(f"--{name} must be at least {low}, got {value}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ConfigError(f"Invalid --teacher-dtype {self.teacher_dtype!r}: choose {', '.join(TEACHER_DTYPES)}")
         if self.y_hat_dtype not in Y_HAT_DTYPES:
             raise ConfigError(f"Invalid --y-hat-dtype {self.y_hat_dtype!r}: choose {', '.join(Y_HAT_DTYPES)}")
         unknown = set(self.fields) - set(OPTIONAL_FIELDS)
@@ -105,6 +115,11 @@ class BuildConfig:
         d["fields"] = list(self.fields)
         d["scale"] = list(self.scale) if self.scale is not None else None
         d["root"] = str(Path(self.root).resolve())
+        for k in TEACHER_ARGS:  # without a teacher the identity stays what it always was
+            if self.teacher is None:
+                d.pop(k)
+            elif isinstance(d[k], tuple):
+                d[k] = list(d[k])
         return d
 
 
@@ -138,16 +153,22 @@ def prepare(item: SourceItem, cfg: BuildConfig) -> Prepared:
     return Prepared(item, crops, labels)
 
 
-def _prepare_star(args):
-    return prepare(*args)
+def prepared_stream(items, cfg: BuildConfig, pool, ahead: int):
+    """Prepared images in source order; with a pool, at most `ahead` are decoded ahead.
 
-
-def prepared_stream(items, cfg: BuildConfig, pool):
-    """Prepared images in source order, decoded ahead by the pool when there is one."""
-    jobs = ((item, cfg) for item in items)
+    Bounded on purpose: Pool.imap would queue the whole dataset and hold every
+    decoded crop in memory while the (slower) encoder catches up.
+    """
     if pool is None:
-        return map(_prepare_star, jobs)
-    return pool.imap(_prepare_star, jobs, chunksize=2)
+        yield from (prepare(item, cfg) for item in items)
+        return
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(prepare, (item, cfg)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def batches(prepared, batch_size: int):
@@ -214,8 +235,10 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
     if not source.items:
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
     coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
+    teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
+                           cfg.teacher_dtype, seed=cfg.seed) if cfg.teacher else None
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg, coder.weights)
+    _check_resume(out, cfg, coder.weights, teacher)
 
     groups = [source.items[i:i + cfg.shard_size] for i in range(0, len(source.items), cfg.shard_size)]
     mine = list(range(part, len(groups), parts))
@@ -229,10 +252,12 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
     bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img", desc=desc,
                disable=not progress, smoothing=0.1)
     try:
-        stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool)
+        ahead = 4 * cfg.workers + cfg.batch_size
+        stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead)
         for j in todo:
             prepared = list(itertools.islice(stream, len(groups[j])))
-            records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items))
+            records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items),
+                                      teacher)
             rejects_so_far += len(records[j]["rejects"])
     finally:
         bar.close()
@@ -242,13 +267,13 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
         "split": cfg.split, "part": part, "parts": parts, "groups": len(groups),
         "images": len(source.items), "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
-        "latent": _latent_entry(cfg, coder, [records[j] for j in mine]),
+        "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
         "created_by": _versions(), "records": [records[j] for j in mine],
     })
     return seal(out, splits=[cfg.split]) if parts == 1 else None
 
 
-def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items) -> dict:
+def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items, teacher=None) -> dict:
     rejects = [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
     if rejects_before + len(rejects) > cfg.max_rejects:
         listing = "\n".join(f"  {r['source']}: {r['reason']}" for r in rejects[:10])
@@ -266,6 +291,8 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_
             x, pad = to_input([p.crops[v][1] for p, v in chunk])
             for (p, v), enc in zip(chunk, encoder.encode(x)):
                 files = sample_files(p, v, enc, pad, cfg)
+                if teacher is not None:  # one image per forward: batched convs change bits with batch size
+                    files.update(teacher.sample_files(p.crops[v][1]))
                 writer.write(v, files)
                 h, w = p.crops[v][1].shape[:2]
                 stats["samples"] += 1
@@ -294,16 +321,20 @@ def _read_record(out: Path, split: str, group: int) -> dict | None:
     return record
 
 
-def _check_resume(out: Path, cfg: BuildConfig, weights: dict) -> None:
+def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
     """Refuse to continue a build that was started with other arguments."""
     path = out / f"build-{cfg.split}.json"
     current = {"config": cfg.identity(), "weights_sha256": weights["sha256"]}
+    if teacher is not None:
+        current["teacher_sha256"] = teacher.weights["sha256"]
     if path.is_file():
         started = json.loads(path.read_text())
         diffs = [f"--{k.replace('_', '-')}: store has {started['config'].get(k)!r}, command has {v!r}"
                  for k, v in current["config"].items() if started["config"].get(k) != v]
         if started["weights_sha256"] != current["weights_sha256"]:
             diffs.append("coder weights differ (sha256)")
+        if started.get("teacher_sha256") != current.get("teacher_sha256"):
+            diffs.append("teacher weights differ (sha256)")
         if diffs:
             raise ConfigError(f"{out} split {cfg.split!r} was started with other arguments:\n  "
                               + "\n  ".join(diffs) + "\nRepeat the original command, or use a new --out.")
