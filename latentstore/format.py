@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,20 @@ FIELDS = {f.name: f for f in (
 REQUIRED_FIELDS = ("y_hat", "symbols", "y_string", "label", "meta")
 OPTIONAL_FIELDS = ("means", "scales", "z_symbols")
 _BY_EXT = {f.ext: f for f in FIELDS.values()}
+# Teacher feature maps (latentstore/teachers.py) are a family of npy fields, one per tap:
+# "teacher_<tag>" (tag s8, s16, ... or a layer name) and, for int8, "teacher_<tag>.scale".
+# Their members are "<key>.teacher_s8.npy", "<key>.teacher_s8.scale.npy": keys split at the first dot.
+TEACHER_PREFIX = "teacher_"
+_TEACHER_FIELD = re.compile(r"teacher_[A-Za-z0-9_]+(\.scale)?")
+
+
+def get_field(name: str) -> Field | None:
+    """The Field called `name`: an entry of FIELDS or a member of the teacher family."""
+    if name in FIELDS:
+        return FIELDS[name]
+    if _TEACHER_FIELD.fullmatch(name):
+        return Field(name, name + ".npy", "npy", "teacher feature map: float16, bfloat16 bits (uint16) or int8")
+    return None
 
 
 def smallest_int_dtype(a: np.ndarray) -> np.dtype:
@@ -98,7 +113,7 @@ def encode_json(obj) -> bytes:
 
 
 def encode_field(name: str, value) -> bytes:
-    kind = FIELDS[name].kind
+    kind = get_field(name).kind
     if kind == "npy":
         return encode_npy(value)
     if kind == "json":
@@ -111,7 +126,7 @@ def encode_field(name: str, value) -> bytes:
 
 
 def decode_field(name: str, data: bytes):
-    kind = FIELDS[name].kind
+    kind = get_field(name).kind
     if kind == "npy":
         return decode_npy(data)
     if kind == "json":
@@ -124,7 +139,7 @@ def decode_field(name: str, data: bytes):
 
 
 def field_for_member(ext: str) -> Field | None:
-    return _BY_EXT.get(ext)
+    return _BY_EXT.get(ext) or (get_field(ext[:-4]) if ext.endswith(".npy") else None)
 
 
 def sample_key(item_key: str, variant: int) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .format import read_manifest
+from .teachers import render_teacher, summarize_teacher
 
 
 def summarize(store) -> dict:
@@ -20,6 +21,7 @@ def summarize(store) -> dict:
             "mean_bpp": s["mean_bpp"], "bytes_per_sample": s["bytes_per_sample"],
             "shards": len(s["shards"]), "bytes": sum(x["bytes"] for x in s["shards"]),
             "rejects": s["rejects"], "augment": s["config"]["augment"], "seed": s["config"]["seed"],
+            "teacher": summarize_teacher(s),
         }
     return {"store": str(store), "format_version": m["format_version"], "backend": m["backend"],
             "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
@@ -53,7 +55,8 @@ def render(summary: dict) -> str:
             f"  shards    {s['shards']}, {s['bytes'] / 1e6:.2f} MB",
             "  bytes per sample:",
         ]
-        lines += [f"    {ext:<16} {n:>12,.0f}" for ext, n in s["bytes_per_sample"].items()]
+        lines += [f"    {ext:<22} {n:>12,.0f}" for ext, n in s["bytes_per_sample"].items()]
+        lines += render_teacher(s["teacher"], summary.get("teacher_error", {}).get(name))
         lines.append(f"  rejects   {len(s['rejects'])}")
         lines += [f"    {r['source']}: {r['reason']}" for r in s["rejects"]]
     return "\n".join(lines)

@@ -1,0 +1,257 @@
+"""`latentstore add-teacher`: teacher features for an existing store, without re-encoding.
+
+Each stored sample's crop is replayed from its source image (``meta.json``
+``source`` + ``augment``, the dataset root from the split's build config), the
+teacher runs on it exactly as in a build with ``--teacher``, and every shard of
+the group is rewritten with the teacher members added. All other members keep
+their bytes, so the result is byte-identical to building with ``--teacher``
+from the start (tests/test_teachers.py checks it).
+
+Refusing a changed source. Before a crop feeds the teacher, the store's coder
+(loaded as the build loaded it; its weights' sha256 must match the manifest)
+runs its analysis transform g_a on the replayed crop. Every coder stores
+ŷ = round(y − offset) + offset, so |g_a(crop) − ŷ| ≤ ½ must hold at every latent
+element (plus the float16 rounding of a stored ŷ). A replaced, re-encoded or
+resized source breaks that at once; a change too small to move any latent
+element across a rounding boundary is not detected. ``verify_sources=False``
+skips the check (then only the source size is compared), e.g. on a node that
+cannot load the coder weights.
+
+Commit order, per group: new shards under temporary names, fsync, rename over
+the old ones, then the group record; at the end the part manifests and, last,
+manifest.json (through ``seal``). A rerun after a crash skips groups whose
+record lists the teacher members, and accepts a shard already rewritten by the
+crashed run (its teacher members are recomputed, giving the same bytes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .augment import apply
+from .build import BuildConfig, _check_resume, to_input
+from .coders import load_coder
+from .errors import ConfigError, InputError, StoreError
+from .format import TEACHER_PREFIX, commit_record_name, decode_npy, read_manifest, write_json_atomic
+from .images import RejectedImage, load_rgb
+from .seal import read_parts, part_file, seal
+from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
+                       teacher_entry)
+from .writers.webdataset import ShardGroupWriter
+
+Y_HAT_SLACK = 1e-3  # float slack of recomputing g_a outside compress() (batched vs not)
+
+
+def raw_samples(path: Path, shard: str):
+    """(key, {member suffix: bytes}) per sample of a tar shard, in order, with the bytes untouched."""
+    current, members = None, {}
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, _, ext = info.name.partition(".")
+                if key != current:
+                    if current is not None:
+                        yield current, members
+                    current, members = key, {}
+                members[ext] = tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise StoreError(f"shard {shard}: unreadable or truncated tar ({exc})") from exc
+    if current is not None:
+        yield current, members
+
+
+def replay_crop(root: Path, meta: dict, where: str) -> np.ndarray:
+    """The stored sample's uint8 crop, cut again from its source image."""
+    try:
+        img = load_rgb(root / meta["source"])
+        crop = np.asarray(apply(img, meta["augment"]), dtype=np.uint8)
+    except (RejectedImage, InputError, OSError) as exc:
+        raise InputError(f"{where}: cannot replay source {meta['source']} ({exc}); the dataset under {root} "
+                         f"changed since the build") from exc
+    if list(crop.shape[:2]) != list(meta["image_size"]):
+        raise InputError(f"{where}: replayed crop is {list(crop.shape[:2])}, the store has {meta['image_size']}")
+    return crop
+
+
+class SourceCheck:
+    """|g_a(replayed crop) − stored ŷ| ≤ ½ everywhere, with the store's own coder (module docstring)."""
+
+    def __init__(self, manifest: dict, config: dict):
+        coder = load_coder(config["coder"], config["quality"], config["weights"], seed=config["seed"])
+        if coder.weights["sha256"] != manifest["coder"]["weights"]["sha256"]:
+            raise ConfigError("The coder loaded from the build config has other weights (sha256) than the store's; "
+                              "pass the weights the store was built with, or --trust-sources to skip the check")
+        self.model = coder.model
+
+    @torch.no_grad()
+    def __call__(self, crop: np.ndarray, y_hat_bytes: bytes, where: str) -> None:
+        x, _ = to_input([crop])
+        y = self.model.g_a(x)[0].numpy()
+        stored = decode_npy(y_hat_bytes)
+        y_hat = stored.astype(np.float32)
+        if y.shape != y_hat.shape:
+            raise InputError(f"{where}: replayed crop gives a latent of shape {y.shape}, the store has {y_hat.shape}")
+        # A float16 ŷ is the exact one rounded: up to half an ulp (2^-11 relative) more.
+        slack = 0.5 + Y_HAT_SLACK + np.abs(y_hat) * (2.0 ** -10 if stored.dtype == np.float16 else 0.0)
+        bad = np.abs(y - y_hat) > slack
+        if bad.any():
+            raise InputError(f"{where}: the replayed crop does not encode to the stored latent ({int(bad.sum())} "
+                             f"of {bad.size} elements off by more than half a step): its source image changed "
+                             f"since the build. Restore it, or rebuild the store.")
+
+
+def _teacher_config(identity: dict, store, teacher: str, weights, strides, layers, dtype) -> BuildConfig:
+    known = {k: v for k, v in identity.items() if k in BuildConfig.__dataclass_fields__ and k not in TEACHER_ARGS}
+    return BuildConfig(**{**known, "out": str(store), "teacher": teacher, "teacher_weights": weights,
+                          "teacher_strides": strides, "teacher_layers": layers, "teacher_dtype": dtype}).resolved()
+
+
+def _members_of(teacher: Teacher) -> set:
+    return {f"{t.field}{s}.npy" for t in teacher.taps for s in ([""] + ([".scale"] if teacher.dtype == "int8" else []))}
+
+
+def add_teacher(store, teacher: str, weights: str = "pretrained", strides=(8, 16, 32), layers=(),
+                dtype: str = "float16", splits=None, verify_sources: bool = True, progress: bool = True) -> dict:
+    """Add teacher features to `splits` (default: all) of a finished webdataset store; returns the manifest."""
+    store = Path(store)
+    manifest = read_manifest(store)
+    if manifest.get("backend", "webdataset") != "webdataset":
+        raise ConfigError(f"add-teacher rewrites tar shards; {store} is a {manifest['backend']} store: "
+                          f"rebuild it with --teacher")
+    for split in splits or sorted(manifest["splits"]):
+        if split not in manifest["splits"]:
+            raise ConfigError(f"{store} has no split {split!r}: it holds {', '.join(sorted(manifest['splits']))}")
+        old = manifest["splits"][split]["config"]
+        cfg = _teacher_config(old, store, teacher, weights, strides, layers, dtype)
+        if old.get("teacher") is not None and old != cfg.identity():
+            raise ConfigError(f"split {split!r} already holds features of teacher {old['teacher']} "
+                              f"({old.get('teacher_dtype')}); build a new store for another teacher")
+        loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
+                              cfg.teacher_dtype, seed=cfg.seed)
+        check = SourceCheck(manifest, old) if verify_sources else None
+        _check_resume_or_start(store, cfg, manifest, loaded, old)
+        _add_to_split(store, split, cfg, loaded, check, progress)
+    return seal(store, splits=list(splits or sorted(manifest["splits"])))
+
+
+def _check_resume_or_start(store: Path, cfg: BuildConfig, manifest: dict, teacher: Teacher, old: dict) -> None:
+    """Record the new build identity (as a build with --teacher would) before touching a shard."""
+    path = store / f"build-{cfg.split}.json"
+    if path.is_file() and json.loads(path.read_text())["config"] == old:
+        path.unlink()  # the plain build's identity: replaced by the one with the teacher, below
+    _check_resume(store, cfg, manifest["coder"]["weights"], teacher)
+
+
+def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, check, progress: bool) -> None:
+    parts = read_parts(store).get(split, {})
+    if not parts:
+        raise StoreError(f"{store} has no part manifests for split {split!r}: rebuild it with this latentstore")
+    root = Path(cfg.root)
+    wanted = _members_of(teacher)
+    total = sum(r["stats"]["samples"] for p in parts.values() for r in p["records"])
+    bar = tqdm(total=total, unit="sample", desc=f"teacher {teacher.name} {split}", disable=not progress)
+    try:
+        for i, part in sorted(parts.items()):
+            records = []
+            for old in part["records"]:
+                # The group record on disk is newer than the part's copy if a crashed run got that far.
+                old = json.loads((store / commit_record_name(split, old["group"])).read_text())
+                done = wanted <= set(old["stats"]["field_bytes"])
+                records.append(old if done else _rewrite_group(store, split, old, teacher, check, root, wanted, bar))
+                bar.update(old["stats"]["samples"] if done else 0)
+            part = {**part, "config": cfg.identity(), "records": records,
+                    "latent": teacher_entry(teacher, {k: v for k, v in part["latent"].items() if k != "teacher"})}
+            write_json_atomic(store / part_file(split, i, part["parts"]), part)
+    finally:
+        bar.close()
+
+
+def _rewrite_group(store, split, record, teacher, check, root, wanted, bar) -> dict:
+    group = record["group"]
+    stats = {**record["stats"], "field_bytes": {k: v for k, v in record["stats"]["field_bytes"].items()
+                                                if not k.startswith(TEACHER_PREFIX)}}
+    with ShardGroupWriter(store, split, group, len(record["shards"])) as writer:
+        for shard in record["shards"]:
+            path = store / shard["path"]
+            pristine = hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+            count = 0
+            for key, members in raw_samples(path, shard["path"]):
+                where = f"shard {shard['path']}, key {key}"
+                ours = {m for m in members if m.startswith(TEACHER_PREFIX)}
+                if not pristine and ours != wanted:
+                    raise StoreError(f"{where}: the shard differs from its commit record (sha256) and was not "
+                                     f"written by an earlier add-teacher run: run `latentstore verify`")
+                members = {m: b for m, b in members.items() if m not in ours}
+                meta = json.loads(members["meta.json"])
+                crop = replay_crop(root, meta, where)
+                if check is not None:
+                    check(crop, members["y_hat.npy"], where)
+                new = teacher.sample_files(crop)
+                for ext, data in new.items():
+                    stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
+                writer.write(shard["variant"], {**members, **new, "__key__": key})
+                count += 1
+                bar.update(1)
+            if count != shard["samples"]:
+                raise StoreError(f"shard {shard['path']}: holds {count} samples, its record says {shard['samples']}")
+        writer.extra = {k: v for k, v in record.items() if k not in ("group", "shards")}
+        writer.extra["stats"] = stats
+    return json.loads((store / commit_record_name(split, group)).read_text())
+
+
+def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:
+    """Relative L2 error of each storage dtype against the float32 teacher, on the first `samples` samples.
+
+    Needs the teacher and the source images. Also reports how far the STORED
+    features are from the live teacher run on the replayed crop, after the
+    store's own quantization: 0 on the machine that built the store.
+    """
+    manifest = read_manifest(store)
+    entries = {s: e for s, e in manifest["splits"].items() if e.get("teacher") and (split in (None, s))}
+    if not entries:
+        raise ConfigError(f"{store} has no teacher features{f' in split {split!r}' if split else ''}")
+    out = {}
+    for s, entry in sorted(entries.items()):
+        fp, cfg = entry["teacher"], entry["config"]
+        teacher = load_teacher(fp["name"], cfg["teacher_weights"], fp.get("strides", ()), fp.get("layers", ()),
+                               fp["dtype"], seed=cfg["seed"])
+        if teacher.weights["sha256"] != fp["weights_sha256"]:
+            raise ConfigError(f"split {s!r}: teacher weights {cfg['teacher_weights']!r} load with another sha256 "
+                              f"than the store's teacher")
+        sq = {d: {t.field: [0.0, 0.0] for t in teacher.taps} for d in TEACHER_DTYPES}
+        stored_err = {t.field: 0.0 for t in teacher.taps}
+        n = 0
+        for shard in entry["shards"]:
+            for key, members in raw_samples(Path(store) / shard["path"], shard["path"]):
+                meta = json.loads(members["meta.json"])
+                live = teacher.features(replay_crop(Path(cfg["root"]), meta, f"shard {shard['path']}, key {key}"))
+                for name, x in live.items():
+                    for d in TEACHER_DTYPES:
+                        e = relative_error(x, d) * float(np.linalg.norm(x))
+                        sq[d][name][0] += e * e
+                        sq[d][name][1] += float(np.sum(x.astype(np.float64) ** 2))
+                    scale = members.get(f"{name}.scale.npy")
+                    stored = dequantize(decode_npy(members[f"{name}.npy"]), fp["dtype"],
+                                        decode_npy(scale) if scale else None)
+                    q = quantize(x, fp["dtype"])
+                    expected = dequantize(q[""], fp["dtype"], q.get(".scale"))
+                    diff = float(np.linalg.norm(stored - expected) / (np.linalg.norm(x) or 1.0))
+                    stored_err[name] = max(stored_err[name], diff)
+                n += 1
+                if n >= samples:
+                    break
+            if n >= samples:
+                break
+        out[s] = {"samples": n, "dtype": fp["dtype"],
+                  "relative_error": {d: {f: (a / b) ** 0.5 if b else 0.0 for f, (a, b) in per.items()}
+                                     for d, per in sq.items()},
+                  "stored_vs_live": stored_err}
+    return out
