@@ -10,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import latentstore, compressai, timm, webdataset, zarr, pytest, matplotlib" 2>/dev/null; then
     echo ">> installing latentstore and its dependencies (torch, compressai, timm, ...; a few minutes)"
-    .venv/bin/pip install --quiet --upgrade pip
-    .venv/bin/pip install --quiet -e '.[test]'
+    # Some pip configurations list local indexes that do not exist here; hide those warnings only.
+    .venv/bin/pip install --quiet -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
