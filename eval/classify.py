@@ -1,0 +1,29 @@
+"""Top-1/top-5 and the real bpp of a classification checkpoint on a stored val split.
+
+    python eval/classify.py --store /stores/in1k-val-cheng2020-q3 --checkpoint runs/r50aa-q3/best.pt
+    torchrun --nproc_per_node 4 eval/classify.py --store ... --checkpoint ...   # same numbers, faster
+
+Writes eval.json (next to the checkpoint, or --out) and eval.md (a row in the
+paper's table layout); see docs/results.md. The logic is latentstore.evaluate.
+"""
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+from latentstore.errors import LatentstoreError  # noqa: E402
+from latentstore.evaluate import parse_args, run  # noqa: E402
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv, "classification")
+    try:
+        run(cfg, "classification")
+    except LatentstoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
