@@ -1,7 +1,5 @@
 """Teacher features beside the latents: exactness vs a live teacher, dtypes, fingerprint, add-teacher, dry run."""
-import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +209,7 @@ def test_teacher_weights_from_a_file_and_offline_errors(tmp_path, monkeypatch):
         load_teacher("resnet18", "pretrained")
 
 
+@pytest.mark.slow  # builds ResNet-50 and PSPNet-50: ~12 s on 2 busy cores
 def test_taps_by_stride_and_by_layer_name():
     t = load_teacher("resnet50", "untrained")
     assert [(x.layer, x.stride, x.channels) for x in t.taps] == [("layer2", 8, 512), ("layer3", 16, 1024),
