@@ -148,7 +148,8 @@ class LatentDataset(IterableDataset):
     batch_size/drop_last: yield collated batches (use ``DataLoader(ds,
     batch_size=None)``). remainder: "drop" or "pad" to give every rank the same
     count. start: per-rank sample offset to resume from. rank/world: override
-    torch.distributed / RANK, WORLD_SIZE. max_skips: 0 = strict.
+    torch.distributed / RANK, WORLD_SIZE (read when the dataset is made and at
+    every set_epoch: DataLoader workers cannot see the process group). max_skips: 0 = strict.
     """
 
     def __init__(self, path, split: str | None = None, variant: int | None = None,
@@ -184,6 +185,8 @@ class LatentDataset(IterableDataset):
         self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
         self.epoch = 0
         self.skipped: list[str] = []
+        # DataLoader workers do not see the process group: resolve it here, in the main process.
+        self._dist = _rank_and_world()
 
     def __getitem__(self, key: str) -> dict:
         """One sample by key (``<item>_v<variant:03d>``): Zarr stores only; tar shards have no index."""
@@ -199,6 +202,7 @@ class LatentDataset(IterableDataset):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Read epoch `epoch` next, from per-rank sample offset `start`."""
         self.epoch, self.start = epoch, start
+        self._dist = _rank_and_world()
 
     @property
     def current_variant(self) -> int:
@@ -208,7 +212,7 @@ class LatentDataset(IterableDataset):
         return [s for s in self.info["shards"] if s["variant"] == self.current_variant]
 
     def _rank_world(self) -> tuple[int, int]:
-        rank, world = _rank_and_world()
+        rank, world = self._dist if get_worker_info() else _rank_and_world()
         return (rank if self.rank is None else self.rank), (world if self.world is None else self.world)
 
     def samples_per_rank(self) -> int:

@@ -1,0 +1,99 @@
+"""Trainer configuration: one frozen dataclass, parsed from flags (an unknown flag is an error).
+
+Each field becomes ``--field-name``; its type decides parsing (bool: --x/--no-x,
+tuple: comma-separated list), ``metadata={"choices": ..., "help": ...}`` adds
+choices and help. The resolved config goes into every checkpoint, so it holds
+primitives only (torch.load(weights_only=True) reads it back).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+TRANSFERS = ("none", "mse", "mae", "cos")
+
+
+def opt(default, help: str = "", choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Flags shared by train/classify.py and train/segment.py; each script sets its recipe's defaults."""
+    store: str = opt(None, "store folder (reads manifest.json)")
+    out: str = opt(None, "run folder: checkpoints, metrics.csv, TensorBoard events")
+    split: str = opt("train", "split of the store to train on")
+    model: str = opt("resnet50-aa", "any latentstore.models name (`latentstore models`)")
+    pixel_weights: str = opt("none", "init from the pixel model: none | pretrained | PATH to a state_dict")
+    transfer: str = opt("none", "knowledge-transfer loss on the teacher maps in the store", TRANSFERS)
+    beta: float = opt(1.0, "weight of the transfer loss")
+    teacher: str = opt("", "teacher the store must hold (name), checked with --teacher-weights; "
+                           "empty: use the store's teacher as recorded")
+    teacher_weights: str = opt("pretrained", "pretrained | PATH | untrained: weights --teacher must have")
+    coder_weights: str = opt("", "decode+<model>: coder weights (default: as recorded in the manifest)")
+    epochs: int = opt(16, "epochs; epoch e reads stored variant e mod K")
+    batch_size: int = opt(256, "GLOBAL batch size (split evenly over ranks)")
+    lr: float = opt(0.01, "initial learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(1e-4, "SGD weight decay")
+    milestones: tuple = opt((), "epochs at which lr is multiplied by --gamma (default: the task's recipe)")
+    gamma: float = opt(0.1, "lr decay factor at each milestone")
+    seed: int = opt(0, "seed of the model init, the epoch order and per-step randomness")
+    shuffle_window: int = opt(4, "shards shuffled together in memory (order = f(seed, epoch))")
+    workers: int = opt(4, "DataLoader workers per rank")
+    max_skips: int = opt(0, "damaged samples tolerated (skipped and logged); 0 = strict")
+    save_every: int = opt(500, "checkpoint every N steps (and at every epoch end)")
+    log_every: int = opt(20, "log scalars every N steps")
+    max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs)")
+    resume: str = opt("auto", "auto (OUT/last.pt if present) | never | PATH")
+    device: str = opt("auto", "auto | cpu | cuda")
+    progress: bool = opt(True, "show a progress bar (rank 0)")
+
+    def validate(self) -> None:
+        if not self.store or not self.out:
+            raise ConfigError("--store and --out are required")
+        for name in ("epochs", "batch_size", "shuffle_window", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.transfer != "none" and self.beta <= 0:
+            raise ConfigError(f"--transfer {self.transfer} with --beta {self.beta}: use a positive beta, "
+                              "or --transfer none")
+        if any(not 0 < m <= self.epochs for m in self.milestones):
+            raise ConfigError(f"--milestones {list(self.milestones)} must lie in 1..{self.epochs}")
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _parser_type(tp):
+    origin = typing.get_origin(tp)
+    if tp is tuple or origin is tuple:
+        return lambda s: tuple(int(x) for x in s.split(",") if x.strip())
+    return {"int": int, "float": float, "str": str}.get(getattr(tp, "__name__", str(tp)), str)
+
+
+def parse_config(cls, argv=None):
+    """Parse `argv` (None: sys.argv) into `cls`; unknown flags and bad values exit with a usage error."""
+    parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip(), allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=meta.get("help"))
+        else:
+            parser.add_argument(flag, type=_parser_type(hints[f.name]), default=f.default,
+                                choices=meta.get("choices"), help=meta.get("help"))
+    args = parser.parse_args(argv)  # unknown flag: argparse prints usage and exits with status 2
+    cfg = cls(**vars(args))
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return cfg

@@ -1,0 +1,151 @@
+"""The training loop both trainer scripts share: store -> batches -> loss -> SGD, with exact resume.
+
+Exactness: the epoch order is a function of (seed, epoch) (latentstore.store),
+each step's randomness (dropout, ...) is seeded from (seed, step, rank), and a
+checkpoint records the per-rank sample offset inside the epoch. A run
+interrupted after any saved step and resumed therefore sees the same batches
+with the same randomness as an uninterrupted one: same losses, same weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError, StoreError
+from ..store import open_store
+from . import checkpoint as ckpt
+from .ddp import Dist, all_true, barrier, mean_over_ranks
+from .log import RunLog
+
+#: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
+LossFn = Callable[[nn.Module, dict], tuple]
+
+
+def lr_factor(milestones) -> Callable[[int], float]:
+    """LambdaLR factor: gamma ** (number of milestones reached); stateless, so it is not checkpointed."""
+    def factor(epoch: int, _m=tuple(sorted(milestones))) -> float:
+        return sum(epoch >= m for m in _m)
+    return factor
+
+
+@dataclass
+class Position:
+    """Where training stands: completed global steps, current epoch, samples per rank done in it."""
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0
+
+
+def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, milestones,
+        extra_state: dict | None = None) -> Position:
+    """Train `model` on cfg.store with `loss_fn`; returns where it stopped (all epochs, or cfg.max_steps)."""
+    if cfg.batch_size % d.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} does not divide over {d.world} ranks")
+    per_rank = cfg.batch_size // d.world
+    data = open_store(cfg.store, cfg.split, fields=fields, seed=cfg.seed, shuffle=True,
+                      shuffle_window=cfg.shuffle_window, batch_size=per_rank, drop_last=True,
+                      remainder="drop", max_skips=cfg.max_skips, rank=d.rank, world=d.world)
+    steps_per_epoch = len(data)  # equal on every rank by construction
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{data.samples_per_rank()} samples per rank make no batch of {per_rank}: "
+                          "lower --batch-size")
+    model.to(d.device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    gamma_pow = lr_factor(milestones)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
+    summary = ckpt.store_summary(data.manifest, data.split)
+    pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
+
+    out = Path(cfg.out)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(d)
+    total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    log = RunLog(out, d.main, total, pos.step, cfg.progress)
+    net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
+        if d.distributed else model
+
+    def save(p: Position) -> None:
+        if d.main:
+            ckpt.save(out / ckpt.LAST, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "config": cfg.as_dict(), "store": summary, "step": p.step, "epoch": p.epoch,
+                "offset": p.offset, "world": d.world, "per_rank_batch": per_rank, **(extra_state or {})})
+        barrier(d)
+
+    try:
+        while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
+            if _epoch(cfg, d, net, opt, loss_fn, data, pos, per_rank, log, save):
+                pos.epoch, pos.offset = pos.epoch + 1, 0
+                sched.step()
+                save(pos)
+    finally:
+        log.close()
+    if data.skipped:
+        log.message(f"{len(data.skipped)} damaged samples skipped (rank {d.rank})")
+    return pos
+
+
+def _epoch(cfg, d, net, opt, loss_fn, data, pos: Position, per_rank: int, log: RunLog, save) -> bool:
+    """Run the rest of epoch pos.epoch (from pos.offset); False if cfg.max_steps stopped it first."""
+    net.train()
+    data.set_epoch(pos.epoch, start=pos.offset)
+    loader = DataLoader(data, batch_size=None, num_workers=cfg.workers,
+                        pin_memory=d.device.type == "cuda", persistent_workers=False)
+    window, steps, t_wait, t_start, skipped = {}, 0, 0.0, time.perf_counter(), 0
+    batches = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t_wait += time.perf_counter() - t0
+        if not all_true(batch is not None, d):   # lenient reads may end a rank early: stop together
+            break
+        torch.manual_seed(cfg.seed * 1_000_003 + pos.step * 7_919 + d.rank)   # per-step randomness
+        loss, parts = loss_fn(net, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        pos.step, pos.offset, steps = pos.step + 1, pos.offset + per_rank, steps + 1
+        skipped += len(batch.get("__skipped__", ()))
+        for k, v in {"loss": loss.detach(), **parts}.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        elapsed = time.perf_counter() - t_start
+        log.step(steps * per_rank * d.world / max(elapsed, 1e-9), float(loss.detach()))
+        if pos.step % cfg.log_every == 0:
+            values = mean_over_ranks({k: v / steps for k, v in window.items()}, d)
+            values.update(lr=opt.param_groups[0]["lr"], samples_per_s=steps * per_rank * d.world / elapsed,
+                          data_wait=t_wait / elapsed, skipped=skipped)
+            log.scalars(pos.step, pos.epoch, values)
+            window, steps, t_wait, t_start = {}, 0, 0.0, time.perf_counter()
+        stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
+        if pos.step % cfg.save_every == 0 or stop:
+            save(Position(pos.step, pos.epoch, pos.offset))
+        if stop:
+            return False
+    return True
+
+
+def _resume(cfg, d: Dist, model, opt, sched, summary: dict, per_rank: int) -> Position:
+    path = ckpt.find_resume(cfg.resume, cfg.out)
+    if path is None:
+        return Position()
+    state = ckpt.load(path)
+    ckpt.check_same_store(state["store"], summary, path)
+    if state["config"]["model"] != cfg.model:
+        raise ConfigError(f"Checkpoint {path} trains {state['config']['model']}, not --model {cfg.model}")
+    if state["offset"] and (state["world"], state["per_rank_batch"]) != (d.world, per_rank):
+        raise ConfigError(
+            f"Checkpoint {path} stopped mid-epoch with {state['world']} ranks x batch {state['per_rank_batch']}; "
+            f"resuming with {d.world} x {per_rank} would not see exactly the unseen samples. Resume with "
+            f"{state['world']} ranks, or from a checkpoint at an epoch end")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return Position(state["step"], state["epoch"], state["offset"])

@@ -1,0 +1,146 @@
+"""Trainer library and train/classify.py on a tiny store (crop 64 -> 4x4 latents), CPU."""
+import csv
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from latentstore.build import BuildConfig, build
+from latentstore.errors import ConfigError
+from latentstore.train import DISTANCES, TrainConfig, parse_config, transfer_loss
+from latentstore.train import checkpoint as ckpt
+from latentstore.train.log import EventWriter, _masked, crc32c
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"train_{name}", ROOT / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+classify = load_script("classify")
+
+
+@pytest.fixture(scope="module")
+def store(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-store")
+    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                      root=str(tiny_folder), split="train", out=str(out), variants=2, crop=64, shard_size=2),
+          progress=False)
+    return out
+
+
+def args(store, out, *extra):
+    return ["--store", str(store), "--out", str(out), "--model", "resnet18-aa", "--epochs", "3",
+            "--batch-size", "2", "--workers", "0", "--save-every", "1", "--log-every", "1",
+            "--no-progress", *extra]
+
+
+def losses(out):
+    with open(Path(out) / "metrics.csv") as f:
+        return [(int(r["step"]), r["value"]) for r in csv.DictReader(f) if r["name"] == "loss"]
+
+
+# ---------------------------------------------------------------- config
+
+def test_unknown_flag_and_bad_values_are_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(TrainConfig, ["--store", "s", "--out", "o", "--lerning-rate", "0.1"])
+    assert exc.value.code == 2 and "unrecognized arguments: --lerning-rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--store", "s", "--out", "o", "--transfer", "kl"])
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--store", "s"])                        # --out is required
+    cfg = parse_config(classify.Config, ["--store", "s", "--out", "o", "--milestones", "3,5", "--no-progress",
+                                         "--label-smoothing", "0.1"])
+    assert cfg.milestones == (3, 5) and cfg.progress is False and cfg.label_smoothing == 0.1
+    assert (cfg.lr, cfg.momentum, cfg.epochs, cfg.batch_size) == (0.01, 0.9, 16, 256)   # paper recipe
+    assert classify.recipe_milestones(16) == (12, 15)
+
+
+# ---------------------------------------------------------------- transfer losses
+
+def test_transfer_loss_values_on_hand_made_maps():
+    f = [torch.tensor([[[[1.0]], [[2.0]]]]), torch.zeros(1, 1, 2, 2)]     # [B=1, C=2, 1, 1], [1, 1, 2, 2]
+    t = [torch.tensor([[[[3.0]], [[2.0]]]]), torch.ones(1, 1, 2, 2)]
+    assert transfer_loss("mse", f, t).item() == pytest.approx((4 + 0) / 2 + 1.0)
+    assert transfer_loss("mae", f, t).item() == pytest.approx((2 + 0) / 2 + 1.0)
+    # cos along channels: (1,2)·(3,2) = 7, |.|=sqrt5*sqrt13; second tap: zero vector -> similarity 0
+    assert transfer_loss("cos", f, t).item() == pytest.approx(1 - 7 / (5 ** 0.5 * 13 ** 0.5) + 1.0, rel=1e-6)
+    same = [torch.randn(2, 3, 4, 4)]
+    assert all(transfer_loss(k, same, same).item() == pytest.approx(0, abs=1e-6) for k in DISTANCES)
+    with pytest.raises(ConfigError, match="choose mse, mae, cos"):
+        transfer_loss("kl", f, t)
+
+
+def test_transfer_refuses_a_store_without_teacher(store, tmp_path):
+    with pytest.raises(ConfigError, match="needs teacher features"):
+        classify.main(args(store, tmp_path / "run", "--transfer", "mse"))
+
+
+# ---------------------------------------------------------------- logging
+
+def test_event_file_records_are_framed_like_tfrecord(tmp_path):
+    import struct
+
+    assert crc32c(b"123456789") == 0xE3069283                               # the CRC-32C check value
+    w = EventWriter(tmp_path)
+    w.scalars(7, {"loss": 0.25})
+    w.close()
+    data, records = w.path.read_bytes(), []
+    while data:
+        (n,) = struct.unpack("<Q", data[:8])
+        assert data[8:12] == _masked(data[:8]) and data[12 + n:16 + n] == _masked(data[12:12 + n])
+        records.append(data[12:12 + n])
+        data = data[16 + n:]
+    assert b"brain.Event:2" in records[0]
+    # Event{step=7 (field 2), summary (field 5){value{tag "loss", simple_value 0.25}}}
+    assert b"\x10\x07" in records[1] and b"\x0a\x04loss\x15" + struct.pack("<f", 0.25) in records[1]
+
+
+# ---------------------------------------------------------------- resume, step for step
+
+@pytest.mark.slow
+def test_interrupted_then_resumed_equals_uninterrupted(store, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    classify.main(args(store, full))
+    classify.main(args(store, cut, "--max-steps", "4"))         # stops mid-epoch 1 (3 steps per epoch)
+    state = ckpt.load(cut / ckpt.LAST)
+    assert (state["step"], state["epoch"], state["offset"]) == (4, 1, 2)   # offset in samples per rank
+    classify.main(args(store, cut, "--workers", "2"))          # same command resumes; workers do not matter
+    assert [s for s, _ in losses(full)] == list(range(1, 10))
+    assert losses(cut) == losses(full)                          # same loss values, as text, step for step
+    a, b = ckpt.load(full / ckpt.LAST), ckpt.load(cut / ckpt.LAST)
+    assert a["step"] == b["step"] == 9 and a["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["config"]["model"] == "resnet18-aa" and a["store"]["coder"] == "bmshj2018-hyperprior"
+    assert list((full).glob("events.out.tfevents.*"))
+
+
+def _ddp_worker(rank, world, port, argv):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    classify.main(argv)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_of_classify_finishes(store, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = args(store, tmp_path / "ddp", "--epochs", "2", "--batch-size", "2", "--workers", "1")
+    mp.spawn(_ddp_worker, args=(2, port, argv), nprocs=2, join=True)
+    state = ckpt.load(tmp_path / "ddp" / ckpt.LAST)
+    assert (state["world"], state["per_rank_batch"], state["epoch"], state["step"]) == (2, 1, 2, 6)
+    assert [s for s, _ in losses(tmp_path / "ddp")] == list(range(1, 7))
