@@ -144,3 +144,72 @@ def test_two_process_gloo_run_of_classify_finishes(store, tmp_path):
     state = ckpt.load(tmp_path / "ddp" / ckpt.LAST)
     assert (state["world"], state["per_rank_batch"], state["epoch"], state["step"]) == (2, 1, 2, 6)
     assert [s for s, _ in losses(tmp_path / "ddp")] == list(range(1, 7))
+
+
+# ---------------------------------------------------------------- transfer from a store with teacher maps
+
+@pytest.fixture(scope="module")
+def teacher_store(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher-store")
+    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                      root=str(tiny_folder), split="train", out=str(out), variants=1, crop=64, shard_size=3,
+                      teacher="resnet18", teacher_weights="untrained", teacher_strides=(8, 16, 32)),
+          progress=False)
+    return out
+
+
+def test_transfer_reads_teacher_maps_and_checks_them_first(teacher_store, tmp_path):
+    run = tmp_path / "kt"
+    classify.main(args(teacher_store, run, "--transfer", "mse", "--beta", "0.5", "--teacher", "resnet18",
+                       "--teacher-weights", "untrained", "--max-steps", "2", "--workers", "0"))
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["name"] == "transfer"]
+    assert len(rows) == 2 and all(float(r["value"]) > 0 for r in rows)
+    with pytest.raises(ConfigError, match="another teacher"):                 # fingerprint: other weights
+        classify.main(args(teacher_store, tmp_path / "x", "--transfer", "mse", "--teacher", "resnet18",
+                           "--teacher-weights", str(_other_weights(tmp_path))))
+    with pytest.raises(ConfigError, match="feature tap shapes differ"):        # taps: other channels
+        classify.main(args(teacher_store, tmp_path / "y", "--transfer", "mse", "--model", "efficientnet_b0-aa"))
+
+
+def _other_weights(tmp_path):
+    import timm
+
+    torch.manual_seed(123)
+    path = tmp_path / "other-resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    return path
+
+
+# ---------------------------------------------------------------- segmentation recipe and loss
+
+segment = load_script("segment")
+
+
+def test_segment_recipe_and_loss_ignore_255():
+    cfg = parse_config(segment.Config, ["--store", "s", "--out", "o"])
+    assert (cfg.lr, cfg.epochs, cfg.model, cfg.momentum) == (1e-3, 80, "pspnet50-aa", 0.9)
+    assert segment.recipe_milestones(80) == (40,)
+    with pytest.raises(SystemExit):
+        parse_config(segment.Config, ["--store", "s", "--out", "o", "--label-smoothing", "0.1"])  # classify only
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1] = 10.0                                       # predicts class 1 everywhere
+    label = torch.tensor([[[1, 1], [255, 255]]])
+    assert segment.seg_loss(logits, logits, label, 0.4).item() == pytest.approx(1.4 * 9.08e-5, rel=1e-2)
+    label[0, 0, 0] = 0                                        # one wrong pixel out of two counted
+    wrong = torch.nn.functional.cross_entropy(logits, label, ignore_index=255).item()
+    assert wrong == pytest.approx(10.0 / 2, rel=1e-3) and segment.seg_loss(logits, logits, label, 0).item() == wrong
+
+
+@pytest.mark.slow
+def test_segment_trains_on_a_tiny_cityscapes_store(tmp_path):
+    from test_cityscapes import make_cityscapes, seg_config
+
+    store = tmp_path / "cs"
+    build(seg_config(make_cityscapes(tmp_path / "cityscapes"), store, coder="bmshj2018-hyperprior"),
+          progress=False)
+    run = tmp_path / "seg"
+    segment.main(args(store, run, "--model", "pspnet50-aa", "--max-steps", "2"))
+    state = ckpt.load(run / ckpt.LAST)
+    assert state["step"] == 2 and state["store"]["classes"] == 19
+    assert [s for s, _ in losses(run)] == [1, 2]

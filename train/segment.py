@@ -1,0 +1,78 @@
+"""Train a compressed-domain segmentation model (PSPNet-50-aa) on a latentstore store.
+
+    torchrun --nproc_per_node 8 train/segment.py --store /stores/cs-cheng2020-q3 --model pspnet50-aa \
+        --pixel-weights /weights/resnet50s.pth --transfer mse --epochs 80 --out runs/psp-q3
+
+Recipe (METHOD §5, the defaults): SGD, momentum 0.9, lr 1e-3 → 1e-4 at epoch
+40 of 80. Loss = cross-entropy on the stored label map (ignore 255) + 0.4 ×
+the auxiliary head's + β · Σ_taps d(student map, stored teacher map).
+Logits come out at the crop's resolution (16× the latent), as the labels are stored.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from latentstore.format import read_manifest
+from latentstore.store import pick_split
+from latentstore.train import (TrainConfig, Transfer, build_model, cleanup, fit, input_fields, model_inputs,
+                               opt, parse_config, setup, valid_crop)
+
+IGNORE = 255
+
+
+@dataclass(frozen=True)
+class Config(TrainConfig):
+    """Train a segmentation model on stored latents and label maps (flags: any TrainConfig field)."""
+    model: str = opt("pspnet50-aa", "a segmentation model of latentstore.models")
+    epochs: int = opt(80, "epochs; epoch e reads stored variant e mod K")
+    batch_size: int = opt(8, "GLOBAL batch size (split evenly over ranks)")
+    lr: float = opt(1e-3, "initial learning rate")
+    aux_weight: float = opt(0.4, "weight of the auxiliary head's loss (PSPNet)")
+
+
+def recipe_milestones(epochs: int) -> tuple:
+    """lr 1e-3 → 1e-4 half-way (epoch 40 of 80, METHOD §5)."""
+    return (max(1, epochs // 2),)
+
+
+def seg_loss(logits, aux, label, aux_weight: float):
+    """Cross-entropy (ignore 255) of the main and auxiliary logits, resized to the label map if they differ."""
+    if logits.shape[-2:] != label.shape[-2:]:
+        logits = F.interpolate(logits, label.shape[-2:], mode="bilinear", align_corners=False)
+        aux = F.interpolate(aux, label.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, label, ignore_index=IGNORE) + aux_weight * F.cross_entropy(
+        aux, label, ignore_index=IGNORE)
+
+
+def main(argv=None):
+    cfg = parse_config(Config, argv)
+    d = setup(cfg.device)
+    try:
+        manifest = read_manifest(cfg.store)
+        info = manifest["splits"][pick_split(manifest, cfg.split, cfg.store)]
+        model = build_model(cfg, manifest, task="segmentation")
+        inputs = input_fields(cfg.model)
+        transfer = Transfer.prepare(cfg, model, manifest, inputs)   # refuses a mismatched teacher
+        region = valid_crop(info)
+
+        def loss_fn(net, batch):
+            x = model_inputs(batch, inputs, region, d.device)
+            label = batch["label_map"].to(d.device, non_blocking=True).long()
+            out = net(*x, return_aux=True, return_features=transfer.kind != "none")
+            seg = seg_loss(out[0], out[1], label, cfg.aux_weight)
+            if transfer.kind == "none":
+                return seg, {"seg": seg.detach()}
+            kt = transfer(out[2], batch)
+            return seg + cfg.beta * kt, {"seg": seg.detach(), "transfer": kt.detach()}
+
+        fit(cfg, d, model, loss_fn, fields=inputs + ("label_map",) + transfer.fields,
+            milestones=cfg.milestones or recipe_milestones(cfg.epochs))
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
