@@ -34,6 +34,7 @@ class Config:
     runs: int = 10
     warmup: int = 3
     latency: bool = True
+    json: str | None = None
 
 
 def parse(argv=None) -> Config:
@@ -50,10 +51,11 @@ def parse(argv=None) -> Config:
     p.add_argument("--runs", type=int, default=Config.runs)
     p.add_argument("--warmup", type=int, default=Config.warmup)
     p.add_argument("--no-latency", dest="latency", action="store_false", help="counts only")
+    p.add_argument("--json", default=None, help="also write the rows as JSON here (eval/plot.py --complexity)")
     a = p.parse_args(argv)  # argparse exits with an error on unknown flags
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     return Config(models, a.coder, a.quality, a.image_size, a.coder_weights, a.num_classes,
-                  a.runs, a.warmup, a.latency)
+                  a.runs, a.warmup, a.latency, a.json)
 
 
 def main(argv=None) -> int:
@@ -70,6 +72,10 @@ def main(argv=None) -> int:
         print(f"Latency: batch 1, {cfg.warmup} warm-up runs, median of {cfg.runs}.")
     print()
     print(markdown_table(rows))
+    if cfg.json:
+        from latentstore.format import write_json_atomic
+        from latentstore.report import complexity_row
+        write_json_atomic(cfg.json, [complexity_row(r) for r in rows])
     return 0
 
 

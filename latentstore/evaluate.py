@@ -329,7 +329,9 @@ def _record(cfg, task, manifest, split, ckpt, model, metrics, rate, world, start
         "world_size": world, "device": cfg.device, "seconds": round(time.perf_counter() - start, 3),
     }
     if cfg.complexity:
-        record["complexity"] = measure_complexity(model, manifest["splits"][split]["latent_shape"])
+        c, _, _ = manifest["splits"][split]["latent_shape"]
+        r0, r1, c0, c1 = manifest["splits"][split]["valid_region"]  # what the model sees (trainers crop so)
+        record["complexity"] = measure_complexity(model, (c, r1 - r0, c1 - c0))
     return record
 
 
@@ -337,14 +339,9 @@ def measure_complexity(model, latent_shape) -> dict:
     """Params, MACs and latency of ``model`` on one ŷ of ``latent_shape`` (latentstore.complexity)."""
     from .complexity import measure
 
-    c = measure(model.registry_name, model.cpu(), tuple(latent_shape))
-    out = {"input": c.input_shape, "params": c.params, "macs": c.macs}
-    for name, lat in (("cpu", c.cpu), ("gpu", c.gpu)):
-        if lat is not None:
-            out[f"{name}_ms"] = lat.median_ms
-            out[f"{name}_latency"] = {"runs": lat.runs, "warmup": lat.warmup, "threads": lat.threads,
-                                      "statistic": "median", "batch": 1}
-    return out
+    from .report import complexity_row
+
+    return complexity_row(measure(model.registry_name, model.cpu(), tuple(latent_shape)))
 
 
 # --------------------------------------------------------------------------- scripts

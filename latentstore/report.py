@@ -122,6 +122,17 @@ def load_complexity(path) -> dict:
     return {r["model"]: r for r in rows}
 
 
+def complexity_row(c) -> dict:
+    """A ``latentstore.complexity.Complexity`` as JSON: params, MACs, median latency and how it was taken."""
+    out = {"model": c.name, "input": c.input_shape, "params": c.params, "macs": c.macs}
+    for name, lat in (("cpu", c.cpu), ("gpu", c.gpu)):
+        if lat is not None:
+            out[f"{name}_ms"] = lat.median_ms
+            out[f"{name}_latency"] = {"runs": lat.runs, "warmup": lat.warmup, "threads": lat.threads,
+                                      "statistic": "median", "batch": 1}
+    return out
+
+
 def plot(records: list[dict], out, paper: bool = False, latency: bool = False,
          complexity: dict | None = None, latency_device: str = "cpu") -> Path:
     """Write a PNG: rate–accuracy and/or rate–mIoU panels (+ an accuracy–latency panel with ``latency``)."""

@@ -1,6 +1,7 @@
 """Evaluation end to end on tiny real stores: accuracy, mIoU, the real bpp, refusals, plots."""
 import json
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from latentstore.build import BuildConfig, build
 from latentstore.errors import StoreError
 from latentstore.evaluate import (EvalConfig, check_compatible, evaluate_classification, parse_args,
                                   predict_labels, store_summary)
-from latentstore.format import MANIFEST, read_manifest
+from latentstore.format import read_manifest
 from latentstore.models import create_model
 from latentstore.readers import iter_shard
 from latentstore.report import load_records, markdown_row, method_label, results_table
@@ -30,6 +31,7 @@ def _load_script(name):
 
     spec = importlib.util.spec_from_file_location(f"eval_{name}", ROOT / "eval" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -185,14 +187,21 @@ def test_predict_labels_upsamples_then_cuts_the_padding():
 def test_plot_from_two_eval_json_files(cls_store, cls_ckpt, tmp_path):
     rec = evaluate_classification(EvalConfig(str(cls_store), str(cls_ckpt), complexity=True))
     assert rec["complexity"]["params"] > 0 and rec["complexity"]["cpu_ms"] > 0
+    assert rec["complexity"]["input"] == "128×4×4"  # the valid region the model sees
     a, b = tmp_path / "a" / "eval.json", tmp_path / "b" / "eval.json"
-    for path, r in ((a, rec), (b, {**rec, "method": "cResNet-51", "bpp": rec["bpp"] * 2, "top1": 40.0,
+    other = {k: v for k, v in rec.items() if k != "complexity"}  # its latency comes from the JSON below
+    for path, r in ((a, rec), (b, {**other, "method": "cResNet-51", "bpp": rec["bpp"] * 2, "top1": 40.0,
                                    "quality": 2})):
         path.parent.mkdir()
         path.write_text(json.dumps(r))
+    cjson = tmp_path / "complexity.json"
+    assert _load_script("complexity").main(["--models", MODEL, "--quality", "1", "--image-size", "64",
+                                            "--runs", "1", "--warmup", "0", "--json", str(cjson)]) == 0
+    rows = json.loads(cjson.read_text())
+    assert rows[0]["model"] == MODEL and rows[0]["input"] == "128×4×4" and rows[0]["cpu_ms"] > 0
     out, table = tmp_path / "fig" / "rate_accuracy.png", tmp_path / "results.md"
     rc = _load_script("plot").main([str(a), str(b), "--out", str(out), "--paper", "--latency",
-                                    "--table", str(table)])
+                                    "--complexity", str(cjson), "--table", str(table)])
     assert rc == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
