@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from ..errors import ConfigError, StoreError
-from ..format import FIELDS, commit_record_name, read_manifest, smallest_int_dtype
+from ..format import commit_record_name, read_manifest, smallest_int_dtype
 from ..writers.zarr import TEMP_PREFIX, VLEN_FIELDS
 
 def _split_group(store: Path, split: str) -> zarr.Group:
@@ -27,11 +27,6 @@ def _split_group(store: Path, split: str) -> zarr.Group:
         return zarr.open_group(str(store), mode="r")[split]
     except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
-
-
-def stored_fields(group: zarr.Group) -> list[str]:
-    """The latentstore fields a split stores, in FIELDS order."""
-    return [name for name in FIELDS if name in group]
 
 
 def check_files(store: Path, unit: dict) -> None:
@@ -84,7 +79,7 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
     try:
         check_files(store, unit)
         group = _split_group(store, unit["split"])
-        names = [n for n in stored_fields(group) if fields is None or n in fields or n == "meta"]
+        names = [n for n in unit["fields"] if fields is None or n in fields or n == "meta"]
         lo, hi = unit["items"]
         present = group["present"][unit["variant"], lo:hi]
         if int(present.sum()) != unit["samples"]:
@@ -131,7 +126,7 @@ class KeyIndex:
         zgroup = _split_group(self.store, self.split)
         if not zgroup["present"][unit["variant"], slot]:
             raise ConfigError(f"No sample {key!r}: its image was rejected at build time (see the manifest)")
-        names = [n for n in stored_fields(zgroup) if fields is None or n in fields]
+        names = [n for n in unit["fields"] if fields is None or n in fields]
         block = _block(zgroup, names, unit["variant"], slot, slot + 1, group)
         sample = {"__key__": key, "__shard__": unit["path"]}
         sample.update({n: _convert(n, block[n][0]) for n in names})

@@ -34,7 +34,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import StoreError
-from ..format import FIELDS, commit_record_name, decode_field, fsync_dir, write_json_atomic
+from ..format import FIELDS, commit_record_name, decode_field, field_for_member, fsync_dir, write_json_atomic
 
 VLEN_FIELDS = ("y_string", "z_string", "meta")   # stored as bytes rows + offsets
 #: stored dtype of integer fields; readers narrow symbols to the smallest dtype, as the shards store them
@@ -135,11 +135,19 @@ class ZarrGroupWriter:
         self._counts = [0] * variants
 
     def __enter__(self):
-        shutil.rmtree(self.staging, ignore_errors=True)
+        # A killed earlier attempt at this group (any pid) left its staging behind: it holds no data.
+        for stale in self.staging.parent.glob(f"{TEMP_PREFIX}{self.group:06d}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         return self
 
     def write(self, variant: int, files: dict) -> None:
-        values = {f.name: decode_field(f.name, files[f.ext]) for f in FIELDS.values() if f.ext in files}
+        values = {}
+        for ext, data in files.items():
+            field = field_for_member(ext) if ext != "__key__" else None
+            if field is not None:
+                values[field.name] = decode_field(field.name, data)
+            elif ext != "__key__":
+                raise StoreError(f"sample {files['__key__']}: no field stores member suffix {ext!r}")
         item = values["meta"]["item"]
         if item not in self.slot:
             raise StoreError(f"internal error: sample {files['__key__']} is not an item of group {self.group}")
@@ -153,7 +161,7 @@ class ZarrGroupWriter:
             if name in values:
                 written, buf = self._rows.setdefault((variant, name), [0, bytearray()])
                 start = written + len(buf)
-                buf += files[FIELDS[name].ext]
+                buf += files[FIELDS[name].ext]  # the exact bytes a tar member would hold
                 values[name] = np.array([start, written + len(buf)], dtype=np.int64)
                 self._write_row(variant, name, final=False)
         chunk = slot // self._c
@@ -201,15 +209,18 @@ class ZarrGroupWriter:
             self._rows[(variant, name)] = [written + n, buf[n:]]
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            if exc_type is None:
+                self.commit()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
         return False
 
     def commit(self) -> dict:
         units = [{"path": unit_name(self.split, v, self.group), "split": self.split, "variant": v,
                   "group": self.group, "items": [self.first, self.first + len(self.items)],
-                  "samples": self._counts[v], "bytes": 0, "files": []} for v in range(self.variants)]
+                  "samples": self._counts[v], "fields": list(self._names), "bytes": 0, "files": []}
+                 for v in range(self.variants)]
         if self._arrays is not None:
             for v, chunk in sorted(self._pending):
                 self._flush(v, chunk)
