@@ -304,7 +304,7 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_
                         stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
             bar.update(len(chunk))
         bar.update(len(rejects) * cfg.variants)
-        writer.extra = {"images": len(prepared), "rejects": rejects, "stats": stats}
+        writer.extra = {"images": len(prepared), "items": layout["item_keys"], "rejects": rejects, "stats": stats}
     return _read_record(out, cfg.split, group)
 
 

@@ -150,6 +150,20 @@ def models(names, coder, quality, image_size):
     click.echo(markdown_table(model_table(names, coder=coder, quality=quality, image_size=image_size)))
 
 
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(["webdataset", "zarr"]), help="Backend of DST.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert(src, dst, fmt, quiet):
+    """Rewrite store SRC as a FORMAT store at DST, without re-encoding (reruns resume)."""
+    from .convert import convert as run_convert
+    from .info import render, summarize
+
+    run_convert(src, dst, fmt, progress=not quiet)
+    click.echo(render(summarize(dst)))
+
+
 @cli.command("seal")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 def seal_command(store):
