@@ -80,7 +80,8 @@ def teacher_options(required: bool):
 @click.option("--limit", type=int, help="Use N images: a deterministic round-robin across classes (nested: N is within N+1).")
 @click.option("--label-file", type=click.Path(exists=True, dir_okay=False), help="Labels for a flat ImageNet val folder.")
 @click.option("--shard-size", default=1000, show_default=True, type=int, help="Source images per shard.")
-@click.option("--y-hat-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]))
+@click.option("--y-hat-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="Stored ŷ: float16 (half the bytes, rounded from the exact value) or float32 (bit-exact).")
 @click.option("--fields", default="", help=f"Extra fields, comma separated: {', '.join(OPTIONAL_FIELDS)}.")
 @click.option("--max-rejects", default=100, show_default=True, type=int,
               help="Fail once more than this many images are unreadable.")
