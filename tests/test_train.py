@@ -158,6 +158,7 @@ def teacher_store(tiny_folder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_transfer_reads_teacher_maps_and_checks_them_first(teacher_store, tmp_path):
     run = tmp_path / "kt"
     classify.main(args(teacher_store, run, "--transfer", "mse", "--beta", "0.5", "--teacher", "resnet18",
