@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from latentstore.format import read_manifest
 from latentstore.store import pick_split
 from latentstore.train import (TrainConfig, Transfer, build_model, cleanup, fit, input_fields, model_inputs,
-                               opt, parse_config, setup, valid_crop)
+                               opt, parse_config, run_script, setup, valid_crop)
 
 IGNORE = 255
 
@@ -75,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -97,3 +97,17 @@ def parse_config(cls, argv=None):
     except ConfigError as exc:
         parser.error(str(exc))
     return cfg
+
+
+def run_script(main) -> int:
+    """Run a trainer's main(); a LatentstoreError (a problem the user can fix) prints its message, exit 1."""
+    import sys
+
+    from ..errors import LatentstoreError
+
+    try:
+        main()
+    except LatentstoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
