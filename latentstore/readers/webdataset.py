@@ -41,61 +41,24 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     sample and goes on; damage to the shard itself (unreadable tar, wrong count)
     comes last, as such a dict with ``__key__`` None.
     """
-    if lenient:
-        yield from _lenient(path, shard, expected_samples, fields, required)
-        return
-    count = 0
-    current, raw = None, {}
-
-    def finish():
-        missing = [name for name in required if name not in raw]
-        if missing:
-            raise StoreError(f"shard {shard}, key {current}: missing field(s) {', '.join(missing)}")
-        sample = {"__key__": current, "__shard__": shard}
-        for name, data in raw.items():
-            if fields is not None and name not in fields:
-                continue
-            try:
-                sample[name] = decode_field(name, data)
-            except Exception as exc:
-                raise StoreError(f"shard {shard}, key {current}: field {name} does not decode ({exc})") from exc
-        return sample
-
-    for key, ext, data in _members(Path(path), shard):
-        if key != current:
-            if current is not None:
-                count += 1
-                yield finish()
-            current, raw = key, {}
-        field = field_for_member(ext)
-        if field is None:
-            raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
-        if field.name in raw:
-            raise StoreError(f"shard {shard}, key {key}: duplicate member {key}.{ext}")
-        raw[field.name] = data
-    if current is not None:
-        count += 1
-        yield finish()
-    if expected_samples is not None and count != expected_samples:
-        raise StoreError(
-            f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
-            f"(truncated or replaced shard; run `latentstore verify` and rebuild it)"
-        )
-
-
-def _lenient(path, shard, expected_samples, fields, required) -> Iterator[dict]:
-    """iter_shard's lenient mode: per-sample errors become error dicts (the caller keeps the list)."""
     count = 0
     try:
-        for current, raw in _groups(Path(path), shard):
+        for key, raw in _groups(Path(path), shard):
             count += 1
             try:
-                yield _decode(shard, current, raw, fields, required)
+                yield _decode(shard, key, raw, fields, required)
             except StoreError as exc:
-                yield {"__key__": current, "__shard__": shard, "__error__": str(exc)}
+                if not lenient:
+                    raise
+                yield {"__key__": key, "__shard__": shard, "__error__": str(exc)}
         if expected_samples is not None and count != expected_samples:
-            raise StoreError(f"shard {shard}: holds {count} samples, the manifest records {expected_samples}")
+            raise StoreError(
+                f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
+                f"(truncated or replaced shard; run `latentstore verify` and rebuild it)"
+            )
     except StoreError as exc:
+        if not lenient:
+            raise
         yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
 
 
@@ -108,8 +71,10 @@ def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict]]:
                 yield current, raw
             current, raw = key, {}
         field = field_for_member(ext)
-        if field is None or field.name in raw:
-            raise StoreError(f"shard {shard}, key {key}: unknown or duplicate member {key}.{ext}")
+        if field is None:
+            raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
+        if field.name in raw:
+            raise StoreError(f"shard {shard}, key {key}: duplicate member {key}.{ext}")
         raw[field.name] = data
     if current is not None:
         yield current, raw
