@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -43,29 +42,12 @@ from .images import RejectedImage, load_rgb
 from .seal import read_parts, part_file, seal
 from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
                        teacher_entry)
+from .readers import iter_raw
 from .writers.webdataset import ShardGroupWriter
 
 Y_HAT_SLACK = 1e-3  # float slack of recomputing g_a outside compress() (batched vs not)
 
 
-def raw_samples(path: Path, shard: str):
-    """(key, {member suffix: bytes}) per sample of a tar shard, in order, with the bytes untouched."""
-    current, members = None, {}
-    try:
-        with tarfile.open(path, mode="r|") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, _, ext = info.name.partition(".")
-                if key != current:
-                    if current is not None:
-                        yield current, members
-                    current, members = key, {}
-                members[ext] = tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise StoreError(f"shard {shard}: unreadable or truncated tar ({exc})") from exc
-    if current is not None:
-        yield current, members
 
 
 def replay_crop(root: Path, meta: dict, where: str) -> np.ndarray:
@@ -183,7 +165,7 @@ def _rewrite_group(store, split, record, teacher, check, root, wanted, bar) -> d
             path = store / shard["path"]
             pristine = hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
             count = 0
-            for key, members in raw_samples(path, shard["path"]):
+            for key, members in iter_raw(path, shard["path"]):
                 where = f"shard {shard['path']}, key {key}"
                 ours = {m for m in members if m.startswith(TEACHER_PREFIX)}
                 if not pristine and ours != wanted:
@@ -230,7 +212,7 @@ def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:
         stored_err = {t.field: 0.0 for t in teacher.taps}
         n = 0
         for shard in entry["shards"]:
-            for key, members in raw_samples(Path(store) / shard["path"], shard["path"]):
+            for key, members in iter_raw(Path(store) / shard["path"], shard["path"]):
                 meta = json.loads(members["meta.json"])
                 live = teacher.features(replay_crop(Path(cfg["root"]), meta, f"shard {shard['path']}, key {key}"))
                 for name, x in live.items():

@@ -19,11 +19,11 @@ fields, which ``check_compatible`` skips when absent (it says so in the record).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import WeightsError
+from .format import file_sha256
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,6 @@ def _summary(store: dict | None, config: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_checkpoint(path) -> CheckpointView:
     """Load a trainer checkpoint (weights only) and pick out what evaluation needs."""
     path = Path(path)
@@ -117,4 +109,4 @@ def read_checkpoint(path) -> CheckpointView:
     return CheckpointView(str(path), name, int(num_classes), state, config, trained_on,
                           transfer=None if transfer in (None, "none") else str(transfer),
                           task=_first(config, "task"),
-                          step=_first(raw, "step"), epoch=_first(raw, "epoch"), sha256=_sha256(path))
+                          step=_first(raw, "step"), epoch=_first(raw, "epoch"), sha256=file_sha256(path))

@@ -26,6 +26,7 @@ from compressai.zoo.image import model_urls
 from compressai.zoo.pretrained import load_pretrained
 
 from .errors import ConfigError, WeightsError
+from .format import file_sha256
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,6 @@ def check_quality(spec: CoderSpec, quality: int) -> None:
     if quality not in spec.channels:
         q = spec.qualities
         raise ConfigError(f"Invalid quality {quality} for {spec.name}: choose {q[0]}-{q[-1]}")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_dict_sha256(state_dict) -> str:

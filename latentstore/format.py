@@ -6,6 +6,7 @@ with ``allow_pickle=False``, metadata is JSON, bitstreams are raw bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -75,6 +76,15 @@ def smallest_int_dtype(a: np.ndarray) -> np.dtype:
         if info.min <= lo and hi <= info.max:
             return np.dtype(dt)
     return np.dtype(np.int64)
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def encode_npy(a: np.ndarray) -> bytes:

@@ -10,7 +10,6 @@ CompressAI's ``decompress()`` and compares ŷ. Every problem names the shard
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from .coders import load_coder_from_manifest
 from .encode import EncodedImage, decode_y_hat
 from .errors import LatentstoreError
-from .format import read_manifest
+from .format import file_sha256, read_manifest
 from .readers import iter_shard
 
 
@@ -36,14 +35,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _declared_fields(manifest: dict, split: dict) -> set:
@@ -60,7 +51,7 @@ def _check_shard(store: Path, shard: dict, declared: set, latent_shape: list, se
     if not path.is_file():
         report.problems.append(f"shard {name}: missing")
         return []
-    if path.stat().st_size != shard["bytes"] or _sha256(path) != shard["sha256"]:
+    if path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
         report.problems.append(f"shard {name}: sha256 or size differs from the manifest (damaged or replaced)")
         return []
     samples = []

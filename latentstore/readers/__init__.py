@@ -1,5 +1,5 @@
 """Store readers, one module per backend, all yielding the same sample dicts."""
-from .webdataset import iter_shard
+from .webdataset import iter_raw, iter_shard
 from .zarr import iter_unit
 
-__all__ = ["iter_shard", "iter_unit"]
+__all__ = ["iter_raw", "iter_shard", "iter_unit"]

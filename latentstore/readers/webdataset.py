@@ -62,22 +62,31 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
         yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
 
 
-def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict]]:
-    """(key, {field name: bytes}) per sample, in tar order."""
-    current, raw = None, {}
-    for key, ext, data in _members(path, shard):
+def iter_raw(path, shard: str) -> Iterator[tuple[str, dict]]:
+    """(key, {member suffix: bytes}) per sample, in tar order, bytes untouched."""
+    current, members = None, {}
+    for key, ext, data in _members(Path(path), shard):
         if key != current:
             if current is not None:
-                yield current, raw
-            current, raw = key, {}
-        field = field_for_member(ext)
-        if field is None:
-            raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
-        if field.name in raw:
+                yield current, members
+            current, members = key, {}
+        if ext in members:
             raise StoreError(f"shard {shard}, key {key}: duplicate member {key}.{ext}")
-        raw[field.name] = data
+        members[ext] = data
     if current is not None:
-        yield current, raw
+        yield current, members
+
+
+def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict]]:
+    """(key, {field name: bytes}) per sample, in tar order."""
+    for key, members in iter_raw(path, shard):
+        raw = {}
+        for ext, data in members.items():
+            field = field_for_member(ext)
+            if field is None:
+                raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
+            raw[field.name] = data
+        yield key, raw
 
 
 def _decode(shard: str, key: str, raw: dict, fields, required) -> dict:

@@ -24,7 +24,6 @@ is an error, never zeros); a resumed build rewrites the group.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -34,7 +33,8 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import StoreError
-from ..format import FIELDS, commit_record_name, decode_field, field_for_member, fsync_dir, write_json_atomic
+from ..format import (FIELDS, commit_record_name, decode_field, field_for_member, file_sha256, fsync_dir,
+                      write_json_atomic)
 
 VLEN_FIELDS = ("y_string", "z_string", "meta")   # stored as bytes rows + offsets
 #: stored dtype of integer fields; readers narrow symbols to the smallest dtype, as the shards store them
@@ -101,14 +101,6 @@ def ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
                              f"this build needs {shape}, {chunks}, {dtype}: the split was started with other "
                              "arguments or another latentstore. Use a new --out.")
     return group
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ZarrGroupWriter:
@@ -246,7 +238,7 @@ class ZarrGroupWriter:
                 os.fsync(f.fileno())
             dst = dst_root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            entry = {"path": f"{self.split}/{rel.as_posix()}", "bytes": src.stat().st_size, "sha256": _sha256(src)}
+            entry = {"path": f"{self.split}/{rel.as_posix()}", "bytes": src.stat().st_size, "sha256": file_sha256(src)}
             os.replace(src, dst)
             folders.add(dst.parent)
             units[variant]["files"].append(entry)
