@@ -12,18 +12,11 @@ import warnings
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-from latentstore.errors import LatentstoreError  # noqa: E402
-from latentstore.evaluate import parse_args, run  # noqa: E402
+from latentstore import evaluate  # noqa: E402
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv, "segmentation")
-    try:
-        run(cfg, "segmentation")
-    except LatentstoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return evaluate.main(argv, "segmentation")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ written to ``eval.json`` (docs/results.md describes it).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .checkpoint_view import CheckpointView, read_checkpoint
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, LatentstoreError, StoreError
 from .format import read_manifest
 from .metrics import IGNORE_INDEX, ConfusionMatrix, TopK, all_reduce_sum
 from .store import SOURCES, collate, pick_split, to_tensors
@@ -402,3 +403,14 @@ def run(cfg: EvalConfig, task: str) -> dict:
     finally:
         cleanup()
     return record
+
+
+def main(argv, task: str) -> int:
+    """Entry point of eval/classify.py and eval/segment.py: user errors print one line, exit 2."""
+    cfg = parse_args(argv, task)
+    try:
+        run(cfg, task)
+    except LatentstoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
