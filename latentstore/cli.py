@@ -1,8 +1,10 @@
 """The `latentstore` command line. Each command is a thin wrapper over a library function."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
+import time
 import warnings
 
 import click
@@ -13,6 +15,10 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 from .coders import ALIASES, CODERS  # noqa: E402  (after the filter: imports compressai)
 from .errors import LatentstoreError  # noqa: E402
 from .format import OPTIONAL_FIELDS  # noqa: E402
+
+STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EFBIG: "the file size limit was reached", errno.EROFS: "the output is on a read-only file system",
+                  errno.EACCES: "permission denied"}
 
 CODER_HELP = "CompressAI coder: " + ", ".join(list(CODERS) + [f"{a} (= {c})" for a, c in ALIASES.items()])
 
@@ -87,6 +93,13 @@ def teacher_options(required: bool):
               help="Fail once more than this many images are unreadable.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per encoder batch (speed only).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
+@click.option("--encoders", default=1, show_default=True, type=int,
+              help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
+                   "one per core, with OMP_NUM_THREADS=1 (see docs/benchmarks.md). Not with --workers.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Only cpu: GPU convolutions would change the stored bits (docs/benchmarks.md).")
+@click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
+                                              "autoregressive loop, rANS, teacher, write) at the end.")
 @click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
                              "SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE; then run `latentstore seal`.")
 @click.option("--format", "format", default="webdataset", show_default=True, type=click.Choice(["webdataset", "zarr"]),
@@ -94,7 +107,7 @@ def teacher_options(required: bool):
 @teacher_options(required=False)
 @click.option("--dry-run", is_flag=True, help="Print the projected store size (one real sample encoded) and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(quiet, fields, part, dry_run, **kwargs):
+def build(quiet, fields, part, dry_run, profile, **kwargs):
     """Encode a dataset split into a store of exact latents, symbols and bitstreams.
 
     Rerunning the same command after a crash finishes only what is missing.
@@ -107,12 +120,17 @@ def build(quiet, fields, part, dry_run, **kwargs):
     if dry_run:
         from .dryrun import project, render as render_projection
         click.echo(render_projection(project(cfg)))
-    elif run_build(cfg, progress=not quiet) is None:
+        return
+    from .profile import Profiler
+    profiler, started = Profiler(enabled=profile), time.perf_counter()
+    if run_build(cfg, progress=not quiet, profiler=profiler) is None:
         i, n = cfg.part
         click.echo(f"part {i}/{n} of split {cfg.split!r} is complete; run `latentstore seal {cfg.out}` "
                    f"once all {n} parts are")
     else:
         click.echo(render(summarize(cfg.out)))
+    if profile:
+        click.echo("\nTime per stage (--profile):\n" + profiler.render(total=time.perf_counter() - started))
 
 
 @cli.command()
@@ -238,6 +256,13 @@ def main(argv=None):
     except LatentstoreError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        click.echo(f"Error: {STORAGE_ERRORS[exc.errno]} writing {exc.filename or 'the store'}. Nothing partial "
+                   "was committed: free space (or fix the permissions, or pick another --out) and rerun the "
+                   "same command; it resumes where it stopped.", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

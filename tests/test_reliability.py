@@ -158,3 +158,33 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_bytes(tiny
     assert shard_bytes(out) == shard_bytes(reference)
     assert (out / MANIFEST).read_bytes() == (reference / MANIFEST).read_bytes()
     assert verify(out).ok
+
+
+def test_member_names_that_could_escape_are_refused(tmp_path):
+    import io
+    from latentstore.readers import iter_shard
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("../outside.y_hat.npy")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(StoreError, match=r"shard evil.tar: unexpected member '../outside.y_hat.npy'"):
+        list(iter_shard(path, "evil.tar"))
+
+
+@pytest.mark.slow
+def test_disk_full_is_a_clear_error_and_the_build_resumes(tiny_folder, tmp_path, reference):
+    """RLIMIT_FSIZE makes large writes fail as a full disk would: the first shard write fails."""
+    out = tmp_path / "full"
+    cmd = [sys.executable, "-c", (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
+        "from latentstore.cli import main; main(sys.argv[1:])"),
+        "build", "--quiet", "--root", str(tiny_folder), "--out", str(out)] + \
+        [f"--{k.replace('_', '-')}={v}" for k, v in ARGS.items()]
+    failed = subprocess.run(cmd, capture_output=True, text=True)
+    assert failed.returncode == 3, failed.stderr
+    assert "the file size limit was reached" in failed.stderr and "rerun the same command" in failed.stderr
+    assert not list(out.glob("train/*.tar")) and not (out / MANIFEST).exists()
+    build(config(tiny_folder, out), progress=False)
+    assert shard_bytes(out) == shard_bytes(reference)

@@ -21,8 +21,11 @@ def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
     try:
         with tarfile.open(path, mode="r|") as tar:
             for info in tar:
-                if not info.isfile():
-                    continue
+                # Members are read into memory, never extracted; still refuse anything
+                # that is not "<key>.<suffix>" as a plain file, so no name can point elsewhere.
+                if not info.isfile() or "/" in info.name or "\\" in info.name or info.name.startswith("."):
+                    raise StoreError(f"shard {shard}: unexpected member {info.name!r} "
+                                     f"(only plain files named <key>.<suffix> belong in a shard)")
                 key, _, ext = info.name.partition(".")
                 yield key, ext, tar.extractfile(info).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
