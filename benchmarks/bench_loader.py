@@ -267,9 +267,10 @@ def data_wait(store: Path, work: Path, steps: int, workers: int) -> dict:
     sys.modules[spec.name] = classify   # its dataclasses look their module up there
     spec.loader.exec_module(classify)
     out = work / "run-data-wait"
+    per_epoch = read_manifest(store)["splits"]["train"]["samples"] // BATCH   # epochs enough for `steps`
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--store", str(store), "--out", str(out), "--model", "resnet50-aa", "--batch-size", str(BATCH),
-            "--epochs", "1", "--max-steps", str(steps), "--log-every", "1", "--save-every", "1000000",
+            "--epochs", str(-(-steps // per_epoch)), "--max-steps", str(steps), "--log-every", "1", "--save-every", "1000000",
             "--workers", str(workers), "--device", "cpu", "--resume", "never", "--no-progress"]
     t0 = time.perf_counter()
     classify.main(argv)
