@@ -155,18 +155,28 @@ def verify(store, decode, weights, seed, quiet):
 
 @cli.command()
 @click.argument("names", nargs=-1)
-@click.option("--coder", default="cheng2020", show_default=True, help="Coder whose latent shape the models take.")
+@click.option("--coder", default="cheng2020", show_default=True, help="Coder whose latent (channels) the models take.")
 @click.option("--quality", default=3, show_default=True, type=int)
-@click.option("--image-size", default=224, show_default=True, type=int, help="Pixel size the latent comes from.")
-def models(names, coder, quality, image_size):
-    """List the compressed-domain models, or count params and MACs of NAMES (e.g. resnet50-aa cresnet51)."""
-    from .complexity import markdown_table, model_table
-    from .models import model_names
+@click.option("--image-size", default=224, show_default=True, type=int,
+              help="Pixel size the latent comes from (latent side = size / 16).")
+@click.option("--names-only", is_flag=True, help="Only list the names (fast; counting builds every model).")
+def models(names, coder, quality, image_size, names_only):
+    """Params and MACs of compressed-domain models at a latent shape (default: the whole zoo).
 
-    if not names:
-        click.echo("Models (create_model names; {timm} is any timm CNN):\n  " + "\n  ".join(model_names()))
+    \b
+    latentstore models                                  # every named model, cheng2020 q3, 224 px
+    latentstore models resnet50-aa cresnet51 --quality 5
+    """
+    from .complexity import markdown_table, model_table
+    from .models import EXAMPLES, model_names
+
+    if names_only:
+        click.echo("\n".join(model_names()))
         return
-    click.echo(markdown_table(model_table(names, coder=coder, quality=quality, image_size=image_size)))
+    if not names:
+        patterns = [n for n in model_names() if "{timm}" in n]
+        click.echo(f"Patterns ({{timm}} is any timm CNN): {', '.join(patterns)}\n")
+    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size)))
 
 
 @cli.command()

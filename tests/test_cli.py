@@ -53,3 +53,12 @@ def test_help_explains_the_commands(capsys):
     code, out, _ = run(capsys, "build", "--help")
     text = " ".join(out.split())  # undo click's line wrapping
     assert "--variants" in text and "epoch e of training reads variant e mod K" in text
+
+
+def test_models_lists_names_and_counts(capsys):
+    code, out, _ = run(capsys, "models", "--names-only")
+    assert code == 0 and "resnet50-aa" in out and "{timm}-aa" in out
+    code, out, _ = run(capsys, "models", "resnet50-aa", "--quality", "5")
+    assert code == 0 and "| resnet50-aa | 192×14×14 | 27.32 | 4.318 |" in out  # METHOD §4: 27.3M, 4.3B
+    code, _, err = run(capsys, "models", "resnet50-bb")
+    assert code == 2 and "Unknown model 'resnet50-bb'" in err
