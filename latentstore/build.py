@@ -15,6 +15,7 @@ import itertools
 import json
 import multiprocessing
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,10 +29,12 @@ from .augment import SAMPLERS, SEG_SCALE, SINGLE_VARIANT_MODES, apply, sample_pa
 from .coders import get_spec, load_coder
 from .datasets import IGNORE_INDEX, SEGMENTATION, SourceItem, load_label_map, open_source
 from .encode import EncodedImage, Encoder
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, WeightsError
 from .format import (FIELDS, OPTIONAL_FIELDS, Padding, commit_record_name, encode_field,
                      sample_key, smallest_int_dtype, write_json_atomic)
 from .images import RejectedImage, load_rgb
+from .parallel import run_in_processes
+from .profile import Profiler, stage as _stage
 from .seal import part_file, seal
 from .teachers import TEACHER_ARGS, TEACHER_DTYPES, load_teacher, resolve_teacher_args, teacher_entry
 from .writers import WRITERS
@@ -71,6 +74,8 @@ class BuildConfig:
     batch_size: int = 8
     workers: int = 0
     part: tuple = (0, 1)              # (i, N): this process builds item groups j with j % N == i
+    encoders: int = 1                 # processes encoding item groups in parallel (each decodes its own)
+    device: str = "cpu"               # only "cpu": see _check_device
 
     def resolved(self) -> "BuildConfig":
         spec = get_spec(self.coder)
@@ -96,9 +101,17 @@ class BuildConfig:
             raise ConfigError(f"Invalid --scale {self.scale}: need 0 < low <= high, e.g. 0.5 2.0")
         for name, value, low in (("variants", self.variants, 1), ("shard-size", self.shard_size, 1),
                                  ("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
-                                 ("max-rejects", self.max_rejects, 0)):
+                                 ("max-rejects", self.max_rejects, 0), ("encoders", self.encoders, 1)):
             if value < low:
                 raise ConfigError(f"--{name} must be at least {low}, got {value}")
+        if self.encoders > 1 and self.workers > 0:
+            raise ConfigError(f"--workers {self.workers} with --encoders {self.encoders}: each encoder process "
+                              "decodes its own item groups (decoding is ~1% of encoding time); drop --workers")
+        if self.encoders > 1 and self.format != "webdataset":
+            # writers/zarr.py creates its arrays on first write; two processes race there (ContainsGroupError).
+            raise ConfigError(f"--encoders {self.encoders} with --format {self.format}: parallel encoders write "
+                              "webdataset stores only; build one, then `latentstore convert` it (no re-encoding)")
+        _check_device(self.device)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ConfigError(f"Invalid --teacher-dtype {self.teacher_dtype!r}: choose {', '.join(TEACHER_DTYPES)}")
         if self.y_hat_dtype not in Y_HAT_DTYPES:
@@ -110,7 +123,7 @@ class BuildConfig:
     def identity(self) -> dict:
         """The arguments a resumed build must repeat exactly (speed knobs excluded)."""
         d = asdict(self)
-        for speed_only in ("batch_size", "workers", "out", "part"):
+        for speed_only in ("batch_size", "workers", "out", "part", "encoders", "device"):
             d.pop(speed_only)
         d["fields"] = list(self.fields)
         d["scale"] = list(self.scale) if self.scale is not None else None
@@ -123,6 +136,19 @@ class BuildConfig:
         return d
 
 
+def _check_device(device: str) -> None:
+    """Only the CPU keeps a store exact and device-independent; say why for anything else."""
+    if device == "cpu":
+        return
+    raise ConfigError(
+        f"--device {device}: the build encodes on the CPU only. The stored strings must equal CPU "
+        "model.compress() and a store's bytes must not depend on the device, but GPU convolutions differ "
+        "from the CPU's in the last bits: a y or z value on a rounding boundary then gets another symbol. "
+        "The teacher stays on the CPU for the same reason (its stored bytes must equal add-teacher's on any "
+        "machine). The cost is the serial autoregressive loop, which a GPU would not speed up: scale out "
+        "with --encoders N (one per core) and --part i/N across machines instead (docs/benchmarks.md).")
+
+
 # --------------------------------------------------------------------------- stages
 
 @dataclass
@@ -132,43 +158,65 @@ class Prepared:
     crops: list = field(default_factory=list)    # [(params, uint8 HxWx3)] per variant
     labels: list = field(default_factory=list)   # segmentation: uint8 HxW train-id map per variant
     reject: str | None = None
+    timings: dict | None = None                  # --profile: Profiler.snapshot() of this image's stages
 
 
-def prepare(item: SourceItem, cfg: BuildConfig) -> Prepared:
+def prepare(item: SourceItem, cfg: BuildConfig, profile: bool = False) -> Prepared:
     """Decode one image and cut its variants. Pure; runs in worker processes."""
+    prof = Profiler(enabled=profile)
     try:
-        img = load_rgb(item.path)
+        with prof.stage("read/decode"):
+            img = load_rgb(item.path)
     except RejectedImage as exc:
-        return Prepared(item, reject=exc.reason)
-    # A bad label map is an InputError naming it, not a reject: it is the ground truth.
-    label = load_label_map(item, img.size) if item.label_path is not None else None
+        return Prepared(item, reject=exc.reason, timings=prof.snapshot() if profile else None)
+    label = None
+    if item.label_path is not None:  # a bad label map is an InputError naming it, not a reject
+        with prof.stage("read/decode"):
+            label = load_label_map(item, img.size)
     options = {"scale": cfg.scale} if cfg.scale is not None else {}
     crops, labels = [], []
-    for v in range(cfg.variants):
-        params = sample_params(variant_rng(cfg.seed, item.key, v), img.size, cfg.augment,
-                               crop=cfg.crop, resize=cfg.resize, **options)
-        crops.append((params, np.asarray(apply(img, params), dtype=np.uint8)))
-        if label is not None:  # the same geometry, nearest neighbour, padded with ignore
-            labels.append(np.asarray(apply(label, params, resample="nearest", fill=IGNORE_INDEX), dtype=np.uint8))
-    return Prepared(item, crops, labels)
+    with prof.stage("augment"):
+        for v in range(cfg.variants):
+            params = sample_params(variant_rng(cfg.seed, item.key, v), img.size, cfg.augment,
+                                   crop=cfg.crop, resize=cfg.resize, **options)
+            crops.append((params, np.asarray(apply(img, params), dtype=np.uint8)))
+            if label is not None:  # the same geometry, nearest neighbour, padded with ignore
+                labels.append(np.asarray(apply(label, params, resample="nearest", fill=IGNORE_INDEX),
+                                         dtype=np.uint8))
+    return Prepared(item, crops, labels, timings=prof.snapshot() if profile else None)
 
 
-def prepared_stream(items, cfg: BuildConfig, pool, ahead: int):
+def prepared_stream(items, cfg: BuildConfig, pool, ahead: int, prof: Profiler | None = None):
     """Prepared images in source order; with a pool, at most `ahead` are decoded ahead.
 
     Bounded on purpose: Pool.imap would queue the whole dataset and hold every
-    decoded crop in memory while the (slower) encoder catches up.
+    decoded crop in memory while the (slower) encoder catches up. With `prof`,
+    each image's decode/augment time is added (where it ran), and the time the
+    encoder waited for a worker as "wait for decode".
     """
+    profile = prof is not None and prof.enabled
     if pool is None:
-        yield from (prepare(item, cfg) for item in items)
+        for item in items:
+            p = prepare(item, cfg, profile)
+            if profile:
+                prof.merge(p.timings)
+            yield p
         return
     pending = collections.deque()
+
+    def next_ready():
+        with _stage(prof, "wait for decode"):
+            p = pending.popleft().get()
+        if profile:
+            prof.merge(p.timings, where="workers")
+        return p
+
     for item in items:
-        pending.append(pool.apply_async(prepare, (item, cfg)))
+        pending.append(pool.apply_async(prepare, (item, cfg, profile)))
         if len(pending) >= ahead:
-            yield pending.popleft().get()
+            yield next_ready()
     while pending:
-        yield pending.popleft().get()
+        yield next_ready()
 
 
 def batches(prepared, batch_size: int):
@@ -221,12 +269,13 @@ def sample_files(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg
 
 # --------------------------------------------------------------------------- driver
 
-def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
+def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = None) -> dict | None:
     """Build (or finish building) one split, or one part of it; returns the manifest once sealed.
 
     A plain build seals its split into manifest.json at the end. A partitioned
     build (``part=(i, N)``, N > 1) writes its part manifest only: run
     ``latentstore seal`` when every part has finished. Returns None then.
+    ``profiler`` (latentstore.profile) collects the time per stage, from every process.
     """
     cfg = cfg.resolved()
     out = Path(cfg.out)
@@ -246,21 +295,40 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
     todo = [j for j in mine if records[j] is None]
     rejects_so_far = sum(len(rec["rejects"]) for rec in records.values() if rec)
 
-    encoder = Encoder(coder)
+    prof = profiler if profiler is not None and profiler.enabled else None
     pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 0 else None
     desc = f"{cfg.coder} q{cfg.quality} {cfg.split}" + (f" part {part}/{parts}" if parts > 1 else "")
     bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img", desc=desc,
                disable=not progress, smoothing=0.1)
+    done = None
     try:
-        ahead = 4 * cfg.workers + cfg.batch_size
-        stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead)
-        for j in todo:
-            prepared = list(itertools.islice(stream, len(groups[j])))
-            records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items),
-                                      teacher)
-            rejects_so_far += len(records[j]["rejects"])
+        if cfg.encoders > 1:
+            setup = (cfg, coder.weights["sha256"], teacher.weights["sha256"] if teacher else None, prof is not None)
+            tasks = [(j, groups[j], rejects_so_far, len(source.items)) for j in todo]
+            # The parent's torch thread count: it changes the coder's float bits (docs/benchmarks.md).
+            done = run_in_processes(_encode_group, _encoder_process, setup, tasks, cfg.encoders,
+                                    torch.get_num_threads(), bar.update)
+            new_rejects = []
+            for j, (record, timings) in zip(todo, done):
+                records[j] = record
+                if prof is not None:
+                    prof.merge(timings, where="encoders")
+                new_rejects += records[j]["rejects"]
+                if rejects_so_far + len(new_rejects) > cfg.max_rejects:
+                    raise _too_many_rejects(rejects_so_far + len(new_rejects), new_rejects, cfg)
+        else:
+            encoder = Encoder(coder, prof)
+            ahead = 4 * cfg.workers + cfg.batch_size
+            stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
+            for j in todo:
+                prepared = list(itertools.islice(stream, len(groups[j])))
+                records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items),
+                                          teacher, prof)
+                rejects_so_far += len(records[j]["rejects"])
     finally:
         bar.close()
+        if done is not None:
+            done.close()  # terminates the encoder processes if we stopped early
         if pool is not None:
             pool.terminate()
     write_json_atomic(out / part_file(cfg.split, part, parts), {
@@ -273,15 +341,42 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict | None:
     return seal(out, splits=[cfg.split]) if parts == 1 else None
 
 
-def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items, teacher=None) -> dict:
+def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str | None, profile: bool):
+    """Setup of one --encoders process (parallel.py): load the parent's coder and teacher, checked by sha256."""
+    coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
+    teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
+                           cfg.teacher_dtype, seed=cfg.seed) if cfg.teacher else None
+    if coder.weights["sha256"] != weights_sha256 or (teacher and teacher.weights["sha256"] != teacher_sha256):
+        raise WeightsError(f"The weights of {cfg.coder} (or the teacher) changed on disk while the build "
+                           "started its encoder processes: rerun the command (it resumes)")
+    return cfg, coder, teacher, profile
+
+
+def _encode_group(state, task, bar):
+    """One item group in an encoder process: decode, augment, encode, commit; (record, timings)."""
+    cfg, coder, teacher, profile = state
+    group, items, rejects_before, total_items = task
+    prof = Profiler(enabled=profile)
+    prepared = list(prepared_stream(items, cfg, None, 0, prof))
+    record = _write_group(Path(cfg.out), cfg, group, prepared, Encoder(coder, prof), bar, rejects_before,
+                          total_items, teacher, prof)
+    return record, prof.snapshot()
+
+
+def _too_many_rejects(count: int, rejects: list, cfg: BuildConfig) -> InputError:
+    listing = "\n".join(f"  {r['source']}: {r['reason']}" for r in rejects[:10])
+    return InputError(
+        f"{count} images rejected, more than --max-rejects {cfg.max_rejects}. "
+        f"Latest:\n{listing}\nFix or remove those files, or raise --max-rejects; "
+        f"rerunning the command resumes where it stopped."
+    )
+
+
+def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items, teacher=None,
+                 prof=None) -> dict:
     rejects = [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
     if rejects_before + len(rejects) > cfg.max_rejects:
-        listing = "\n".join(f"  {r['source']}: {r['reason']}" for r in rejects[:10])
-        raise InputError(
-            f"{rejects_before + len(rejects)} images rejected, more than --max-rejects {cfg.max_rejects}. "
-            f"Latest:\n{listing}\nFix or remove those files, or raise --max-rejects; "
-            f"rerunning the command resumes where it stopped."
-        )
+        raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
     stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
     ok = [p for p in prepared if not p.reject]
     layout = {"item_keys": [p.item.key for p in prepared], "first_item": group * cfg.shard_size,
@@ -290,10 +385,13 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_
         for chunk in batches(ok, cfg.batch_size):
             x, pad = to_input([p.crops[v][1] for p, v in chunk])
             for (p, v), enc in zip(chunk, encoder.encode(x)):
-                files = sample_files(p, v, enc, pad, cfg)
+                with _stage(prof, "serialize"):
+                    files = sample_files(p, v, enc, pad, cfg)
                 if teacher is not None:  # one image per forward: batched convs change bits with batch size
-                    files.update(teacher.sample_files(p.crops[v][1]))
-                writer.write(v, files)
+                    with _stage(prof, "teacher"):
+                        files.update(teacher.sample_files(p.crops[v][1]))
+                with _stage(prof, "write"):
+                    writer.write(v, files)
                 h, w = p.crops[v][1].shape[:2]
                 stats["samples"] += 1
                 stats["bits"] += enc.bits()
@@ -305,6 +403,9 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_
             bar.update(len(chunk))
         bar.update(len(rejects) * cfg.variants)
         writer.extra = {"images": len(prepared), "items": layout["item_keys"], "rejects": rejects, "stats": stats}
+        committing = time.perf_counter()
+    if prof is not None:  # the commit (fsync, rename, record): write time, not another call
+        prof.add("write", time.perf_counter() - committing, calls=0)
     return _read_record(out, cfg.split, group)
 
 
@@ -346,7 +447,9 @@ def _versions() -> dict:
     import compressai, webdataset
     return {"latentstore": __version__, "torch": torch.__version__, "compressai": compressai.__version__,
             "numpy": np.__version__, "webdataset": webdataset.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # The coder's convolutions give other float bits at another thread count (docs/benchmarks.md).
+            "torch_threads": torch.get_num_threads()}
 
 
 def _coder_entry(cfg: BuildConfig, coder) -> dict:

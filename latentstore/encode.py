@@ -31,6 +31,7 @@ from compressai.ans import BufferedRansEncoder
 
 from .coders import LoadedCoder
 from .errors import InputError, WeightsError
+from .profile import Profiler, stage as _stage
 
 # Fixed by CompressAI's autoregressive models (JointAutoregressiveHierarchicalPriors).
 _CTX_KERNEL = 5
@@ -81,11 +82,13 @@ class Encoder:
     """Encodes batches of images with one coder; see the module docstring for the rules.
 
     The entropy tables are read once here: call ``model.update()`` before
-    building an Encoder, not after.
+    building an Encoder, not after. ``profiler`` (optional) sums the time of
+    g_a, hyper (h_a, bottleneck, h_s), the autoregressive loop and rANS.
     """
 
-    def __init__(self, coder: LoadedCoder):
+    def __init__(self, coder: LoadedCoder, profiler: Profiler | None = None):
         self.coder = coder
+        self.profiler = profiler
         self.model = coder.model.eval()
         self.kind = coder.spec.latent_kind
         self.hyper = coder.spec.has_hyperprior
@@ -113,23 +116,28 @@ class Encoder:
         """Encode x (float32 [B, 3, H, W] in [0, 1], H and W multiples of 64) image by image."""
         self._check_input(x)
         x = x.to(self.device)
+        prof = self.profiler
         # Per image, never batched: see the module docstring.
-        ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
+        with _stage(prof, "g_a"):
+            ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
         if not self.hyper:
-            return [self._encode_factorized(y) for y in ys]
+            with _stage(prof, "rANS"):
+                return [self._encode_factorized(y) for y in ys]
 
         # The hyperprior: z is coded by the entropy bottleneck, and the decoder
         # runs h_s on the *decoded* ẑ at batch 1, so the encoder does too.
-        zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
-        z_syms, z_strings, params = [], [], []
-        for z in zs:
-            z_sym, z_hat, z_string = self._bottleneck_code(z)
-            z_syms.append(z_sym)
-            z_strings.append(z_string)
-            params.append(self.model.h_s(z_hat))
+        with _stage(prof, "hyper"):
+            zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
+            z_syms, z_strings, params = [], [], []
+            for z in zs:
+                z_sym, z_hat, z_string = self._bottleneck_code(z)
+                z_syms.append(z_sym)
+                z_strings.append(z_string)
+                params.append(self.model.h_s(z_hat))
 
         if self.kind == "context":
-            y_hats, syms, scales, means = self._context_loop(torch.cat(ys), params)
+            with _stage(prof, "autoregressive loop"):
+                y_hats, syms, scales, means = self._context_loop(torch.cat(ys), params)
         else:
             y = torch.cat(ys)
             if self.kind == "mean":
@@ -140,8 +148,12 @@ class Encoder:
                 scales, means = torch.cat(params), None
                 syms = torch.round(y).int()
                 y_hats = syms.float()
-        indexes = self._build_indexes(scales)
+        with _stage(prof, "rANS"):
+            return self._code_y(ys, zs, syms, y_hats, scales, means, z_syms, z_strings)
 
+    def _code_y(self, ys, zs, syms, y_hats, scales, means, z_syms, z_strings) -> list[EncodedImage]:
+        """The y strings (one rANS call per image) and the per-image output arrays."""
+        indexes = self._build_indexes(scales)
         out = []
         for i in range(len(ys)):
             sym_i, idx_i = syms[i], indexes[i]

@@ -110,6 +110,44 @@ def test_bytes_do_not_depend_on_batch_size_or_workers(tiny_folder, tmp_path):
     assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
 
 
+def store_files(store: Path) -> dict:
+    """Every file of a store (shards, group records, part and split manifests) by relative path."""
+    return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_bytes_do_not_depend_on_encoder_processes(tiny_folder, tmp_path):
+    one = config(tiny_folder, tmp_path / "a", shard_size=2)
+    build(one, progress=False)
+    # Two processes over three groups, at another batch size: same shards, records and manifests.
+    build(replace(one, out=str(tmp_path / "b"), encoders=2, batch_size=3), progress=False)
+    a = store_files(tmp_path / "a")
+    assert len(a) > 6 and a == store_files(tmp_path / "b")
+
+
+@pytest.mark.slow  # 17 s: three builds that each spawn two encoder processes
+def test_encoder_processes_resume_and_count_rejects(bad_folder, tmp_path):
+    cfg = config(bad_folder, tmp_path / "a", variants=1, shard_size=3)
+    build(cfg, progress=False)
+    out = tmp_path / "b"
+    build(replace(cfg, out=str(out), encoders=2), progress=False)
+    (out / "train" / "group-000001.json").unlink()  # lost group: the rerun rebuilds only it
+    (out / MANIFEST).unlink()
+    build(replace(cfg, out=str(out), encoders=2), progress=False)
+    assert store_files(out) == store_files(tmp_path / "a")
+    with pytest.raises(InputError, match="more than --max-rejects 2"):
+        build(replace(cfg, out=str(tmp_path / "c"), encoders=2, max_rejects=2), progress=False)
+    assert not (tmp_path / "c" / MANIFEST).exists()
+
+
+def test_gpu_device_and_workers_with_encoders_are_refused(tiny_folder, tmp_path):
+    with pytest.raises(ConfigError, match="--device cuda: the build encodes on the CPU only"):
+        build(config(tiny_folder, tmp_path / "s", device="cuda"), progress=False)
+    with pytest.raises(ConfigError, match="--workers 2 with --encoders 2"):
+        build(config(tiny_folder, tmp_path / "s", encoders=2, workers=2), progress=False)
+    with pytest.raises(ConfigError, match="--encoders 2 with --format zarr"):
+        build(config(tiny_folder, tmp_path / "s", encoders=2, format="zarr"), progress=False)
+
+
 def test_rerun_resumes_and_gives_identical_bytes(tiny_folder, tmp_path):
     out = tmp_path / "s"
     build(config(tiny_folder, out), progress=False)

@@ -1,0 +1,162 @@
+"""Build throughput: a naive loop vs `latentstore build` vs the non-autoregressive floor, in one run.
+
+    python benchmarks/bench_build.py                    # cheng2020-anchor q3, 4 demo photos x 8 variants
+    python benchmarks/bench_build.py --encoders 2 --threads 1 --variants 12
+
+The same crops every way (the bundled demo photos, train augmentation, 224
+crops padded to 256, untrained seeded weights with non-trivial symbols):
+
+* naive: decode, augment, ``model.compress()`` per image, write a WebDataset
+  tar with ``TarWriter``, the loop a user would write;
+* build: ``latentstore.build.build`` with one encoder process, then with
+  ``--encoders`` processes;
+* floor: ``g_a``, ``h_a``, ``h_s`` per image on the pre-cut crops, nothing
+  else (what remains if the autoregressive loop cost nothing).
+
+Prints images/s (wall, ``time.perf_counter``) and CPU seconds per image (this
+process plus its finished child processes, all threads), the load average
+around each run (other jobs share the machine), and the ratios against the
+targets. Fails if a naive string differs from the store's. torch runs at
+``--threads`` in every method (and so in the encoder processes): the thread
+count changes the coder's float bits, so it is fixed for the whole run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import latentstore
+from latentstore.augment import apply, sample_params, variant_rng
+from latentstore.build import BuildConfig, build, to_input
+from latentstore.coders import load_coder
+from latentstore.datasets import open_source
+from latentstore.format import MANIFEST, sample_key
+from latentstore.images import load_rgb
+from latentstore.readers import iter_shard
+
+DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn):
+    load = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result = fn()
+    return result, time.perf_counter() - wall, cpu_seconds() - cpu, (load, os.getloadavg()[0])
+
+
+def naive(model, items, args, out: Path) -> dict:
+    """What a user would write: decode, augment, compress() one image at a time, write a tar."""
+    import webdataset as wds
+
+    strings = {}
+    with wds.TarWriter(str(out)) as sink:
+        for item in items:
+            img = load_rgb(item.path)
+            for v in range(args.variants):
+                params = sample_params(variant_rng(args.seed, item.key, v), img.size, "train", crop=args.crop)
+                x, _ = to_input([np.asarray(apply(img, params))])
+                with torch.no_grad():
+                    enc = model.compress(x)
+                key = sample_key(item.key, v)
+                y, z = enc["strings"][0][0], enc["strings"][1][0]
+                sink.write({"__key__": key, "y.bin": y, "z.bin": z, "json": {"shape": list(enc["shape"])}})
+                strings[key] = (y, z)
+    return strings
+
+
+def crops(items, args) -> list:
+    out = []
+    for item in items:
+        img = load_rgb(item.path)
+        for v in range(args.variants):
+            params = sample_params(variant_rng(args.seed, item.key, v), img.size, "train", crop=args.crop)
+            out.append(np.asarray(apply(img, params)))
+    return out
+
+
+def floor(model, xs) -> None:
+    """g_a, h_a, h_s per image: the part of encoding that is not the autoregressive loop."""
+    with torch.no_grad():
+        for x in xs:
+            model.h_s(torch.round(model.h_a(model.g_a(x))))
+
+
+def store_strings(store: Path) -> dict:
+    import json
+    manifest = json.loads((store / MANIFEST).read_text())
+    out = {}
+    for shard in manifest["splits"]["train"]["shards"]:
+        for s in iter_shard(store / shard["path"], shard["path"], shard["samples"]):
+            out[s["__key__"]] = (s["y_string"], s["z_string"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--coder", default="cheng2020-anchor")
+    ap.add_argument("--quality", type=int, default=3)
+    ap.add_argument("--variants", type=int, default=8, help="crops per demo photo (4 photos)")
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--encoders", type=int, default=2, help="encoder processes of the parallel build")
+    ap.add_argument("--shard-size", type=int, default=1, help="images per item group (groups run in parallel)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, every method")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    items = open_source("imagenet", str(DEMO), "train").items
+    n = len(items) * args.variants
+    model = load_coder(args.coder, args.quality, "untrained", seed=args.seed).model
+    print(f"{args.coder} q{args.quality}, {len(items)} photos x {args.variants} variants = {n} crops of "
+          f"{args.crop} padded to {-(-args.crop // 64) * 64}; torch {torch.__version__}, {args.threads} thread(s), "
+          f"{os.cpu_count()} CPUs, {platform.machine()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ref, *t = timed(lambda: naive(model, items, args, tmp / "naive.tar"))
+        rows.append(("naive: decode, augment, compress(), TarWriter", *t))
+        for k in sorted({1, args.encoders}):
+            cfg = BuildConfig(coder=args.coder, quality=args.quality, weights="untrained", dataset="imagenet",
+                              root=str(DEMO), split="train", out=str(tmp / f"store{k}"), variants=args.variants,
+                              crop=args.crop, seed=args.seed, shard_size=args.shard_size,
+                              batch_size=args.batch_size, encoders=k)
+            _, *t = timed(lambda: build(cfg, progress=False))
+            rows.append((f"latentstore build --encoders {k} --batch-size {args.batch_size}", *t))
+            got = store_strings(tmp / f"store{k}")
+            if got != ref:
+                raise SystemExit(f"store{k}: strings differ from compress() for "
+                                 f"{sorted(k2 for k2 in ref if got.get(k2) != ref[k2])[:5]}")
+        xs = [to_input([c])[0] for c in crops(items, args)]
+        _, *t = timed(lambda: floor(model, xs))
+        rows.append(("floor: g_a + h_a + h_s per image (1 process)", *t))
+
+    print(f"\n{'method':<50}{'img/s':>8}{'wall s/img':>12}{'CPU s/img':>11}   load avg before->after")
+    for name, wall, cpu, (l0, l1) in rows:
+        print(f"{name:<50}{n / wall:>8.3f}{wall / n:>12.3f}{cpu / n:>11.3f}   {l0:.1f} -> {l1:.1f}")
+    naive_row, best, floor_row = rows[0], min(rows[1:-1], key=lambda r: r[1]), rows[-1]
+    speed = naive_row[1] / best[1]
+    gap = best[1] / floor_row[1]
+    print(f"\nbest build vs naive: {speed:.2f}x faster (wall; target >= 2x: {'met' if speed >= 2 else 'NOT met'}), "
+          f"{naive_row[2] / best[2]:.2f}x less CPU per image")
+    print(f"best build vs floor: {gap:.2f}x the floor's wall time per image (target <= 1.3x: "
+          f"{'met' if gap <= 1.3 else 'NOT met'}), {best[2] / floor_row[2]:.2f}x its CPU per image")
+    print("every stored string equals compress()'s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Run a build's item groups in K encoder processes: `latentstore build --encoders K`.
+
+Why processes and not threads or batches: the autoregressive coders spend
+most of their time in a serial loop of tiny per-image convolutions that must
+run at batch 1 to stay exact (encode.py). One such loop keeps about one core
+busy, so the way to use N cores is N loops in N processes.
+
+Each process runs torch at the parent's thread count: the thread count
+changes the coder's float bits (docs/benchmarks.md), so changing it here would
+change the store. Run the whole build with OMP_NUM_THREADS=1 to give each
+process one core. A group's bytes depend only on its images and the build
+arguments, never on which process made it or in which order groups finish,
+so the store is byte-identical to a single-process build.
+
+The processes are spawned, not forked: torch's OpenMP (libgomp) is not
+fork-safe once the parent has run a parallel region with more than one thread,
+and a forked child then hangs in its first multi-threaded op (seen here in
+``gomp_team_barrier_wait_end``). So each process loads the coder itself
+(``setup``), a few seconds once per process.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import queue
+
+import torch
+
+_JOB = _STATE = _PROGRESS = None  # per encoder process, set by _init
+
+
+class _Progress:
+    """What a job sees as its progress bar: update(n) is sent to the parent's bar."""
+
+    def update(self, n: int) -> None:
+        _PROGRESS.put(n)
+
+
+def _init(job, setup, setup_args, progress, threads: int) -> None:
+    global _JOB, _STATE, _PROGRESS
+    torch.set_num_threads(threads)
+    _JOB, _PROGRESS = job, progress
+    try:
+        _STATE = setup(*setup_args)
+    except Exception as exc:  # raised from the first job: a Pool respawns processes whose initializer fails
+        _STATE = exc
+
+
+def _run(task):
+    if isinstance(_STATE, Exception):
+        raise _STATE
+    return _JOB(_STATE, task, _Progress())
+
+
+def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int, threads: int,
+                     on_progress=None):
+    """Yield ``job(state, task, progress)`` for each task, in order, run in `processes` spawned processes.
+
+    ``state = setup(*setup_args)`` runs once per process. `job` and `setup`
+    must be module-level functions; tasks, setup_args and results must pickle.
+    ``progress.update(n)`` inside a job calls ``on_progress(n)`` here. The
+    first job that raises stops the rest (terminated: what they had not
+    committed is lost, as after a crash) and its exception is raised here.
+    """
+    if not tasks:
+        return
+    ctx = multiprocessing.get_context("spawn")
+    updates = ctx.Queue()
+    pool = ctx.Pool(min(processes, len(tasks)), initializer=_init,
+                    initargs=(job, setup, setup_args, updates, threads))
+
+    def drain(timeout: float) -> None:
+        try:
+            n = updates.get(timeout=timeout) if timeout else updates.get_nowait()
+            while True:
+                if on_progress is not None:
+                    on_progress(n)
+                n = updates.get_nowait()
+        except queue.Empty:
+            pass
+
+    try:
+        results = [pool.apply_async(_run, (task,)) for task in tasks]
+        for result in results:
+            while not result.ready():
+                drain(0.2)
+            yield result.get()
+        pool.close()
+        pool.join()
+        drain(0)
+    finally:
+        pool.terminate()
