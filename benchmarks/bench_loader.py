@@ -43,24 +43,20 @@ import platform
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-import latentstore  # noqa: E402
-from latentstore.augment import apply, sample_params  # noqa: E402
-from latentstore.build import BuildConfig, build, to_input  # noqa: E402
-from latentstore.coders import load_coder  # noqa: E402
-from latentstore.encode import Encoder  # noqa: E402
-from latentstore.format import read_manifest  # noqa: E402
-from latentstore.store import open_store  # noqa: E402
+import latentstore
+from latentstore.augment import apply, sample_params
+from latentstore.build import BuildConfig, build, to_input
+from latentstore.coders import load_coder
+from latentstore.encode import Encoder
+from latentstore.format import read_manifest
+from latentstore.store import open_store
 
 DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
 REPO = Path(__file__).resolve().parents[1]

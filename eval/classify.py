@@ -7,11 +7,8 @@ Writes eval.json (next to the checkpoint, or --out) and eval.md (a row in the
 paper's table layout); see docs/results.md. The logic is latentstore.evaluate.
 """
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from latentstore import evaluate  # noqa: E402
+from latentstore import evaluate
 
 
 def main(argv=None) -> int:

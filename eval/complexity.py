@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from latentstore.complexity import markdown_table, model_table  # noqa: E402
-from latentstore.errors import LatentstoreError  # noqa: E402
+from latentstore.complexity import markdown_table, model_table
+from latentstore.errors import LatentstoreError
 
 
 @dataclass(frozen=True)

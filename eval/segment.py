@@ -8,11 +8,8 @@ resolution; the confusion matrix is int64. Writes eval.json and eval.md
 (docs/results.md). The logic is latentstore.evaluate.
 """
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from latentstore import evaluate  # noqa: E402
+from latentstore import evaluate
 
 
 def main(argv=None) -> int:

@@ -5,16 +5,12 @@ import errno
 import json
 import sys
 import time
-import warnings
 
 import click
 
-# torch 2.14 deprecates torch.jit.script, which CompressAI calls at import; not actionable for users.
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from .coders import ALIASES, CODERS  # noqa: E402  (after the filter: imports compressai)
-from .errors import LatentstoreError  # noqa: E402
-from .format import OPTIONAL_FIELDS  # noqa: E402
+from .coders import ALIASES, CODERS
+from .errors import LatentstoreError
+from .format import OPTIONAL_FIELDS
 
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                   errno.EFBIG: "the file size limit was reached", errno.EROFS: "the output is on a read-only file system",

@@ -9,7 +9,7 @@ WEIGHTS=${WEIGHTS:-untrained}
 OUT=${OUT:-stores/demo-cheng2020-q3}
 DEMO=latentstore/data/demo-imagenet
 .venv/bin/latentstore build --coder cheng2020 --quality 3 --weights "$WEIGHTS" \
-    --dataset imagenet --root "$DEMO" --split train --variants 2 --shard-size 2 --out "$OUT"
+    --dataset imagenet --root "$DEMO" --split train --variants 2 --shard-size 2 --out "$OUT" > /dev/null
 .venv/bin/latentstore build --coder cheng2020 --quality 3 --weights "$WEIGHTS" \
     --dataset imagenet --root "$DEMO" --split val --out "$OUT" --quiet > /dev/null
 .venv/bin/latentstore info "$OUT"
@@ -20,8 +20,12 @@ import sys
 from torch.utils.data import DataLoader
 from latentstore import open_store
 
-ds = open_store(sys.argv[1], split="train", fields=("y_hat", "label", "meta"))
-for batch in DataLoader(ds, batch_size=4):
-    print(f"  y_hat {tuple(batch['y_hat'].shape)} {batch['y_hat'].dtype}  labels {batch['label'].tolist()}"
-          f"  bpp {[round(b, 3) for b in batch['meta']['bpp'].tolist()]}")
+# The store batches itself (meta dicts stay lists); DataLoader only adds workers.
+ds = open_store(sys.argv[1], split="train", fields=("y_hat", "label", "meta"), batch_size=4)
+for epoch in range(2):
+    ds.set_epoch(epoch)  # epoch e reads variant e mod K
+    for batch in DataLoader(ds, batch_size=None):
+        print(f"  epoch {epoch}: y_hat {tuple(batch['y_hat'].shape)} {batch['y_hat'].dtype}  "
+              f"labels {batch['label'].tolist()}  bpp {[round(m['bpp'], 3) for m in batch['meta']]}  "
+              f"keys {batch['__key__']}")
 PY
