@@ -28,7 +28,7 @@ from . import __version__
 from .augment import SAMPLERS, SEG_SCALE, SINGLE_VARIANT_MODES, apply, sample_params, variant_rng
 from .coders import get_spec, load_coder
 from .datasets import IGNORE_INDEX, SEGMENTATION, SourceItem, load_label_map, open_source
-from .encode import EncodedImage, Encoder
+from .encode import STORE_THREADS, EncodedImage, Encoder
 from .errors import ConfigError, InputError, WeightsError
 from .format import (FIELDS, OPTIONAL_FIELDS, Padding, commit_record_name, encode_field,
                      sample_key, smallest_int_dtype, write_json_atomic)
@@ -449,7 +449,7 @@ def _versions() -> dict:
             "numpy": np.__version__, "webdataset": webdataset.__version__,
             "python": platform.python_version(),
             # The coder's convolutions give other float bits at another thread count (docs/benchmarks.md).
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": STORE_THREADS}
 
 
 def _coder_entry(cfg: BuildConfig, coder) -> dict:

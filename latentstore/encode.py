@@ -22,6 +22,7 @@ see docs/benchmarks.md and issue 5):
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,26 @@ from compressai.ans import BufferedRansEncoder
 from .coders import LoadedCoder
 from .errors import InputError, WeightsError
 from .profile import Profiler, stage as _stage
+
+#: Intra-op threads for every computation whose result is stored. Convolutions differ in
+#: the last bits between thread counts (measured, cheng2020-anchor q3 at 256x256: g_a in
+#: 29,153 of 32,768 values, entropy_parameters in 62,459 of 65,536, 1 vs 2 threads), so
+#: without a fixed count a store made on a 64-core node would not equal one made on a
+#: laptop. One thread is also the fastest for the serial loop's tiny ops; parallelism
+#: comes from --encoders processes and --part.
+STORE_THREADS = 1
+
+
+@contextmanager
+def store_threads():
+    """Run the enclosed torch work at STORE_THREADS intra-op threads, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(STORE_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 # Fixed by CompressAI's autoregressive models (JointAutoregressiveHierarchicalPriors).
 _CTX_KERNEL = 5
@@ -111,9 +132,13 @@ class Encoder:
             self._ctx_weight = (ctx.weight * ctx.mask).detach()
             self._ctx_bias = None if ctx.bias is None else ctx.bias.detach()
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[EncodedImage]:
         """Encode x (float32 [B, 3, H, W] in [0, 1], H and W multiples of 64) image by image."""
+        with store_threads():
+            return self._encode(x)
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> list[EncodedImage]:
         self._check_input(x)
         x = x.to(self.device)
         prof = self.profiler
@@ -276,7 +301,7 @@ def decode_y_hat(coder: LoadedCoder, enc: EncodedImage) -> np.ndarray:
 
     handle = model.g_s.register_forward_pre_hook(grab)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), store_threads():
             model.decompress(strings, shape)
     except _Captured:
         pass

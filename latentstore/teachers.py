@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .coders import file_sha256, state_dict_sha256
+from .encode import store_threads
 from .errors import ConfigError, StoreError, WeightsError
 from .format import LATENT_STRIDE, TEACHER_PREFIX, encode_npy
 
@@ -65,7 +66,8 @@ class Teacher:
         x = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        maps = self._run((x - mean) / std)
+        with store_threads():  # the stored bits depend on the thread count (encode.STORE_THREADS)
+            maps = self._run((x - mean) / std)
         return {t.field: m[0].float().numpy() for t, m in zip(self.taps, maps)}
 
     def sample_files(self, crop: np.ndarray) -> dict:

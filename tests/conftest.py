@@ -7,6 +7,12 @@ from PIL import Image
 
 DEMO = Path(__file__).resolve().parents[1] / "latentstore" / "data" / "demo-imagenet"
 
+# CompressAI's own compress()/decompress() are the tests' reference, and their bits
+# depend on torch's thread count: run them at the count the store is made with.
+from latentstore.encode import STORE_THREADS  # noqa: E402
+
+torch.set_num_threads(STORE_THREADS)
+
 
 def demo_photos():
     return sorted((DEMO / "train").glob("*/*.JPEG"))

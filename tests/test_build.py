@@ -148,6 +148,18 @@ def test_gpu_device_and_workers_with_encoders_are_refused(tiny_folder, tmp_path)
         build(config(tiny_folder, tmp_path / "s", encoders=2, format="zarr"), progress=False)
 
 
+def test_bytes_do_not_depend_on_the_callers_thread_count(tiny_folder, tmp_path):
+    """Convolution bits change with torch's thread count; the encoder pins it (encode.STORE_THREADS)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        build(config(tiny_folder, tmp_path / "a", variants=1, crop=128), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    build(config(tiny_folder, tmp_path / "b", variants=1, crop=128), progress=False)
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+
+
 def test_rerun_resumes_and_gives_identical_bytes(tiny_folder, tmp_path):
     out = tmp_path / "s"
     build(config(tiny_folder, out), progress=False)
