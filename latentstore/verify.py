@@ -22,7 +22,7 @@ from .coders import load_coder_from_manifest
 from .encode import EncodedImage, decode_y_hat
 from .errors import LatentstoreError
 from .format import file_sha256, read_manifest
-from .readers import iter_shard
+from .store import SOURCES
 
 
 @dataclass
@@ -44,32 +44,40 @@ def _declared_fields(manifest: dict, split: dict) -> set:
     return fields
 
 
-def _check_shard(store: Path, shard: dict, declared: set, latent_shape: list, seen: dict, report: Report,
-                 keep: set):
-    """Check one shard; returns [(shard, key, sample)] for the sample indexes in `keep` (decode checks)."""
+def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
+    """A tar shard exists with the recorded size and sha256."""
     name, path = shard["path"], store / shard["path"]
     if not path.is_file():
         report.problems.append(f"shard {name}: missing")
-        return []
+        return False
     if path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
         report.problems.append(f"shard {name}: sha256 or size differs from the manifest (damaged or replaced)")
-        return []
-    samples = []
+        return False
+    return True
+
+
+def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: dict, report: Report,
+                   keep: set) -> list:
+    """Check every sample of one shard (or Zarr unit); returns [(shard, key, sample)] for indexes in `keep`."""
+    kept = []
     try:
-        for i, s in enumerate(iter_shard(path, name, shard["samples"], required=tuple(declared))):
+        for i, s in enumerate(samples):
             key = s["__key__"]
+            missing = sorted(declared - s.keys())
+            if missing:
+                report.problems.append(f"shard {name}, key {key}: missing field(s) {', '.join(missing)}")
             if key in seen:
                 report.problems.append(f"shard {name}, key {key}: duplicate key (also in {seen[key]})")
             seen[key] = name
-            if list(s["y_hat"].shape) != latent_shape:
+            if "y_hat" in s and list(s["y_hat"].shape) != latent_shape:
                 report.problems.append(f"shard {name}, key {key}: y_hat shape {list(s['y_hat'].shape)} "
                                        f"!= manifest latent_shape {latent_shape}")
             if i in keep:
-                samples.append((name, key, s))
+                kept.append((name, key, s))
             report.samples += 1
     except LatentstoreError as exc:
         report.problems.append(str(exc))
-    return samples
+    return kept
 
 
 def _check_decode(coder, name: str, key: str, s: dict) -> str | None:
@@ -108,13 +116,14 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
     except LatentstoreError as exc:
         report.problems.append(str(exc))
         return report
-    if manifest.get("backend") == "zarr":  # chunk files, not tar shards: checked in readers/zarr.py
+    backend = manifest["backend"]
+    if backend == "zarr":  # chunk files against the commit records (readers/zarr.py)
         from .readers.zarr import verify as verify_zarr
         report.problems += verify_zarr(store)
-        report.shards = sum(len(s["shards"]) for s in manifest["splits"].values())
-        report.samples = sum(s["samples"] for s in manifest["splits"].values())
-        return report
-    report.problems += _stray_files(store, manifest)
+    else:
+        report.problems += _stray_files(store, manifest)
+    damaged = list(report.problems)
+    read = SOURCES[backend]
     # Pick the samples to decode up front, so only those are held in memory.
     shards = [s for split in manifest["splits"].values() for s in split["shards"]]
     starts = list(itertools.accumulate((s["samples"] for s in shards), initial=0))
@@ -127,8 +136,13 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
         declared, seen = _declared_fields(manifest, split), {}
         for shard in tqdm(split["shards"], desc=f"verify {split_name}", unit="shard", disable=not progress):
             report.shards += 1
+            if backend == "webdataset" and not _shard_file_ok(store, shard, report):
+                continue
+            if backend == "zarr" and any(shard["path"] in problem for problem in damaged):
+                continue  # already reported by the chunk file check
             keep = {i for path, i in chosen if path == shard["path"]}
-            candidates += _check_shard(store, shard, declared, split["latent_shape"], seen, report, keep)
+            samples = read(store, shard, None, False)
+            candidates += _check_samples(samples, shard["path"], declared, split["latent_shape"], seen, report, keep)
     if candidates:
         coder = load_coder_from_manifest(manifest["coder"], weights)
         for name, key, s in tqdm(candidates, desc="decode", unit="sample", disable=not progress):
