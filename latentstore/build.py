@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,129 +25,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import SAMPLERS, SEG_SCALE, SINGLE_VARIANT_MODES, apply, sample_params, variant_rng
-from .coders import get_spec, load_coder
-from .datasets import IGNORE_INDEX, SEGMENTATION, SourceItem, load_label_map, open_source
+from .augment import apply, sample_params, variant_rng
+from .build_config import Y_HAT_DTYPES, BuildConfig
+from .coders import load_coder
+from .datasets import IGNORE_INDEX, SourceItem, load_label_map, open_source
 from .encode import STORE_THREADS, EncodedImage, Encoder
 from .errors import ConfigError, InputError, WeightsError
-from .format import (FIELDS, OPTIONAL_FIELDS, Padding, commit_record_name, encode_field,
+from .format import (FIELDS, Padding, commit_record_name, encode_field,
                      sample_key, smallest_int_dtype, write_json_atomic)
 from .images import RejectedImage, load_rgb
 from .parallel import run_in_processes
 from .profile import Profiler, stage as _stage
 from .seal import part_file, seal
-from .teachers import TEACHER_ARGS, TEACHER_DTYPES, load_teacher, resolve_teacher_args, teacher_entry
+from .teachers import load_teacher, teacher_entry
 from .writers import WRITERS
-
-Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything that decides a store's bytes, plus how fast to make them (the last block)."""
-    coder: str
-    quality: int
-    dataset: str
-    root: str
-    split: str
-    out: str
-    weights: str = "pretrained"
-    variants: int = 1
-    augment: str | None = None        # augment.SAMPLERS; default: (seg-)train for the train split, else (seg-)val
-    seed: int = 0
-    crop: int | None = None           # default 224, or 640 for seg-train (METHOD §3)
-    resize: int = 256
-    limit: int | None = None
-    label_file: str | None = None
-    shard_size: int = 1000
-    y_hat_dtype: str = "float16"
-    fields: tuple = ()
-    max_rejects: int = 100
-    scale: tuple | None = None        # seg-train random scale range; default (0.5, 2.0)
-    format: str = "webdataset"        # store backend: a key of writers.WRITERS
-    teacher: str | None = None        # teacher features beside the latent (teachers.py); None: none
-    teacher_weights: str = "pretrained"
-    teacher_strides: tuple = (8, 16, 32)
-    teacher_layers: tuple = ()        # module names; replace the strides (segmentation backbones)
-    teacher_dtype: str = "float16"
-    # These change speed or the share of the work, never bytes.
-    batch_size: int = 8
-    workers: int = 0
-    part: tuple = (0, 1)              # (i, N): this process builds item groups j with j % N == i
-    encoders: int = 1                 # processes encoding item groups in parallel (each decodes its own)
-    device: str = "cpu"               # only "cpu": see _check_device
-
-    def resolved(self) -> "BuildConfig":
-        spec = get_spec(self.coder)
-        seg = "seg-" if self.dataset in SEGMENTATION else ""
-        augment = self.augment or (seg + ("train" if self.split == "train" else "val"))
-        crop = self.crop or (640 if augment == "seg-train" else 224)
-        scale = tuple(self.scale or SEG_SCALE) if augment == "seg-train" else None
-        cfg = BuildConfig(**{**asdict(self), "coder": spec.name, "augment": augment, "crop": crop,
-                             "scale": scale, "fields": tuple(sorted(set(self.fields))),
-                             **resolve_teacher_args(self.teacher_strides, self.teacher_layers)})
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.augment not in SAMPLERS:
-            raise ConfigError(f"Invalid --augment {self.augment!r}: choose {', '.join(SAMPLERS)}")
-        if self.augment in SINGLE_VARIANT_MODES and self.variants != 1:
-            raise ConfigError(f"--variants {self.variants} with {self.augment} augmentation (deterministic) "
-                              "would store identical copies: use --variants 1, or a train augmentation")
-        if self.format not in WRITERS:
-            raise ConfigError(f"Invalid --format {self.format!r}: choose {', '.join(WRITERS)}")
-        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"Invalid --scale {self.scale}: need 0 < low <= high, e.g. 0.5 2.0")
-        for name, value, low in (("variants", self.variants, 1), ("shard-size", self.shard_size, 1),
-                                 ("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
-                                 ("max-rejects", self.max_rejects, 0), ("encoders", self.encoders, 1)):
-            if value < low:
-                raise ConfigError(f"--{name} must be at least {low}, got {value}")
-        if self.encoders > 1 and self.workers > 0:
-            raise ConfigError(f"--workers {self.workers} with --encoders {self.encoders}: each encoder process "
-                              "decodes its own item groups (decoding is ~1% of encoding time); drop --workers")
-        if self.encoders > 1 and self.format != "webdataset":
-            # writers/zarr.py creates its arrays on first write; two processes race there (ContainsGroupError).
-            raise ConfigError(f"--encoders {self.encoders} with --format {self.format}: parallel encoders write "
-                              "webdataset stores only; build one, then `latentstore convert` it (no re-encoding)")
-        _check_device(self.device)
-        if self.teacher_dtype not in TEACHER_DTYPES:
-            raise ConfigError(f"Invalid --teacher-dtype {self.teacher_dtype!r}: choose {', '.join(TEACHER_DTYPES)}")
-        if self.y_hat_dtype not in Y_HAT_DTYPES:
-            raise ConfigError(f"Invalid --y-hat-dtype {self.y_hat_dtype!r}: choose {', '.join(Y_HAT_DTYPES)}")
-        unknown = set(self.fields) - set(OPTIONAL_FIELDS)
-        if unknown:
-            raise ConfigError(f"Unknown --fields {', '.join(sorted(unknown))}: choose from {', '.join(OPTIONAL_FIELDS)}")
-
-    def identity(self) -> dict:
-        """The arguments a resumed build must repeat exactly (speed knobs excluded)."""
-        d = asdict(self)
-        for speed_only in ("batch_size", "workers", "out", "part", "encoders", "device"):
-            d.pop(speed_only)
-        d["fields"] = list(self.fields)
-        d["scale"] = list(self.scale) if self.scale is not None else None
-        d["root"] = str(Path(self.root).resolve())
-        for k in TEACHER_ARGS:  # without a teacher the identity stays what it always was
-            if self.teacher is None:
-                d.pop(k)
-            elif isinstance(d[k], tuple):
-                d[k] = list(d[k])
-        return d
-
-
-def _check_device(device: str) -> None:
-    """Only the CPU keeps a store exact and device-independent; say why for anything else."""
-    if device == "cpu":
-        return
-    raise ConfigError(
-        f"--device {device}: the build encodes on the CPU only. The stored strings must equal CPU "
-        "model.compress() and a store's bytes must not depend on the device, but GPU convolutions differ "
-        "from the CPU's in the last bits: a y or z value on a rounding boundary then gets another symbol. "
-        "The teacher stays on the CPU for the same reason (its stored bytes must equal add-teacher's on any "
-        "machine). The cost is the serial autoregressive loop, which a GPU would not speed up: scale out "
-        "with --encoders N (one per core) and --part i/N across machines instead (docs/benchmarks.md).")
-
 
 # --------------------------------------------------------------------------- stages
 

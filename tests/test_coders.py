@@ -1,6 +1,5 @@
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ from latentstore.build import BuildConfig, build
 from latentstore.cli import main
 from latentstore.errors import ConfigError, InputError, WeightsError
 from latentstore.format import MANIFEST, field_for_member, read_manifest
-from latentstore.readers import iter_shard
 from latentstore.teachers import check_teacher, dequantize, load_teacher, quantize, relative_error
 
 # Relative L2 error of each storage dtype vs float32 (float16: 2^-11 per element; bfloat16: 2^-8;

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError
 from ..store import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
