@@ -86,10 +86,6 @@ class BuildConfig:
         if self.encoders > 1 and self.workers > 0:
             raise ConfigError(f"--workers {self.workers} with --encoders {self.encoders}: each encoder process "
                               "decodes its own item groups (decoding is ~1% of encoding time); drop --workers")
-        if self.encoders > 1 and self.format != "webdataset":
-            # writers/zarr.py creates its arrays on first write; two processes race there (ContainsGroupError).
-            raise ConfigError(f"--encoders {self.encoders} with --format {self.format}: parallel encoders write "
-                              "webdataset stores only; build one, then `latentstore convert` it (no re-encoding)")
         _check_device(self.device)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ConfigError(f"Invalid --teacher-dtype {self.teacher_dtype!r}: choose {', '.join(TEACHER_DTYPES)}")

@@ -144,8 +144,6 @@ def test_gpu_device_and_workers_with_encoders_are_refused(tiny_folder, tmp_path)
         build(config(tiny_folder, tmp_path / "s", device="cuda"), progress=False)
     with pytest.raises(ConfigError, match="--workers 2 with --encoders 2"):
         build(config(tiny_folder, tmp_path / "s", encoders=2, workers=2), progress=False)
-    with pytest.raises(ConfigError, match="--encoders 2 with --format zarr"):
-        build(config(tiny_folder, tmp_path / "s", encoders=2, format="zarr"), progress=False)
 
 
 def test_bytes_do_not_depend_on_the_callers_thread_count(tiny_folder, tmp_path):

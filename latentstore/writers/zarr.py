@@ -24,8 +24,10 @@ is an error, never zeros); a resumed build rewrites the group.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,7 @@ COMPRESSORS = {
 }
 COMPRESSOR = "blosc-zstd-shuffle"
 TEMP_PREFIX = ".tmp-group-"
+LOCK_FILE = ".layout.lock"
 
 
 def unit_name(split: str, variant: int, group: int) -> str:
@@ -81,8 +84,30 @@ def array_specs(values: dict, variants: int, total_items: int, groups: int, c: i
     return specs
 
 
+@contextmanager
+def _layout_lock(root: Path):
+    """Serialize creating array metadata between parallel parts (flock on a file in the store)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
-    """Create the split's arrays under `root`, or check that existing ones match `specs`."""
+    """Create the split's arrays under `root`, or check that existing ones match `specs`.
+
+    Parallel parts (--part, --encoders) call this at once; the lock makes one of
+    them create each zarr.json and the others find and check it. Chunk files need
+    no lock: every group writes only its own whole chunks.
+    """
+    with _layout_lock(root):
+        return _ensure_arrays(root, split, specs)
+
+
+def _ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
     group = zarr.open_group(str(root), mode="a", zarr_format=3).require_group(split)
     for path, (shape, chunks, dtype) in specs.items():
         parent, _, name = path.rpartition("/")
