@@ -5,10 +5,9 @@ most of their time in a serial loop of tiny per-image convolutions that must
 run at batch 1 to stay exact (encode.py). One such loop keeps about one core
 busy, so the way to use N cores is N loops in N processes.
 
-Each process runs torch at the parent's thread count: the thread count
-changes the coder's float bits (docs/benchmarks.md), so changing it here would
-change the store. Run the whole build with OMP_NUM_THREADS=1 to give each
-process one core. A group's bytes depend only on its images and the build
+Each process runs torch at the parent's thread count for whatever is not
+stored; everything stored runs at encode.STORE_THREADS (the thread count
+changes a convolution's last bits), so no process can change the store. A group's bytes depend only on its images and the build
 arguments, never on which process made it or in which order groups finish,
 so the store is byte-identical to a single-process build.
 
