@@ -180,7 +180,7 @@ def test_exact_real_photos_256(name):
 
     root = Path(latentstore.__file__).parent / "data" / "demo-imagenet" / "train"
     files = sorted(root.rglob("*.JPEG"))[:2]
-    imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((256, 256)))) for f in files]
+    imgs = [torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((256, 256)))) for f in files]
     x = torch.stack(imgs).permute(0, 3, 1, 2).float().div(255).contiguous()
     c = coder(name)
     encoder = Encoder(c)
