@@ -100,3 +100,28 @@ def test_corrupt_field_names_shard_and_key(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=r"v000-000000.tar, key img003_v000: field symbols"):
         list(iter_shard(path, shard["path"], shard["samples"]))
+
+
+def test_damaged_header_is_caught_by_its_checksum(tmp_path):
+    record = write_group(tmp_path)
+    shard = record["shards"][0]
+    path = tmp_path / shard["path"]
+    data = bytearray(path.read_bytes())
+    second = _member_boundaries(path)[1]
+    data[second + 3] ^= 0x20  # one letter of the second member's name
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"v000-000000.tar: damaged tar header at byte \d+ \(checksum\)"):
+        list(iter_shard(path, shard["path"], shard["samples"]))
+
+
+def test_long_keys_round_trip_through_pax_headers(tmp_path):
+    """Keys from deep dataset paths can pass tar's 100-byte name field (PAX headers)."""
+    key = "train_" + "deep_folder_" * 12 + "img_v000"
+    sample = make_sample(0)
+    sample["__key__"] = key
+    with ShardGroupWriter(tmp_path, "train", 0, 1) as w:
+        w.write(0, sample)
+        w.extra = {"rejects": []}
+    shard = json.loads((tmp_path / "train" / "group-000000.json").read_text())["shards"][0]
+    (got,) = iter_shard(tmp_path / shard["path"], shard["path"], 1)
+    assert got["__key__"] == key and got["y_string"] == sample["y_string.bin"]
