@@ -88,9 +88,6 @@ class _Timer:
         return False
 
 
-DISABLED = Profiler(enabled=False)
-
-
 def stage(prof: Profiler | None, name: str):
     """`prof.stage(name)`, or a no-op when prof is None."""
     return _NULL if prof is None else prof.stage(name)
