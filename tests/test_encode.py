@@ -124,6 +124,44 @@ def test_exact_at_every_batch_size(name):
     assert (batch3[0].scales is None) == (not c.spec.has_hyperprior)
 
 
+@pytest.mark.filterwarnings("ignore:entropy_parameters")
+def test_batch_of_17_equals_batch_1():
+    """Past 16 images torch moves 1x1 convolutions to oneDNN, whose bits differ from
+    batch 1; the probe must notice and the bytes must not change."""
+    c = coder("cheng2020-anchor")
+    x = smooth_images(17, 64, 64, seed=4)
+    encoder = Encoder(c)
+    batch = encoder.encode(x)
+    for i in (0, 9, 16):
+        assert_same_encoding(encoder.encode(x[i:i + 1])[0], batch[i])
+    assert_exact(c, x[:2], batch[:2])
+
+
+def test_batched_only_where_probe_gives_batch_1_bits():
+    encoder = Encoder(coder("mbt2018"))
+    double = lambda t: t * 2  # noqa: E731
+    assert encoder._exact_for_batch("doubling", double, (3, 1, 1), 4, candidates=(double,)) is double
+    # A candidate whose result depends on the batch it is in, as a kernel chosen by
+    # batch size may: the first exact candidate wins, and with none, per image.
+    shifted = lambda t: t + t.shape[0]  # noqa: E731
+    choice = encoder._exact_for_batch("shift", shifted, (3, 1, 1), 4, candidates=(double, shifted))
+    assert choice is not double and torch.equal(choice(torch.zeros(4, 3, 1, 1)), torch.ones(4, 3, 1, 1))
+    with pytest.warns(UserWarning, match="image by image"):
+        choice = encoder._exact_for_batch("shift", shifted, (3, 1, 1), 2, candidates=(shifted,))
+    assert torch.equal(choice(torch.zeros(2, 3, 1, 1)), torch.ones(2, 3, 1, 1))
+
+
+def test_context_conv_of_kept_rows_equals_the_masked_5x5():
+    """The fast context conv (3 kernel rows) against _compress_ar's masked conv at batch 1."""
+    encoder = Encoder(coder("cheng2020-anchor"))
+    ctx = encoder.model.context_prediction
+    crops = torch.randn(6, ctx.in_channels, 5, 5, generator=torch.Generator().manual_seed(7))
+    masked = ctx.weight * ctx.mask
+    expected = torch.cat([F.conv2d(crops[i:i + 1], masked, bias=ctx.bias) for i in range(6)])
+    assert encoder._ctx_rows == 3
+    assert torch.equal(encoder._context_conv(6)(crops), expected)
+
+
 @pytest.mark.parametrize("name", sorted(CODERS))
 def test_exact_wide_64x128(name):
     """A non-square input (4x8 y, 1x2 z), so rows and columns cannot be swapped unnoticed."""
