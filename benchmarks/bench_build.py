@@ -1,6 +1,6 @@
 """Build throughput: a naive loop vs `latentstore build` vs the non-autoregressive floor, in one run.
 
-    python benchmarks/bench_build.py                    # cheng2020-anchor q3, 4 demo photos x 8 variants
+    python benchmarks/bench_build.py                    # cheng2020-anchor q3, 4 demo photos x 16 variants
     python benchmarks/bench_build.py --encoders 2 --threads 1 --variants 12
 
 The same crops every way (the bundled demo photos, train augmentation, 224
@@ -109,12 +109,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--coder", default="cheng2020-anchor")
     ap.add_argument("--quality", type=int, default=3)
-    ap.add_argument("--variants", type=int, default=8, help="crops per demo photo (4 photos)")
+    ap.add_argument("--variants", type=int, default=16, help="crops per demo photo (4 photos)")
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--encoders", type=int, default=2, help="encoder processes of the parallel build")
-    ap.add_argument("--shard-size", type=int, default=1, help="images per item group (groups run in parallel)")
+    ap.add_argument("--shard-size", type=int, default=2,
+                    help="photos per item group (groups run in parallel; a batch never spans two)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, every method")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -148,13 +149,18 @@ def main() -> None:
     print(f"\n{'method':<50}{'img/s':>8}{'wall s/img':>12}{'CPU s/img':>11}   load avg before->after")
     for name, wall, cpu, (l0, l1) in rows:
         print(f"{name:<50}{n / wall:>8.3f}{wall / n:>12.3f}{cpu / n:>11.3f}   {l0:.1f} -> {l1:.1f}")
-    naive_row, best, floor_row = rows[0], min(rows[1:-1], key=lambda r: r[1]), rows[-1]
-    speed = naive_row[1] / best[1]
-    gap = best[1] / floor_row[1]
-    print(f"\nbest build vs naive: {speed:.2f}x faster (wall; target >= 2x: {'met' if speed >= 2 else 'NOT met'}), "
-          f"{naive_row[2] / best[2]:.2f}x less CPU per image")
-    print(f"best build vs floor: {gap:.2f}x the floor's wall time per image (target <= 1.3x: "
-          f"{'met' if gap <= 1.3 else 'NOT met'}), {best[2] / floor_row[2]:.2f}x its CPU per image")
+    # The targets compare like with like: one process each (naive, floor and
+    # `--encoders 1`); the parallel build's row shows what a second core adds.
+    naive_row, build_row, floor_row = rows[0], rows[1], rows[-1]
+    speed = naive_row[1] / build_row[1]
+    gap = build_row[1] / floor_row[1]
+    print(f"\nbuild --encoders 1 vs naive: {speed:.2f}x faster (wall; target >= 2x: "
+          f"{'met' if speed >= 2 else 'NOT met'}), {naive_row[2] / build_row[2]:.2f}x less CPU per image")
+    print(f"build --encoders 1 vs floor: {gap:.2f}x the floor's wall time per image (target <= 1.3x: "
+          f"{'met' if gap <= 1.3 else 'NOT met'}), {build_row[2] / floor_row[2]:.2f}x its CPU per image")
+    if len(rows) > 3:
+        print(f"build --encoders {args.encoders}: {naive_row[1] / rows[2][1]:.2f}x the naive loop's speed, "
+              f"using up to {args.encoders} cores")
     print("every stored string equals compress()'s")
 
 

@@ -50,7 +50,7 @@ class BuildConfig:
     teacher_layers: tuple = ()        # module names; replace the strides (segmentation backbones)
     teacher_dtype: str = "float16"
     # These change speed or the share of the work, never bytes.
-    batch_size: int = 8
+    batch_size: int = 32
     workers: int = 0
     part: tuple = (0, 1)              # (i, N): this process builds item groups j with j % N == i
     encoders: int = 1                 # processes encoding item groups in parallel (each decodes its own)

@@ -87,7 +87,8 @@ def teacher_options(required: bool):
 @click.option("--fields", default="", help=f"Extra fields, comma separated: {', '.join(OPTIONAL_FIELDS)}.")
 @click.option("--max-rejects", default=100, show_default=True, type=int,
               help="Fail once more than this many images are unreadable.")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per encoder batch (speed only).")
+@click.option("--batch-size", default=32, show_default=True, type=int,
+              help="Crops per encoder batch (speed only: the autoregressive loop runs once per batch).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
 @click.option("--encoders", default=1, show_default=True, type=int,
               help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "

@@ -58,6 +58,10 @@ def store_threads():
 # Fixed by CompressAI's autoregressive models (JointAutoregressiveHierarchicalPriors).
 _CTX_KERNEL = 5
 _CTX_PAD = (_CTX_KERNEL - 1) // 2
+# At one thread torch runs a 1x1 convolution of up to 15 images through its own
+# per-image GEMM (the batch-1 bits) and of 16 or more through oneDNN (other bits);
+# see ConvParams::use_mkldnn in ATen. The probe checks it either way.
+_GEMM_PATH_MAX_BATCH = 15
 
 
 @dataclass
@@ -298,8 +302,12 @@ class Encoder:
         y_hat = y.new_zeros(b, m, height + 2 * p, width + 2 * p)
         context_conv = self._context_conv(b)
         ep = self.model.entropy_parameters
+
+        def ep_in_chunks(t):
+            return torch.cat([ep(c) for c in t.split(_GEMM_PATH_MAX_BATCH)])
+
         entropy_parameters = self._exact_for_batch(
-            "entropy_parameters", ep, (2 * params.shape[1], 1, 1), b, candidates=(ep,))
+            "entropy_parameters", ep, (2 * params.shape[1], 1, 1), b, candidates=(ep, ep_in_chunks))
         # Position-major copies, [Hy, Wy, B, C]: each step reads contiguous rows.
         params_at = params.permute(2, 3, 0, 1).contiguous()
         y_at = y.permute(2, 3, 0, 1).contiguous()

@@ -1,9 +1,9 @@
 """Run a build's item groups in K encoder processes: `latentstore build --encoders K`.
 
-Why processes and not threads or batches: the autoregressive coders spend
-most of their time in a serial loop of tiny per-image convolutions that must
-run at batch 1 to stay exact (encode.py). One such loop keeps about one core
-busy, so the way to use N cores is N loops in N processes.
+Why processes and not threads: everything stored runs at one intra-op thread
+(below), and the autoregressive coders' serial loop of tiny convolutions could
+not use more anyway. One encoder keeps about one core busy, so the way to use
+N cores is N encoders in N processes.
 
 Each process runs torch at the parent's thread count for whatever is not
 stored; everything stored runs at encode.STORE_THREADS (the thread count
