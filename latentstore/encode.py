@@ -7,11 +7,15 @@ shape)`` at batch 1 hands ``g_s`` exactly the stored ``y_hat`` (METHOD §2).
 What may be batched, and what may not (measured on CPU, CompressAI 1.2.8,
 see docs/benchmarks.md and issue 5):
 
-* Convolutions (``g_a``, ``h_a``, ``h_s``, the context model and
-  ``entropy_parameters``) run per image at batch 1. Their results change in
-  the last bits with the batch size (cheng2020's ``h_a``/``h_s`` and batched
-  1x1 ``entropy_parameters`` were seen to differ), which flips roundings and
-  makes strings undecodable, and would make store bytes depend on the batch.
+* A convolution's last bits depend on the kernel torch and oneDNN pick, which
+  depends on shapes (the batch size among them) and thread count, never on
+  values; a flipped bit flips roundings and makes strings undecodable, and
+  would make a store depend on the batch size. ``g_a``, ``h_a`` and ``h_s``
+  run per image at batch 1 (cheng2020's ``h_a``/``h_s`` differ batched).
+* The convolutions the decoder recomputes inside the autoregressive loop (the
+  context conv and ``entropy_parameters``) run batched only where a probe
+  has shown that the batched kernel gives every sample the batch-1 bits
+  (``Encoder._exact_for_batch``), else per image.
 * Elementwise work (quantization, ``ŷ = q + μ``, scale-table lookup) is
   exact whatever the batch, so it runs on the whole batch at once.
 * Symbols are kept as integers and ŷ is built as ``int + μ`` (or
