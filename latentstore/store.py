@@ -27,10 +27,11 @@ How one epoch is read (RELIABILITY properties 8-11):
 Trade-off: tar shards cannot be read at random cheaply, so shuffling is
 "shard order + in-memory window", not a full permutation of the split. A
 worker reads every shard that holds one of its samples (whole shards,
-sequentially) and keeps only its own samples; each rank reads about N/W
+sequentially) and decodes only its own samples; each rank reads about N/W
 samples' worth of shards plus one window, and with k workers each of those
-shards is read k times (usually from the page cache). Memory per worker: its
-share of about one window of decoded samples.
+shards is read k times (usually from the page cache) but each sample is
+decoded once. Memory per worker: its share of about one window of decoded
+samples.
 
 Backends: ``SOURCES`` maps ``manifest["backend"]`` to a function that yields
 the samples of one shard record (``info["shards"][i]``: at least ``variant``
@@ -58,12 +59,15 @@ DEFAULT_FIELDS = ("y_hat", "label")
 REMAINDERS = ("drop", "pad")
 
 
-def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool) -> Iterator[dict]:
-    return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient)
+def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool,
+                        wanted=None) -> Iterator[dict | None]:
+    return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
+                      wanted=wanted)
 
 
-#: manifest["backend"] -> fn(store path, shard record, fields, lenient) yielding the shard's samples
-#: in stored order; in lenient mode a damaged sample comes as {"__key__", "__shard__", "__error__"}.
+#: manifest["backend"] -> fn(store path, shard record, fields, lenient, wanted=None) yielding the
+#: shard's samples in stored order (None for an index not in `wanted`, left undecoded); in lenient
+#: mode a damaged sample comes as {"__key__", "__shard__", "__error__"}.
 SOURCES: dict[str, Callable[..., Iterator[dict]]] = {
     "webdataset": _webdataset_samples,
     "zarr": iter_unit,
@@ -256,16 +260,18 @@ class LatentDataset(IterableDataset):
         units = self._units(shards)[wid::nworkers]
         window_of = self._windows(shards)
         uses: dict[tuple, int] = {}
+        mine: dict[int, set] = {}  # shard index -> this worker's sample indices in it
         for unit in units:
             for pair in unit:
                 uses[pair] = uses.get(pair, 0) + 1
+                mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
         for unit in units:
             batch = []
             for pair in unit:
                 if pair not in cache:
-                    pending += self._load(shards, window_of[pair[0]], uses, cache)
+                    pending += self._load(shards, window_of[pair[0]], mine, uses, cache)
                 sample = cache[pair]
                 uses[pair] -= 1
                 if uses[pair] == 0:
@@ -289,15 +295,19 @@ class LatentDataset(IterableDataset):
         groups = [perm[w:w + self.shuffle_window] for w in range(0, len(perm), self.shuffle_window)]
         return {s: g for g in groups for s in g}
 
-    def _load(self, shards, window: list[int], uses: dict, cache: dict) -> list[str]:
-        """Read the shards of one window into `cache` (only samples still to be used); return skips."""
+    def _load(self, shards, window: list[int], mine: dict, uses: dict, cache: dict) -> list[str]:
+        """Read the shards of one window into `cache` (only samples still to be used); return skips.
+        Only this worker's samples (`mine`) are decoded: the rest are other workers' work."""
         skipped = []
         for s in window:
             shard = shards[s]
             seen, damage = 0, "the shard holds fewer samples than the manifest records"
-            for index, sample in enumerate(self.source(self.path, shard, self.teacher.read_fields(self.fields),
-                                                        self.max_skips > 0)):
+            samples = self.source(self.path, shard, self.teacher.read_fields(self.fields),
+                                  self.max_skips > 0, wanted=mine.get(s, ()))
+            for index, sample in enumerate(samples):
                 seen = index + 1
+                if sample is None:
+                    continue
                 if "__error__" in sample:
                     if sample["__key__"] is None:  # damage to the shard itself: the rest is lost
                         seen, damage = index, sample["__error__"]

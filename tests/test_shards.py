@@ -102,6 +102,21 @@ def test_corrupt_field_names_shard_and_key(tmp_path):
         list(iter_shard(path, shard["path"], shard["samples"]))
 
 
+def test_unwanted_samples_are_not_decoded(tmp_path):
+    """A DataLoader worker decodes only its own samples (wanted); positions still count."""
+    record = write_group(tmp_path)
+    shard = record["shards"][0]
+    path = tmp_path / shard["path"]
+    data = bytearray(path.read_bytes())
+    i = data.find(b"\x93NUMPY", data.find(b"img003_v000.symbols.npy"))
+    data[i + 1] = ord("X")  # sample 3 no longer decodes: only a reader that wants it may fail
+    path.write_bytes(bytes(data))
+    got = list(iter_shard(path, shard["path"], shard["samples"], wanted={1, 4}))
+    assert [s if s is None else s["__key__"] for s in got] == [None, "img001_v000", None, None, "img004_v000"]
+    with pytest.raises(StoreError, match="key img003_v000"):
+        list(iter_shard(path, shard["path"], shard["samples"], wanted={3}))
+
+
 def test_damaged_header_is_caught_by_its_checksum(tmp_path):
     record = write_group(tmp_path)
     shard = record["shards"][0]

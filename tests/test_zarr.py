@@ -82,6 +82,15 @@ def test_zarr_gives_exactly_the_samples_of_the_shards(stores, request):
         assert len(ta) == len(tb) == a["samples"] > 0
         for x, y in zip(ta, tb):
             assert_same(x, y)
+        # a DataLoader worker's partial read: the same samples where wanted, None elsewhere
+        for fmt in stores:
+            manifest = read_manifest(stores[fmt])
+            source = SOURCES[manifest["backend"]]
+            unit = max(manifest["splits"][split]["shards"], key=lambda u: u["samples"])
+            whole = list(source(stores[fmt], unit, None, False))
+            part = list(source(stores[fmt], unit, None, False, wanted={len(whole) - 1}))
+            assert part[:-1] == [None] * (len(whole) - 1)
+            assert_same(part[-1], whole[-1])
         # and through the public reader, every field, as tensors
         names = tuple(n for n in FIELDS if n in ta[0])
         for v in range(a["variants"]):

@@ -9,7 +9,7 @@ shard and, where there is one, the sample key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Container, Iterator
 
 from ..errors import StoreError
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
@@ -90,10 +90,12 @@ def _pax_path(data: bytes) -> bytes | None:
 
 def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
-               lenient: bool = False) -> Iterator[dict]:
+               lenient: bool = False, wanted: Container[int] | None = None) -> Iterator[dict | None]:
     """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
 
-    `fields` limits which fields are decoded (None: all). Raises StoreError naming
+    `fields` limits which fields are decoded (None: all). `wanted` (sample
+    indices; None: all) leaves the others undecoded and unchecked: None is
+    yielded in their place, so positions still count. Raises StoreError naming
     the shard (and key) on a damaged tar, a missing field, an undecodable field,
     or a sample count other than `expected_samples`. With ``lenient=True`` it
     yields {"__key__", "__shard__", "__error__": message} in place of a damaged
@@ -104,6 +106,9 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     try:
         for key, raw in _groups(Path(path), shard):
             count += 1
+            if wanted is not None and count - 1 not in wanted:
+                yield None
+                continue
             try:
                 yield _decode(shard, key, raw, fields, required)
             except StoreError as exc:

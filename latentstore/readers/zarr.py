@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Container, Iterator
 
 import numpy as np
 import zarr
@@ -68,8 +68,10 @@ def _block(group, names, variant: int, lo: int, hi: int, row: int) -> dict:
     return out
 
 
-def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = False) -> Iterator[dict]:
-    """Yield the samples of one (variant, group) unit, as ``iter_shard`` does for a tar shard.
+def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = False,
+              wanted: Container[int] | None = None) -> Iterator[dict | None]:
+    """Yield the samples of one (variant, group) unit, as ``iter_shard`` does for a tar shard
+    (None in place of samples whose index is not in `wanted`).
 
     Raises StoreError naming the unit (and key) when a chunk file is missing or
     resized, or the unit's sample count is not the recorded one. With
@@ -91,7 +93,10 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
             raise
         yield {"__key__": None, "__shard__": name, "__error__": str(exc)}
         return
-    for i in np.flatnonzero(present).tolist():
+    for index, i in enumerate(np.flatnonzero(present).tolist()):
+        if wanted is not None and index not in wanted:
+            yield None
+            continue
         meta = json.loads(block["meta"][i])
         sample = {"__key__": meta["key"], "__shard__": name}
         for field in names:
