@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import time
 
@@ -90,9 +91,10 @@ def teacher_options(required: bool):
 @click.option("--batch-size", default=32, show_default=True, type=int,
               help="Crops per encoder batch (speed only: the autoregressive loop runs once per batch).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
-@click.option("--encoders", default=1, show_default=True, type=int,
+@click.option("--encoders", default="1", show_default=True, callback=lambda ctx, param, value: _encoders(value),
               help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
-                   "one per core, with OMP_NUM_THREADS=1 (see docs/benchmarks.md). Not with --workers.")
+                   "one per core, or 'auto' for the cores this job may use (see docs/benchmarks.md). "
+                   "Not with --workers.")
 @click.option("--device", default="cpu", show_default=True,
               help="Only cpu: GPU convolutions would change the stored bits (docs/benchmarks.md).")
 @click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
@@ -128,6 +130,16 @@ def build(quiet, fields, part, dry_run, profile, **kwargs):
         click.echo(render(summarize(cfg.out)))
     if profile:
         click.echo("\nTime per stage (--profile):\n" + profiler.render(total=time.perf_counter() - started))
+
+
+def _encoders(value: str) -> int:
+    """--encoders N, or 'auto': the CPUs this process may run on (SLURM's --cpus-per-task, taskset)."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'auto'") from None
 
 
 @cli.command()

@@ -5,9 +5,9 @@
 #   pipelines/cityscapes.sh /data/cityscapes /stores/cs-cheng2020-q3 cheng2020 3
 set -euo pipefail
 ROOT=${1:?dataset root}; OUT=${2:?store folder}; CODER=${3:-cheng2020}; QUALITY=${4:-3}
-VARIANTS=${VARIANTS:-80}; WORKERS=${WORKERS:-4}; FORMAT=${FORMAT:-zarr}
+VARIANTS=${VARIANTS:-80}; ENCODERS=${ENCODERS:-auto}; FORMAT=${FORMAT:-zarr}
 COMMON=(--coder "$CODER" --quality "$QUALITY" --dataset cityscapes --root "$ROOT" --out "$OUT"
-        --format "$FORMAT" --workers "$WORKERS" --shard-size 100)
+        --format "$FORMAT" --encoders "$ENCODERS" --shard-size 100)
 
 latentstore build "${COMMON[@]}" --split train --variants "$VARIANTS"
 latentstore build "${COMMON[@]}" --split val

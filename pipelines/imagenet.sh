@@ -9,8 +9,8 @@
 #   latentstore seal /stores/in1k-cheng2020-q3
 set -euo pipefail
 ROOT=${1:?dataset root}; OUT=${2:?store folder}; CODER=${3:-cheng2020}; QUALITY=${4:-3}
-VARIANTS=${VARIANTS:-16}; WORKERS=${WORKERS:-4}; PART=${PART:-}
-COMMON=(--coder "$CODER" --quality "$QUALITY" --dataset imagenet --root "$ROOT" --out "$OUT" --workers "$WORKERS")
+VARIANTS=${VARIANTS:-16}; ENCODERS=${ENCODERS:-auto}; PART=${PART:-}
+COMMON=(--coder "$CODER" --quality "$QUALITY" --dataset imagenet --root "$ROOT" --out "$OUT" --encoders "$ENCODERS")
 
 latentstore build "${COMMON[@]}" --split train --variants "$VARIANTS" \
     --teacher resnet50 --teacher-strides 8,16,32 --teacher-dtype float16 ${PART:+--part "$PART"}

@@ -1,5 +1,6 @@
 """The command line, called in process through its entry point."""
 import json
+import os
 
 import pytest
 
@@ -35,11 +36,17 @@ def test_build_then_info(tiny_folder, tmp_path, capsys):
     (["--coder", "cheng2020", "--quality", "9"], "Invalid quality 9 for cheng2020-anchor: choose 1-6"),
     (["--coder", "jpeg", "--quality", "1"], "Unknown coder 'jpeg'"),
     (["--coder", "cheng2020", "--quality", "1", "--fields", "sigma"], "Unknown --fields sigma"),
+    (["--coder", "cheng2020", "--quality", "1", "--encoders", "many"], "'many' is neither a number nor 'auto'"),
 ])
 def test_user_errors_are_one_clear_line(tiny_folder, tmp_path, capsys, args, message):
     code, _, err = run(capsys, "build", *args, "--weights", "untrained", "--dataset", "imagefolder",
                        "--root", str(tiny_folder), "--out", str(tmp_path / "s"), "--quiet")
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_encoders_auto_is_the_cpus_this_job_may_use():
+    from latentstore.cli import _encoders
+    assert _encoders("auto") == len(os.sched_getaffinity(0)) and _encoders("3") == 3
 
 
 def test_info_on_an_unfinished_store_says_what_to_do(tmp_path, capsys):
