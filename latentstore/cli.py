@@ -104,7 +104,8 @@ def teacher_options(required: bool):
 @click.option("--format", "format", default="webdataset", show_default=True, type=click.Choice(["webdataset", "zarr"]),
               help="Store backend: WebDataset tar shards, or a Zarr v3 store (random access by key).")
 @teacher_options(required=False)
-@click.option("--dry-run", is_flag=True, help="Print the projected store size (one real sample encoded) and exit.")
+@click.option("--dry-run", is_flag=True, help="Print the projected store size and encoding time (CPU-hours, from a "
+                                              "timed batch on this machine) and exit; writes nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(quiet, fields, part, dry_run, profile, **kwargs):
     """Encode a dataset split into a store of exact latents, symbols and bitstreams.

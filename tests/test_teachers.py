@@ -182,6 +182,8 @@ def test_dry_run_projects_the_built_size(tiny_folder, tmp_path, capsys):
     main(args + ["--dry-run"])
     text = capsys.readouterr().out
     assert not out.exists() and "nothing written" in text and "teacher_s32.npy" in text
+    seconds = float(text.split("projected encoding time: ")[1].split(" s per sample")[0])
+    assert seconds > 0 and "of CPU;" in text and "with --encoders 1" in text
     projected = int(text.split("projected store size:")[1].split("(")[1].split(" bytes")[0].replace(",", ""))
     main(args)
     actual = sum(p.stat().st_size for p in out.glob("train/*.tar"))
