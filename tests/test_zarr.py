@@ -193,15 +193,15 @@ def test_crash_mid_commit_leaves_no_data_and_resume_is_identical(tmp_path, monke
     crashed = tmp_path / "crashed"
     real_move = zarr_writer.ZarrGroupWriter._move_chunks
 
-    def move_then_die(self, units):  # the second group dies halfway through renaming its chunks
+    def move_then_die(self, units, staging, wanted):  # the second group dies halfway through its renames
         if self.group == 1:
-            src = sorted(p for p in (self.staging / self.split).rglob("*") if p.is_file() and p.name != "zarr.json")
+            src = sorted(p for p in (staging / self.split).rglob("*") if p.is_file() and p.name != "zarr.json")
             first = src[0]
-            dst = self.store / self.split / first.relative_to(self.staging / self.split)
+            dst = self.store / self.split / first.relative_to(staging / self.split)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(first, dst)
             raise KeyboardInterrupt("simulated kill")
-        return real_move(self, units)
+        return real_move(self, units, staging, wanted)
 
     monkeypatch.setattr(zarr_writer.ZarrGroupWriter, "_move_chunks", move_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -213,3 +213,23 @@ def test_crash_mid_commit_leaves_no_data_and_resume_is_identical(tmp_path, monke
     assert verify(crashed) == []
     ma, mb = read_manifest(clean), read_manifest(crashed)
     assert ma["splits"]["train"]["shards"] == mb["splits"]["train"]["shards"]  # every chunk's sha256
+
+
+def test_one_shard_file_per_field_and_unit_however_small_the_chunks(tiny_folder, tmp_path, monkeypatch):
+    """Samples are flushed in chunks of c items (c = 1 here: a tiny buffer), but each (field,
+    variant, group) unit lands in ONE file: an 80-variant Cityscapes store stays at tens of
+    thousands of files, not a million. The samples are those of the tar build."""
+    monkeypatch.setattr(zarr_writer, "BUFFER_BYTES", 1)
+    stores = build_both(tiny_folder, tmp_path, config, [("train", {"shard_size": 3})])
+    manifest = read_manifest(stores["zarr"])
+    y_hat = zarr.open_group(str(stores["zarr"]), mode="r")["train/y_hat"]
+    assert y_hat.chunks[1] == 1 and y_hat.shards[1] == 3
+    for unit in manifest["splits"]["train"]["shards"]:
+        per_array = {}
+        for f in unit["files"]:
+            array = f["path"].split("/c/")[0]
+            per_array[array] = per_array.get(array, 0) + 1
+        assert per_array["train/y_hat"] == per_array["train/symbols"] == per_array["train/present"] == 1
+    for x, y in zip(raw_samples(stores["webdataset"], "train"), raw_samples(stores["zarr"], "train")):
+        assert_same(x, y)
+    assert verify(stores["zarr"]) == []

@@ -5,9 +5,11 @@ Layout of split S (docs/FORMAT.md, "Zarr backend"): one array per field, indexed
 source list (rejected images leave a slot that ``present`` marks False):
 
 - fixed-shape fields (y_hat, symbols, means, scales, z_symbols, label,
-  label_map): ``S/<field>`` of shape ``[V, N, *sample shape]``, chunks
-  ``[1, c, *sample shape]`` with c dividing ``--shard-size``, so item group j
-  (items j*shard_size ...) owns whole chunks;
+  label_map): ``S/<field>`` of shape ``[V, N, *sample shape]``, in Zarr
+  shards of ``[1, shard_size, *sample shape]`` (one file per field and
+  (variant, item group) unit: a Cityscapes train store with 80 variants has
+  tens of thousands of files, not a million) holding chunks
+  ``[1, c, *sample shape]`` with c dividing ``--shard-size``;
 - ``S/present``: bool ``[V, N]``;
 - variable-length fields (y_string, z_string, meta as JSON): ``S/<field>/bytes``,
   uint8 ``[V, G, 2**40]`` (row ``[v, j]`` is the concatenation of group j's
@@ -16,9 +18,11 @@ source list (rejected images leave a slot that ``present`` marks False):
 
 Why staging: Zarr reads a missing chunk back as fill_value, silently. Chunks
 of a group are therefore written into a private staging store
-(``S/.tmp-group-<j>-<pid>``), fsynced, renamed into place, and only then is the
-commit record ``S/group-<j>.json`` written, listing every chunk file with its
-size and sha256. A chunk that no record lists, or a record whose chunk is
+(``S/.tmp-group-<j>-<pid>/chunks``, unsharded: whole chunks are flushed as the
+group's samples arrive, so memory stays bounded), copied at commit into whole
+shards (``.../shards``, one (field, variant) at a time), fsynced, renamed into
+place, and only then is the commit record ``S/group-<j>.json`` written,
+listing every file with its size and sha256. A chunk that no record lists, or a record whose chunk is
 gone, is caught by ``readers.zarr.verify`` and by the reader (a missing file
 is an error, never zeros); a resumed build rewrites the group.
 """
@@ -70,18 +74,27 @@ def chunk_items(shard_size: int, variants: int, sample_bytes: int) -> int:
     return best
 
 
-def array_specs(values: dict, variants: int, total_items: int, groups: int, c: int) -> dict:
-    """{array path: (shape, chunks, dtype)} for a split whose samples look like `values`."""
-    specs = {"present": ((variants, total_items), (1, c), np.dtype(bool))}
+def array_specs(values: dict, variants: int, total_items: int, groups: int, c: int, shard_size: int) -> dict:
+    """{array path: (shape, chunks, shards, dtype)} for a split whose samples look like `values`.
+    shards is None for the bytes rows (a shard of a 2**40-byte row would need a 32 MiB index)."""
+    def per_item(*sample_shape):
+        return (1, c, *sample_shape), (1, shard_size, *sample_shape)
+
+    specs = {"present": ((variants, total_items), *per_item(), np.dtype(bool))}
     for name, value in values.items():
         if name in VLEN_FIELDS:
-            specs[f"{name}/bytes"] = ((variants, groups, ROW_CAPACITY), (1, 1, ROW_CHUNK), np.dtype(np.uint8))
-            specs[f"{name}/offsets"] = ((variants, total_items, 2), (1, c, 2), np.dtype(np.int64))
+            specs[f"{name}/bytes"] = ((variants, groups, ROW_CAPACITY), (1, 1, ROW_CHUNK), None, np.dtype(np.uint8))
+            specs[f"{name}/offsets"] = ((variants, total_items, 2), *per_item(2), np.dtype(np.int64))
         else:
             a = np.asarray(value)
             dtype = np.dtype(STORED_DTYPE.get(name, a.dtype))
-            specs[name] = ((variants, total_items, *a.shape), (1, c, *a.shape), dtype)
+            specs[name] = ((variants, total_items, *a.shape), *per_item(*a.shape), dtype)
     return specs
+
+
+def unsharded(specs: dict) -> dict:
+    """The same arrays in plain chunks: the staging layout a group's samples are flushed into."""
+    return {path: (shape, chunks, None, dtype) for path, (shape, chunks, _, dtype) in specs.items()}
 
 
 @contextmanager
@@ -109,22 +122,23 @@ def ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
 
 def _ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
     group = zarr.open_group(str(root), mode="a", zarr_format=3).require_group(split)
-    for path, (shape, chunks, dtype) in specs.items():
+    for path, (shape, chunks, shards, dtype) in specs.items():
         parent, _, name = path.rpartition("/")
         node = group.require_group(parent) if parent else group
         if name not in node:
             try:
-                node.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                node.create_array(name, shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=0,
                                   compressors=COMPRESSORS[COMPRESSOR](),
                                   config={"write_empty_chunks": True})
                 continue
             except zarr.errors.ContainsArrayError:
                 pass  # a parallel part created it first
         arr = node[name]
-        if (tuple(arr.shape), tuple(arr.chunks), arr.dtype) != (tuple(shape), tuple(chunks), dtype):
-            raise StoreError(f"{root}/{split}/{path} has shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}; "
-                             f"this build needs {shape}, {chunks}, {dtype}: the split was started with other "
-                             "arguments or another latentstore. Use a new --out.")
+        have = (tuple(arr.shape), tuple(arr.chunks), arr.shards and tuple(arr.shards), arr.dtype)
+        if have != (tuple(shape), tuple(chunks), shards and tuple(shards), dtype):
+            raise StoreError(f"{root}/{split}/{path} has shape, chunks, shards, dtype {have}; this build needs "
+                             f"{(shape, chunks, shards, dtype)}: the split was started with other arguments or "
+                             "another latentstore. Use a new --out.")
     return group
 
 
@@ -142,6 +156,7 @@ class ZarrGroupWriter:
         self.groups = -(-self.total // self.shard_size)
         self.slot = {key: self.first + i for i, key in enumerate(self.items)}
         self.staging = self.store / split / f"{TEMP_PREFIX}{group:06d}-{os.getpid()}"
+        self._specs: dict = {}
         self.extra: dict = {}
         self._arrays = None          # staging group, made when the first sample shows the shapes
         self._names: tuple = ()
@@ -191,10 +206,10 @@ class ZarrGroupWriter:
         fixed = {n: np.asarray(v) for n, v in values.items() if n not in VLEN_FIELDS}
         sample_bytes = sum(np.dtype(STORED_DTYPE.get(n, v.dtype)).itemsize * v.size for n, v in fixed.items())
         self._c = chunk_items(self.shard_size, self.variants, sample_bytes)
-        specs = array_specs(values, self.variants, self.total, self.groups, self._c)
-        ensure_arrays(self.store, self.split, specs)
+        self._specs = array_specs(values, self.variants, self.total, self.groups, self._c, self.shard_size)
+        ensure_arrays(self.store, self.split, self._specs)
         self.staging.mkdir(parents=True)
-        self._arrays = ensure_arrays(self.staging, self.split, specs)
+        self._arrays = ensure_arrays(self.staging / "chunks", self.split, unsharded(self._specs))
         self._names = tuple(sorted(values))
 
     def _flush(self, variant: int, chunk: int) -> None:
@@ -247,17 +262,34 @@ class ZarrGroupWriter:
                         self._flush(v, chunk)
             for v, name in list(self._rows):
                 self._write_row(v, name, final=True)
-            self._move_chunks(units)
+            sharded = self._to_shards()
+            self._move_chunks(units, self.staging / "shards", lambda path: True)
+            self._move_chunks(units, self.staging / "chunks", lambda path: path not in sharded)
         record = {"group": self.group, "shards": units, "items": self.items, **self.extra}
         write_json_atomic(self.store / commit_record_name(self.split, self.group), record)
         return record
 
-    def _move_chunks(self, units: list) -> None:
-        """fsync every staged chunk, rename it into the store, fsync the folders; list it in its unit."""
-        src_root, dst_root = self.staging / self.split, self.store / self.split
+    def _to_shards(self) -> set:
+        """Copy the group's region of every sharded array from the chunk staging into whole shards,
+        one (array, variant) at a time; return the paths of those arrays."""
+        sharded = {path for path, spec in self._specs.items() if spec[2] is not None}
+        shards = ensure_arrays(self.staging / "shards", self.split,
+                               {path: self._specs[path] for path in sharded})
+        lo, hi = self.first, self.first + len(self.items)
+        for path in sorted(sharded):
+            for v in range(self.variants):
+                shards[path][v, lo:hi] = self._arrays[path][v, lo:hi]
+        return sharded
+
+    def _move_chunks(self, units: list, staging: Path, wanted) -> None:
+        """fsync every staged chunk (or shard) file of the arrays `wanted(path)` accepts, rename it into
+        the store, fsync the folders; list it in its unit."""
+        src_root, dst_root = staging / self.split, self.store / self.split
         folders = set()
         for src in sorted(p for p in src_root.rglob("*") if p.is_file() and p.name != "zarr.json"):
             rel = src.relative_to(src_root)
+            if not wanted("/".join(rel.parts[:rel.parts.index("c")])):
+                continue
             variant = int(rel.parts[rel.parts.index("c") + 1])  # chunk key c/<variant>/...
             with open(src, "rb") as f:
                 os.fsync(f.fileno())
