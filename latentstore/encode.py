@@ -296,7 +296,7 @@ class Encoder:
         The context conv and entropy_parameters are what the decoder recomputes at
         batch 1; they run batched only where that gives the same bits
         (_exact_for_batch), which on x86 with torch's oneDNN build holds at
-        STORE_THREADS = 1 for batches under 16 and makes the loop 5x faster.
+        STORE_THREADS = 1 and makes the loop 4-10x faster (docs/benchmarks.md).
         Returns ŷ, symbols, σ̂, μ, each [B, M, Hy, Wy].
         """
         b, m, height, width = y.shape
