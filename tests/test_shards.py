@@ -90,27 +90,27 @@ def test_cut_mid_member_is_caught(tmp_path):
         list(iter_shard(path, shard["path"], shard["samples"]))
 
 
-def test_corrupt_field_names_shard_and_key(tmp_path):
-    record = write_group(tmp_path)
-    shard = record["shards"][0]
+def shard_with_broken_sample_3(tmp_path):
+    """(path, shard record) of a 5-sample shard whose sample 3 has a broken .npy magic."""
+    shard = write_group(tmp_path)["shards"][0]
     path = tmp_path / shard["path"]
     data = bytearray(path.read_bytes())
     i = data.find(b"\x93NUMPY", data.find(b"img003_v000.symbols.npy"))
-    data[i + 1] = ord("X")  # break the .npy magic of one sample
+    data[i + 1] = ord("X")
     path.write_bytes(bytes(data))
+    return path, shard
+
+
+def test_corrupt_field_names_shard_and_key(tmp_path):
+    path, shard = shard_with_broken_sample_3(tmp_path)
     with pytest.raises(StoreError, match=r"v000-000000.tar, key img003_v000: field symbols"):
         list(iter_shard(path, shard["path"], shard["samples"]))
 
 
 def test_unwanted_samples_are_not_decoded(tmp_path):
-    """A DataLoader worker decodes only its own samples (wanted); positions still count."""
-    record = write_group(tmp_path)
-    shard = record["shards"][0]
-    path = tmp_path / shard["path"]
-    data = bytearray(path.read_bytes())
-    i = data.find(b"\x93NUMPY", data.find(b"img003_v000.symbols.npy"))
-    data[i + 1] = ord("X")  # sample 3 no longer decodes: only a reader that wants it may fail
-    path.write_bytes(bytes(data))
+    """A DataLoader worker decodes only its own samples (wanted); positions still count,
+    and only a reader that wants the broken sample 3 fails on it."""
+    path, shard = shard_with_broken_sample_3(tmp_path)
     got = list(iter_shard(path, shard["path"], shard["samples"], wanted={1, 4}))
     assert [s if s is None else s["__key__"] for s in got] == [None, "img001_v000", None, None, "img004_v000"]
     with pytest.raises(StoreError, match="key img003_v000"):
