@@ -110,6 +110,16 @@ def test_bytes_do_not_depend_on_batch_size_or_workers(tiny_folder, tmp_path):
     assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
 
 
+@pytest.mark.filterwarnings("ignore:entropy_parameters")
+def test_batches_past_16_give_the_bytes_of_batch_1(tiny_folder, tmp_path):
+    """One group of 18 crops: at batch 18 the autoregressive loop's convolutions take their
+    batched paths (torch switches 1x1 convs to oneDNN at 16), at batch 1 none does."""
+    cfg = config(tiny_folder, tmp_path / "a", shard_size=6, variants=3, batch_size=1)
+    build(cfg, progress=False)
+    build(replace(cfg, out=str(tmp_path / "b"), batch_size=18), progress=False)
+    assert store_files(tmp_path / "a") == store_files(tmp_path / "b")
+
+
 def store_files(store: Path) -> dict:
     """Every file of a store (shards, group records, part and split manifests) by relative path."""
     return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
