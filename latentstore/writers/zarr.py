@@ -22,9 +22,10 @@ of a group are therefore written into a private staging store
 group's samples arrive, so memory stays bounded), copied at commit into whole
 shards (``.../shards``, one (field, variant) at a time), fsynced, renamed into
 place, and only then is the commit record ``S/group-<j>.json`` written,
-listing every file with its size and sha256. A chunk that no record lists, or a record whose chunk is
-gone, is caught by ``readers.zarr.verify`` and by the reader (a missing file
-is an error, never zeros); a resumed build rewrites the group.
+listing every file with its size and sha256. A file that no record lists, or
+a record whose file is gone, is caught by ``readers.zarr.verify`` and by the
+reader (a missing file is an error, never zeros); a resumed build rewrites
+the group.
 """
 from __future__ import annotations
 
