@@ -4,8 +4,12 @@ Each stored sample's crop is replayed from its source image (``meta.json``
 ``source`` + ``augment``, the dataset root from the split's build config), the
 teacher runs on it exactly as in a build with ``--teacher``, and every shard of
 the group is rewritten with the teacher members added. All other members keep
-their bytes, so the result is byte-identical to building with ``--teacher``
-from the start (tests/test_teachers.py checks it).
+their bytes, so a tar store is byte-identical to building with ``--teacher``
+from the start (tests/test_teachers.py checks it). A Zarr store gets new
+teacher arrays chunked like its existing ones (a build with ``--teacher``
+would chunk everything finer, as its samples are bigger), so its samples, not
+its files, equal such a build's; the group's other arrays are rewritten with
+the bytes they had.
 
 Refusing a changed source. Before a crop feeds the teacher, the store's coder
 (loaded as the build loaded it; its weights' sha256 must match the manifest)
@@ -38,12 +42,13 @@ from .build import BuildConfig, _check_resume, to_input
 from .coders import load_coder
 from .errors import ConfigError, InputError, StoreError
 from .format import TEACHER_PREFIX, commit_record_name, decode_npy, read_manifest, write_json_atomic
+from .convert import member_files
 from .images import RejectedImage, load_rgb
 from .seal import read_parts, part_file, seal
 from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
                        teacher_entry)
-from .readers import iter_raw
-from .writers.webdataset import ShardGroupWriter
+from .readers import iter_raw, iter_unit
+from .writers import WRITERS
 
 Y_HAT_SLACK = 1e-3  # float slack of recomputing g_a outside compress() (batched vs not)
 
@@ -102,12 +107,9 @@ def _members_of(teacher: Teacher) -> set:
 
 def add_teacher(store, teacher: str, weights: str = "pretrained", strides=(8, 16, 32), layers=(),
                 dtype: str = "float16", splits=None, verify_sources: bool = True, progress: bool = True) -> dict:
-    """Add teacher features to `splits` (default: all) of a finished webdataset store; returns the manifest."""
+    """Add teacher features to `splits` (default: all) of a finished store; returns the manifest."""
     store = Path(store)
     manifest = read_manifest(store)
-    if manifest.get("backend", "webdataset") != "webdataset":
-        raise ConfigError(f"add-teacher rewrites tar shards; {store} is a {manifest['backend']} store: "
-                          f"rebuild it with --teacher")
     for split in splits or sorted(manifest["splits"]):
         if split not in manifest["splits"]:
             raise ConfigError(f"{store} has no split {split!r}: it holds {', '.join(sorted(manifest['splits']))}")
@@ -120,7 +122,7 @@ def add_teacher(store, teacher: str, weights: str = "pretrained", strides=(8, 16
                               cfg.teacher_dtype, seed=cfg.seed)
         check = SourceCheck(manifest, old) if verify_sources else None
         _check_resume_or_start(store, cfg, manifest, loaded, old)
-        _add_to_split(store, split, cfg, loaded, check, progress)
+        _add_to_split(store, split, cfg, loaded, check, progress, manifest["splits"][split]["images_found"])
     return seal(store, splits=list(splits or sorted(manifest["splits"])))
 
 
@@ -132,7 +134,8 @@ def _check_resume_or_start(store: Path, cfg: BuildConfig, manifest: dict, teache
     _check_resume(store, cfg, manifest["coder"]["weights"], teacher)
 
 
-def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, check, progress: bool) -> None:
+def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, check, progress: bool,
+                  total_items: int) -> None:
     parts = read_parts(store).get(split, {})
     if not parts:
         raise StoreError(f"{store} has no part manifests for split {split!r}: rebuild it with this latentstore")
@@ -147,7 +150,10 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
                 # The group record on disk is newer than the part's copy if a crashed run got that far.
                 old = json.loads((store / commit_record_name(split, old["group"])).read_text())
                 done = wanted <= set(old["stats"]["field_bytes"])
-                records.append(old if done else _rewrite_group(store, split, old, teacher, check, root, wanted, bar))
+                layout = {"item_keys": old["items"], "first_item": old["group"] * cfg.shard_size,
+                          "total_items": total_items, "shard_size": cfg.shard_size}
+                records.append(old if done else _rewrite_group(store, cfg.format, split, old, layout, teacher,
+                                                               check, root, wanted, bar))
                 bar.update(old["stats"]["samples"] if done else 0)
             part = {**part, "config": cfg.identity(), "records": records,
                     "latent": teacher_entry(teacher, {k: v for k, v in part["latent"].items() if k != "teacher"})}
@@ -156,16 +162,28 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
         bar.close()
 
 
-def _rewrite_group(store, split, record, teacher, check, root, wanted, bar) -> dict:
+def stored_members(store: Path, backend: str, shard: dict):
+    """(key, {member suffix: bytes}) of one tar shard or Zarr unit, in stored order, as a tar holds them."""
+    if backend == "webdataset":
+        yield from iter_raw(store / shard["path"], shard["path"])
+        return
+    for sample in iter_unit(store, shard):
+        files = member_files(sample)
+        yield files.pop("__key__"), files
+
+
+def _rewrite_group(store, backend, split, record, layout, teacher, check, root, wanted, bar) -> dict:
     group = record["group"]
     stats = {**record["stats"], "field_bytes": {k: v for k, v in record["stats"]["field_bytes"].items()
                                                 if not k.startswith(TEACHER_PREFIX)}}
-    with ShardGroupWriter(store, split, group, len(record["shards"])) as writer:
+    with WRITERS[backend](store, split, group, len(record["shards"]), layout) as writer:
         for shard in record["shards"]:
-            path = store / shard["path"]
-            pristine = hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+            # A tar shard rewritten by a crashed run already holds teacher members (a Zarr unit's
+            # record lists only its old fields, so it never shows them).
+            pristine = backend != "webdataset" or \
+                hashlib.sha256((store / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
             count = 0
-            for key, members in iter_raw(path, shard["path"]):
+            for key, members in stored_members(store, backend, shard):
                 where = f"shard {shard['path']}, key {key}"
                 ours = {m for m in members if m.startswith(TEACHER_PREFIX)}
                 if not pristine and ours != wanted:
@@ -184,6 +202,7 @@ def _rewrite_group(store, split, record, teacher, check, root, wanted, bar) -> d
                 bar.update(1)
             if count != shard["samples"]:
                 raise StoreError(f"shard {shard['path']}: holds {count} samples, its record says {shard['samples']}")
+            writer.finish_variant(shard["variant"])
         writer.extra = {k: v for k, v in record.items() if k not in ("group", "shards")}
         writer.extra["stats"] = stats
     return json.loads((store / commit_record_name(split, group)).read_text())
@@ -212,7 +231,7 @@ def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:
         stored_err = {t.field: 0.0 for t in teacher.taps}
         n = 0
         for shard in entry["shards"]:
-            for key, members in iter_raw(Path(store) / shard["path"], shard["path"]):
+            for key, members in stored_members(Path(store), manifest["backend"], shard):
                 meta = json.loads(members["meta.json"])
                 live = teacher.features(replay_crop(Path(cfg["root"]), meta, f"shard {shard['path']}, key {key}"))
                 for name, x in live.items():

@@ -253,7 +253,8 @@ def add_teacher(store, teacher, teacher_weights, teacher_strides, teacher_layers
                 trust_sources, quiet):
     """Add teacher features to an existing store, replaying each sample's stored augmentation.
 
-    Latent members keep their bytes; the result equals a build with --teacher.
+    Latent members keep their bytes: a tar store then equals a build with --teacher
+    byte for byte, a Zarr store sample for sample (its new arrays keep its chunking).
     """
     from .add_teacher import add_teacher as run
     from .info import render, summarize

@@ -26,7 +26,7 @@ def _records(store: Path, split: str) -> list:
                   key=lambda r: r["group"])
 
 
-def _files(sample: dict) -> dict:
+def member_files(sample: dict) -> dict:
     """A decoded sample back to its member bytes."""
     files = {"__key__": sample["__key__"]}
     for name, value in sample.items():
@@ -69,7 +69,7 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
             with WRITERS[fmt](dst, split, r["group"], variants, layout) as writer:
                 for shard in r["shards"]:
                     for sample in read(src, shard, None, False):
-                        writer.write(shard["variant"], _files(sample))
+                        writer.write(shard["variant"], member_files(sample))
                 writer.extra = {k: v for k, v in r.items() if k not in ("group", "shards")}
             new_records.append(_committed(dst, split, r["group"]))
         # One part manifest per split carries the split-level facts over; seal does the rest.

@@ -160,6 +160,36 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
         add_teacher(plain, "resnet18", "untrained", dtype="float16", progress=False)
 
 
+def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path):
+    from latentstore.readers.zarr import verify as verify_zarr
+    from latentstore.store import SOURCES
+
+    def samples(store):
+        manifest = read_manifest(store)
+        return [s for unit in manifest["splits"]["train"]["shards"]
+                for s in SOURCES["zarr"](store, unit, None, False)]
+
+    plain, built = tmp_path / "plain", tmp_path / "built"
+    build(config(tiny_folder, plain, variants=2, format="zarr"), progress=False)
+    build(config(tiny_folder, built, variants=2, format="zarr", teacher_dtype="int8", **TEACHER), progress=False)
+    add_teacher(plain, "resnet18", "untrained", dtype="int8", progress=False)
+    assert verify_zarr(plain) == []
+    got, want = samples(plain), samples(built)
+    assert len(got) == len(want) == 12 and "teacher_s32" in got[0]
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys() and a["__key__"] == b["__key__"]
+        for name in a:
+            if isinstance(a[name], np.ndarray):
+                assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), (a["__key__"], name)
+            else:
+                assert a[name] == b[name], (a["__key__"], name)
+    assert read_manifest(plain)["splits"]["train"]["teacher"] == read_manifest(built)["splits"]["train"]["teacher"]
+    assert max(teacher_error(plain, samples=2)["train"]["stored_vs_live"].values()) == 0
+    before = files_of(plain)
+    add_teacher(plain, "resnet18", "untrained", dtype="int8", progress=False)  # a rerun is a no-op
+    assert files_of(plain) == before
+
+
 def test_add_teacher_refuses_a_changed_source_image(tiny_folder, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_folder, root)

@@ -85,6 +85,9 @@ class ShardGroupWriter:
         self._tars[variant].write(sample)
         self._counts[variant] += 1
 
+    def finish_variant(self, variant: int) -> None:
+        """No more samples of `variant` will come (a hint the Zarr writer uses; shards need none)."""
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             for f in self._files:

@@ -98,6 +98,14 @@ def unsharded(specs: dict) -> dict:
     return {path: (shape, chunks, None, dtype) for path, (shape, chunks, _, dtype) in specs.items()}
 
 
+def _existing_chunk_items(root: Path, split: str) -> int | None:
+    """Items per chunk of a split already in the store at `root`, or None."""
+    try:
+        return zarr.open_group(str(root), mode="r")[split]["present"].chunks[1]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
+
+
 @contextmanager
 def _layout_lock(root: Path):
     """Serialize creating array metadata between parallel parts (flock on a file in the store)."""
@@ -203,10 +211,18 @@ class ZarrGroupWriter:
         self._pending.setdefault((variant, chunk), {})[slot] = values
         self._counts[variant] += 1
 
+    def finish_variant(self, variant: int) -> None:
+        """No more samples of `variant` will come: write its pending chunks now (add-teacher
+        rewrites a group variant by variant; without this each variant's last chunk would wait)."""
+        for pending in [k for k in self._pending if k[0] == variant]:
+            self._flush(*pending)
+
     def _setup(self, values: dict) -> None:
         fixed = {n: np.asarray(v) for n, v in values.items() if n not in VLEN_FIELDS}
         sample_bytes = sum(np.dtype(STORED_DTYPE.get(n, v.dtype)).itemsize * v.size for n, v in fixed.items())
-        self._c = chunk_items(self.shard_size, self.variants, sample_bytes)
+        # A split that exists keeps its chunking (add-teacher adds bigger fields to it).
+        self._c = _existing_chunk_items(self.store, self.split) or \
+            chunk_items(self.shard_size, self.variants, sample_bytes)
         self._specs = array_specs(values, self.variants, self.total, self.groups, self._c, self.shard_size)
         ensure_arrays(self.store, self.split, self._specs)
         self.staging.mkdir(parents=True)
