@@ -215,21 +215,25 @@ def test_crash_mid_commit_leaves_no_data_and_resume_is_identical(tmp_path, monke
     assert ma["splits"]["train"]["shards"] == mb["splits"]["train"]["shards"]  # every chunk's sha256
 
 
-def test_one_shard_file_per_field_and_unit_however_small_the_chunks(tiny_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("shard_bytes, files", [(zarr_writer.SHARD_BYTES, 1), (1, 3)])
+def test_one_shard_file_per_field_and_unit_however_small_the_chunks(tiny_folder, tmp_path, monkeypatch,
+                                                                    shard_bytes, files):
     """Samples are flushed in chunks of c items (c = 1 here: a tiny buffer), but each (field,
     variant, group) unit lands in ONE file: an 80-variant Cityscapes store stays at tens of
-    thousands of files, not a million. The samples are those of the tar build."""
+    thousands of files, not a million. Only a unit bigger than SHARD_BYTES (forced here: 1)
+    is split into several shards. The samples are those of the tar build either way."""
     monkeypatch.setattr(zarr_writer, "BUFFER_BYTES", 1)
+    monkeypatch.setattr(zarr_writer, "SHARD_BYTES", shard_bytes)
     stores = build_both(tiny_folder, tmp_path, config, [("train", {"shard_size": 3})])
     manifest = read_manifest(stores["zarr"])
     y_hat = zarr.open_group(str(stores["zarr"]), mode="r")["train/y_hat"]
-    assert y_hat.chunks[1] == 1 and y_hat.shards[1] == 3
+    assert y_hat.chunks[1] == 1 and y_hat.shards[1] == 3 // files
     for unit in manifest["splits"]["train"]["shards"]:
         per_array = {}
         for f in unit["files"]:
             array = f["path"].split("/c/")[0]
             per_array[array] = per_array.get(array, 0) + 1
-        assert per_array["train/y_hat"] == per_array["train/symbols"] == per_array["train/present"] == 1
+        assert per_array["train/y_hat"] == per_array["train/symbols"] == files
     for x, y in zip(raw_samples(stores["webdataset"], "train"), raw_samples(stores["zarr"], "train")):
         assert_same(x, y)
     assert verify(stores["zarr"]) == []

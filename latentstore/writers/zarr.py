@@ -6,10 +6,11 @@ source list (rejected images leave a slot that ``present`` marks False):
 
 - fixed-shape fields (y_hat, symbols, means, scales, z_symbols, label,
   label_map): ``S/<field>`` of shape ``[V, N, *sample shape]``, in Zarr
-  shards of ``[1, shard_size, *sample shape]`` (one file per field and
-  (variant, item group) unit: a Cityscapes train store with 80 variants has
-  tens of thousands of files, not a million) holding chunks
-  ``[1, c, *sample shape]`` with c dividing ``--shard-size``;
+  shards of ``[1, s, *sample shape]`` holding chunks ``[1, c, *sample shape]``,
+  c | s | ``--shard-size``: s is the whole item group unless that shard would
+  pass SHARD_BYTES, so a field of a (variant, group) unit is one file, or a
+  few (a Cityscapes train store with 80 variants has tens of thousands of
+  files, not a million);
 - ``S/present``: bool ``[V, N]``;
 - variable-length fields (y_string, z_string, meta as JSON): ``S/<field>/bytes``,
   uint8 ``[V, G, 2**40]`` (row ``[v, j]`` is the concatenation of group j's
@@ -49,6 +50,7 @@ STORED_DTYPE = {"symbols": np.int32, "z_symbols": np.int32, "label": np.int64}
 ROW_CAPACITY = 2 ** 40        # length of a bytes row; only written chunks exist on disk
 ROW_CHUNK = 1 << 19           # bytes per chunk of a bytes row
 BUFFER_BYTES = 256 << 20      # fixed-field samples held per group before whole chunks are written
+SHARD_BYTES = 256 << 20       # most uncompressed bytes of one shard (it is built in memory at commit)
 #: compressor choices measured in docs/FORMAT.md; all are core Zarr v3 codecs (any v3 reader opens them)
 COMPRESSORS = {
     "blosc-zstd-shuffle": lambda: (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),),
@@ -75,21 +77,28 @@ def chunk_items(shard_size: int, variants: int, sample_bytes: int) -> int:
     return best
 
 
+def shard_items(shard_size: int, c: int, item_bytes: int) -> int:
+    """Items per shard: the largest multiple of c dividing shard_size whose shard fits SHARD_BYTES
+    (so a unit's array is one file unless it is bigger than that), at least c."""
+    fits = [d for d in range(c, shard_size + 1, c) if shard_size % d == 0 and d * item_bytes <= SHARD_BYTES]
+    return max(fits, default=c)
+
+
 def array_specs(values: dict, variants: int, total_items: int, groups: int, c: int, shard_size: int) -> dict:
     """{array path: (shape, chunks, shards, dtype)} for a split whose samples look like `values`.
     shards is None for the bytes rows (a shard of a 2**40-byte row would need a 32 MiB index)."""
-    def per_item(*sample_shape):
-        return (1, c, *sample_shape), (1, shard_size, *sample_shape)
+    def per_item(dtype, *sample_shape):
+        items = shard_items(shard_size, c, dtype.itemsize * int(np.prod(sample_shape, dtype=np.int64)))
+        return (variants, total_items, *sample_shape), (1, c, *sample_shape), (1, items, *sample_shape), dtype
 
-    specs = {"present": ((variants, total_items), *per_item(), np.dtype(bool))}
+    specs = {"present": per_item(np.dtype(bool))}
     for name, value in values.items():
         if name in VLEN_FIELDS:
             specs[f"{name}/bytes"] = ((variants, groups, ROW_CAPACITY), (1, 1, ROW_CHUNK), None, np.dtype(np.uint8))
-            specs[f"{name}/offsets"] = ((variants, total_items, 2), *per_item(2), np.dtype(np.int64))
+            specs[f"{name}/offsets"] = per_item(np.dtype(np.int64), 2)
         else:
             a = np.asarray(value)
-            dtype = np.dtype(STORED_DTYPE.get(name, a.dtype))
-            specs[name] = ((variants, total_items, *a.shape), *per_item(*a.shape), dtype)
+            specs[name] = per_item(np.dtype(STORED_DTYPE.get(name, a.dtype)), *a.shape)
     return specs
 
 
@@ -288,14 +297,17 @@ class ZarrGroupWriter:
 
     def _to_shards(self) -> set:
         """Copy the group's region of every sharded array from the chunk staging into whole shards,
-        one (array, variant) at a time; return the paths of those arrays."""
+        one shard at a time (at most SHARD_BYTES in memory); return the paths of those arrays."""
         sharded = {path for path, spec in self._specs.items() if spec[2] is not None}
         shards = ensure_arrays(self.staging / "shards", self.split,
                                {path: self._specs[path] for path in sharded})
         lo, hi = self.first, self.first + len(self.items)
         for path in sorted(sharded):
+            step = self._specs[path][2][1]
             for v in range(self.variants):
-                shards[path][v, lo:hi] = self._arrays[path][v, lo:hi]
+                for start in range(lo, hi, step):
+                    stop = min(start + step, hi)
+                    shards[path][v, start:stop] = self._arrays[path][v, start:stop]
         return sharded
 
     def _move_chunks(self, units: list, staging: Path, wanted) -> None:
