@@ -40,9 +40,9 @@ from tqdm import tqdm
 from .augment import apply
 from .build import BuildConfig, _check_resume, to_input
 from .coders import load_coder
+from .convert import member_files
 from .errors import ConfigError, InputError, StoreError
 from .format import TEACHER_PREFIX, commit_record_name, decode_npy, read_manifest, write_json_atomic
-from .convert import member_files
 from .images import RejectedImage, load_rgb
 from .seal import read_parts, part_file, seal
 from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
