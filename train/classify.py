@@ -15,10 +15,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from latentstore.format import read_manifest
-from latentstore.store import pick_split
-from latentstore.train import (TrainConfig, Transfer, build_model, cleanup, fit, input_fields, model_inputs,
-                               opt, parse_config, run_script, setup, valid_crop)
+from latentstore.train import TrainConfig, cleanup, fit, opt, parse_config, prepare_student, run_script, setup
 
 
 @dataclass(frozen=True)
@@ -36,15 +33,11 @@ def main(argv=None):
     cfg = parse_config(Config, argv)
     d = setup(cfg.device)
     try:
-        manifest = read_manifest(cfg.store)
-        info = manifest["splits"][pick_split(manifest, cfg.split, cfg.store)]
-        model = build_model(cfg, manifest, task="classification")
-        inputs = input_fields(cfg.model)
-        transfer = Transfer.prepare(cfg, model, manifest, inputs)   # refuses a mismatched teacher
-        region = valid_crop(info)
+        student = prepare_student(cfg, task="classification")   # refuses a mismatched teacher
+        model, transfer = student.model, student.transfer
 
         def loss_fn(net, batch):
-            x = model_inputs(batch, inputs, region, d.device)
+            x = student.batch_inputs(batch, d.device)
             label = batch["label"].to(d.device, non_blocking=True)
             if transfer.kind == "none":
                 ce = F.cross_entropy(net(*x), label, label_smoothing=cfg.label_smoothing)
@@ -54,7 +47,7 @@ def main(argv=None):
             kt = transfer(feats, batch)
             return ce + cfg.beta * kt, {"ce": ce.detach(), "transfer": kt.detach()}
 
-        fit(cfg, d, model, loss_fn, fields=inputs + ("label",) + transfer.fields,
+        fit(cfg, d, model, loss_fn, fields=student.inputs + ("label",) + transfer.fields,
             milestones=cfg.milestones or recipe_milestones(cfg.epochs))
     finally:
         cleanup()

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from latentstore.format import read_manifest
-from latentstore.store import pick_split
-from latentstore.train import (TrainConfig, Transfer, build_model, cleanup, fit, input_fields, model_inputs,
-                               opt, parse_config, run_script, setup, valid_crop)
+from latentstore.train import TrainConfig, cleanup, fit, opt, parse_config, prepare_student, run_script, setup
 
 IGNORE = 255
 
@@ -51,15 +48,11 @@ def main(argv=None):
     cfg = parse_config(Config, argv)
     d = setup(cfg.device)
     try:
-        manifest = read_manifest(cfg.store)
-        info = manifest["splits"][pick_split(manifest, cfg.split, cfg.store)]
-        model = build_model(cfg, manifest, task="segmentation")
-        inputs = input_fields(cfg.model)
-        transfer = Transfer.prepare(cfg, model, manifest, inputs)   # refuses a mismatched teacher
-        region = valid_crop(info)
+        student = prepare_student(cfg, task="segmentation")   # refuses a mismatched teacher
+        model, transfer = student.model, student.transfer
 
         def loss_fn(net, batch):
-            x = model_inputs(batch, inputs, region, d.device)
+            x = student.batch_inputs(batch, d.device)
             label = batch["label_map"].to(d.device, non_blocking=True).long()
             out = net(*x, return_aux=True, return_features=transfer.kind != "none")
             seg = seg_loss(out[0], out[1], label, cfg.aux_weight)
@@ -68,7 +61,7 @@ def main(argv=None):
             kt = transfer(out[2], batch)
             return seg + cfg.beta * kt, {"seg": seg.detach(), "transfer": kt.detach()}
 
-        fit(cfg, d, model, loss_fn, fields=inputs + ("label_map",) + transfer.fields,
+        fit(cfg, d, model, loss_fn, fields=student.inputs + ("label_map",) + transfer.fields,
             milestones=cfg.milestones or recipe_milestones(cfg.epochs))
     finally:
         cleanup()

@@ -6,7 +6,8 @@ from .loop import Position, fit
 from .model import build_model, input_fields, model_inputs, probe_inputs, valid_crop
 from .transfer import DISTANCES, transfer_loss
 from .transfer import Transfer
+from .student import Student, prepare_student
 
 __all__ = ["TrainConfig", "opt", "parse_config", "run_script", "Dist", "setup", "cleanup", "fit", "Position",
            "build_model", "input_fields", "model_inputs", "probe_inputs", "valid_crop", "DISTANCES",
-           "transfer_loss", "Transfer"]
+           "transfer_loss", "Transfer", "Student", "prepare_student"]
