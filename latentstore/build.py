@@ -121,7 +121,8 @@ def to_input(crops: list) -> tuple[torch.Tensor, Padding]:
     """Stack same-size uint8 crops into a [B,3,H,W] float tensor, zero-padded to multiples of 64."""
     h, w = crops[0].shape[:2]
     pad = Padding.centered(h, w)
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    # contiguous(): the permuted view is channels_last, which changes the coder's kernels.
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     return F.pad(x, (pad.left, pad.right, pad.top, pad.bottom)), pad
 
 

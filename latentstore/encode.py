@@ -145,14 +145,19 @@ class Encoder:
         self._exact_choice: dict[tuple[str, int], object] = {}
 
     def encode(self, x: torch.Tensor) -> list[EncodedImage]:
-        """Encode x (float32 [B, 3, H, W] in [0, 1], H and W multiples of 64) image by image."""
+        """Encode x (float32 [B, 3, H, W] in [0, 1], H and W multiples of 64) image by image.
+
+        x may come in any memory layout: it is copied to the contiguous NCHW layout
+        that ``compress()`` callers and ``decompress()`` use, because a convolution
+        picks its kernel by layout too (a channels_last input gives other bits).
+        """
         with store_threads():
             return self._encode(x)
 
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> list[EncodedImage]:
         self._check_input(x)
-        x = x.to(self.device)
+        x = x.to(self.device).contiguous()
         prof = self.profiler
         # Per image, never batched: see the module docstring.
         with _stage(prof, "g_a"):
@@ -231,7 +236,8 @@ class Encoder:
         """Code one image's v with the entropy bottleneck: (symbols, decoded v̂, string)."""
         sym = torch.round(v - self._medians).int()
         string = self._bottleneck.encode(sym, _channel_indexes(sym))
-        return sym, sym + self._medians, string
+        # The decoder's ẑ is a fresh contiguous tensor, and h_s runs on it.
+        return sym, (sym + self._medians).contiguous(), string
 
     def _encode_factorized(self, y: torch.Tensor) -> EncodedImage:
         sym, y_hat, string = self._bottleneck_code(y)

@@ -63,7 +63,8 @@ class Teacher:
     @torch.no_grad()
     def features(self, crop: np.ndarray) -> dict:
         """float32 [C,h,w] per tap field for ONE uint8 HxWx3 crop (one image per forward, see module doc)."""
-        x = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
+        # contiguous(): a permuted HWC view is channels_last, where convolutions pick other kernels.
+        x = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)[None].contiguous().float().div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         with store_threads():  # the stored bits depend on the thread count (encode.STORE_THREADS)
