@@ -186,6 +186,7 @@ class LatentDataset(IterableDataset):
         self.fields, self.variant, self.y_hat_dtype = tuple(fields), variant, y_hat_dtype
         self.seed, self.shuffle, self.shuffle_window = seed, shuffle, shuffle_window
         self.batch_size, self.drop_last, self.remainder = batch_size, drop_last, remainder
+        self._position = _shared_position()
         self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
         self.epoch = 0
         self.skipped: list[str] = []
@@ -204,9 +205,32 @@ class LatentDataset(IterableDataset):
                           self.y_hat_dtype)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Read epoch `epoch` next, from per-rank sample offset `start`."""
+        """Read epoch `epoch` next, from per-rank sample offset `start`.
+
+        Also reaches DataLoader workers that persist across epochs
+        (``persistent_workers=True``): they hold a copy of this dataset made when
+        they started, and read epoch and start from memory shared with it.
+        """
         self.epoch, self.start = epoch, start
         self._dist = _rank_and_world()
+
+    # epoch and start live in shared memory (_shared_position): a persistent worker's
+    # copy of the dataset sees every set_epoch of the main process.
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._position[0] = value
+
+    @property
+    def start(self) -> int:
+        return int(self._position[1])
+
+    @start.setter
+    def start(self, value: int) -> None:
+        self._position[1] = value
 
     @property
     def current_variant(self) -> int:
@@ -328,6 +352,12 @@ class LatentDataset(IterableDataset):
             raise StoreError(f"{len(self.skipped)} damaged samples, more than max_skips={self.max_skips}:\n  "
                              f"{listing}\nRun `latentstore verify` and rebuild the damaged shards.")
         return skipped
+
+
+def _shared_position() -> torch.Tensor:
+    """[epoch, start] in shared memory: forked and spawned DataLoader workers alike get the
+    same storage (torch pickles a shared tensor as a handle to it), not a copy."""
+    return torch.zeros(2, dtype=torch.int64).share_memory_()
 
 
 def open_store(path, split: str | None = None, **kwargs) -> LatentDataset:
