@@ -51,6 +51,9 @@ class TrainConfig:
     max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs)")
     resume: str = opt("auto", "auto (OUT/last.pt if present) | never | PATH")
     device: str = opt("auto", "auto | cpu | cuda")
+    precision: str = opt("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 on CPU | bf16 | fp32",
+                         ("auto", "bf16", "fp32"))
+    compile: bool = opt(False, "torch.compile the model (the first steps compile; CUDA mostly)")
     progress: bool = opt(True, "show a progress bar (rank 0)")
 
     def validate(self) -> None:
