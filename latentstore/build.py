@@ -196,18 +196,14 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     try:
         if cfg.encoders > 1:
             setup = (cfg, coder.weights["sha256"], teacher.weights["sha256"] if teacher else None, prof is not None)
-            tasks = [(j, groups[j], rejects_so_far, len(source.items)) for j in todo]
+            pieces = _pieces(todo, groups, cfg.encoders)
             # The parent's torch thread count: it changes the coder's float bits (docs/benchmarks.md).
-            done = run_in_processes(_encode_group, _encoder_process, setup, tasks, cfg.encoders,
-                                    torch.get_num_threads(), bar.update)
-            new_rejects = []
-            for j, (record, timings) in zip(todo, done):
-                records[j] = record
-                if prof is not None:
-                    prof.merge(timings, where="encoders")
-                new_rejects += records[j]["rejects"]
-                if rejects_so_far + len(new_rejects) > cfg.max_rejects:
-                    raise _too_many_rejects(rejects_so_far + len(new_rejects), new_rejects, cfg)
+            done = run_in_processes(_encode_piece, _encoder_process, setup, [items for _, items in pieces],
+                                    cfg.encoders, torch.get_num_threads(), bar.update)
+            for j in todo:
+                records[j] = _commit_pieces(out, cfg, j, groups[j], done, sum(g == j for g, _ in pieces), bar,
+                                            rejects_so_far, len(source.items), prof)
+                rejects_so_far += len(records[j]["rejects"])
         else:
             encoder = Encoder(coder, prof)
             ahead = 4 * cfg.workers + cfg.batch_size
@@ -244,15 +240,54 @@ def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str 
     return cfg, coder, teacher, profile
 
 
-def _encode_group(state, task, bar):
-    """One item group in an encoder process: decode, augment, encode, commit; (record, timings)."""
+#: Pieces per encoder process when groups are cut: enough that processes finishing at different
+#: times stay busy.
+PIECES_PER_ENCODER = 4
+
+
+def _pieces(todo: list, groups: list, encoders: int) -> list[tuple[int, list]]:
+    """(group, items) work units for --encoders: whole groups, or equal runs of a group's items
+    when there are fewer groups to build than processes.
+
+    A group is the unit of commit, not of work: with fewer groups than processes
+    (a build of 512 images at --shard-size 1000 is one group) whole groups would
+    leave all processes but one idle. Pieces are encoded in the processes and
+    written by the parent in source order, so the shards do not change.
+    """
+    if len(todo) >= encoders:
+        return [(j, groups[j]) for j in todo]
+    total = sum(len(groups[j]) for j in todo)
+    size = max(1, -(-total // (PIECES_PER_ENCODER * encoders)))
+    return [(j, groups[j][i:i + size]) for j in todo for i in range(0, len(groups[j]), size)]
+
+
+def _encode_piece(state, items, bar):
+    """One piece in an encoder process: decode, augment, encode, serialize; (samples, rejects, timings)."""
     cfg, coder, teacher, profile = state
-    group, items, rejects_before, total_items = task
     prof = Profiler(enabled=profile)
     prepared = list(prepared_stream(items, cfg, None, 0, prof))
-    record = _write_group(Path(cfg.out), cfg, group, prepared, Encoder(coder, prof), bar, rejects_before,
-                          total_items, teacher, prof)
-    return record, prof.snapshot()
+    ok = [p for p in prepared if not p.reject]
+    samples = list(_encode_samples(cfg, ok, Encoder(coder, prof), bar, teacher, prof))
+    return samples, _rejects(prepared), prof.snapshot()
+
+
+def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, total_items, prof) -> dict:
+    """Write the next `count` pieces of `done` (group `group`, in source order) and commit the group."""
+    rejects = []
+
+    def samples():
+        for _ in range(count):
+            piece, piece_rejects, timings = next(done)
+            if prof is not None:
+                prof.merge(timings, where="encoders")
+            rejects.extend(piece_rejects)
+            if rejects_before + len(rejects) > cfg.max_rejects:  # before the commit: nothing is claimed
+                raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
+            yield from piece
+
+    record = _commit_group(out, cfg, group, [it.key for it in items], rejects, samples(), total_items, prof)
+    bar.update(len(rejects) * cfg.variants)
+    return record
 
 
 def _too_many_rejects(count: int, rejects: list, cfg: BuildConfig) -> InputError:
@@ -264,37 +299,54 @@ def _too_many_rejects(count: int, rejects: list, cfg: BuildConfig) -> InputError
     )
 
 
+def _rejects(prepared) -> list[dict]:
+    return [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
+
+
 def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items, teacher=None,
                  prof=None) -> dict:
-    rejects = [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
+    rejects = _rejects(prepared)
     if rejects_before + len(rejects) > cfg.max_rejects:
         raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
-    stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
     ok = [p for p in prepared if not p.reject]
-    layout = {"item_keys": [p.item.key for p in prepared], "first_item": group * cfg.shard_size,
+    samples = _encode_samples(cfg, ok, encoder, bar, teacher, prof)
+    record = _commit_group(out, cfg, group, [p.item.key for p in prepared], rejects, samples, total_items, prof)
+    bar.update(len(rejects) * cfg.variants)
+    return record
+
+
+def _encode_samples(cfg, ok: list, encoder, bar, teacher=None, prof=None):
+    """(variant, files, bits, (h, w)) of every crop of the prepared images `ok`, image-major."""
+    for chunk in batches(ok, cfg.batch_size):
+        x, pad = to_input([p.crops[v][1] for p, v in chunk])
+        for (p, v), enc in zip(chunk, encoder.encode(x)):
+            with _stage(prof, "serialize"):
+                files = sample_files(p, v, enc, pad, cfg)
+            if teacher is not None:  # one image per forward: batched convs change bits with batch size
+                with _stage(prof, "teacher"):
+                    files.update(teacher.sample_files(p.crops[v][1]))
+            yield v, files, enc.bits(), p.crops[v][1].shape[:2]
+        bar.update(len(chunk))
+
+
+def _commit_group(out, cfg, group, item_keys: list, rejects: list, samples, total_items, prof=None) -> dict:
+    """Write `samples` ((variant, files, bits, (h, w)) in source order) as group `group`, then commit it.
+    `rejects` is read at the commit (it may fill while `samples` runs)."""
+    stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
+    layout = {"item_keys": item_keys, "first_item": group * cfg.shard_size,
               "total_items": total_items, "shard_size": cfg.shard_size}
     with WRITERS[cfg.format](out, cfg.split, group, cfg.variants, layout) as writer:
-        for chunk in batches(ok, cfg.batch_size):
-            x, pad = to_input([p.crops[v][1] for p, v in chunk])
-            for (p, v), enc in zip(chunk, encoder.encode(x)):
-                with _stage(prof, "serialize"):
-                    files = sample_files(p, v, enc, pad, cfg)
-                if teacher is not None:  # one image per forward: batched convs change bits with batch size
-                    with _stage(prof, "teacher"):
-                        files.update(teacher.sample_files(p.crops[v][1]))
-                with _stage(prof, "write"):
-                    writer.write(v, files)
-                h, w = p.crops[v][1].shape[:2]
-                stats["samples"] += 1
-                stats["bits"] += enc.bits()
-                stats["pixels"] += h * w
-                stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from the images
-                for ext, data in files.items():
-                    if ext != "__key__":
-                        stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
-            bar.update(len(chunk))
-        bar.update(len(rejects) * cfg.variants)
-        writer.extra = {"images": len(prepared), "items": layout["item_keys"], "rejects": rejects, "stats": stats}
+        for v, files, bits, (h, w) in samples:
+            with _stage(prof, "write"):
+                writer.write(v, files)
+            stats["samples"] += 1
+            stats["bits"] += bits
+            stats["pixels"] += h * w
+            stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from the images
+            for ext, data in files.items():
+                if ext != "__key__":
+                    stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
+        writer.extra = {"images": len(item_keys), "items": item_keys, "rejects": rejects, "stats": stats}
         committing = time.perf_counter()
     if prof is not None:  # the commit (fsync, rename, record): write time, not another call
         prof.add("write", time.perf_counter() - committing, calls=0)

@@ -23,11 +23,21 @@ see docs/benchmarks.md and issue 5):
   -0.0, the decoder's ŷ has +0.0, and the stored bytes would differ.
 * The autoregressive coders' serial raster loop runs once per batch over
   latent positions (not once per image), with one rANS call per image.
+
+The GPU analysis (``analysis_device``, ``build --device cuda``): the decoder
+never recomputes ``g_a`` or ``h_a``, it only sees their rounded outputs. So
+``g_a`` and ``h_a`` may run anywhere, batched: y and z then differ from a CPU
+build in the last bits (some symbols change, the store is not byte-identical
+to a CPU build), but everything the decoder recomputes (ẑ, ``h_s`` at batch 1,
+the context conv and ``entropy_parameters`` in the loop, rANS) still runs on
+the CPU exactly as above, so every string decodes on the CPU to the stored ŷ.
+TF32 is off for the analysis: y stays within float32 rounding of the CPU's.
 """
 from __future__ import annotations
 
+import copy
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,13 +126,15 @@ class Encoder:
     g_a, hyper (h_a, bottleneck, h_s), the autoregressive loop and rANS.
     """
 
-    def __init__(self, coder: LoadedCoder, profiler: Profiler | None = None):
+    def __init__(self, coder: LoadedCoder, profiler: Profiler | None = None, analysis_device=None):
         self.coder = coder
         self.profiler = profiler
         self.model = coder.model.eval()
         self.kind = coder.spec.latent_kind
         self.hyper = coder.spec.has_hyperprior
         self.device = next(self.model.parameters()).device
+        # g_a and h_a batched on another device (module docstring); None: per image, here.
+        self._analysis = None if analysis_device is None else _Analysis(self.model, analysis_device, self.kind)
         eb = self.model.entropy_bottleneck
         self._bottleneck = _Tables(eb, "entropy bottleneck")
         # [C, 1, 1]: EntropyBottleneck codes round(v - median) and decodes q + median.
@@ -157,11 +169,16 @@ class Encoder:
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> list[EncodedImage]:
         self._check_input(x)
-        x = x.to(self.device).contiguous()
         prof = self.profiler
-        # Per image, never batched: see the module docstring.
-        with _stage(prof, "g_a"):
-            ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
+        zs = None
+        if self._analysis is not None:
+            with _stage(prof, "g_a"):   # g_a and h_a, batched on the analysis device
+                ys, zs = self._analysis(x, self.hyper)
+        else:
+            x = x.to(self.device).contiguous()
+            # Per image, never batched: see the module docstring.
+            with _stage(prof, "g_a"):
+                ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
         if not self.hyper:
             with _stage(prof, "rANS"):
                 return [self._encode_factorized(y) for y in ys]
@@ -169,7 +186,8 @@ class Encoder:
         # The hyperprior: z is coded by the entropy bottleneck, and the decoder
         # runs h_s on the *decoded* ẑ at batch 1, so the encoder does too.
         with _stage(prof, "hyper"):
-            zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
+            if zs is None:
+                zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
             z_syms, z_strings, params = [], [], []
             for z in zs:
                 z_sym, z_hat, z_string = self._bottleneck_code(z)
@@ -335,6 +353,48 @@ class Encoder:
                 gaussian[h, w] = gp
         scales, means = gaussian.permute(2, 3, 0, 1).chunk(2, 1)
         return y_hat[:, :, p:p + height, p:p + width], syms.permute(2, 3, 0, 1), scales, means
+
+
+class _Analysis:
+    """g_a and h_a on `device`, batched, in float32 without TF32; outputs per image on the CPU.
+
+    Copies of the two transforms live on the device; the coder itself stays on
+    the CPU for everything the decoder recomputes.
+    """
+
+    def __init__(self, model, device, kind: str):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda, but torch sees no GPU here: use --device cpu, or run on a GPU node")
+        self.kind = kind
+        self.g_a = copy.deepcopy(model.g_a).to(self.device).eval()
+        self.h_a = copy.deepcopy(model.h_a).to(self.device).eval() if hasattr(model, "h_a") else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, hyper: bool):
+        with _no_tf32(self.device):
+            x = x.to(self.device, non_blocking=True).contiguous()
+            y = self.g_a(x)
+            z = self.h_a(torch.abs(y) if self.kind == "round" else y) if hyper else None
+            ys = list(y.cpu().contiguous().split(1))
+            zs = list(z.cpu().contiguous().split(1)) if hyper else None
+        return [t.contiguous() for t in ys], None if zs is None else [t.contiguous() for t in zs]
+
+
+def _no_tf32(device: torch.device):
+    """Full float32 convolutions and matmuls on CUDA for the enclosed work (TF32 off), then restore."""
+    if device.type != "cuda":
+        return nullcontext()
+
+    @contextmanager
+    def scope():
+        conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+    return scope()
 
 
 def _channel_indexes(sym: torch.Tensor) -> torch.Tensor:
