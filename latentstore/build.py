@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import apply, sample_params, variant_rng
-from .build_config import Y_HAT_DTYPES, BuildConfig
+from .build_config import Y_HAT_DTYPES, BuildConfig, check_device_present, device_entry
 from .coders import load_coder
 from .datasets import IGNORE_INDEX, SourceItem, load_label_map, open_source
 from .encode import STORE_THREADS, EncodedImage, Encoder
@@ -170,6 +170,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     ``profiler`` (latentstore.profile) collects the time per stage, from every process.
     """
     cfg = cfg.resolved()
+    check_device_present(cfg.device)
     out = Path(cfg.out)
     part, parts = cfg.part
     source = open_source(cfg.dataset, cfg.root, cfg.split, limit=cfg.limit, label_file=cfg.label_file)
@@ -196,7 +197,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     try:
         if cfg.encoders > 1:
             setup = (cfg, coder.weights["sha256"], teacher.weights["sha256"] if teacher else None, prof is not None)
-            pieces = _pieces(todo, groups, cfg.encoders)
+            pieces = _pieces(todo, groups, cfg.encoders, cfg.batch_size)
             # The parent's torch thread count: it changes the coder's float bits (docs/benchmarks.md).
             done = run_in_processes(_encode_piece, _encoder_process, setup, [items for _, items in pieces],
                                     cfg.encoders, torch.get_num_threads(), bar.update)
@@ -205,7 +206,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
                                             rejects_so_far, len(source.items), prof)
                 rejects_so_far += len(records[j]["rejects"])
         else:
-            encoder = Encoder(coder, prof)
+            encoder = Encoder(coder, prof, analysis_device=_analysis_device(cfg))
             ahead = 4 * cfg.workers + cfg.batch_size
             stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
             for j in todo:
@@ -224,7 +225,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
         "images": len(source.items), "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
         "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
-        "created_by": _versions(), "records": [records[j] for j in mine],
+        "created_by": {**_versions(), **device_entry(cfg.device)}, "records": [records[j] for j in mine],
     })
     return seal(out, splits=[cfg.split]) if parts == 1 else None
 
@@ -245,19 +246,21 @@ def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str 
 PIECES_PER_ENCODER = 4
 
 
-def _pieces(todo: list, groups: list, encoders: int) -> list[tuple[int, list]]:
+def _pieces(todo: list, groups: list, encoders: int, batch_size: int = 1) -> list[tuple[int, list]]:
     """(group, items) work units for --encoders: whole groups, or equal runs of a group's items
     when there are fewer groups to build than processes.
 
     A group is the unit of commit, not of work: with fewer groups than processes
     (a build of 512 images at --shard-size 1000 is one group) whole groups would
     leave all processes but one idle. Pieces are encoded in the processes and
-    written by the parent in source order, so the shards do not change.
+    written by the parent in source order, so the shards do not change. A piece
+    holds a multiple of `batch_size` images, so (without rejects) its batches are
+    the ones a single process makes.
     """
     if len(todo) >= encoders:
         return [(j, groups[j]) for j in todo]
     total = sum(len(groups[j]) for j in todo)
-    size = max(1, -(-total // (PIECES_PER_ENCODER * encoders)))
+    size = batch_size * -(-total // (PIECES_PER_ENCODER * encoders * batch_size))
     return [(j, groups[j][i:i + size]) for j in todo for i in range(0, len(groups[j]), size)]
 
 
@@ -267,7 +270,8 @@ def _encode_piece(state, items, bar):
     prof = Profiler(enabled=profile)
     prepared = list(prepared_stream(items, cfg, None, 0, prof))
     ok = [p for p in prepared if not p.reject]
-    samples = list(_encode_samples(cfg, ok, Encoder(coder, prof), bar, teacher, prof))
+    samples = list(_encode_samples(cfg, ok, Encoder(coder, prof, analysis_device=_analysis_device(cfg)), bar,
+                                   teacher, prof))
     return samples, _rejects(prepared), prof.snapshot()
 
 
@@ -288,6 +292,11 @@ def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, tot
     record = _commit_group(out, cfg, group, [it.key for it in items], rejects, samples(), total_items, prof)
     bar.update(len(rejects) * cfg.variants)
     return record
+
+
+def _analysis_device(cfg: BuildConfig):
+    """Where the encoder runs g_a and h_a: None (per image, on the CPU) or the build's GPU."""
+    return None if cfg.device == "cpu" else cfg.device
 
 
 def _too_many_rejects(count: int, rejects: list, cfg: BuildConfig) -> InputError:
@@ -369,7 +378,7 @@ def _read_record(out: Path, split: str, group: int) -> dict | None:
 def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
     """Refuse to continue a build that was started with other arguments."""
     path = out / f"build-{cfg.split}.json"
-    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"]}
+    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"], "device": cfg.device}
     if teacher is not None:
         current["teacher_sha256"] = teacher.weights["sha256"]
     if path.is_file():
@@ -380,6 +389,9 @@ def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> N
             diffs.append("coder weights differ (sha256)")
         if started.get("teacher_sha256") != current.get("teacher_sha256"):
             diffs.append("teacher weights differ (sha256)")
+        if started.get("device", "cpu") != cfg.device:  # g_a on another device gives other symbols
+            diffs.append(f"--device: store was started on {started.get('device', 'cpu')}, command has "
+                         f"{cfg.device} (a store's symbols depend on the device type)")
         if diffs:
             raise ConfigError(f"{out} split {cfg.split!r} was started with other arguments:\n  "
                               + "\n  ".join(diffs) + "\nRepeat the original command, or use a new --out.")

@@ -26,7 +26,16 @@ def summarize(store) -> dict:
     return {"store": str(store), "format_version": m["format_version"], "backend": m["backend"],
             "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
             "weights": weights, "trained_weights": weights["trained"], "splits": splits,
-            "created_by": m["created_by"]}
+            "created_by": m["created_by"], "device": m["created_by"].get("device", "cpu"),
+            "gpu": m["created_by"].get("gpu")}
+
+
+def _device_line(summary: dict) -> str:
+    """Where g_a/h_a ran: a cuda store decodes exactly but is not byte-identical to a cpu build."""
+    if summary.get("device", "cpu") == "cpu":
+        return "on the CPU (reproducible byte for byte on any CPU at the recorded versions)"
+    return (f"g_a/h_a on {summary['device']} ({summary.get('gpu') or 'GPU model not recorded'}), the rest on "
+            "the CPU: strings decode exactly; a rebuild matches only on the same GPU model and versions")
 
 
 def render(summary: dict) -> str:
@@ -42,6 +51,7 @@ def render(summary: dict) -> str:
         f"coder     {summary['coder']}  quality {summary['quality']}  ({summary['channels']} latent channels)",
         f"weights   {weights}",
         f"          sha256 {w['sha256']}",
+        f"encoded   {_device_line(summary)}",
     ]
     for name, s in summary["splits"].items():
         c, h, wd = s["latent_shape"]

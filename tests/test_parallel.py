@@ -25,6 +25,8 @@ def test_one_group_is_cut_into_pieces_for_every_process():
     assert len(three) > 2 and [g for g, _ in three] == sorted(g for g, _ in three) and {g for g, _ in three} == {0, 2}
     assert [i for _, items in three for i in items] == [0, 1, 2, 3, 4, 10, 11]
     assert _pieces([0, 2], groups, encoders=2) == [(0, groups[0]), (2, groups[2])]   # enough groups: whole
+    batched = _pieces([0], [list(range(100))], encoders=3, batch_size=8)
+    assert [len(items) for _, items in batched] == [16] * 6 + [4]   # whole batches of a single process
 
 
 def store_files(store: Path) -> dict:

@@ -51,6 +51,9 @@ def autocast(device_type: str, dtype: torch.dtype | None):
 def prepare_model(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
     """Move `model` to `device`, channels_last where the precision calls for it (in place; returns it)."""
     model.to(device)
+    if device.type == "cuda":
+        # Batch and latent shapes are fixed for a run: let cuDNN time its kernels once.
+        torch.backends.cudnn.benchmark = True
     if uses_channels_last(precision, device.type):
         model.to(memory_format=torch.channels_last)
     return model

@@ -1,0 +1,48 @@
+"""build --device: CUDA absent is a clear error, the device is recorded and shown, a resume on the
+other device type is refused, and the dry run projects both modes (CPU stands in for the GPU)."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from latentstore.build import BuildConfig, _check_resume, build
+from latentstore.build_config import device_entry
+from latentstore.dryrun import project, render as render_projection
+from latentstore.errors import ConfigError
+from latentstore.info import render, summarize
+
+
+def config(root, out, **kw):
+    base = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                root=str(root), split="train", out=str(out), variants=1, crop=64, shard_size=4)
+    return BuildConfig(**{**base, **kw})
+
+
+def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device cuda, but torch sees no GPU"):
+        build(config(tiny_folder, tmp_path / "s", device="cuda"), progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_device_is_recorded_shown_and_a_resume_on_another_device_is_refused(tiny_folder, tmp_path):
+    cfg = config(tiny_folder, tmp_path / "s")
+    build(cfg, progress=False)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["created_by"]["device"] == "cpu" and device_entry("cpu") == {"device": "cpu"}
+    summary = summarize(tmp_path / "s")
+    assert "encoded   on the CPU" in render(summary)
+    shown = render({**summary, "device": "cuda", "gpu": "NVIDIA H200"})
+    assert "g_a/h_a on cuda (NVIDIA H200)" in shown
+    resumed = replace(cfg, device="cuda").resolved()
+    with pytest.raises(ConfigError, match="--device: store was started on cpu, command has cuda"):
+        _check_resume(tmp_path / "s", resumed, manifest["coder"]["weights"])
+
+
+def test_dry_run_projects_cpu_and_cuda(tiny_folder, tmp_path):
+    p = project(config(tiny_folder, tmp_path / "d", encoders=2))
+    assert 0 < p["cuda_cpu_seconds_per_sample"] < p["seconds_per_sample"]
+    text = render_projection(p)
+    assert "with --encoders 2" in text and "with --device cuda (g_a on the GPU" in text
+    assert not (tmp_path / "d").exists()
