@@ -69,8 +69,13 @@ def make_images(root: Path, count: int, size: int, classes: int) -> Path:
 
 # --------------------------------------------------------------------------- (a) builds
 
+DEADLINE = [float("inf")]   # perf_counter() by which every command must have ended (--budget)
+
+
 def run(cmd: list, logfile: Path, timeout: float, env=None) -> tuple[int, float]:
+    """Run cmd (killed at `timeout` or at the run's deadline, whichever is first): (returncode, seconds)."""
     started = time.perf_counter()
+    timeout = max(1.0, min(timeout, DEADLINE[0] - started))
     with open(logfile, "w") as f:
         try:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
@@ -80,19 +85,21 @@ def run(cmd: list, logfile: Path, timeout: float, env=None) -> tuple[int, float]
     return rc, time.perf_counter() - started
 
 
-def build_rate(a, images: Path, out: Path, encoders: int, limit: int, device: str, shard: int) -> dict:
+def build_rate(a, images: Path, out: Path, encoders: int, limit: int, device: str, shard: int,
+               timeout: float | None = None) -> dict:
     cmd = [PY, "-m", "latentstore.cli", "build", "--coder", "cheng2020-anchor", "--quality", "3",
            "--weights", "untrained", "--dataset", "imagefolder", "--root", str(images), "--out", str(out),
            "--limit", str(limit), "--crop", str(a.crop), "--shard-size", str(shard), "--encoders", str(encoders),
            "--device", device, "--quiet"]
-    rc, wall = run(cmd, out.with_suffix(".log"), a.build_timeout)
+    rc, wall = run(cmd, out.with_suffix(".log"), timeout or a.build_timeout)
     res = {"encoders": encoders, "device": device, "samples": limit, "rc": rc, "wall_s": round(wall, 2),
            "wall_img_s": limit / wall if rc == 0 else None}
-    times = sorted(p.stat().st_mtime for p in (out / "train").glob("group-*.json")) if out.exists() else []
-    if rc == 0 and len(times) > encoders:
+    times = sorted(p.stat().st_mtime for p in (out / "train").glob("group-*.json")) if (out / "train").exists() else []
+    res["groups_committed"] = len(times)
+    if len(times) > encoders:
         # steady state: from the commit by which every process has finished one group to the last
-        per_group = limit / len(times)
-        res["steady_img_s"] = per_group * (len(times) - encoders) / max(times[-1] - times[encoders - 1], 1e-6)
+        # (also for a run cut by its timeout: every committed group holds `shard` images)
+        res["steady_img_s"] = shard * (len(times) - encoders) / max(times[-1] - times[encoders - 1], 1e-6)
     if rc != 0:
         res["error"] = out.with_suffix(".log").read_text()[-2000:]
     log(f"build {device} --encoders {encoders}: {limit} samples in {wall:.1f} s (rc {rc}) "
@@ -191,12 +198,16 @@ def trainer(a, store: Path, out: Path, precision: str, pure: float, samples: int
 
 # --------------------------------------------------------------------------- report
 
+def _rate(b: dict):
+    """A build's img/s: steady where measured, else wall."""
+    return b.get("steady_img_s") or b.get("wall_img_s")
+
+
 def table(r: dict) -> str:
     lines = [f"bench_gpu {r['date']}  {r['machine']}  ({'SMOKE' if r['smoke'] else 'full'})", ""]
     lines.append("(a) build, cheng2020-anchor q3 untrained, %d px crops padded to %d:" % (r["crop"], r["padded"]))
     lines.append(f"    {'mode':<22}{'samples':>8}{'wall s':>9}{'img/s wall':>12}{'img/s steady':>14}{'vs 1 enc':>10}")
-    one = next((b.get("steady_img_s") or b.get("wall_img_s") for b in r["builds"]
-                if b["encoders"] == 1 and b["device"] == "cpu" and b["rc"] == 0), None)
+    one = next((_rate(b) for b in r["builds"] if b["encoders"] == 1 and b["device"] == "cpu" and _rate(b)), None)
     for b in r["builds"]:
         rate = b.get("steady_img_s") or b.get("wall_img_s")
         vs = f"{rate / one:.2f}x" if rate and one else "-"
@@ -205,13 +216,13 @@ def table(r: dict) -> str:
                      + ("" if b["rc"] == 0 else f"  FAILED rc {b['rc']}"))
     for v in r["verify"]:
         lines.append(f"    verify --decode {v['decode']} {v['store']}: {'exact' if v['ok'] else 'FAILED rc %d' % v['rc']}")
-    cpu_all = next((b for b in reversed(r["builds"]) if b["device"] == "cpu" and b["rc"] == 0), None)
-    gpu = next((b for b in r["builds"] if b["device"] == "cuda" and b["rc"] == 0), None)
+    cpu_all = next((b for b in reversed(r["builds"]) if b["device"] == "cpu" and _rate(b)), None)
+    gpu = next((b for b in r["builds"] if b["device"] == "cuda" and _rate(b)), None)
+    if cpu_all and one:
+        lines.append(f"    cpu --encoders {cpu_all['encoders']} / 1: {_rate(cpu_all) / one:.2f}x (target >= 12x at 16)")
     if cpu_all and gpu:
-        c = cpu_all.get("steady_img_s") or cpu_all["wall_img_s"]
-        g = gpu.get("steady_img_s") or gpu["wall_img_s"]
-        lines.append(f"    --device cuda / cpu --encoders {cpu_all['encoders']}: {g / c:.2f}x (target >= 4x); "
-                     f"cpu --encoders {cpu_all['encoders']} / 1: {c / one:.2f}x" if one else "")
+        lines.append(f"    --device cuda / cpu --encoders {cpu_all['encoders']}: {_rate(gpu) / _rate(cpu_all):.2f}x "
+                     "(target >= 4x)")
     lines.append("")
     lines.append(f"(b) pure step rate, {r['model']} batch {r['batch']}, random {r['latent']}x{r['latent']} latents, "
                  f"SGD, {r['device']}:")
@@ -242,6 +253,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=os.environ.get("BENCH_WORK") or "/tmp/bench_gpu_work",
                    help="images, stores and runs (large; only results and logs go to --out)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on any machine (CPU)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds by which every stage has ended (later stages are cut or skipped); "
+                        "default 540, smoke 1200")
     a = p.parse_args(argv)
     import torch
 
@@ -250,13 +264,13 @@ def main(argv=None) -> int:
     if a.smoke:
         a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 64, "resnet18-aa", 4, 2.0, 1, 2
         a.images, a.encoders, a.per_encoder, a.train_images, a.shard = 16, [1, 2], 8, 16, 4
-        a.build_timeout, a.train_timeout, a.decode = 300, 300, 2
+        a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 300, 300, 300, 2
     else:
         a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 224, "resnet50-aa", 256, 15.0, 15, min(12, cores)
         a.encoders = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= cores]
         a.per_encoder, a.train_images, a.shard = 32, 4096, 32
         a.images = max(a.train_images, a.per_encoder * a.encoders[-1])
-        a.build_timeout, a.train_timeout, a.decode = 150, 120, 32
+        a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 45, 90, 75, 32
     a.device = "cuda" if has_gpu else "cpu"
     padded = -(-a.crop // 64) * 64
     a.latent = a.crop // 16
@@ -268,6 +282,8 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     started = time.perf_counter()
+    a.budget = a.budget or (1200 if a.smoke else 540)
+    DEADLINE[0] = started + a.budget
     r = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(a.device), "smoke": a.smoke,
          "crop": a.crop, "padded": padded, "model": a.model, "batch": a.batch, "latent": a.latent,
          "device": a.device, "workers": a.workers, "builds": [], "verify": [], "pure": [], "trainer": []}
@@ -290,18 +306,19 @@ def main(argv=None) -> int:
     train_store = cpu_store
     if has_gpu:
         gpu_store = work / f"cuda-e{a.encoders[-1]}"
-        r["builds"].append(build_rate(a, images, gpu_store, a.encoders[-1], a.train_images, "cuda", a.shard))
+        r["builds"].append(build_rate(a, images, gpu_store, a.encoders[-1], a.train_images, "cuda", a.shard,
+                                      timeout=a.gpu_build_timeout))
         save()
         if r["builds"][-1]["rc"] == 0:
             train_store = gpu_store
-            r["verify"].append(verify(gpu_store, a.decode, 120))
+            r["verify"].append(verify(gpu_store, a.decode, 40))
     elif a.per_encoder * a.encoders[-1] >= a.train_images:
         log("no GPU: --device cuda build skipped; the trainer reads the last CPU-built store")
     else:
         log("no GPU: --device cuda build skipped; the trainer reads a CPU-built store")
         train_store = work / "cpu-train"
         r["builds"].append(build_rate(a, images, train_store, a.encoders[-1], a.train_images, "cpu", a.shard))
-    r["verify"].append(verify(cpu_store, a.decode, 120))
+    r["verify"].append(verify(cpu_store, a.decode, 40))
     r["train_samples"] = a.train_images
     save()
 
@@ -309,10 +326,14 @@ def main(argv=None) -> int:
     manifest = json.loads((train_store / "manifest.json").read_text()) if (train_store / "manifest.json").exists() else None
     channels = manifest["coder"]["channels"] if manifest else 192
     for precision in ("fp32", "bf16"):
+        a.window = min(a.window, max(2.0, (DEADLINE[0] - time.perf_counter() - 60) / 4))
         r["pure"].append(step_rate(a, channels, 10, precision))
         save()
     if manifest:
         for precision, pure in zip(("fp32", "bf16"), r["pure"]):
+            if DEADLINE[0] - time.perf_counter() < 20:
+                log(f"trainer {precision}: skipped, out of time (--budget {a.budget:.0f} s)")
+                continue
             r["trainer"].append(trainer(a, train_store, work / f"train-{precision}", precision, pure["img_s"],
                                         a.train_images))
             save()

@@ -95,8 +95,10 @@ def teacher_options(required: bool):
               help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
                    "one per core, or 'auto' for the cores this job may use (see docs/benchmarks.md). "
                    "Not with --workers.")
-@click.option("--device", default="cpu", show_default=True,
-              help="Only cpu: GPU convolutions would change the stored bits (docs/benchmarks.md).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where g_a and h_a run. cuda: batched on the GPU, the rest (what the decoder recomputes) "
+                   "on the CPU, so strings still decode exactly; the store is then not byte-identical to a "
+                   "cpu build, and its device and GPU model are recorded (docs/benchmarks.md).")
 @click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
                                               "autoregressive loop, rANS, teacher, write) at the end.")
 @click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
