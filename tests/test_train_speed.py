@@ -103,3 +103,10 @@ def test_bf16_autocast_trains_on_cpu(store, tmp_path):
     with open(tmp_path / "bf16" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["name"] == "loss"]
     assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["value"])) for r in rows)
+
+
+def test_eval_takes_precision_and_defaults_to_auto():
+    from latentstore.evaluate import parse_args
+
+    assert parse_args(["--store", "s", "--checkpoint", "c"], "classification").precision == "auto"
+    assert parse_args(["--store", "s", "--checkpoint", "c", "--precision", "fp32"], "segmentation").precision == "fp32"
