@@ -207,12 +207,13 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
                 rejects_so_far += len(records[j]["rejects"])
         else:
             encoder = Encoder(coder, prof, analysis_device=_analysis_device(cfg))
+            run_teacher = _device_teacher(cfg, teacher)
             ahead = 4 * cfg.workers + cfg.batch_size
             stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
             for j in todo:
                 prepared = list(itertools.islice(stream, len(groups[j])))
                 records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items),
-                                          teacher, prof)
+                                          run_teacher, prof)
                 rejects_so_far += len(records[j]["rejects"])
     finally:
         bar.close()
@@ -238,7 +239,17 @@ def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str 
     if coder.weights["sha256"] != weights_sha256 or (teacher and teacher.weights["sha256"] != teacher_sha256):
         raise WeightsError(f"The weights of {cfg.coder} (or the teacher) changed on disk while the build "
                            "started its encoder processes: rerun the command (it resumes)")
-    return cfg, coder, teacher, profile
+    return cfg, coder, _device_teacher(cfg, teacher), profile
+
+
+def _device_teacher(cfg: BuildConfig, teacher):
+    """The teacher as the build runs it: itself on the CPU, or a copy batched on the build's GPU."""
+    if teacher is None or _analysis_device(cfg) is None:
+        return teacher
+    from .device_teacher import BatchedTeacher
+
+    return BatchedTeacher(load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
+                                       cfg.teacher_dtype, seed=cfg.seed), _analysis_device(cfg))
 
 
 #: Pieces per encoder process when groups are cut: enough that processes finishing at different
@@ -326,12 +337,18 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_
 
 def _encode_samples(cfg, ok: list, encoder, bar, teacher=None, prof=None):
     """(variant, files, bits, (h, w)) of every crop of the prepared images `ok`, image-major."""
+    batched = hasattr(teacher, "batch_files")   # --device cuda: device_teacher.BatchedTeacher
     for chunk in batches(ok, cfg.batch_size):
         x, pad = to_input([p.crops[v][1] for p, v in chunk])
-        for (p, v), enc in zip(chunk, encoder.encode(x)):
+        if batched:
+            with _stage(prof, "teacher"):
+                teacher_files = teacher.batch_files([p.crops[v][1] for p, v in chunk])
+        for i, ((p, v), enc) in enumerate(zip(chunk, encoder.encode(x))):
             with _stage(prof, "serialize"):
                 files = sample_files(p, v, enc, pad, cfg)
-            if teacher is not None:  # one image per forward: batched convs change bits with batch size
+            if batched:
+                files.update(teacher_files[i])
+            elif teacher is not None:  # one image per forward: batched convs change bits with batch size
                 with _stage(prof, "teacher"):
                     files.update(teacher.sample_files(p.crops[v][1]))
             yield v, files, enc.bits(), p.crops[v][1].shape[:2]

@@ -69,7 +69,9 @@ def project(cfg: BuildConfig) -> dict:
         teacher.sample_files(crop)  # untimed: first-call set-up
         started = time.perf_counter()
         files.update(teacher.sample_files(crop))
-        seconds += time.perf_counter() - started
+        taken = time.perf_counter() - started
+        seconds += taken
+        g_a += taken   # --device cuda runs the teacher on the GPU too
     per_field = {ext: len(data) for ext, data in sorted(files.items())}
     samples = len(source.items) * cfg.variants
     if cfg.format == "webdataset":
@@ -104,7 +106,8 @@ def render(p: dict) -> str:
                  f"{_hours(p['cpu_hours'])} of CPU; {_hours(p['cpu_hours'] / p['encoders'])} of wall time "
                  f"with --encoders {p['encoders']}, or split it with --part i/N")
     if "cuda_cpu_hours" in p:
-        lines.append(f"  with --device cuda (g_a on the GPU, not timed here): {p['cuda_cpu_seconds_per_sample']:.3f} s of CPU per sample = "
+        lines.append(f"  with --device cuda (g_a{' and teacher' if p['teacher_bytes_per_sample'] else ''} on the GPU, "
+                     f"not timed here): {p['cuda_cpu_seconds_per_sample']:.3f} s of CPU per sample = "
                      f"{_hours(p['cuda_cpu_hours'])} of CPU; {_hours(p['cuda_cpu_hours'] / p['encoders'])} of "
                      f"wall time with --encoders {p['encoders']}, if the GPU keeps up")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """build --device: CUDA absent is a clear error, the device is recorded and shown, a resume on the
 other device type is refused, and the dry run projects both modes (CPU stands in for the GPU)."""
+import io
 import json
 from dataclasses import replace
 
@@ -46,3 +47,26 @@ def test_dry_run_projects_cpu_and_cuda(tiny_folder, tmp_path):
     text = render_projection(p)
     assert "with --encoders 2" in text and "with --device cuda (g_a on the GPU" in text
     assert not (tmp_path / "d").exists()
+
+
+def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
+    """The GPU teacher's logic with the CPU standing in: one forward for a batch, the same members,
+    values within float rounding of the per-image maps."""
+    import numpy as np
+
+    from latentstore.device_teacher import BatchedTeacher
+    from latentstore.teachers import load_teacher
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    args = ("resnet18", "untrained", (8, 16, 32), (), "float16")
+    reference = load_teacher(*args)
+    batched = BatchedTeacher(load_teacher(*args), "cpu").batch_files(crops)
+    assert len(batched) == 3
+    for crop, files in zip(crops, batched):
+        expected = reference.sample_files(crop)
+        assert sorted(files) == sorted(expected) == ["teacher_s16.npy", "teacher_s32.npy", "teacher_s8.npy"]
+        for name in files:
+            a = np.load(io.BytesIO(files[name]), allow_pickle=False).astype(np.float32)
+            b = np.load(io.BytesIO(expected[name]), allow_pickle=False).astype(np.float32)
+            assert a.shape == b.shape and np.allclose(a, b, rtol=1e-2, atol=1e-3)
