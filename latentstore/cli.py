@@ -145,8 +145,9 @@ def _encoders(value: str) -> int:
 
 @cli.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--decode", default=0, show_default=True, type=int,
-              help="Also decode N random samples with CompressAI and compare ŷ (needs the coder's weights).")
+@click.option("--decode", default="0", show_default=True, metavar="N|all",
+              help="Also decode N random samples (or all) with CompressAI's decompress() and compare ŷ "
+                   "bit for bit (needs the coder's weights; runs at the store's torch thread count).")
 @click.option("--weights", help="Where the coder's weights are now, if not where the manifest says.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which random samples --decode picks.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -154,7 +155,10 @@ def verify(store, decode, weights, seed, quiet):
     """Check every shard (sha256, sample count, fields, keys); exit 1 naming every bad shard and key."""
     from .verify import verify as run_verify
 
-    report = run_verify(store, decode=decode, seed=seed, weights=weights, progress=not quiet)
+    if decode != "all" and not decode.isdigit():
+        raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
+    report = run_verify(store, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
+                        weights=weights, progress=not quiet)
     for problem in report.problems:
         click.echo(f"BAD  {problem}", err=True)
     click.echo(f"{report.shards} shards, {report.samples} samples checked, {report.decoded} decoded "

@@ -44,10 +44,10 @@ STORE_THREADS = 1
 
 
 @contextmanager
-def store_threads():
-    """Run the enclosed torch work at STORE_THREADS intra-op threads, then restore."""
+def store_threads(threads: int = STORE_THREADS):
+    """Run the enclosed torch work at `threads` intra-op threads (a store's count), then restore."""
     before = torch.get_num_threads()
-    torch.set_num_threads(STORE_THREADS)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -293,9 +293,12 @@ class _Captured(Exception):
     """Raised from the g_s hook: ŷ is all decode_y_hat needs, so g_s never runs."""
 
 
-def decode_y_hat(coder: LoadedCoder, enc: EncodedImage) -> np.ndarray:
+def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THREADS) -> np.ndarray:
     """Decode enc's strings with CompressAI's ``model.decompress`` at batch 1 and return
     the tensor ``g_s`` receives (float32 [M, Hy, Wy]): the ground truth for ``enc.y_hat``.
+
+    ``threads``: the torch thread count the store was encoded at (its manifest's
+    ``created_by.torch_threads``); the decoder's convolutions give other bits at another.
     """
     model = coder.model
     if enc.z_string is None:
@@ -310,7 +313,7 @@ def decode_y_hat(coder: LoadedCoder, enc: EncodedImage) -> np.ndarray:
 
     handle = model.g_s.register_forward_pre_hook(grab)
     try:
-        with torch.no_grad(), store_threads():
+        with torch.no_grad(), store_threads(threads):
             model.decompress(strings, shape)
     except _Captured:
         pass

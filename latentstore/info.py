@@ -1,7 +1,7 @@
 """What `latentstore info` reports: a machine summary of a manifest, and its human rendering."""
 from __future__ import annotations
 
-from .format import read_manifest
+from .format import ENCODER_REVISION, read_manifest
 from .teachers import render_teacher, summarize_teacher
 
 
@@ -42,6 +42,7 @@ def render(summary: dict) -> str:
         f"coder     {summary['coder']}  quality {summary['quality']}  ({summary['channels']} latent channels)",
         f"weights   {weights}",
         f"          sha256 {w['sha256']}",
+        _encoder_line(summary["created_by"]),
     ]
     for name, s in summary["splits"].items():
         c, h, wd = s["latent_shape"]
@@ -60,3 +61,13 @@ def render(summary: dict) -> str:
         lines.append(f"  rejects   {len(s['rejects'])}")
         lines += [f"    {r['source']}: {r['reason']}" for r in s["rejects"]]
     return "\n".join(lines)
+
+
+def _encoder_line(created_by: dict) -> str:
+    revision = created_by.get("encoder_revision", 1)
+    line = (f"encoder   revision {revision}, latentstore {created_by.get('latentstore', '?')}, "
+            f"torch {created_by.get('torch', '?')} at {created_by.get('torch_threads', '?')} thread(s)")
+    if revision < ENCODER_REVISION:
+        line += ("\n          BUILT BEFORE THE EXACTNESS FIX: ŷ can be an ulp off CompressAI's decode "
+                 "(check: latentstore verify STORE --decode all); rebuild into a new --out")
+    return line
