@@ -89,7 +89,7 @@ def teacher_options(required: bool):
 @click.option("--max-rejects", default=100, show_default=True, type=int,
               help="Fail once more than this many images are unreadable.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
-              help="Crops per encoder batch (speed only: the autoregressive loop runs once per batch).")
+              help="Crops per encoder batch (never changes a byte: every stored computation runs per image).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
 @click.option("--encoders", default="1", show_default=True, callback=lambda ctx, param, value: _encoders(value),
               help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
