@@ -51,7 +51,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ConfigError, StoreError
-from .format import FIELDS, read_manifest
+from .format import FIELDS, OPTIONAL_FIELDS, field_for_member, read_manifest
 from .readers import iter_shard, iter_unit
 from .teachers import TeacherDecoder
 
@@ -83,6 +83,33 @@ def pick_split(manifest: dict, split: str | None, store) -> str:
     if split not in manifest["splits"]:
         raise ConfigError(f"{store} has no split {split!r}: it holds {', '.join(splits)}")
     return split
+
+
+def stored_fields(info: dict) -> tuple | None:
+    """The fields every sample of a split holds (manifest ``splits[split]``), from the member sizes
+    recorded when the split was sealed; None for a split without samples (nothing to check)."""
+    names = []
+    for ext in info.get("bytes_per_sample") or {}:
+        field = field_for_member(ext)
+        if field is not None and not field.name.endswith(".scale") and field.name not in names:
+            names.append(field.name)
+    return tuple(names) if names else None
+
+
+def check_fields(fields, info: dict, store, split: str) -> tuple:
+    """`fields` as a tuple of names (a string is one name), refused unless the split stores each one."""
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    held = stored_fields(info)
+    missing = [f for f in fields if held is not None and f in FIELDS and f not in held]
+    if missing:
+        hint = ""
+        if set(missing) & set(OPTIONAL_FIELDS):
+            hint = f"; build with --fields {','.join(f for f in missing if f in OPTIONAL_FIELDS)} to store them"
+        elif "label_map" in missing:
+            hint = "; label_map is stored by Cityscapes (segmentation) builds only"
+        raise ConfigError(f"Split {split!r} of {store} has no field {', '.join(missing)}: it holds "
+                          f"{', '.join(held)}{hint}")
+    return fields
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -170,6 +197,7 @@ class LatentDataset(IterableDataset):
         if backend not in SOURCES:
             raise StoreError(f"{self.path} uses backend {backend!r}; this latentstore reads {', '.join(SOURCES)}")
         self.source = SOURCES[backend]
+        fields = check_fields(fields, self.info, self.path, self.split)
         self.teacher = TeacherDecoder(self.info, fields, teacher_dtype)  # teacher_s8 ... -> float tensors
         unknown = set(fields) - set(FIELDS) - self.teacher.fields
         if unknown:

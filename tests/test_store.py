@@ -68,6 +68,18 @@ def test_bad_arguments_and_damage_are_named(store, tmp_path):
         shard.write_bytes(data)
 
 
+def test_a_field_the_store_never_had_is_refused_naming_what_it_holds(store):
+    with pytest.raises(ConfigError, match=r"has no field means: it holds .*y_hat.*build with --fields means"):
+        open_store(store, fields=("y_hat", "label", "means"))
+    with pytest.raises(ConfigError, match=r"has no field label_map: it holds .*symbols.*Cityscapes"):
+        open_store(store, fields=("y_hat", "label_map"))
+
+
+def test_a_string_of_fields_is_one_field(store):
+    sample = next(iter(open_store(store, fields="y_hat")))
+    assert sorted(k for k in sample if not k.startswith("__")) == ["y_hat"]
+
+
 # ---------------------------------------------------------------- epoch order, ranks, workers, resume
 
 PRIME = 7  # samples per variant: divides by neither 2 nor 3

@@ -28,6 +28,7 @@ def load_script(name):
 
 
 classify = load_script("classify")
+segment = load_script("segment")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,28 @@ def test_transfer_loss_values_on_hand_made_maps():
 def test_transfer_refuses_a_store_without_teacher(store, tmp_path):
     with pytest.raises(ConfigError, match="needs teacher features"):
         classify.main(args(store, tmp_path / "run", "--transfer", "mse"))
+
+
+@pytest.fixture(scope="module")
+def seg_store(tmp_path_factory):
+    from test_cityscapes import make_cityscapes, seg_config
+
+    root = tmp_path_factory.mktemp("seg")
+    build(seg_config(make_cityscapes(root / "cityscapes"), root / "cs", coder="bmshj2018-hyperprior",
+                     variants=1), progress=False)
+    return root / "cs"
+
+
+def test_each_trainer_refuses_the_other_task_s_store_in_one_line(store, seg_store, tmp_path, capsys):
+    from latentstore.train import run_script
+
+    for script, data, other in ((classify, seg_store, "train/segment.py"), (segment, store, "train/classify.py")):
+        run = tmp_path / f"run-{script.__name__}"
+        model = "resnet18-aa" if script is classify else "pspnet50-aa"
+        assert run_script(lambda: script.main(args(data, run, "--model", model))) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"train it with {other}" in err, err
+        assert not run.exists()                               # no run folder left behind
 
 
 # ---------------------------------------------------------------- logging
@@ -183,9 +206,6 @@ def _other_weights(tmp_path):
 
 
 # ---------------------------------------------------------------- segmentation recipe and loss
-
-segment = load_script("segment")
-
 
 def test_segment_recipe_and_loss_ignore_255():
     cfg = parse_config(segment.Config, ["--store", "s", "--out", "o"])
