@@ -1,0 +1,81 @@
+"""Random access to one split of a store: its sample keys, and where each sample lives.
+
+The keys come from the split's group commit records (``<split>/group-<j>.json``),
+which list every item of the group and the items rejected at build time; a
+shard (tar) or unit (Zarr) of variant v holds the group's stored items in
+that order, each under the key ``<item>_v<v:03d>``. The count is checked
+against the manifest, so a record that disagrees with its shard is an error,
+never a wrong answer.
+
+Costs differ by backend: a Zarr sample is one slice of its chunks; a tar shard
+has no index, so reading one sample reads its whole shard (and decodes only
+that sample). Iterate, or convert the store to Zarr, to read many.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import ConfigError, StoreError
+from .format import commit_record_name, sample_key
+from .readers import iter_shard
+
+
+class SplitKeys:
+    """Every sample key of one split, by shard, in stored order."""
+
+    def __init__(self, store, manifest: dict, split: str):
+        self.store, self.split = Path(store), split
+        self.info = manifest["splits"][split]
+        self.by_shard: dict[str, list[str]] = {}
+        records: dict[int, dict] = {}
+        for shard in self.info["shards"]:
+            group = _group_of(shard)
+            if group not in records:
+                path = self.store / commit_record_name(split, group)
+                try:
+                    records[group] = json.loads(path.read_text())
+                except (OSError, ValueError) as exc:
+                    raise StoreError(f"shard {shard['path']}: its commit record {path.name} is unreadable "
+                                     f"({exc}); run `latentstore verify`") from exc
+            record = records[group]
+            rejected = {r["key"] for r in record.get("rejects", ())}
+            keys = [sample_key(item, shard["variant"]) for item in record["items"] if item not in rejected]
+            if len(keys) != shard["samples"]:
+                raise StoreError(f"shard {shard['path']}: its commit record lists {len(keys)} samples, the "
+                                 f"manifest records {shard['samples']}; run `latentstore verify`")
+            self.by_shard[shard["path"]] = keys
+        self.where = {key: (path, i) for path, keys in self.by_shard.items() for i, key in enumerate(keys)}
+
+    def keys(self, variant: int | None = None) -> list[str]:
+        """The keys of `variant` (None: every variant), in stored (unshuffled) order."""
+        return [key for shard in self.info["shards"] if variant is None or shard["variant"] == variant
+                for key in self.by_shard[shard["path"]]]
+
+    def locate(self, key: str) -> tuple[dict, int]:
+        """(shard record, position in the shard) of the sample `key`."""
+        if not isinstance(key, str) or key not in self.where:
+            raise ConfigError(f"No sample {key!r} in split {self.split!r} of {self.store} (keys are "
+                              "<item key>_v<variant:03d>; ds.keys() or `latentstore info --keys` lists them)")
+        path, index = self.where[key]
+        return next(s for s in self.info["shards"] if s["path"] == path), index
+
+
+def _group_of(shard: dict) -> int:
+    """A shard's group: recorded on Zarr units, the number in a tar shard's name (``v000-000012.tar``)."""
+    if "group" in shard:
+        return int(shard["group"])
+    return int(Path(shard["path"]).name.split("-")[-1].split(".")[0])
+
+
+def read_tar_sample(store, shard: dict, index: int, key: str, fields: tuple) -> dict:
+    """Sample number `index` of a tar shard, checked to be `key` (reads the shard up to it)."""
+    for i, sample in enumerate(iter_shard(Path(store) / shard["path"], shard["path"], None, fields,
+                                          wanted={index})):
+        if i == index:
+            if sample["__key__"] != key:
+                raise StoreError(f"shard {shard['path']}: sample #{index} is {sample['__key__']!r}, its commit "
+                                 f"record says {key!r}; run `latentstore verify`")
+            return sample
+    raise StoreError(f"shard {shard['path']}: holds fewer than {index + 1} samples, the manifest records "
+                     f"{shard['samples']}; run `latentstore verify` and rebuild it")
