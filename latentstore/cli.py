@@ -231,10 +231,17 @@ def fetch_weights(coder, qualities):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @click.option("--teacher-error", default=0, type=int, metavar="N",
               help="Also measure each teacher dtype's relative error vs float32 on N samples (runs the teacher).")
-def info(store, as_json, teacher_error):
+@click.option("--keys", "list_keys", is_flag=True,
+              help="List every sample key instead (one per line, split by split in stored order; "
+                   "open_store(...)[key] reads one).")
+def info(store, as_json, teacher_error, list_keys):
     """Summarize a store: coder, weights, samples, bpp, bytes per field, teacher, rejects."""
-    from .info import render, summarize
+    from .info import render, store_keys, summarize
 
+    if list_keys:
+        keys = store_keys(store)
+        click.echo(json.dumps(keys, indent=1) if as_json else "\n".join(k for split in keys.values() for k in split))
+        return
     summary = summarize(store)
     if teacher_error:
         from .add_teacher import teacher_error as measure

@@ -48,8 +48,9 @@ class SplitKeys:
         self.where = {key: (path, i) for path, keys in self.by_shard.items() for i, key in enumerate(keys)}
 
     def keys(self, variant: int | None = None) -> list[str]:
-        """The keys of `variant` (None: every variant), in stored (unshuffled) order."""
-        return [key for shard in self.info["shards"] if variant is None or shard["variant"] == variant
+        """The keys of `variant` (None: every variant, variant by variant), in stored (unshuffled) order."""
+        variants = range(self.info["variants"]) if variant is None else [variant]
+        return [key for v in variants for shard in self.info["shards"] if shard["variant"] == v
                 for key in self.by_shard[shard["path"]]]
 
     def locate(self, key: str) -> tuple[dict, int]:

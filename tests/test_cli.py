@@ -30,6 +30,12 @@ def test_build_then_info(tiny_folder, tmp_path, capsys):
     summary = json.loads(out)
     assert summary["splits"]["train"]["samples_per_variant"] == [6, 6]
     assert summary["trained_weights"] is False
+    code, out, _ = run(capsys, "info", str(store), "--keys")
+    keys = out.split()
+    assert code == 0 and len(keys) == len(set(keys)) == 12
+    assert all(k.endswith("_v000") for k in keys[:6]) and all(k.endswith("_v001") for k in keys[6:])
+    from latentstore import open_store
+    assert open_store(store)[keys[7]]["__key__"] == keys[7]
 
 
 @pytest.mark.parametrize("args,message", [
