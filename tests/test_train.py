@@ -192,8 +192,17 @@ def test_transfer_reads_teacher_maps_and_checks_them_first(teacher_store, tmp_pa
     with pytest.raises(ConfigError, match="another teacher"):                 # fingerprint: other weights
         classify.main(args(teacher_store, tmp_path / "x", "--transfer", "mse", "--teacher", "resnet18",
                            "--teacher-weights", str(_other_weights(tmp_path))))
-    with pytest.raises(ConfigError, match="feature tap shapes differ"):        # taps: other channels
-        classify.main(args(teacher_store, tmp_path / "y", "--transfer", "mse", "--model", "efficientnet_b0-aa"))
+
+
+def test_transfer_channel_mismatch_names_channels_per_tap(teacher_store, tmp_path, capsys):
+    from latentstore.train import run_script
+
+    argv = args(teacher_store, tmp_path / "y", "--transfer", "mse", "--model", "efficientnet_b0-aa")
+    assert run_script(lambda: classify.main(argv)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "crop size" not in err, err
+    assert "teacher_s8: student 40 vs teacher resnet18 128" in err and "teacher_s32: student 320 vs" in err, err
+    assert "resnet18-aa" in err
 
 
 def _other_weights(tmp_path):
