@@ -70,6 +70,16 @@ def test_unknown_flag_and_bad_values_are_errors(capsys):
 
 # ---------------------------------------------------------------- transfer losses
 
+@pytest.mark.parametrize("name", ["classify", "segment"])
+def test_help_shows_only_meaningful_defaults(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_script(name).main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())          # undo argparse's line wrapping
+    assert exc.value.code == 0 and "(default: None)" not in text and "(default: ())" not in text
+    assert "--milestones MILESTONES epochs at which lr is multiplied by --gamma (default: the task's recipe)" in text
+    assert "TensorBoard events (required)" in text and "(default: train)" in text
+
+
 def test_transfer_loss_values_on_hand_made_maps():
     f = [torch.tensor([[[[1.0]], [[2.0]]]]), torch.zeros(1, 1, 2, 2)]     # [B=1, C=2, 1, 1], [1, 1, 2, 2]
     t = [torch.tensor([[[[3.0]], [[2.0]]]]), torch.ones(1, 1, 2, 2)]
