@@ -140,6 +140,24 @@ def test_event_file_records_are_framed_like_tfrecord(tmp_path):
     assert b"\x10\x07" in records[1] and b"\x0a\x04loss\x15" + struct.pack("<f", 0.25) in records[1]
 
 
+def test_a_run_logs_its_last_step_ends_with_a_summary_and_a_rerun_says_it_is_done(store, tmp_path, capsys):
+    run = tmp_path / "short"
+    argv = args(store, run, "--epochs", "1", "--log-every", "20")    # 3 steps, fewer than --log-every
+    classify.main(argv)
+    out = capsys.readouterr().out
+    assert [s for s, _ in losses(run)] == [3]                       # the last step is logged
+    assert "finished: 3 steps, 1 of 1 epochs" in out and "last step 3: loss" in out
+    assert str(run / "last.pt") in out and str(run / "metrics.csv") in out
+    before = (run / "last.pt").read_bytes(), (run / "metrics.csv").read_text()
+    classify.main(argv)                                             # the same command again
+    out = capsys.readouterr().out
+    assert "has already finished (3 steps, 1 of 1 epochs): nothing to do. Raise --epochs" in out
+    assert ((run / "last.pt").read_bytes(), (run / "metrics.csv").read_text()) == before
+    cut = tmp_path / "cut"
+    classify.main(args(store, cut, "--max-steps", "2", "--log-every", "20"))
+    assert [s for s, _ in losses(cut)] == [2] and "stopped at --max-steps 2" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- resume, step for step
 
 @pytest.mark.slow
