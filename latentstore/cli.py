@@ -170,7 +170,8 @@ def verify(store, decode, weights, seed, quiet):
 @click.option("--image-size", default=224, show_default=True, type=int,
               help="Pixel size the latent comes from (latent side = size / 16).")
 @click.option("--names-only", is_flag=True, help="Only list the names (fast; counting builds every model).")
-def models(names, coder, quality, image_size, names_only):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def models(names, coder, quality, image_size, names_only, quiet):
     """Params and MACs of compressed-domain models at a latent shape (default: the whole zoo).
 
     \b
@@ -178,15 +179,16 @@ def models(names, coder, quality, image_size, names_only):
     latentstore models resnet50-aa cresnet51 --quality 5
     """
     from .complexity import markdown_table, model_table
-    from .models import EXAMPLES, model_names
+    from .models import EXAMPLES, model_names, name_listing
 
     if names_only:
-        click.echo("\n".join(model_names()))
+        click.echo(name_listing())
         return
     if not names:
         patterns = [n for n in model_names() if "{timm}" in n]
         click.echo(f"Patterns ({{timm}} is any timm CNN): {', '.join(patterns)}\n")
-    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size)))
+    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size,
+                                          progress=not quiet)))
 
 
 @cli.command()
