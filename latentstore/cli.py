@@ -207,12 +207,13 @@ def convert(src, dst, fmt, quiet):
 
 @cli.command("seal")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-def seal_command(store):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def seal_command(store, quiet):
     """Merge the part manifests of a partitioned build into manifest.json (fails naming missing parts)."""
     from .info import render, summarize
     from .seal import seal
 
-    seal(store)
+    seal(store, progress=not quiet)
     click.echo(render(summarize(store)))
 
 

@@ -36,6 +36,10 @@ def test_build_then_info(tiny_folder, tmp_path, capsys):
     assert all(k.endswith("_v000") for k in keys[:6]) and all(k.endswith("_v001") for k in keys[6:])
     from latentstore import open_store
     assert open_store(store)[keys[7]]["__key__"] == keys[7]
+    code, out, err = run(capsys, "seal", str(store))                      # sealing again: same manifest
+    assert code == 0 and "seal train" in err and "1/1" in err and "6 of 6 images stored" in out
+    code, out, err = run(capsys, "verify", str(store))
+    assert code == 0 and "verify train" in err
 
 
 @pytest.mark.parametrize("args,message", [
