@@ -94,20 +94,23 @@ def stored_fields(info: dict) -> tuple | None:
         field = field_for_member(ext)
         if field is not None and not field.name.endswith(".scale") and field.name not in names:
             names.append(field.name)
-    return tuple(names) if names else None
+    order = list(FIELDS)  # the table's order (y_hat first), then teacher maps by name
+    return tuple(sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))) if names else None
 
 
 def check_fields(fields, info: dict, store, split: str) -> tuple:
     """`fields` as a tuple of names (a string is one name), refused unless the split stores each one."""
     fields = (fields,) if isinstance(fields, str) else tuple(fields)
     held = stored_fields(info)
-    missing = [f for f in fields if held is not None and f in FIELDS and f not in held]
+    missing = [f for f in fields if held is not None and f not in held]
     if missing:
         hint = ""
         if set(missing) & set(OPTIONAL_FIELDS):
             hint = f"; build with --fields {','.join(f for f in missing if f in OPTIONAL_FIELDS)} to store them"
         elif "label_map" in missing:
             hint = "; label_map is stored by Cityscapes (segmentation) builds only"
+        elif any(f.startswith("teacher_") for f in missing):
+            hint = "; teacher maps come from a build with --teacher or `latentstore add-teacher`"
         raise ConfigError(f"Split {split!r} of {store} has no field {', '.join(missing)}: it holds "
                           f"{', '.join(held)}{hint}")
     return fields

@@ -75,6 +75,8 @@ def test_a_field_the_store_never_had_is_refused_naming_what_it_holds(store):
         open_store(store, fields=("y_hat", "label", "means"))
     with pytest.raises(ConfigError, match=r"has no field label_map: it holds .*symbols.*Cityscapes"):
         open_store(store, fields=("y_hat", "label_map"))
+    with pytest.raises(ConfigError, match=r"has no field teacher_s8: it holds y_hat, .*add-teacher"):
+        open_store(store, fields=("y_hat", "teacher_s8"))
 
 
 def test_a_string_of_fields_is_one_field(store):
