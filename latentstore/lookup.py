@@ -46,12 +46,27 @@ class SplitKeys:
                                  f"manifest records {shard['samples']}; run `latentstore verify`")
             self.by_shard[shard["path"]] = keys
         self.where = {key: (path, i) for path, keys in self.by_shard.items() for i, key in enumerate(keys)}
+        self._variant_keys: dict[int, list[str]] = {}
 
     def keys(self, variant: int | None = None) -> list[str]:
         """The keys of `variant` (None: every variant, variant by variant), in stored (unshuffled) order."""
-        variants = range(self.info["variants"]) if variant is None else [variant]
-        return [key for v in variants for shard in self.info["shards"] if shard["variant"] == v
-                for key in self.by_shard[shard["path"]]]
+        if variant is None:
+            return [key for v in range(self.info["variants"]) for key in self._of_variant(v)]
+        return list(self._of_variant(variant))
+
+    def key_at(self, variant: int, index: int) -> str:
+        """The key at position `index` (negative counts from the end) of ``keys(variant)``."""
+        keys = self._of_variant(variant)
+        if not -len(keys) <= index < len(keys):
+            raise ConfigError(f"Sample index {index} out of range: variant {variant} of split {self.split!r} "
+                              f"holds {len(keys)} samples")
+        return keys[index]
+
+    def _of_variant(self, variant: int) -> list[str]:
+        if variant not in self._variant_keys:  # kept, so that ds[i] does not rebuild the list
+            self._variant_keys[variant] = [key for shard in self.info["shards"] if shard["variant"] == variant
+                                           for key in self.by_shard[shard["path"]]]
+        return self._variant_keys[variant]
 
     def locate(self, key: str) -> tuple[dict, int]:
         """(shard record, position in the shard) of the sample `key`."""

@@ -239,11 +239,7 @@ class LatentDataset(IterableDataset):
         iterate to read many, or convert the store to --format zarr.
         """
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            keys = self.keys()
-            if not -len(keys) <= key < len(keys):
-                raise ConfigError(f"Sample index {key} out of range: variant {self.current_variant} of split "
-                                  f"{self.split!r} holds {len(keys)} samples")
-            key = keys[key]
+            key = self._key_index().key_at(self.current_variant, int(key))
         shard, index = self._key_index().locate(key)
         fields = self.teacher.read_fields(self.fields)
         if self.manifest["backend"] == "zarr":
