@@ -221,6 +221,8 @@ class LatentDataset(IterableDataset):
         self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
         self.epoch = 0
         self.skipped: list[str] = []
+        self._keys: SplitKeys | None = None      # random access: built on first use
+        self._zarr_keys = None
         # DataLoader workers do not see the process group: resolve it here, in the main process.
         self._dist = _rank_and_world()
 
@@ -244,7 +246,7 @@ class LatentDataset(IterableDataset):
         fields = self.teacher.read_fields(self.fields)
         if self.manifest["backend"] == "zarr":
             from .readers.zarr import KeyIndex
-            if getattr(self, "_zarr_keys", None) is None:
+            if self._zarr_keys is None:
                 self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
             sample = self._zarr_keys.get(key, fields)
         else:
@@ -252,7 +254,7 @@ class LatentDataset(IterableDataset):
         return to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:
-        if getattr(self, "_keys", None) is None:
+        if self._keys is None:
             self._keys = SplitKeys(self.path, self.manifest, self.split)
         return self._keys
 
