@@ -1,4 +1,8 @@
-"""Random access to one split of a store: its sample keys, and where each sample lives.
+"""What one split of a store holds: its fields, its sample keys, and where each sample lives.
+
+The fields come from the member sizes the manifest records per split
+(``bytes_per_sample``), so a request for a field the split never stored is
+refused up front instead of giving samples without it.
 
 The keys come from the split's group commit records (``<split>/group-<j>.json``),
 which list every item of the group and the items rejected at build time; a
@@ -17,8 +21,38 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError, StoreError
-from .format import commit_record_name, sample_key
+from .format import FIELDS, OPTIONAL_FIELDS, commit_record_name, field_for_member, sample_key
 from .readers import iter_shard
+
+
+def stored_fields(info: dict) -> tuple | None:
+    """The fields every sample of a split holds (manifest ``splits[split]``), from the member sizes
+    recorded when the split was sealed; None for a split without samples (nothing to check)."""
+    names = []
+    for ext in info.get("bytes_per_sample") or {}:
+        field = field_for_member(ext)
+        if field is not None and not field.name.endswith(".scale") and field.name not in names:
+            names.append(field.name)
+    order = list(FIELDS)  # the table's order (y_hat first), then teacher maps by name
+    return tuple(sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))) if names else None
+
+
+def check_fields(fields, info: dict, store, split: str) -> tuple:
+    """`fields` as a tuple of names (a string is one name), refused unless the split stores each one."""
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    held = stored_fields(info)
+    missing = [f for f in fields if held is not None and f not in held]
+    if missing:
+        hint = ""
+        if set(missing) & set(OPTIONAL_FIELDS):
+            hint = f"; build with --fields {','.join(f for f in missing if f in OPTIONAL_FIELDS)} to store them"
+        elif "label_map" in missing:
+            hint = "; label_map is stored by Cityscapes (segmentation) builds only"
+        elif any(f.startswith("teacher_") for f in missing):
+            hint = "; teacher maps come from a build with --teacher or `latentstore add-teacher`"
+        raise ConfigError(f"Split {split!r} of {store} has no field {', '.join(missing)}: it holds "
+                          f"{', '.join(held)}{hint}")
+    return fields
 
 
 class SplitKeys:

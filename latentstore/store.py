@@ -51,8 +51,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ConfigError, StoreError
-from .format import FIELDS, OPTIONAL_FIELDS, field_for_member, read_manifest
-from .lookup import SplitKeys, read_tar_sample
+from .format import FIELDS, read_manifest
+from .lookup import SplitKeys, check_fields, read_tar_sample
 from .readers import iter_shard, iter_unit
 from .teachers import TeacherDecoder
 
@@ -84,36 +84,6 @@ def pick_split(manifest: dict, split: str | None, store) -> str:
     if split not in manifest["splits"]:
         raise ConfigError(f"{store} has no split {split!r}: it holds {', '.join(splits)}")
     return split
-
-
-def stored_fields(info: dict) -> tuple | None:
-    """The fields every sample of a split holds (manifest ``splits[split]``), from the member sizes
-    recorded when the split was sealed; None for a split without samples (nothing to check)."""
-    names = []
-    for ext in info.get("bytes_per_sample") or {}:
-        field = field_for_member(ext)
-        if field is not None and not field.name.endswith(".scale") and field.name not in names:
-            names.append(field.name)
-    order = list(FIELDS)  # the table's order (y_hat first), then teacher maps by name
-    return tuple(sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))) if names else None
-
-
-def check_fields(fields, info: dict, store, split: str) -> tuple:
-    """`fields` as a tuple of names (a string is one name), refused unless the split stores each one."""
-    fields = (fields,) if isinstance(fields, str) else tuple(fields)
-    held = stored_fields(info)
-    missing = [f for f in fields if held is not None and f not in held]
-    if missing:
-        hint = ""
-        if set(missing) & set(OPTIONAL_FIELDS):
-            hint = f"; build with --fields {','.join(f for f in missing if f in OPTIONAL_FIELDS)} to store them"
-        elif "label_map" in missing:
-            hint = "; label_map is stored by Cityscapes (segmentation) builds only"
-        elif any(f.startswith("teacher_") for f in missing):
-            hint = "; teacher maps come from a build with --teacher or `latentstore add-teacher`"
-        raise ConfigError(f"Split {split!r} of {store} has no field {', '.join(missing)}: it holds "
-                          f"{', '.join(held)}{hint}")
-    return fields
 
 
 def _rank_and_world() -> tuple[int, int]:
