@@ -54,6 +54,7 @@ class EvalConfig:
     batch_size: int = 32
     workers: int = 0
     device: str = "cpu"
+    progress: bool = True             # a progress bar on rank 0
 
     def out_path(self) -> Path:
         return Path(self.out) if self.out else Path(self.checkpoint).resolve().parent / "eval.json"
@@ -167,6 +168,18 @@ def eval_batches(store, manifest: dict, split: str, variant: int, fields: tuple,
     return DataLoader(data, batch_size=None, num_workers=workers)
 
 
+def _progress(batches, cfg: EvalConfig, manifest: dict, split: str, rank: int, world: int):
+    """`batches`, with a bar on rank 0 counting this rank's samples of the variant."""
+    from tqdm import tqdm
+
+    shards = [s for s in manifest["splits"][split]["shards"] if s["variant"] == cfg.variant][rank::world]
+    with tqdm(total=sum(s["samples"] for s in shards), unit="sample", desc=f"eval {split}", dynamic_ncols=True,
+              disable=not cfg.progress or rank != 0) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch["__key__"]))
+
+
 class BitCounter:
     """Exact rate: int64 [bits, unpadded pixels, samples], each sample checked against its meta.json."""
 
@@ -247,8 +260,8 @@ def evaluate_classification(cfg: EvalConfig) -> dict:
     manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "classification")
     rank, world = rank_and_world()
     acc, rate = TopK((1, 5)), BitCounter()
-    for batch in eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size, cfg.workers,
-                              rank, world):
+    for batch in _progress(eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size,
+                                        cfg.workers, rank, world), cfg, manifest, split, rank, world):
         logits = model(*_inputs(batch, inputs, region, cfg.device))
         acc.update(logits, batch["label"])
         rate.update(batch)
@@ -267,8 +280,8 @@ def evaluate_segmentation(cfg: EvalConfig) -> dict:
     classes = manifest["splits"][split].get("classes") or [str(i) for i in range(ckpt.num_classes)]
     rank, world = rank_and_world()
     cm, rate = ConfusionMatrix(ckpt.num_classes, IGNORE_INDEX), BitCounter()
-    for batch in eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size, cfg.workers,
-                              rank, world):
+    for batch in _progress(eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size,
+                                        cfg.workers, rank, world), cfg, manifest, split, rank, world):
         if "label_map" not in batch:
             raise StoreError(f"shard {batch['__shard__'][0]}: no label_map field; is this a segmentation store?")
         logits = model(*_inputs(batch, inputs, region, cfg.device))
@@ -364,11 +377,12 @@ def parse_args(argv, task: str) -> EvalConfig:
     p.add_argument("--batch-size", type=int, default=32 if task == "classification" else 1)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.workers < 0:
         p.error("--batch-size must be >= 1 and --workers >= 0")
     return EvalConfig(a.store, a.checkpoint, a.split, a.variant, a.out, a.method, a.complexity,
-                      a.batch_size, a.workers, a.device)
+                      a.batch_size, a.workers, a.device, progress=not a.quiet)
 
 
 def write_outputs(record: dict, out: Path) -> str:
@@ -382,6 +396,18 @@ def write_outputs(record: dict, out: Path) -> str:
         md += "\n\n" + per_class_table(record)
     out.with_suffix(".md").write_text(md + "\n")
     return md
+
+
+def summary(record: dict, out: Path) -> str:
+    """The end of an eval: its headline numbers, and the files it wrote."""
+    if record["task"] == "classification":
+        numbers = f"top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %"
+    else:
+        numbers = f"mIoU {record['miou']:.2f} %, pixel accuracy {record['pixel_accuracy']:.2f} %"
+    bpp = "-" if record["bpp"] is None else f"{record['bpp']:.4f}"
+    return (f"{record['method']}: {numbers}, {bpp} bpp on {record['samples']} samples "
+            f"(split {record['store']['split']}, variant {record['store']['variant']}, {record['seconds']:.1f} s)\n"
+            f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def run(cfg: EvalConfig, task: str) -> dict:
@@ -399,7 +425,7 @@ def run(cfg: EvalConfig, task: str) -> dict:
         if d.main:
             md = write_outputs(record, cfg.out_path())
             print(md)
-            print(f"wrote {cfg.out_path()}")
+            print(summary(record, cfg.out_path()))
     finally:
         cleanup()
     return record

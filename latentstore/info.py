@@ -29,6 +29,14 @@ def summarize(store) -> dict:
             "created_by": m["created_by"]}
 
 
+def store_keys(store) -> dict:
+    """{split: every sample key of the split, variant by variant, in stored order}."""
+    from .lookup import SplitKeys
+
+    m = read_manifest(store)
+    return {split: SplitKeys(store, m, split).keys() for split in sorted(m["splits"])}
+
+
 def render(summary: dict) -> str:
     w = summary["weights"]
     if not w["trained"]:

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..store import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
-from .log import RunLog
+from .log import RunLog, finished, headline, summary as run_summary
 
 #: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
 LossFn = Callable[[nn.Module, dict], tuple]
@@ -62,6 +62,10 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
     summary = ckpt.store_summary(data.manifest, data.split)
     pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
+    if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
+        if d.main:
+            print(run_summary(cfg.out, headline(cfg, pos.step, pos.epoch, rerun=True)), flush=True)
+        return pos
 
     out = Path(cfg.out)
     if d.main:
@@ -90,6 +94,8 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
         log.close()
     if data.skipped:
         log.message(f"{len(data.skipped)} damaged samples skipped (rank {d.rank})")
+    if d.main:
+        print(run_summary(out, headline(cfg, pos.step, pos.epoch)), flush=True)
     return pos
 
 
@@ -100,6 +106,7 @@ def _epoch(cfg, d, net, opt, loss_fn, data, pos: Position, per_rank: int, log: R
     loader = DataLoader(data, batch_size=None, num_workers=cfg.workers,
                         pin_memory=d.device.type == "cuda", persistent_workers=False)
     window, steps, t_wait, t_start, skipped = {}, 0, 0.0, time.perf_counter(), 0
+    epoch_end = data.samples_per_rank() // per_rank * per_rank   # offset after the epoch's last batch
     batches = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -118,13 +125,13 @@ def _epoch(cfg, d, net, opt, loss_fn, data, pos: Position, per_rank: int, log: R
             window[k] = window.get(k, 0.0) + float(v)
         elapsed = time.perf_counter() - t_start
         log.step(steps * per_rank * d.world / max(elapsed, 1e-9), float(loss.detach()))
-        if pos.step % cfg.log_every == 0:
+        stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
+        if pos.step % cfg.log_every == 0 or stop or pos.epoch == cfg.epochs - 1 and pos.offset >= epoch_end:
             values = mean_over_ranks({k: v / steps for k, v in window.items()}, d)
             values.update(lr=opt.param_groups[0]["lr"], samples_per_s=steps * per_rank * d.world / elapsed,
                           data_wait=t_wait / elapsed, skipped=skipped)
             log.scalars(pos.step, pos.epoch, values)
             window, steps, t_wait, t_start = {}, 0, 0.0, time.perf_counter()
-        stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
         if pos.step % cfg.save_every == 0 or stop:
             save(Position(pos.step, pos.epoch, pos.offset))
         if stop:
