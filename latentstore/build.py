@@ -31,7 +31,7 @@ from .coders import load_coder
 from .datasets import IGNORE_INDEX, SourceItem, load_label_map, open_source
 from .encode import STORE_THREADS, EncodedImage, Encoder
 from .errors import ConfigError, InputError, WeightsError
-from .format import (FIELDS, Padding, commit_record_name, encode_field,
+from .format import (ENCODER_REVISION, FIELDS, Padding, commit_record_name, encode_field,
                      sample_key, smallest_int_dtype, write_json_atomic)
 from .images import RejectedImage, load_rgb
 from .parallel import run_in_processes
@@ -395,7 +395,8 @@ def _read_record(out: Path, split: str, group: int) -> dict | None:
 def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
     """Refuse to continue a build that was started with other arguments."""
     path = out / f"build-{cfg.split}.json"
-    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"], "device": cfg.device}
+    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"], "encoder_revision": ENCODER_REVISION,
+               "device": cfg.device}
     if teacher is not None:
         current["teacher_sha256"] = teacher.weights["sha256"]
     if path.is_file():
@@ -406,6 +407,9 @@ def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> N
             diffs.append("coder weights differ (sha256)")
         if started.get("teacher_sha256") != current.get("teacher_sha256"):
             diffs.append("teacher weights differ (sha256)")
+        if started.get("encoder_revision", 1) != ENCODER_REVISION:
+            diffs.append(f"encoded by encoder revision {started.get('encoder_revision', 1)} (this latentstore: "
+                         f"{ENCODER_REVISION}), whose ŷ is not exact: start again in a new --out")
         if started.get("device", "cpu") != cfg.device:  # g_a on another device gives other symbols
             diffs.append(f"--device: store was started on {started.get('device', 'cpu')}, command has "
                          f"{cfg.device} (a store's symbols depend on the device type)")
@@ -422,7 +426,7 @@ def _versions() -> dict:
             "numpy": np.__version__, "webdataset": webdataset.__version__,
             "python": platform.python_version(),
             # The coder's convolutions give other float bits at another thread count (docs/benchmarks.md).
-            "torch_threads": STORE_THREADS}
+            "torch_threads": STORE_THREADS, "encoder_revision": ENCODER_REVISION}
 
 
 def _coder_entry(cfg: BuildConfig, coder) -> dict:

@@ -89,7 +89,7 @@ def teacher_options(required: bool):
 @click.option("--max-rejects", default=100, show_default=True, type=int,
               help="Fail once more than this many images are unreadable.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
-              help="Crops per encoder batch (speed only: the autoregressive loop runs once per batch).")
+              help="Crops per encoder batch (never changes a byte: every stored computation runs per image).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
 @click.option("--encoders", default="1", show_default=True, callback=lambda ctx, param, value: _encoders(value),
               help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
@@ -147,8 +147,9 @@ def _encoders(value: str) -> int:
 
 @cli.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--decode", default=0, show_default=True, type=int,
-              help="Also decode N random samples with CompressAI and compare ŷ (needs the coder's weights).")
+@click.option("--decode", default="0", show_default=True, metavar="N|all",
+              help="Also decode N random samples (or all) with CompressAI's decompress() and compare ŷ "
+                   "bit for bit (needs the coder's weights; runs at the store's torch thread count).")
 @click.option("--weights", help="Where the coder's weights are now, if not where the manifest says.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which random samples --decode picks.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -156,7 +157,10 @@ def verify(store, decode, weights, seed, quiet):
     """Check every shard (sha256, sample count, fields, keys); exit 1 naming every bad shard and key."""
     from .verify import verify as run_verify
 
-    report = run_verify(store, decode=decode, seed=seed, weights=weights, progress=not quiet)
+    if decode != "all" and not decode.isdigit():
+        raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
+    report = run_verify(store, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
+                        weights=weights, progress=not quiet)
     for problem in report.problems:
         click.echo(f"BAD  {problem}", err=True)
     click.echo(f"{report.shards} shards, {report.samples} samples checked, {report.decoded} decoded "
@@ -172,7 +176,8 @@ def verify(store, decode, weights, seed, quiet):
 @click.option("--image-size", default=224, show_default=True, type=int,
               help="Pixel size the latent comes from (latent side = size / 16).")
 @click.option("--names-only", is_flag=True, help="Only list the names (fast; counting builds every model).")
-def models(names, coder, quality, image_size, names_only):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def models(names, coder, quality, image_size, names_only, quiet):
     """Params and MACs of compressed-domain models at a latent shape (default: the whole zoo).
 
     \b
@@ -180,15 +185,16 @@ def models(names, coder, quality, image_size, names_only):
     latentstore models resnet50-aa cresnet51 --quality 5
     """
     from .complexity import markdown_table, model_table
-    from .models import EXAMPLES, model_names
+    from .models import EXAMPLES, model_names, name_listing
 
     if names_only:
-        click.echo("\n".join(model_names()))
+        click.echo(name_listing())
         return
     if not names:
         patterns = [n for n in model_names() if "{timm}" in n]
         click.echo(f"Patterns ({{timm}} is any timm CNN): {', '.join(patterns)}\n")
-    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size)))
+    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size,
+                                          progress=not quiet)))
 
 
 @cli.command()
@@ -207,12 +213,13 @@ def convert(src, dst, fmt, quiet):
 
 @cli.command("seal")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-def seal_command(store):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def seal_command(store, quiet):
     """Merge the part manifests of a partitioned build into manifest.json (fails naming missing parts)."""
     from .info import render, summarize
     from .seal import seal
 
-    seal(store)
+    seal(store, progress=not quiet)
     click.echo(render(summarize(store)))
 
 
@@ -233,10 +240,17 @@ def fetch_weights(coder, qualities):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @click.option("--teacher-error", default=0, type=int, metavar="N",
               help="Also measure each teacher dtype's relative error vs float32 on N samples (runs the teacher).")
-def info(store, as_json, teacher_error):
+@click.option("--keys", "list_keys", is_flag=True,
+              help="List every sample key instead (one per line, split by split in stored order; "
+                   "open_store(...)[key] reads one).")
+def info(store, as_json, teacher_error, list_keys):
     """Summarize a store: coder, weights, samples, bpp, bytes per field, teacher, rejects."""
-    from .info import render, summarize
+    from .info import render, store_keys, summarize
 
+    if list_keys:
+        keys = store_keys(store)
+        click.echo(json.dumps(keys, indent=1) if as_json else "\n".join(k for split in keys.values() for k in split))
+        return
     summary = summarize(store)
     if teacher_error:
         from .add_teacher import teacher_error as measure

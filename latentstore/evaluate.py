@@ -55,6 +55,7 @@ class EvalConfig:
     workers: int = 0
     device: str = "cpu"
     precision: str = "auto"           # auto: bf16 autocast + channels_last on CUDA, fp32 on CPU (train/speed.py)
+    progress: bool = True             # a progress bar on rank 0
 
     def out_path(self) -> Path:
         return Path(self.out) if self.out else Path(self.checkpoint).resolve().parent / "eval.json"
@@ -168,6 +169,18 @@ def eval_batches(store, manifest: dict, split: str, variant: int, fields: tuple,
     return DataLoader(data, batch_size=None, num_workers=workers, pin_memory=pin_memory)
 
 
+def _progress(batches, cfg: EvalConfig, manifest: dict, split: str, rank: int, world: int):
+    """`batches`, with a bar on rank 0 counting this rank's samples of the variant."""
+    from tqdm import tqdm
+
+    shards = [s for s in manifest["splits"][split]["shards"] if s["variant"] == cfg.variant][rank::world]
+    with tqdm(total=sum(s["samples"] for s in shards), unit="sample", desc=f"eval {split}", dynamic_ncols=True,
+              disable=not cfg.progress or rank != 0) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch["__key__"]))
+
+
 class BitCounter:
     """Exact rate: int64 [bits, unpadded pixels, samples], each sample checked against its meta.json."""
 
@@ -264,8 +277,9 @@ def evaluate_classification(cfg: EvalConfig) -> dict:
     manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "classification")
     rank, world = rank_and_world()
     acc, rate = TopK((1, 5)), BitCounter()
-    for batch in eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size, cfg.workers,
-                              rank, world, pin_memory=_on_cuda(cfg)):
+    for batch in _progress(eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size,
+                                        cfg.workers, rank, world, pin_memory=_on_cuda(cfg)),
+                           cfg, manifest, split, rank, world):
         logits = _forward(model, batch, inputs, region, cfg)
         acc.update(logits, batch["label"])
         rate.update(batch)
@@ -284,8 +298,9 @@ def evaluate_segmentation(cfg: EvalConfig) -> dict:
     classes = manifest["splits"][split].get("classes") or [str(i) for i in range(ckpt.num_classes)]
     rank, world = rank_and_world()
     cm, rate = ConfusionMatrix(ckpt.num_classes, IGNORE_INDEX), BitCounter()
-    for batch in eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size, cfg.workers,
-                              rank, world, pin_memory=_on_cuda(cfg)):
+    for batch in _progress(eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size,
+                                        cfg.workers, rank, world, pin_memory=_on_cuda(cfg)),
+                           cfg, manifest, split, rank, world):
         if "label_map" not in batch:
             raise StoreError(f"shard {batch['__shard__'][0]}: no label_map field; is this a segmentation store?")
         logits = _forward(model, batch, inputs, region, cfg)
@@ -383,11 +398,12 @@ def parse_args(argv, task: str) -> EvalConfig:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if present")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 autocast + channels_last on CUDA, fp32 on CPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.workers < 0:
         p.error("--batch-size must be >= 1 and --workers >= 0")
     return EvalConfig(a.store, a.checkpoint, a.split, a.variant, a.out, a.method, a.complexity,
-                      a.batch_size, a.workers, a.device, a.precision)
+                      a.batch_size, a.workers, a.device, a.precision, progress=not a.quiet)
 
 
 def write_outputs(record: dict, out: Path) -> str:
@@ -401,6 +417,18 @@ def write_outputs(record: dict, out: Path) -> str:
         md += "\n\n" + per_class_table(record)
     out.with_suffix(".md").write_text(md + "\n")
     return md
+
+
+def summary(record: dict, out: Path) -> str:
+    """The end of an eval: its headline numbers, and the files it wrote."""
+    if record["task"] == "classification":
+        numbers = f"top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %"
+    else:
+        numbers = f"mIoU {record['miou']:.2f} %, pixel accuracy {record['pixel_accuracy']:.2f} %"
+    bpp = "-" if record["bpp"] is None else f"{record['bpp']:.4f}"
+    return (f"{record['method']}: {numbers}, {bpp} bpp on {record['samples']} samples "
+            f"(split {record['store']['split']}, variant {record['store']['variant']}, {record['seconds']:.1f} s)\n"
+            f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def run(cfg: EvalConfig, task: str) -> dict:
@@ -418,7 +446,7 @@ def run(cfg: EvalConfig, task: str) -> dict:
         if d.main:
             md = write_outputs(record, cfg.out_path())
             print(md)
-            print(f"wrote {cfg.out_path()}")
+            print(summary(record, cfg.out_path()))
     finally:
         cleanup()
     return record

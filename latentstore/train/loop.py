@@ -16,13 +16,12 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from ..store import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
-from .log import RunLog
+from .log import RunLog, finished, headline, summary as run_summary
 from .speed import StepMeter, autocast, autocast_dtype, make_loader, maybe_compile, prepare_model
 
 #: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
@@ -63,6 +62,10 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
     summary = ckpt.store_summary(data.manifest, data.split)
     pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
+    if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
+        if d.main:
+            print(run_summary(cfg.out, headline(cfg, pos.step, pos.epoch, rerun=True)), flush=True)
+        return pos
 
     out = Path(cfg.out)
     if d.main:
@@ -93,6 +96,8 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
         log.close()
     if data.skipped:
         log.message(f"{len(data.skipped)} damaged samples skipped (rank {d.rank})")
+    if d.main:
+        print(run_summary(out, headline(cfg, pos.step, pos.epoch)), flush=True)
     return pos
 
 
@@ -110,6 +115,7 @@ def _epoch(cfg, d, net, opt, loss_fn, data, loader, pos: Position, per_rank: int
     meter, t_wait, t_start, skipped = StepMeter(), 0.0, time.perf_counter(), 0
     lenient = cfg.max_skips > 0
     shown = (0.0, float("nan"))   # (samples/s, loss) on the progress bar, as of the last log step
+    epoch_end = data.samples_per_rank() // per_rank * per_rank   # offset after the epoch's last batch
     batches = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -126,7 +132,8 @@ def _epoch(cfg, d, net, opt, loss_fn, data, loader, pos: Position, per_rank: int
         pos.step, pos.offset = pos.step + 1, pos.offset + per_rank
         skipped += len(batch.get("__skipped__", ()))
         meter.add({"loss": loss, **parts})
-        if pos.step % cfg.log_every == 0:
+        stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
+        if pos.step % cfg.log_every == 0 or stop or pos.epoch == cfg.epochs - 1 and pos.offset >= epoch_end:
             values = mean_over_ranks(meter.means(), d)       # the step path's only host sync
             elapsed = time.perf_counter() - t_start
             rate = meter.steps * per_rank * d.world / max(elapsed, 1e-9)
@@ -137,7 +144,6 @@ def _epoch(cfg, d, net, opt, loss_fn, data, loader, pos: Position, per_rank: int
             meter.reset()
             t_wait, t_start = 0.0, time.perf_counter()
         log.step(*shown)
-        stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
         if pos.step % cfg.save_every == 0 or stop:
             save(Position(pos.step, pos.epoch, pos.offset))
         if stop:

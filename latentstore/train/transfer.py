@@ -80,7 +80,8 @@ def check_shapes(model: nn.Module, split_info: dict, fields: list[str], inputs: 
     shapes = feature_shapes(model, *inputs)
     picked = [shapes[i] for i in student_taps(model, fields)]
     stored = split_info["teacher"].get("feature_shapes") or {}
-    check_tap_shapes(picked, [tuple(stored[f]) for f in fields], where="knowledge transfer")
+    check_tap_shapes(picked, [tuple(stored[f]) for f in fields], where="knowledge transfer", names=fields,
+                     teacher=split_info["teacher"].get("name", ""))
 
 
 class Transfer:
