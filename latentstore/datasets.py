@@ -24,6 +24,7 @@ New datasets (e.g. cityscapes) register an opener in ``OPENERS``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from collections import defaultdict
@@ -351,6 +352,70 @@ def load_label_map(item: SourceItem, size: tuple[int, int]):
         raise InputError(f"Label map {path} holds values {bad} that are not "
                          f"{'train ids (0-18, 255)' if lut is TRAIN_ID_CHECK else 'Cityscapes labelIds (0-33)'}")
     return Image.fromarray(train.astype(np.uint8), mode="L")
+
+
+# --- Fingerprints -----------------------------------------------------------
+
+def file_fingerprint(path: Path) -> dict | None:
+    """{"bytes", "mtime_ns", "sha256"} of one source file, None when it cannot be read."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def fingerprint(item: SourceItem) -> dict:
+    """What a commit record keeps of an item's source: its image file (and label map) fingerprints."""
+    fp = {"image": file_fingerprint(item.path)}
+    if item.label_path is not None:
+        fp["label"] = file_fingerprint(item.label_path)
+    return fp
+
+
+def _same_file(path: Path, recorded: dict | None) -> bool:
+    """Size and mtime decide when they agree; an mtime changed by a copy falls back to the sha256."""
+    if recorded is None:
+        return not path.is_file()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_size != recorded["bytes"]:
+        return False
+    if st.st_mtime_ns == recorded["mtime_ns"]:
+        return True
+    current = file_fingerprint(path)
+    return current is not None and current["sha256"] == recorded["sha256"]
+
+
+def source_changes(items: list[SourceItem], keys: list[str], fingerprints: list | None) -> str | None:
+    """Why a committed group no longer matches today's `items`, or None when it still does.
+
+    `keys` and `fingerprints` come from the group's commit record; a record
+    without fingerprints (older stores) is checked by its keys only.
+    """
+    now = [it.key for it in items]
+    if now != list(keys):
+        gone, new = sorted(set(keys) - set(now)), sorted(set(now) - set(keys))
+        detail = (f"{len(gone)} gone (e.g. {gone[0]})" if gone else "") + \
+                 (", " if gone and new else "") + (f"{len(new)} new (e.g. {new[0]})" if new else "")
+        return f"its images changed: {detail or 'another order'}"
+    if fingerprints is None:
+        return None
+    for item, fp in zip(items, fingerprints):
+        if not _same_file(item.path, fp["image"]):
+            return f"{item.relpath} changed since it was encoded"
+        if item.label_path is not None and not _same_file(item.label_path, fp.get("label")):
+            return f"the label map of {item.relpath} changed since it was encoded"
+    return None
+
+
+def listing_digest(items: list[SourceItem]) -> str:
+    """sha256 of a split's item keys in order: parts of one build must agree on it."""
+    return hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest()
 
 
 # --- Registry ---------------------------------------------------------------

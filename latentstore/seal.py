@@ -18,6 +18,8 @@ from .errors import ConfigError, StoreError
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, write_json_atomic
 
 PARTS_DIR = "parts"
+#: build arguments that may change between runs and parts: they decide whether a build goes on, not its bytes
+RESUME_FREE = frozenset({"max_rejects"})
 _PART_FILE = re.compile(r"^(?P<split>.+)-part-(?P<i>\d{4})-of-(?P<n>\d{4})\.json$")
 
 
@@ -73,6 +75,10 @@ def split_entry(config: dict, classes: list, images_total: int, records: list, l
     }
 
 
+def _bytes_config(part: dict) -> dict:
+    return {k: v for k, v in part["config"].items() if k not in RESUME_FREE}
+
+
 def read_parts(store: Path) -> dict:
     """{split: {part index: part manifest}} for every part manifest on disk."""
     found: dict = {}
@@ -108,9 +114,13 @@ def seal(store, splits: list | None = None) -> dict:
                 problems.append(f"split {split!r}: part {i}/{n} is missing or unfinished "
                                 f"(rerun its build command with --part {i}/{n})")
         for i, p in parts.items():
-            if p["parts"] != n or p["config"] != first["config"] or p["coder"] != first["coder"]:
+            if p["parts"] != n or _bytes_config(p) != _bytes_config(first) or p["coder"] != first["coder"]:
                 problems.append(f"split {split!r}: part {i}/{p['parts']} was built with other arguments than "
                                 f"part {first['part']}/{n}")
+            elif p.get("listing") != first.get("listing") or p["images"] != first["images"]:
+                problems.append(f"split {split!r}: part {i}/{n} listed other images ({p['images']}) than part "
+                                f"{first['part']}/{n} ({first['images']}): the dataset changed between them. "
+                                f"Rerun every part's build command (each re-encodes only its changed groups)")
             for r in p["records"]:
                 for shard in (f for s in r["shards"] for f in s.get("files", [s])):  # zarr: chunk files
                     path = store / shard["path"]

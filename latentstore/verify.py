@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class Report:
     samples: int = 0
     decoded: int = 0
     problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)   # what was not checked, and why
 
     @property
     def ok(self) -> bool:
@@ -107,8 +109,51 @@ def _stray_files(store: Path, manifest: dict) -> list:
     return problems
 
 
-def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, progress: bool = False) -> Report:
-    """Check `store` completely; `decode` random samples are also decoded by CompressAI."""
+def _check_sources(store: Path, manifest: dict, root, report: Report) -> None:
+    """Each split's group records against today's listing of its dataset (items and file fingerprints)."""
+    from .datasets import open_source, source_changes
+
+    for split_name, split in sorted(manifest["splits"].items()):
+        cfg = split["config"]
+        where = Path(root) if root is not None else Path(cfg["root"])
+        if not where.is_dir():
+            if root is not None:
+                report.problems.append(f"--root {where} is not a directory")
+            else:
+                report.notes.append(f"split {split_name!r}: its dataset {where} is not here, so the store was not "
+                                    "compared with its source (pass --root where the dataset is now)")
+            continue
+        try:
+            items = open_source(cfg["dataset"], where, cfg["split"], limit=cfg.get("limit"),
+                                label_file=cfg.get("label_file")).items
+        except LatentstoreError as exc:
+            report.problems.append(f"split {split_name!r}: cannot list its dataset at {where} ({exc})")
+            continue
+        stale = f"(rerun the build command: it re-encodes the changed groups)"
+        if len(items) != split["images_found"]:
+            report.problems.append(f"split {split_name!r}: {where} now lists {len(items)} images, the store was "
+                                   f"built from {split['images_found']} {stale}")
+        size = cfg["shard_size"]
+        for j in range(0, -(-len(items) // size)):
+            path = store / split_name / f"group-{j:06d}.json"
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                report.problems.append(f"split {split_name!r}: group record {path.name} is missing or damaged")
+                continue
+            why = source_changes(items[j * size:(j + 1) * size], record.get("items", []), record.get("sources"))
+            if why:
+                report.problems.append(f"split {split_name!r}, group {j}: no longer matches {where}: {why} {stale}")
+
+
+def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, progress: bool = False,
+           root=None, sources: bool = True) -> Report:
+    """Check `store` completely; `decode` random samples are also decoded by CompressAI.
+
+    With `sources` (default), the group records are compared with the dataset
+    they were built from (at `root`, default: the root the manifest records),
+    so a store that no longer matches its source is reported.
+    """
     store = Path(store)
     report = Report()
     try:
@@ -123,6 +168,8 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
     else:
         report.problems += _stray_files(store, manifest)
     damaged = list(report.problems)
+    if sources:
+        _check_sources(store, manifest, root, report)
     read = SOURCES[backend]
     # Pick the samples to decode up front, so only those are held in memory.
     shards = [s for split in manifest["splits"].values() for s in split["shards"]]
