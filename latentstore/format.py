@@ -87,6 +87,19 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def check_recorded_files(store, shard: dict, action: str) -> None:
+    """Every file of a tar shard or Zarr unit has its recorded size and sha256, before `action` reads it."""
+    for f in shard.get("files", [shard]):
+        path = Path(store) / f["path"]
+        if not path.is_file():
+            raise StoreError(f"shard {shard['path']}: {f['path']} is missing; {action} stops before reading it. "
+                             "Run `latentstore verify` and rebuild the damaged group.")
+        if path.stat().st_size != f["bytes"] or file_sha256(path) != f["sha256"]:
+            raise StoreError(f"shard {shard['path']}: {f['path']} differs from its record (size or sha256); "
+                             f"{action} stops rather than carry the damage over. Run `latentstore verify` "
+                             "and rebuild the damaged group.")
+
+
 def encode_npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
