@@ -232,7 +232,14 @@ def read_manifest(store) -> dict:
             f"{store} has no {MANIFEST}: it is not a latentstore store, or its build has not "
             f"finished (the manifest is written last). Rerun the build command to complete it."
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:  # a cut or edited file; UnicodeDecodeError is a ValueError
+        raise StoreError(f"{path} is damaged (not valid JSON: {exc}). The shards may be intact: "
+                         f"`latentstore seal {store}` rewrites it from the part manifests, then run "
+                         f"`latentstore verify {store}`") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise StoreError(f"{path} is damaged (no 'splits' table); `latentstore seal {store}` rewrites it")
     if manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{path} is not a latentstore manifest (format={manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -102,7 +102,10 @@ def seal(store, splits: list | None = None) -> dict:
         parts_by_split = {s: p for s, p in parts_by_split.items() if s in splits}
     if not parts_by_split:
         raise StoreError(f"{store} has no part manifests under {PARTS_DIR}/: no build part has finished yet")
-    previous = json.loads((store / MANIFEST).read_text()) if (store / MANIFEST).is_file() else None
+    try:
+        previous = json.loads((store / MANIFEST).read_text()) if (store / MANIFEST).is_file() else None
+    except ValueError:  # a damaged manifest is what sealing again repairs
+        previous = None
     kept = {s: e for s, e in (previous or {}).get("splits", {}).items() if s not in parts_by_split}
     problems, entries = [], {}
     coder = previous["coder"] if previous and kept else None

@@ -62,7 +62,7 @@ REMAINDERS = ("drop", "pad")
 def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool,
                         wanted=None) -> Iterator[dict | None]:
     return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
-                      wanted=wanted)
+                      wanted=wanted, sha256=shard.get("sha256"), size=shard.get("bytes"))
 
 
 #: manifest["backend"] -> fn(store path, shard record, fields, lenient, wanted=None) yielding the
@@ -309,8 +309,8 @@ class LatentDataset(IterableDataset):
                 if sample is None:
                     continue
                 if "__error__" in sample:
-                    if sample["__key__"] is None:  # damage to the shard itself: the rest is lost
-                        seen, damage = index, sample["__error__"]
+                    if sample["__key__"] is None:  # damage to the shard itself: none of its samples is kept
+                        seen, damage = 0, sample["__error__"]
                         break
                     if uses.get((s, index)):
                         skipped.append(sample["__error__"])
@@ -320,7 +320,9 @@ class LatentDataset(IterableDataset):
                     cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
             for index in range(seen, shard["samples"]):
                 if uses.get((s, index)):
-                    skipped.append(f"shard {shard['path']}, sample #{index} (key unknown): lost ({damage})")
+                    known = cache.get((s, index))
+                    key = known["__key__"] if known else "key unknown"
+                    skipped.append(f"shard {shard['path']}, sample #{index} ({key}): lost ({damage})")
                     cache[(s, index)] = None
         self.skipped += skipped
         if len(self.skipped) > self.max_skips:

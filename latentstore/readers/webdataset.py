@@ -2,12 +2,20 @@
 
 A tar file has no trailer, so a shard cut at a member boundary reads back
 without any error from tarfile or webdataset. The strict reader therefore
-checks every shard against the manifest: the sample count, the required
-fields of every sample, and that each field decodes. Every error names the
-shard and, where there is one, the sample key.
+checks every shard against the manifest: its size before reading, its sha256
+while reading (every byte passes through the hash on its way to the parser,
+so a flipped payload byte costs no extra pass over the file), the sample
+count, the required fields of every sample, and that each field decodes.
+Every error names the shard and, where there is one, the sample key. A
+sha256 mismatch is known only at the end of the shard: it is raised (or, in
+lenient mode, reported) after the shard's samples, and callers must not use
+samples of a shard whose iteration ended in an error (store.py's loader reads
+a whole shard before handing out any of its samples).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Container, Iterator
 
@@ -35,7 +43,25 @@ def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
     return name, _octal(block[124:136]), block[156:157]
 
 
-def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
+class _HashingReader:
+    """A binary file whose bytes, read or skipped, all pass through sha256."""
+
+    def __init__(self, f):
+        self._f, self.sha256 = f, hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self._f.read(n)
+        self.sha256.update(data)
+        return data
+
+    def finish(self) -> str:
+        """The file's sha256, including whatever follows the end-of-archive blocks."""
+        while block := self.read(1 << 20):
+            pass
+        return self.sha256.hexdigest()
+
+
+def _members(path: Path, shard: str, sha256: str | None = None) -> Iterator[tuple[str, str, bytes]]:
     """(key, member suffix, bytes) for each member, in tar order.
 
     A small tar parser instead of ``tarfile``: its header objects cost more than
@@ -44,22 +70,31 @@ def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
     files named "<key>.<suffix>" (members are read into memory, never
     extracted, but no name may point elsewhere). EOF at a member boundary ends
     the iteration quietly, like tarfile: the caller's sample count decides.
+    With `sha256`, the whole file must hash to it (checked after the last member).
     """
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as raw:
+            f = _HashingReader(raw) if sha256 else raw
             offset, long_name = 0, None
             while True:
                 block = f.read(_BLOCK)
                 if len(block) < _BLOCK or block == _END:
                     if block and block != _END:
                         raise StoreError(f"shard {shard}: truncated tar header at byte {offset}")
+                    if sha256 and f.finish() != sha256:
+                        raise StoreError(f"shard {shard}: sha256 differs from the manifest (a damaged or replaced "
+                                         "shard): none of its samples can be trusted. Run `latentstore verify` "
+                                         "and rebuild it (rerun the build command after deleting its group record)")
                     return
                 name, size, kind = _header(block, shard, offset)
                 data = f.read(size)
                 if len(data) < size:
                     raise StoreError(f"shard {shard}: member {name.decode(errors='replace')!r} is truncated "
                                      f"({len(data)} of {size} bytes)")
-                f.seek(-size % _BLOCK, 1)
+                if sha256:
+                    f.read(-size % _BLOCK)  # the padding is hashed too
+                else:
+                    raw.seek(-size % _BLOCK, 1)
                 offset += _BLOCK + size + (-size % _BLOCK)
                 if kind in (b"x", b"L"):  # the next member's name: PAX record or GNU long name
                     long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0")
@@ -90,7 +125,8 @@ def _pax_path(data: bytes) -> bytes | None:
 
 def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
-               lenient: bool = False, wanted: Container[int] | None = None) -> Iterator[dict | None]:
+               lenient: bool = False, wanted: Container[int] | None = None,
+               sha256: str | None = None, size: int | None = None) -> Iterator[dict | None]:
     """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
 
     `fields` limits which fields are decoded (None: all). `wanted` (sample
@@ -100,11 +136,16 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     or a sample count other than `expected_samples`. With ``lenient=True`` it
     yields {"__key__", "__shard__", "__error__": message} in place of a damaged
     sample and goes on; damage to the shard itself (unreadable tar, wrong count)
-    comes last, as such a dict with ``__key__`` None.
+    comes last, as such a dict with ``__key__`` None. With `sha256` (and
+    `size`, checked before reading), the file must match the manifest: a
+    mismatch comes last too, after samples that must then not be used.
     """
     count = 0
     try:
-        for key, raw in _groups(Path(path), shard):
+        if size is not None and os.stat(path).st_size != size:
+            raise StoreError(f"shard {shard}: {os.stat(path).st_size} bytes, the manifest records {size} "
+                             "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
+        for key, raw in _groups(Path(path), shard, sha256):
             count += 1
             if wanted is not None and count - 1 not in wanted:
                 yield None
@@ -120,16 +161,20 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
                 f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
                 f"(truncated or replaced shard; run `latentstore verify` and rebuild it)"
             )
+    except OSError as exc:
+        if not lenient:
+            raise StoreError(f"shard {shard}: unreadable ({exc})") from exc
+        yield {"__key__": None, "__shard__": shard, "__error__": f"shard {shard}: unreadable ({exc})"}
     except StoreError as exc:
         if not lenient:
             raise
         yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
 
 
-def iter_raw(path, shard: str) -> Iterator[tuple[str, dict]]:
+def iter_raw(path, shard: str, sha256: str | None = None) -> Iterator[tuple[str, dict]]:
     """(key, {member suffix: bytes}) per sample, in tar order, bytes untouched."""
     current, members = None, {}
-    for key, ext, data in _members(Path(path), shard):
+    for key, ext, data in _members(Path(path), shard, sha256):
         if key != current:
             if current is not None:
                 yield current, members
@@ -141,9 +186,9 @@ def iter_raw(path, shard: str) -> Iterator[tuple[str, dict]]:
         yield current, members
 
 
-def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict]]:
+def _groups(path: Path, shard: str, sha256: str | None = None) -> Iterator[tuple[str, dict]]:
     """(key, {field name: bytes}) per sample, in tar order."""
-    for key, members in iter_raw(path, shard):
+    for key, members in iter_raw(path, shard, sha256):
         raw = {}
         for ext, data in members.items():
             field = field_for_member(ext)

@@ -1,10 +1,12 @@
 """Strict reading of latentstore Zarr stores: the same sample dicts as the tar reader.
 
-Zarr itself reads a missing chunk as fill_value without a word, so nothing is
-read before the unit's chunk files (listed with size and sha256 in the
-manifest) are checked to exist with their recorded sizes; ``verify`` also
-checks their sha256 and looks for chunks no commit record claims and for
-leftover temporary files. Samples come out exactly as ``iter_shard`` gives
+Zarr itself reads a missing chunk as fill_value without a word, and blosc has
+no checksum (a flipped byte decodes to other numbers), so nothing is read
+before the unit's files of the arrays being read (listed with size and sha256
+in the manifest) are checked: size always, sha256 once per process and file
+(memoized by path, size and mtime, so later epochs do not hash again).
+``verify`` also looks for chunks no commit record claims and for leftover
+temporary files. Every error is a StoreError naming the unit (and key). Samples come out exactly as ``iter_shard`` gives
 them from a tar shard of the same build: same keys, dtypes and values
 (symbols are narrowed to the smallest integer dtype, as the shards store them).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Container, Iterator
 
@@ -25,12 +28,21 @@ from ..writers.zarr import TEMP_PREFIX, VLEN_FIELDS
 def _split_group(store: Path, split: str) -> zarr.Group:
     try:
         return zarr.open_group(str(store), mode="r")[split]
-    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+    except (KeyError, ValueError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
 
 
-def check_files(store: Path, unit: dict) -> None:
-    """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros)."""
+_HASHED: set = set()  # (path, size, mtime_ns) of files whose sha256 matched in this process
+
+
+def _array_of(path: str) -> str:
+    """The array a chunk file belongs to: "train/y_hat/c/0/1" -> "y_hat"; "train/meta/bytes/c/..." -> "meta"."""
+    return path.split("/c/", 1)[0].split("/")[1]
+
+
+def check_files(store: Path, unit: dict, arrays=None) -> None:
+    """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros); with
+    `arrays` (names), those arrays' files also hash to their recorded sha256."""
     for f in unit["files"]:
         path = store / f["path"]
         if not path.is_file():
@@ -39,6 +51,15 @@ def check_files(store: Path, unit: dict) -> None:
         if path.stat().st_size != f["bytes"]:
             raise StoreError(f"shard {unit['path']}: chunk file {f['path']} has {path.stat().st_size} bytes, "
                              f"the manifest records {f['bytes']}; rebuild the group")
+        if arrays is not None and _array_of(f["path"]) in arrays:
+            st = os.stat(path)
+            memo = (str(path), st.st_size, st.st_mtime_ns)
+            if memo not in _HASHED:
+                if hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+                    raise StoreError(f"shard {unit['path']}: chunk file {f['path']} differs from its record "
+                                     "(sha256): its samples cannot be trusted. Run `latentstore verify` and "
+                                     "rebuild the group (rerun the build command)")
+                _HASHED.add(memo)
 
 
 def _convert(name: str, value):
@@ -79,29 +100,40 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
     """
     store, name = Path(store), unit["path"]
     try:
-        check_files(store, unit)
-        group = _split_group(store, unit["split"])
         names = [n for n in unit["fields"] if fields is None or n in fields or n == "meta"]
+        check_files(store, unit, {*names, "present"})
+        group = _split_group(store, unit["split"])
         lo, hi = unit["items"]
         present = group["present"][unit["variant"], lo:hi]
         if int(present.sum()) != unit["samples"]:
             raise StoreError(f"shard {name}: holds {int(present.sum())} samples, the manifest records "
                              f"{unit['samples']}; run `latentstore verify` and rebuild the group")
         block = _block(group, names, unit["variant"], lo, hi, unit["group"])
-    except StoreError as exc:
+    except Exception as exc:  # zarr, blosc and json raise many types: all become one naming the unit
+        error = exc if isinstance(exc, StoreError) else \
+            StoreError(f"shard {name}: unreadable Zarr data ({type(exc).__name__}: {exc}); run `latentstore verify`")
         if not lenient:
-            raise
-        yield {"__key__": None, "__shard__": name, "__error__": str(exc)}
+            raise error from exc
+        yield {"__key__": None, "__shard__": name, "__error__": str(error)}
         return
     for index, i in enumerate(np.flatnonzero(present).tolist()):
         if wanted is not None and index not in wanted:
             yield None
             continue
-        meta = json.loads(block["meta"][i])
-        sample = {"__key__": meta["key"], "__shard__": name}
-        for field in names:
-            if fields is None or field in fields:
-                sample[field] = meta if field == "meta" else _convert(field, block[field][i])
+        key = f"#{index}"
+        try:
+            meta = json.loads(block["meta"][i])
+            key = meta["key"]
+            sample = {"__key__": key, "__shard__": name}
+            for field in names:
+                if fields is None or field in fields:
+                    sample[field] = meta if field == "meta" else _convert(field, block[field][i])
+        except Exception as exc:
+            error = StoreError(f"shard {name}, key {key}: does not decode ({type(exc).__name__}: {exc})")
+            if not lenient:
+                raise error from exc
+            yield {"__key__": key, "__shard__": name, "__error__": str(error)}
+            continue
         yield sample
 
 
@@ -127,12 +159,16 @@ class KeyIndex:
         unit = self.units.get((int(variant), group))
         if unit is None:
             raise ConfigError(f"No sample {key!r}: variant {int(variant)} is not stored")
-        check_files(self.store, unit)
+        names = [n for n in unit["fields"] if fields is None or n in fields]
+        check_files(self.store, unit, {*names, "present"})
         zgroup = _split_group(self.store, self.split)
         if not zgroup["present"][unit["variant"], slot]:
             raise ConfigError(f"No sample {key!r}: its image was rejected at build time (see the manifest)")
-        names = [n for n in unit["fields"] if fields is None or n in fields]
-        block = _block(zgroup, names, unit["variant"], slot, slot + 1, group)
+        try:
+            block = _block(zgroup, names, unit["variant"], slot, slot + 1, group)
+        except Exception as exc:
+            raise StoreError(f"shard {unit['path']}, key {key}: unreadable Zarr data ({type(exc).__name__}: "
+                             f"{exc}); run `latentstore verify`") from exc
         sample = {"__key__": key, "__shard__": unit["path"]}
         sample.update({n: _convert(n, block[n][0]) for n in names})
         return sample
