@@ -319,9 +319,9 @@ class LatentDataset(IterableDataset):
                 if uses.get((s, index)):
                     cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
             for index in range(seen, shard["samples"]):
-                if uses.get((s, index)):
-                    known = cache.get((s, index))
-                    key = known["__key__"] if known else "key unknown"
+                if uses.get((s, index)) and not ((s, index) in cache and cache[(s, index)] is None):
+                    known = cache.get((s, index))  # read before the shard's damage showed: not trusted
+                    key = f"key {known['__key__']}" if known else "key unknown"
                     skipped.append(f"shard {shard['path']}, sample #{index} ({key}): lost ({damage})")
                     cache[(s, index)] = None
         self.skipped += skipped
