@@ -23,7 +23,7 @@ import zarr
 
 from ..errors import ConfigError, StoreError
 from ..format import commit_record_name, read_manifest, smallest_int_dtype
-from ..writers.zarr import TEMP_PREFIX, VLEN_FIELDS
+from ..writers.zarr import STORED_DTYPE, TEMP_PREFIX, VLEN_FIELDS
 
 def _split_group(store: Path, split: str) -> zarr.Group:
     try:
@@ -174,6 +174,58 @@ class KeyIndex:
         return sample
 
 
+#: codecs a latentstore Zarr array may use (writers/zarr.py COMPRESSORS, sharding and its index checksum)
+KNOWN_CODECS = frozenset({"bytes", "blosc", "zstd", "sharding_indexed", "crc32c"})
+
+
+def _codec_names(codecs: list) -> set:
+    names = set()
+    for c in codecs:
+        names.add(c.get("name"))
+        conf = c.get("configuration") or {}
+        names |= _codec_names(conf.get("codecs", []) + conf.get("index_codecs", []))
+    return names
+
+
+def metadata_problems(store: Path, split: str, info: dict) -> list[str]:
+    """Problems of the zarr.json of every array the split's units use: missing, unreadable, or not what
+    the writer makes (fill value 0, the split's variant and image counts, known codecs, dtypes)."""
+    problems, arrays = [], {"present"}
+    for unit in info["shards"]:
+        for name in unit["fields"]:
+            arrays |= {f"{name}/bytes", f"{name}/offsets"} if name in VLEN_FIELDS else {name}
+    dtypes = {"present": "bool", "y_hat": info["config"].get("y_hat_dtype"),
+              **{n: np.dtype(d).name for n, d in STORED_DTYPE.items()}}
+    for name in sorted(arrays):
+        path = store / split / name / "zarr.json"
+        rel = path.relative_to(store).as_posix()
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            problems.append(f"{rel}: missing; the array {split}/{name} cannot be read (restore it or rebuild the split)")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{rel}: damaged ({exc})")
+            continue
+        field, _, part = name.partition("/")
+        want = {"bytes": "uint8", "offsets": "int64"}.get(part) or dtypes.get(field)
+        shape = meta.get("shape") or [None, None]
+        if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+            problems.append(f"{rel}: not a Zarr v3 array description")
+        if meta.get("fill_value") not in (0, False):
+            problems.append(f"{rel}: fill_value {meta.get('fill_value')!r}, the store writes 0 (an edited fill value "
+                            "changes what empty regions read as)")
+        if want and meta.get("data_type") != want:
+            problems.append(f"{rel}: data_type {meta.get('data_type')!r}, expected {want!r}")
+        if shape[0] != info["variants"] or (part != "bytes" and shape[1] != info["images_found"]):
+            problems.append(f"{rel}: shape {shape} does not match the manifest ({info['variants']} variants, "
+                            f"{info['images_found']} images)")
+        unknown = _codec_names(meta.get("codecs", [])) - KNOWN_CODECS
+        if unknown or not meta.get("codecs"):
+            problems.append(f"{rel}: codecs {sorted(unknown) or '(none)'} are not the ones latentstore writes")
+    return problems
+
+
 def verify(store) -> list[str]:
     """Problems of a Zarr store's committed data: missing, resized or altered chunks (sha256),
     chunks no commit record claims, leftover temporary files, wrong sample counts. Empty if sound."""
@@ -183,6 +235,8 @@ def verify(store) -> list[str]:
         raise ConfigError(f"{store} is a {manifest['backend']} store, not zarr")
     problems = []
     for split, info in sorted(manifest["splits"].items()):
+        meta_problems = metadata_problems(store, split, info)
+        problems += meta_problems
         known = set()
         for unit in info["shards"]:
             for f in unit["files"]:
@@ -207,7 +261,11 @@ def verify(store) -> list[str]:
         group = None if problems else _split_group(store, split)
         for unit in info["shards"] if group is not None else []:
             lo, hi = unit["items"]
-            n = int(group["present"][unit["variant"], lo:hi].sum())
+            try:
+                n = int(group["present"][unit["variant"], lo:hi].sum())
+            except Exception as exc:  # a damaged array: named, not a traceback
+                problems.append(f"shard {unit['path']}: present flags unreadable ({type(exc).__name__}: {exc})")
+                continue
             if n != unit["samples"]:
                 problems.append(f"shard {unit['path']}: holds {n} samples, the manifest records {unit['samples']}")
     return problems
