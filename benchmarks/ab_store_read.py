@@ -3,6 +3,7 @@
     PYTHONPATH=<checkout> python benchmarks/ab_store_read.py STORE PASSES
 
 Run it alternately with two checkouts on one store (e.g. the bench_loader store) to compare them.
+"""
 import sys, time
 from latentstore.store import open_store
 store, passes = sys.argv[1], int(sys.argv[2])
