@@ -11,6 +11,8 @@ written last, only when every group is committed.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import itertools
 import json
 import multiprocessing
@@ -38,7 +40,7 @@ from .format import (FIELDS, Padding, commit_record_name, encode_field,
 from .images import RejectedImage, load_rgb
 from .parallel import run_in_processes
 from .profile import Profiler, stage as _stage
-from .seal import RESUME_FREE, part_file, seal
+from .seal import PARTS_DIR, RESUME_FREE, part_file, read_parts, seal
 from .teachers import load_teacher, teacher_entry
 from .writers import WRITERS
 
@@ -184,8 +186,15 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
                            cfg.teacher_dtype, seed=cfg.seed) if cfg.teacher else None
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg, coder.weights, teacher)
+    with _build_lock(out, cfg.split, part, parts):
+        _check_parts(out, cfg.split, part, parts)
+        _check_resume(out, cfg, coder.weights, teacher)
+        return _build_locked(cfg, out, source, coder, teacher, progress, profiler)
 
+
+def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
+    """The build proper, under the (split, part) lock: encode what is missing or changed, then commit."""
+    part, parts = cfg.part
     groups = [source.items[i:i + cfg.shard_size] for i in range(0, len(source.items), cfg.shard_size)]
     mine = list(range(part, len(groups), parts))
     records = _current_records(out, cfg, groups, mine, progress)
@@ -319,6 +328,38 @@ def _read_record(out: Path, split: str, group: int) -> dict | None:
         if not p.is_file() or p.stat().st_size != shard["bytes"]:
             return None  # a shard was lost or replaced since: rebuild the group
     return record
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path, split: str, part: int, parts: int):
+    """Hold an exclusive lock on this (split, part) of the store for the whole build."""
+    path = out / PARTS_DIR / f".lock-{split}-part-{part:04d}-of-{parts:04d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"Another build of split {split!r}" + (f" part {part}/{parts}" if parts > 1 else "")
+                              + f" is running into {out} (it holds {path}). Wait for it to finish, or build "
+                              "into another --out.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _check_parts(out: Path, split: str, part: int, parts: int) -> None:
+    """Refuse, before any work, a build split into another number of parts than the split's finished parts."""
+    try:
+        others = sorted({p["parts"] for p in read_parts(out).get(split, {}).values()} - {parts})
+    except ValueError:
+        return  # a damaged part manifest: seal names it
+    if others:
+        was = f"{others[0]} parts (--part i/{others[0]})" if others[0] > 1 else "a plain build (no --part)"
+        now = f"--part {part}/{parts}" if parts > 1 else "a plain build"
+        raise ConfigError(f"{out} split {split!r} was started as {was}; this is {now}. Finish it the way it was "
+                          f"started, or delete {out / PARTS_DIR}/{split}-part-*-of-{others[0]:04d}.json to switch "
+                          "(committed groups are reused either way).")
 
 
 def _current_records(out: Path, cfg: BuildConfig, groups: list, mine: list, progress: bool) -> dict:

@@ -126,7 +126,7 @@ def _stray_files(store: Path, manifest: dict) -> list:
             elif top not in splits and top != PARTS_DIR and rel not in known:
                 problems.append(f"{rel}: not part of the store (no split {top!r} in the manifest); move it out")
                 dirnames[:] = [d for d in dirnames if d != entry]
-            elif path.is_dir() or rel in known:
+            elif path.is_dir() or rel in known or (top == PARTS_DIR and entry.startswith(".lock-")):
                 continue
             elif zarr and (entry == "zarr.json" or "/c/" in rel):
                 continue  # array descriptions and chunks: readers.zarr checks them against the records

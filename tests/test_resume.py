@@ -155,3 +155,33 @@ def test_verify_reports_a_store_that_no_longer_matches_its_source(folder, tmp_pa
     report = verify(out)
     assert [p for p in report.problems if "train/class1/img1.png changed since it was encoded" in p], report.problems
     assert verify(out, sources=False).ok
+
+
+def test_a_second_build_into_the_same_store_is_refused_with_a_lock_message(folder, tmp_path):
+    import fcntl
+
+    from latentstore.errors import ConfigError
+
+    out = tmp_path / "s"
+    lock = out / "parts" / ".lock-train-part-0000-of-0001"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as held:  # what a running build holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match=r"Another build of split 'train' is running into .* Wait for it"):
+            build(config(folder, out), progress=False)
+    build(config(folder, out), progress=False)
+    assert verify(out).ok
+
+
+def test_a_plain_build_into_a_partitioned_store_is_refused_up_front(folder, tmp_path):
+    from latentstore.errors import ConfigError
+
+    out = tmp_path / "s"
+    build(config(folder, out, part=(0, 2)), progress=False)
+    groups = sorted(p.name for p in out.glob("train/group-*.json"))
+    with pytest.raises(ConfigError, match=r"was started as 2 parts \(--part i/2\); this is a plain build"):
+        build(config(folder, out), progress=False)
+    assert sorted(p.name for p in out.glob("train/group-*.json")) == groups  # nothing encoded
+    build(config(folder, out, part=(1, 2)), progress=False)
+    seal(out)
+    assert_matches_tree(out, folder)
