@@ -254,6 +254,7 @@ class LatentDataset(IterableDataset):
         return units
 
     def __iter__(self):
+        self.skipped = []  # max_skips is a budget per pass: a damaged epoch does not fail the clean ones
         shards = self.shards()
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)

@@ -116,3 +116,14 @@ def test_a_truncated_manifest_is_a_clear_error(stores, tmp_path):
     (store / MANIFEST).write_text((store / MANIFEST).read_text()[:100])
     with pytest.raises(StoreError, match=r"manifest.json is damaged .*not valid JSON"):
         open_store(store)
+
+
+def test_a_clean_epoch_after_one_over_the_skip_budget_reads(tiny_folder, tmp_path):
+    store = tmp_path / "s"
+    build(BuildConfig(root=str(tiny_folder), out=str(store), **{**ARGS, "variants": 2}), progress=False)
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls")  # variant 0 only: epochs 0, 2, ...
+    ds = open_store(store, fields=FIELDS, max_skips=1)
+    with pytest.raises(StoreError, match="more than max_skips=1"):
+        list(ds)
+    ds.set_epoch(1)
+    assert len(list(ds)) == 6 and ds.skipped == []
