@@ -32,6 +32,7 @@ class Config:
     warmup: int = 3
     latency: bool = True
     json: str | None = None
+    progress: bool = True
 
 
 def parse(argv=None) -> Config:
@@ -49,17 +50,18 @@ def parse(argv=None) -> Config:
     p.add_argument("--warmup", type=int, default=Config.warmup)
     p.add_argument("--no-latency", dest="latency", action="store_false", help="counts only")
     p.add_argument("--json", default=None, help="also write the rows as JSON here (eval/plot.py --complexity)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)  # argparse exits with an error on unknown flags
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     return Config(models, a.coder, a.quality, a.image_size, a.coder_weights, a.num_classes,
-                  a.runs, a.warmup, a.latency, a.json)
+                  a.runs, a.warmup, a.latency, a.json, progress=not a.quiet)
 
 
 def main(argv=None) -> int:
     cfg = parse(argv)
     try:
         rows = model_table(cfg.models, cfg.coder, cfg.quality, cfg.image_size, cfg.coder_weights,
-                           cfg.num_classes, cfg.latency, cfg.runs, cfg.warmup)
+                           cfg.num_classes, cfg.latency, cfg.runs, cfg.warmup, progress=cfg.progress)
     except LatentstoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

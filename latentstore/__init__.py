@@ -1,5 +1,6 @@
 """latentstore: exact learned-codec latents of image datasets, stored once, streamed to trainers."""
 import warnings
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -8,11 +9,18 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
 
-def open_store(path, split=None, **kwargs):
-    """A torch IterableDataset over one split of a store; see latentstore.store.LatentDataset."""
-    from .store import open_store as _open_store
+if TYPE_CHECKING:
+    from .store import open_store
 
-    return _open_store(path, split, **kwargs)
+
+def __getattr__(name: str):
+    # The reader imports torch: load it on first use, so that `import latentstore` (and the CLI) stay
+    # light, while `latentstore.open_store` is the real function with its signature and docstring.
+    if name == "open_store":
+        from .store import open_store
+
+        return open_store
+    raise AttributeError(f"module 'latentstore' has no attribute {name!r}")
 
 
 __all__ = ["open_store", "__version__"]

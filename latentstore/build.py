@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import apply, sample_params, variant_rng
-from .build_config import Y_HAT_DTYPES, BuildConfig
+from .build_config import Y_HAT_DTYPES, BuildConfig, check_device_present, device_entry
 from .coders import load_coder
 from .datasets import (IGNORE_INDEX, SourceItem, fingerprint, listing_digest, load_label_map, open_source,
                        source_changes)
 from .encode import STORE_THREADS, EncodedImage, Encoder
 from .errors import ConfigError, InputError, WeightsError
-from .format import (FIELDS, Padding, commit_record_name, encode_field,
+from .format import (ENCODER_REVISION, FIELDS, Padding, commit_record_name, encode_field,
                      sample_key, smallest_int_dtype, write_json_atomic)
 from .images import RejectedImage, load_rgb
 from .parallel import run_in_processes
@@ -177,6 +177,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     ``profiler`` (latentstore.profile) collects the time per stage, from every process.
     """
     cfg = cfg.resolved()
+    check_device_present(cfg.device)
     out = Path(cfg.out)
     part, parts = cfg.part
     source = open_source(cfg.dataset, cfg.root, cfg.split, limit=cfg.limit, label_file=cfg.label_file)
@@ -210,26 +211,23 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
     try:
         if cfg.encoders > 1:
             setup = (cfg, coder.weights["sha256"], teacher.weights["sha256"] if teacher else None, prof is not None)
-            tasks = [(j, groups[j], rejects_so_far, len(source.items)) for j in todo]
+            pieces = _pieces(todo, groups, cfg.encoders, cfg.batch_size)
             # The parent's torch thread count: it changes the coder's float bits (docs/benchmarks.md).
-            done = run_in_processes(_encode_group, _encoder_process, setup, tasks, cfg.encoders,
-                                    torch.get_num_threads(), bar.update)
-            new_rejects = []
-            for j, (record, timings) in zip(todo, done):
-                records[j] = record
-                if prof is not None:
-                    prof.merge(timings, where="encoders")
-                new_rejects += records[j]["rejects"]
-                if rejects_so_far + len(new_rejects) > cfg.max_rejects:
-                    raise _too_many_rejects(rejects_so_far + len(new_rejects), new_rejects, cfg)
+            done = run_in_processes(_encode_piece, _encoder_process, setup, [items for _, items in pieces],
+                                    cfg.encoders, torch.get_num_threads(), bar.update)
+            for j in todo:
+                records[j] = _commit_pieces(out, cfg, j, groups[j], done, sum(g == j for g, _ in pieces), bar,
+                                            rejects_so_far, len(source.items), prof)
+                rejects_so_far += len(records[j]["rejects"])
         else:
-            encoder = Encoder(coder, prof)
+            encoder = Encoder(coder, prof, analysis_device=_analysis_device(cfg))
+            run_teacher = _device_teacher(cfg, teacher)
             ahead = 4 * cfg.workers + cfg.batch_size
             stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
             for j in todo:
                 prepared = list(itertools.islice(stream, len(groups[j])))
                 records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items),
-                                          teacher, prof)
+                                          run_teacher, prof)
                 rejects_so_far += len(records[j]["rejects"])
     finally:
         bar.close()
@@ -243,7 +241,7 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
         "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
         "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
-        "created_by": _versions(), "records": [records[j] for j in mine],
+        "created_by": {**_versions(), **device_entry(cfg.device)}, "records": [records[j] for j in mine],
     })
     return seal(out, splits=[cfg.split]) if parts == 1 else None
 
@@ -256,18 +254,77 @@ def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str 
     if coder.weights["sha256"] != weights_sha256 or (teacher and teacher.weights["sha256"] != teacher_sha256):
         raise WeightsError(f"The weights of {cfg.coder} (or the teacher) changed on disk while the build "
                            "started its encoder processes: rerun the command (it resumes)")
-    return cfg, coder, teacher, profile
+    return cfg, coder, _device_teacher(cfg, teacher), profile
 
 
-def _encode_group(state, task, bar):
-    """One item group in an encoder process: decode, augment, encode, commit; (record, timings)."""
+def _device_teacher(cfg: BuildConfig, teacher):
+    """The teacher as the build runs it: itself on the CPU, or a copy batched on the build's GPU."""
+    if teacher is None or _analysis_device(cfg) is None:
+        return teacher
+    from .device_teacher import BatchedTeacher
+
+    return BatchedTeacher(load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
+                                       cfg.teacher_dtype, seed=cfg.seed), _analysis_device(cfg))
+
+
+#: Pieces per encoder process when groups are cut: enough that processes finishing at different
+#: times stay busy.
+PIECES_PER_ENCODER = 4
+
+
+def _pieces(todo: list, groups: list, encoders: int, batch_size: int = 1) -> list[tuple[int, list]]:
+    """(group, items) work units for --encoders: whole groups, or equal runs of a group's items
+    when there are fewer groups to build than processes.
+
+    A group is the unit of commit, not of work: with fewer groups than processes
+    (a build of 512 images at --shard-size 1000 is one group) whole groups would
+    leave all processes but one idle. Pieces are encoded in the processes and
+    written by the parent in source order, so the shards do not change. A piece
+    holds a multiple of `batch_size` images, so (without rejects) its batches are
+    the ones a single process makes.
+    """
+    if len(todo) >= encoders:
+        return [(j, groups[j]) for j in todo]
+    total = sum(len(groups[j]) for j in todo)
+    size = batch_size * -(-total // (PIECES_PER_ENCODER * encoders * batch_size))
+    return [(j, groups[j][i:i + size]) for j in todo for i in range(0, len(groups[j]), size)]
+
+
+def _encode_piece(state, items, bar):
+    """One piece in an encoder process: decode, augment, encode, serialize; (samples, rejects, timings)."""
     cfg, coder, teacher, profile = state
-    group, items, rejects_before, total_items = task
     prof = Profiler(enabled=profile)
     prepared = list(prepared_stream(items, cfg, None, 0, prof))
-    record = _write_group(Path(cfg.out), cfg, group, prepared, Encoder(coder, prof), bar, rejects_before,
-                          total_items, teacher, prof)
-    return record, prof.snapshot()
+    ok = [p for p in prepared if not p.reject]
+    samples = list(_encode_samples(cfg, ok, Encoder(coder, prof, analysis_device=_analysis_device(cfg)), bar,
+                                   teacher, prof))
+    return samples, _rejects(prepared), prof.snapshot()
+
+
+def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, total_items, prof) -> dict:
+    """Write the next `count` pieces of `done` (group `group`, in source order) and commit the group."""
+    rejects = []
+    sources = [fingerprint(it) for it in items]  # before its pieces are consumed: a later change shows on rerun
+
+    def samples():
+        for _ in range(count):
+            piece, piece_rejects, timings = next(done)
+            if prof is not None:
+                prof.merge(timings, where="encoders")
+            rejects.extend(piece_rejects)
+            if rejects_before + len(rejects) > cfg.max_rejects:  # before the commit: nothing is claimed
+                raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
+            yield from piece
+
+    record = _commit_group(out, cfg, group, [it.key for it in items], rejects, samples(), total_items, prof,
+                           sources)
+    bar.update(len(rejects) * cfg.variants)
+    return record
+
+
+def _analysis_device(cfg: BuildConfig):
+    """Where the encoder runs g_a and h_a: None (per image, on the CPU) or the build's GPU."""
+    return None if cfg.device == "cpu" else cfg.device
 
 
 def _too_many_rejects(count: int, rejects: list, cfg: BuildConfig) -> InputError:
@@ -279,38 +336,64 @@ def _too_many_rejects(count: int, rejects: list, cfg: BuildConfig) -> InputError
     )
 
 
+def _rejects(prepared) -> list[dict]:
+    return [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
+
+
 def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items, teacher=None,
                  prof=None) -> dict:
-    rejects = [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
+    rejects = _rejects(prepared)
     if rejects_before + len(rejects) > cfg.max_rejects:
         raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
-    stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
     ok = [p for p in prepared if not p.reject]
-    layout = {"item_keys": [p.item.key for p in prepared], "first_item": group * cfg.shard_size,
+    samples = _encode_samples(cfg, ok, encoder, bar, teacher, prof)
+    record = _commit_group(out, cfg, group, [p.item.key for p in prepared], rejects, samples, total_items, prof,
+                           [p.fingerprint for p in prepared])
+    bar.update(len(rejects) * cfg.variants)
+    return record
+
+
+def _encode_samples(cfg, ok: list, encoder, bar, teacher=None, prof=None):
+    """(variant, files, bits, (h, w)) of every crop of the prepared images `ok`, image-major."""
+    batched = hasattr(teacher, "batch_files")   # --device cuda: device_teacher.BatchedTeacher
+    for chunk in batches(ok, cfg.batch_size):
+        x, pad = to_input([p.crops[v][1] for p, v in chunk])
+        if batched:
+            with _stage(prof, "teacher"):
+                teacher_files = teacher.batch_files([p.crops[v][1] for p, v in chunk])
+        for i, ((p, v), enc) in enumerate(zip(chunk, encoder.encode(x))):
+            with _stage(prof, "serialize"):
+                files = sample_files(p, v, enc, pad, cfg)
+            if batched:
+                files.update(teacher_files[i])
+            elif teacher is not None:  # one image per forward: batched convs change bits with batch size
+                with _stage(prof, "teacher"):
+                    files.update(teacher.sample_files(p.crops[v][1]))
+            yield v, files, enc.bits(), p.crops[v][1].shape[:2]
+        bar.update(len(chunk))
+
+
+def _commit_group(out, cfg, group, item_keys: list, rejects: list, samples, total_items, prof=None,
+                  sources: list | None = None) -> dict:
+    """Write `samples` ((variant, files, bits, (h, w)) in source order) as group `group`, then commit it.
+    `rejects` is read at the commit (it may fill while `samples` runs); `sources` are the items'
+    fingerprints (datasets.fingerprint), which a rerun compares with the dataset."""
+    stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
+    layout = {"item_keys": item_keys, "first_item": group * cfg.shard_size,
               "total_items": total_items, "shard_size": cfg.shard_size}
     with WRITERS[cfg.format](out, cfg.split, group, cfg.variants, layout) as writer:
-        for chunk in batches(ok, cfg.batch_size):
-            x, pad = to_input([p.crops[v][1] for p, v in chunk])
-            for (p, v), enc in zip(chunk, encoder.encode(x)):
-                with _stage(prof, "serialize"):
-                    files = sample_files(p, v, enc, pad, cfg)
-                if teacher is not None:  # one image per forward: batched convs change bits with batch size
-                    with _stage(prof, "teacher"):
-                        files.update(teacher.sample_files(p.crops[v][1]))
-                with _stage(prof, "write"):
-                    writer.write(v, files)
-                h, w = p.crops[v][1].shape[:2]
-                stats["samples"] += 1
-                stats["bits"] += enc.bits()
-                stats["pixels"] += h * w
-                stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from the images
-                for ext, data in files.items():
-                    if ext != "__key__":
-                        stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
-            bar.update(len(chunk))
-        bar.update(len(rejects) * cfg.variants)
-        writer.extra = {"images": len(prepared), "items": layout["item_keys"], "rejects": rejects, "stats": stats,
-                        "sources": [p.fingerprint for p in prepared]}
+        for v, files, bits, (h, w) in samples:
+            with _stage(prof, "write"):
+                writer.write(v, files)
+            stats["samples"] += 1
+            stats["bits"] += bits
+            stats["pixels"] += h * w
+            stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from the images
+            for ext, data in files.items():
+                if ext != "__key__":
+                    stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
+        writer.extra = {"images": len(item_keys), "items": item_keys, "rejects": rejects, "stats": stats,
+                        "sources": sources}
         committing = time.perf_counter()
     if prof is not None:  # the commit (fsync, rename, record): write time, not another call
         prof.add("write", time.perf_counter() - committing, calls=0)
@@ -419,7 +502,8 @@ def _check_zarr_items(out: Path, split: str, count: int) -> None:
 def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
     """Refuse to continue a build that was started with other arguments."""
     path = out / f"build-{cfg.split}.json"
-    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"]}
+    current = {"config": cfg.identity(), "weights_sha256": weights["sha256"], "encoder_revision": ENCODER_REVISION,
+               "device": cfg.device}
     if teacher is not None:
         current["teacher_sha256"] = teacher.weights["sha256"]
     if path.is_file():
@@ -430,6 +514,12 @@ def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> N
             diffs.append("coder weights differ (sha256)")
         if started.get("teacher_sha256") != current.get("teacher_sha256"):
             diffs.append("teacher weights differ (sha256)")
+        if started.get("encoder_revision", 1) != ENCODER_REVISION:
+            diffs.append(f"encoded by encoder revision {started.get('encoder_revision', 1)} (this latentstore: "
+                         f"{ENCODER_REVISION}), whose ŷ is not exact: start again in a new --out")
+        if started.get("device", "cpu") != cfg.device:  # g_a on another device gives other symbols
+            diffs.append(f"--device: store was started on {started.get('device', 'cpu')}, command has "
+                         f"{cfg.device} (a store's symbols depend on the device type)")
         if diffs:
             raise ConfigError(f"{out} split {cfg.split!r} was started with other arguments:\n  "
                               + "\n  ".join(diffs) + "\nRepeat the original command, or use a new --out.")
@@ -443,7 +533,7 @@ def _versions() -> dict:
             "numpy": np.__version__, "webdataset": webdataset.__version__,
             "python": platform.python_version(),
             # The coder's convolutions give other float bits at another thread count (docs/benchmarks.md).
-            "torch_threads": STORE_THREADS}
+            "torch_threads": STORE_THREADS, "encoder_revision": ENCODER_REVISION}
 
 
 def _coder_entry(cfg: BuildConfig, coder) -> dict:

@@ -54,7 +54,7 @@ class BuildConfig:
     workers: int = 0
     part: tuple = (0, 1)              # (i, N): this process builds item groups j with j % N == i
     encoders: int = 1                 # processes encoding item groups in parallel (each decodes its own)
-    device: str = "cpu"               # only "cpu": see _check_device
+    device: str = "cpu"               # DEVICES: where g_a, h_a (and the teacher) run; see _check_device
 
     def resolved(self) -> "BuildConfig":
         spec = get_spec(self.coder)
@@ -111,13 +111,33 @@ class BuildConfig:
         return d
 
 
+#: Where the analysis transforms (g_a, h_a) run. Everything the decoder recomputes stays on the CPU
+#: either way (encode.py), so strings decode exactly; but a cuda store is not byte-identical to a cpu
+#: one (a y or z value on a rounding boundary gets another symbol), so the device is recorded and a
+#: resume on the other device is refused.
+DEVICES = ("cpu", "cuda")
+
+
 def _check_device(device: str) -> None:
-    """Only the CPU keeps a store exact and device-independent; say why for anything else."""
-    if device == "cpu":
-        return
-    raise ConfigError(
-        f"--device {device}: the build encodes on the CPU only. A store's bytes must not depend on the "
-        "device, and GPU convolutions differ from the CPU's in the last bits: a y or z value on a rounding "
-        "boundary then gets another symbol (1 image in 32 when only g_a/h_a changed, docs/benchmarks.md). "
-        "The teacher stays on the CPU for the same reason. Scale out "
-        "with --encoders N (one per core) and --part i/N across machines instead (docs/benchmarks.md).")
+    if device not in DEVICES:
+        raise ConfigError(f"Invalid --device {device!r}: choose {' or '.join(DEVICES)}")
+
+
+def check_device_present(device: str) -> None:
+    """Before a build starts: --device cuda needs a GPU torch can see."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but torch sees no GPU on this machine: use --device cpu "
+                              "(and --encoders N), or run the build on a GPU node")
+
+
+def device_entry(device: str) -> dict:
+    """What the manifest records about where a store was encoded (info shows it)."""
+    entry = {"device": device}
+    if device == "cuda":
+        import torch
+
+        entry["gpu"] = torch.cuda.get_device_name(0)
+    return entry

@@ -89,14 +89,16 @@ def teacher_options(required: bool):
 @click.option("--max-rejects", default=100, show_default=True, type=int,
               help="Fail once more than this many images are unreadable.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
-              help="Crops per encoder batch (speed only: the autoregressive loop runs once per batch).")
+              help="Crops per encoder batch (never changes a byte: every stored computation runs per image).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
 @click.option("--encoders", default="1", show_default=True, callback=lambda ctx, param, value: _encoders(value),
               help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
                    "one per core, or 'auto' for the cores this job may use (see docs/benchmarks.md). "
                    "Not with --workers.")
-@click.option("--device", default="cpu", show_default=True,
-              help="Only cpu: GPU convolutions would change the stored bits (docs/benchmarks.md).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where g_a and h_a run. cuda: batched on the GPU, the rest (what the decoder recomputes) "
+                   "on the CPU, so strings still decode exactly; the store is then not byte-identical to a "
+                   "cpu build, and its device and GPU model are recorded (docs/benchmarks.md).")
 @click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
                                               "autoregressive loop, rANS, teacher, write) at the end.")
 @click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
@@ -145,8 +147,9 @@ def _encoders(value: str) -> int:
 
 @cli.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--decode", default=0, show_default=True, type=int,
-              help="Also decode N random samples with CompressAI and compare ŷ (needs the coder's weights).")
+@click.option("--decode", default="0", show_default=True, metavar="N|all",
+              help="Also decode N random samples (or all) with CompressAI's decompress() and compare ŷ "
+                   "bit for bit (needs the coder's weights; runs at the store's torch thread count).")
 @click.option("--weights", help="Where the coder's weights are now, if not where the manifest says.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which random samples --decode picks.")
 @click.option("--root", type=click.Path(file_okay=False),
@@ -159,8 +162,10 @@ def verify(store, decode, weights, seed, root, no_sources, quiet):
     exit 1 naming every bad shard and key."""
     from .verify import verify as run_verify
 
-    report = run_verify(store, decode=decode, seed=seed, weights=weights, progress=not quiet, root=root,
-                        sources=not no_sources)
+    if decode != "all" and not decode.isdigit():
+        raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
+    report = run_verify(store, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
+                        weights=weights, progress=not quiet, root=root, sources=not no_sources)
     for note in report.notes:
         click.echo(f"NOTE {note}", err=True)
     for problem in report.problems:
@@ -178,7 +183,8 @@ def verify(store, decode, weights, seed, root, no_sources, quiet):
 @click.option("--image-size", default=224, show_default=True, type=int,
               help="Pixel size the latent comes from (latent side = size / 16).")
 @click.option("--names-only", is_flag=True, help="Only list the names (fast; counting builds every model).")
-def models(names, coder, quality, image_size, names_only):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def models(names, coder, quality, image_size, names_only, quiet):
     """Params and MACs of compressed-domain models at a latent shape (default: the whole zoo).
 
     \b
@@ -186,15 +192,16 @@ def models(names, coder, quality, image_size, names_only):
     latentstore models resnet50-aa cresnet51 --quality 5
     """
     from .complexity import markdown_table, model_table
-    from .models import EXAMPLES, model_names
+    from .models import EXAMPLES, model_names, name_listing
 
     if names_only:
-        click.echo("\n".join(model_names()))
+        click.echo(name_listing())
         return
     if not names:
         patterns = [n for n in model_names() if "{timm}" in n]
         click.echo(f"Patterns ({{timm}} is any timm CNN): {', '.join(patterns)}\n")
-    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size)))
+    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size,
+                                          progress=not quiet)))
 
 
 @cli.command()
@@ -213,12 +220,13 @@ def convert(src, dst, fmt, quiet):
 
 @cli.command("seal")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-def seal_command(store):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def seal_command(store, quiet):
     """Merge the part manifests of a partitioned build into manifest.json (fails naming missing parts)."""
     from .info import render, summarize
     from .seal import seal
 
-    seal(store)
+    seal(store, progress=not quiet)
     click.echo(render(summarize(store)))
 
 
@@ -239,10 +247,17 @@ def fetch_weights(coder, qualities):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @click.option("--teacher-error", default=0, type=int, metavar="N",
               help="Also measure each teacher dtype's relative error vs float32 on N samples (runs the teacher).")
-def info(store, as_json, teacher_error):
+@click.option("--keys", "list_keys", is_flag=True,
+              help="List every sample key instead (one per line, split by split in stored order; "
+                   "open_store(...)[key] reads one).")
+def info(store, as_json, teacher_error, list_keys):
     """Summarize a store: coder, weights, samples, bpp, bytes per field, teacher, rejects."""
-    from .info import render, summarize
+    from .info import render, store_keys, summarize
 
+    if list_keys:
+        keys = store_keys(store)
+        click.echo(json.dumps(keys, indent=1) if as_json else "\n".join(k for split in keys.values() for k in split))
+        return
     summary = summarize(store)
     if teacher_error:
         from .add_teacher import teacher_error as measure

@@ -173,13 +173,15 @@ def markdown_table(rows: list[Complexity]) -> str:
 
 def model_table(names, coder: str = "cheng2020", quality: int = 3, image_size: int = 224,
                 coder_weights: str = "untrained", num_classes: int | None = None,
-                latency: bool = False, runs: int = 10, warmup: int = 3) -> list[Complexity]:
+                latency: bool = False, runs: int = 10, warmup: int = 3, progress: bool = False) -> list[Complexity]:
     """Build each named model for the coder/quality's latent (C from latentstore.coders) and measure it.
 
     The latent is C × image_size/16 × image_size/16; pixel models get the image.
     g_s weights do not change counts or latency, so decode+<model> defaults to
-    the seeded untrained coder, which needs no download.
+    the seeded untrained coder, which needs no download. `progress`: a bar per model on stderr.
     """
+    from tqdm import tqdm
+
     from .coders import check_quality, get_spec, load_coder
     from .models import create_model, resolve
 
@@ -191,7 +193,11 @@ def model_table(names, coder: str = "cheng2020", quality: int = 3, image_size: i
     loaded = None
     rows = []
     for name in names:
-        entry, _ = resolve(name)  # fail on a bad name before building anything
+        resolve(name)  # fail on a bad name before building anything
+    bar = tqdm(names, unit="model", disable=not progress, dynamic_ncols=True)
+    for name in bar:
+        bar.set_description(name)
+        entry, _ = resolve(name)
         kwargs = {}
         if name.startswith("decode+"):
             loaded = loaded or load_coder(spec.name, quality, coder_weights)

@@ -28,6 +28,7 @@ from .coders import load_coder
 from .datasets import open_source
 from .encode import Encoder
 from .errors import InputError
+from .profile import Profiler
 from .teachers import load_teacher
 
 TAR_BLOCK, TAR_RECORD, TAR_END = 512, 10240, 1024
@@ -51,20 +52,26 @@ def project(cfg: BuildConfig) -> dict:
     coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
     crop = prepared.crops[0][1]
     x, pad = to_input([crop])
-    encoder = Encoder(coder)
+    prof = Profiler()
+    encoder = Encoder(coder, prof)
     files = sample_files(prepared, 0, encoder.encode(x)[0], pad, cfg)
     files.pop("__key__")
     batch = min(cfg.batch_size, TIMING_BATCH)
+    prof.totals.clear()
     started = time.perf_counter()
     encoder.encode(x.expand(batch, -1, -1, -1).contiguous())
     seconds = (time.perf_counter() - started) / batch
+    # --device cuda moves g_a (and h_a, inside "hyper": not counted off) off the CPU.
+    g_a = prof.totals.get("g_a", [0.0])[0] / batch
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
                                cfg.teacher_dtype, seed=cfg.seed)
         teacher.sample_files(crop)  # untimed: first-call set-up
         started = time.perf_counter()
         files.update(teacher.sample_files(crop))
-        seconds += time.perf_counter() - started
+        taken = time.perf_counter() - started
+        seconds += taken
+        g_a += taken   # --device cuda runs the teacher on the GPU too
     per_field = {ext: len(data) for ext, data in sorted(files.items())}
     samples = len(source.items) * cfg.variants
     if cfg.format == "webdataset":
@@ -79,7 +86,9 @@ def project(cfg: BuildConfig) -> dict:
             "variants": cfg.variants, "samples": samples, "measured_on": prepared.item.relpath,
             "per_field": per_field, "bytes_per_sample": per_sample, "teacher_bytes_per_sample": teacher_bytes,
             "total_bytes": total, "seconds_per_sample": seconds, "timing_batch": batch,
-            "cpu_hours": samples * seconds / 3600, "encoders": cfg.encoders}
+            "cpu_hours": samples * seconds / 3600, "encoders": cfg.encoders,
+            "cuda_cpu_seconds_per_sample": max(seconds - g_a, 0.0),
+            "cuda_cpu_hours": samples * max(seconds - g_a, 0.0) / 3600, "device": cfg.device}
 
 
 def render(p: dict) -> str:
@@ -96,6 +105,11 @@ def render(p: dict) -> str:
                  f"(batch {p['timing_batch']}{', with teacher' if p['teacher_bytes_per_sample'] else ''}) = "
                  f"{_hours(p['cpu_hours'])} of CPU; {_hours(p['cpu_hours'] / p['encoders'])} of wall time "
                  f"with --encoders {p['encoders']}, or split it with --part i/N")
+    if "cuda_cpu_hours" in p:
+        lines.append(f"  with --device cuda (g_a{' and teacher' if p['teacher_bytes_per_sample'] else ''} on the GPU, "
+                     f"not timed here): {p['cuda_cpu_seconds_per_sample']:.3f} s of CPU per sample = "
+                     f"{_hours(p['cuda_cpu_hours'])} of CPU; {_hours(p['cuda_cpu_hours'] / p['encoders'])} of "
+                     f"wall time with --encoders {p['encoders']}, if the GPU keeps up")
     return "\n".join(lines)
 
 

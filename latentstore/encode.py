@@ -2,32 +2,37 @@
 
 CompressAI is the judge: for every image, the strings equal
 ``model.compress(x_i)`` run at batch 1, and ``model.decompress(strings,
-shape)`` at batch 1 hands ``g_s`` exactly the stored ``y_hat`` (METHOD §2).
+shape)`` at batch 1 hands ``g_s`` exactly the stored ``y_hat``.
 
-What may be batched, and what may not (measured on CPU, CompressAI 1.2.8,
-see docs/benchmarks.md and issue 5):
+Why the work is organised as it is (docs/method.md, "Exactness"):
 
-* A convolution's last bits depend on the kernel torch and oneDNN pick, which
-  depends on shapes (the batch size among them) and thread count, never on
-  values; a flipped bit flips roundings and makes strings undecodable, and
-  would make a store depend on the batch size. ``g_a``, ``h_a`` and ``h_s``
-  run per image at batch 1 (cheng2020's ``h_a``/``h_s`` differ batched).
-* The convolutions the decoder recomputes inside the autoregressive loop (the
-  context conv and ``entropy_parameters``) run batched only where a probe
-  has shown that the batched kernel gives every sample the batch-1 bits
-  (``Encoder._exact_for_batch``), else per image.
+* A floating-point result depends on the kernel that computes it, and torch,
+  MKL and oneDNN pick kernels by shape, memory layout, alignment and thread
+  count. So every computation whose result is stored or feeds a rounding runs
+  as the decoder runs it: contiguous NCHW tensors, batch 1, fresh buffers,
+  STORE_THREADS threads. That covers ``g_a``, ``h_a``, ``h_s`` on the decoded
+  ẑ, and in the autoregressive coders the context conv and
+  ``entropy_parameters`` at every latent position.
 * Elementwise work (quantization, ``ŷ = q + μ``, scale-table lookup) is
   exact whatever the batch, so it runs on the whole batch at once.
 * Symbols are kept as integers and ŷ is built as ``int + μ`` (or
   ``float(int)``), as the decoder does: ``round()`` of a small negative gives
   -0.0, the decoder's ŷ has +0.0, and the stored bytes would differ.
-* The autoregressive coders' serial raster loop runs once per batch over
-  latent positions (not once per image), with one rANS call per image.
+* rANS runs once per image, with the tables read once per Encoder.
+
+The GPU analysis (``analysis_device``, ``build --device cuda``): the decoder
+never recomputes ``g_a`` or ``h_a``, it only sees their rounded outputs. So
+``g_a`` and ``h_a`` may run anywhere, batched: y and z then differ from a CPU
+build in the last bits (some symbols change, the store is not byte-identical
+to a CPU build), but everything the decoder recomputes (ẑ, ``h_s`` at batch 1,
+the context conv and ``entropy_parameters`` in the loop, rANS) still runs on
+the CPU exactly as above, so every string decodes on the CPU to the stored ŷ.
+TF32 is off for the analysis: y stays within float32 rounding of the CPU's.
 """
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
+import copy
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,10 +54,10 @@ STORE_THREADS = 1
 
 
 @contextmanager
-def store_threads():
-    """Run the enclosed torch work at STORE_THREADS intra-op threads, then restore."""
+def store_threads(threads: int = STORE_THREADS):
+    """Run the enclosed torch work at `threads` intra-op threads (a store's count), then restore."""
     before = torch.get_num_threads()
-    torch.set_num_threads(STORE_THREADS)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -62,10 +67,6 @@ def store_threads():
 # Fixed by CompressAI's autoregressive models (JointAutoregressiveHierarchicalPriors).
 _CTX_KERNEL = 5
 _CTX_PAD = (_CTX_KERNEL - 1) // 2
-# At one thread torch runs a 1x1 convolution of up to 15 images through its own
-# per-image GEMM (the batch-1 bits) and of 16 or more through oneDNN (other bits);
-# see ConvParams::use_mkldnn in ATen. The probe checks it either way.
-_GEMM_PATH_MAX_BATCH = 15
 
 
 @dataclass
@@ -116,13 +117,15 @@ class Encoder:
     g_a, hyper (h_a, bottleneck, h_s), the autoregressive loop and rANS.
     """
 
-    def __init__(self, coder: LoadedCoder, profiler: Profiler | None = None):
+    def __init__(self, coder: LoadedCoder, profiler: Profiler | None = None, analysis_device=None):
         self.coder = coder
         self.profiler = profiler
         self.model = coder.model.eval()
         self.kind = coder.spec.latent_kind
         self.hyper = coder.spec.has_hyperprior
         self.device = next(self.model.parameters()).device
+        # g_a and h_a batched on another device (module docstring); None: per image, here.
+        self._analysis = None if analysis_device is None else _Analysis(self.model, analysis_device, self.kind)
         eb = self.model.entropy_bottleneck
         self._bottleneck = _Tables(eb, "entropy bottleneck")
         # [C, 1, 1]: EntropyBottleneck codes round(v - median) and decodes q + median.
@@ -140,9 +143,6 @@ class Encoder:
             # weight; they agree because the decoder's not-yet-decoded ŷ are 0.
             self._ctx_weight = (ctx.weight * ctx.mask).detach()
             self._ctx_bias = None if ctx.bias is None else ctx.bias.detach()
-            # Kernel rows up to the last one the mask keeps (3 of 5: type A).
-            self._ctx_rows = int(ctx.mask[0, 0].any(dim=1).nonzero().max()) + 1
-        self._exact_choice: dict[tuple[str, int], object] = {}
 
     def encode(self, x: torch.Tensor) -> list[EncodedImage]:
         """Encode x (float32 [B, 3, H, W] in [0, 1], H and W multiples of 64) image by image.
@@ -157,11 +157,16 @@ class Encoder:
     @torch.no_grad()
     def _encode(self, x: torch.Tensor) -> list[EncodedImage]:
         self._check_input(x)
-        x = x.to(self.device).contiguous()
         prof = self.profiler
-        # Per image, never batched: see the module docstring.
-        with _stage(prof, "g_a"):
-            ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
+        zs = None
+        if self._analysis is not None:
+            with _stage(prof, "g_a"):   # g_a and h_a, batched on the analysis device
+                ys, zs = self._analysis(x, self.hyper)
+        else:
+            x = x.to(self.device).contiguous()
+            # Per image, never batched: see the module docstring.
+            with _stage(prof, "g_a"):
+                ys = [self.model.g_a(x[i:i + 1]) for i in range(x.shape[0])]
         if not self.hyper:
             with _stage(prof, "rANS"):
                 return [self._encode_factorized(y) for y in ys]
@@ -169,7 +174,8 @@ class Encoder:
         # The hyperprior: z is coded by the entropy bottleneck, and the decoder
         # runs h_s on the *decoded* ẑ at batch 1, so the encoder does too.
         with _stage(prof, "hyper"):
-            zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
+            if zs is None:
+                zs = [self.model.h_a(torch.abs(y) if self.kind == "round" else y) for y in ys]
             z_syms, z_strings, params = [], [], []
             for z in zs:
                 z_sym, z_hat, z_string = self._bottleneck_code(z)
@@ -251,90 +257,85 @@ class Encoder:
         bounded = self._lower_bound_scale(scales).contiguous()
         return torch.searchsorted(self._scale_bounds, bounded, side="left").int()
 
-    def _exact_for_batch(self, name: str, reference, sample_shape: tuple, batch: int,
-                         candidates=()):
-        """The first of `candidates` (functions of a whole batch) that gives every sample
-        the bits `reference` gives it at batch 1, else `reference` image by image.
-
-        Which kernel a convolution runs is chosen from shapes alone (torch picks oneDNN or
-        its own GEMM path by batch size, thread count and size; oneDNN picks by problem
-        shape and CPU), never from values, and a different kernel changes nearly every
-        output's last bits. So one probe per (stage, batch size) on random data settles
-        it for every batch of that size, on this machine and torch build.
-        """
-        key = (name, batch)
-        if key not in self._exact_choice:
-            probe = torch.randn((batch, *sample_shape),
-                                generator=torch.Generator().manual_seed(0)).to(self.device)
-            expected = torch.cat([reference(probe[i:i + 1]) for i in range(batch)])
-            exact = [fn for fn in candidates if torch.equal(fn(probe), expected)]
-            if not exact:
-                warnings.warn(f"{name}: a batch of {batch} gives other bits than batch 1 on "
-                              "this machine, so it runs image by image (same bytes, slower)")
-            self._exact_choice[key] = exact[0] if exact else (
-                lambda t: torch.cat([reference(t[i:i + 1]) for i in range(t.shape[0])]))
-        return self._exact_choice[key]
-
-    def _context_conv(self, batch: int):
-        """The context model's masked 5x5 conv for a batch, with the decoder's bits.
-
-        The fast candidate convolves only the kernel rows the mask keeps (3 of 5):
-        the dropped rows add only products with zero weights, so where the kernel
-        sums in the same order (the probe checks) the result is the same, with 40%
-        less work and a smaller weight to reorder on every call.
-        """
-        weight, bias, rows = self._ctx_weight, self._ctx_bias, self._ctx_rows
-        top_weight = weight[:, :, :rows].contiguous()
-
-        def reference(crop):
-            return F.conv2d(crop, weight, bias=bias)
-
-        def top_rows(crop):
-            return F.conv2d(crop[:, :, :rows], top_weight, bias=bias)
-
-        return self._exact_for_batch("context conv", reference, (weight.shape[1], *weight.shape[2:]),
-                                     batch, candidates=(top_rows, reference))
-
     def _context_loop(self, y: torch.Tensor, params: torch.Tensor):
-        """The serial raster loop of the autoregressive coders, once for the whole batch.
+        """The serial raster loop of the autoregressive coders, image by image.
 
         y: [B, M, Hy, Wy]; params: h_s output [B, 2M, Hy, Wy], per image at batch 1.
-        The context conv and entropy_parameters are what the decoder recomputes at
-        batch 1; they run batched only where that gives the same bits
-        (_exact_for_batch), which on x86 with torch's oneDNN build holds at
-        STORE_THREADS = 1 and makes the loop 4-10x faster (docs/benchmarks.md).
         Returns ŷ, symbols, σ̂, μ, each [B, M, Hy, Wy].
         """
-        b, m, height, width = y.shape
+        out = [self._context_loop_one(y[i:i + 1], params[i:i + 1]) for i in range(y.shape[0])]
+        return tuple(torch.cat(t) for t in zip(*out))
+
+    def _context_loop_one(self, y: torch.Tensor, params: torch.Tensor):
+        """One image's loop, call for call as ``decompress()`` runs it (docs/method.md).
+
+        The context conv reads a view of a fresh [1, M, Hy+4, Wy+4] buffer and
+        entropy_parameters a fresh concatenation, at batch 1, exactly like the
+        decoder: a batched matrix product sums in another order for some inputs
+        (its rows sit at other memory alignments), so no batched shortcut can be
+        proven exact by a test on sample data.
+        """
+        _, m, height, width = y.shape
         k, p = _CTX_KERNEL, _CTX_PAD
         # Zeros where nothing is decoded yet, exactly the tensor the decoder
         # convolves (compress() has raw y there, which the mask zeroes anyway).
-        y_hat = y.new_zeros(b, m, height + 2 * p, width + 2 * p)
-        context_conv = self._context_conv(b)
+        y_hat = y.new_zeros(1, m, height + 2 * p, width + 2 * p)
+        syms = torch.empty((1, m, height, width), dtype=torch.int32, device=y.device)
+        gaussian = y.new_empty((1, 2 * m, height, width))
         ep = self.model.entropy_parameters
-
-        def ep_in_chunks(t):
-            return torch.cat([ep(c) for c in t.split(_GEMM_PATH_MAX_BATCH)])
-
-        entropy_parameters = self._exact_for_batch(
-            "entropy_parameters", ep, (2 * params.shape[1], 1, 1), b, candidates=(ep, ep_in_chunks))
-        # Position-major copies, [Hy, Wy, B, C]: each step reads contiguous rows.
-        params_at = params.permute(2, 3, 0, 1).contiguous()
-        y_at = y.permute(2, 3, 0, 1).contiguous()
-        syms = torch.empty((height, width, b, m), dtype=torch.int32, device=y.device)
-        gaussian = y.new_empty((height, width, b, 2 * m))
         for h in range(height):
             for w in range(width):
-                ctx = context_conv(y_hat[:, :, h:h + k, w:w + k]).flatten(1)
-                gp = entropy_parameters(
-                    torch.cat((params_at[h, w], ctx), dim=1)[:, :, None, None]).flatten(1)
+                ctx = F.conv2d(y_hat[:, :, h:h + k, w:w + k], self._ctx_weight, bias=self._ctx_bias)
+                gp = ep(torch.cat((params[:, :, h:h + 1, w:w + 1], ctx), dim=1))
                 mean = gp[:, m:]  # gp is (σ̂, μ) along channels
-                q = torch.round(y_at[h, w] - mean).int()
-                y_hat[:, :, h + p, w + p] = q + mean
-                syms[h, w] = q
-                gaussian[h, w] = gp
-        scales, means = gaussian.permute(2, 3, 0, 1).chunk(2, 1)
-        return y_hat[:, :, p:p + height, p:p + width], syms.permute(2, 3, 0, 1), scales, means
+                q = torch.round(y[:, :, h:h + 1, w:w + 1] - mean).int()
+                y_hat[:, :, h + p:h + p + 1, w + p:w + p + 1] = q + mean
+                syms[:, :, h:h + 1, w:w + 1] = q
+                gaussian[:, :, h:h + 1, w:w + 1] = gp
+        scales, means = gaussian.chunk(2, 1)
+        return y_hat[:, :, p:p + height, p:p + width], syms, scales, means
+
+
+class _Analysis:
+    """g_a and h_a on `device`, batched, in float32 without TF32; outputs per image on the CPU.
+
+    Copies of the two transforms live on the device; the coder itself stays on
+    the CPU for everything the decoder recomputes.
+    """
+
+    def __init__(self, model, device, kind: str):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda, but torch sees no GPU here: use --device cpu, or run on a GPU node")
+        self.kind = kind
+        self.g_a = copy.deepcopy(model.g_a).to(self.device).eval()
+        self.h_a = copy.deepcopy(model.h_a).to(self.device).eval() if hasattr(model, "h_a") else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, hyper: bool):
+        with _no_tf32(self.device):
+            x = x.to(self.device, non_blocking=True).contiguous()
+            y = self.g_a(x)
+            z = self.h_a(torch.abs(y) if self.kind == "round" else y) if hyper else None
+            ys = list(y.cpu().contiguous().split(1))
+            zs = list(z.cpu().contiguous().split(1)) if hyper else None
+        return [t.contiguous() for t in ys], None if zs is None else [t.contiguous() for t in zs]
+
+
+def _no_tf32(device: torch.device):
+    """Full float32 convolutions and matmuls on CUDA for the enclosed work (TF32 off), then restore."""
+    if device.type != "cuda":
+        return nullcontext()
+
+    @contextmanager
+    def scope():
+        conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+    return scope()
 
 
 def _channel_indexes(sym: torch.Tensor) -> torch.Tensor:
@@ -352,9 +353,12 @@ class _Captured(Exception):
     """Raised from the g_s hook: ŷ is all decode_y_hat needs, so g_s never runs."""
 
 
-def decode_y_hat(coder: LoadedCoder, enc: EncodedImage) -> np.ndarray:
+def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THREADS) -> np.ndarray:
     """Decode enc's strings with CompressAI's ``model.decompress`` at batch 1 and return
     the tensor ``g_s`` receives (float32 [M, Hy, Wy]): the ground truth for ``enc.y_hat``.
+
+    ``threads``: the torch thread count the store was encoded at (its manifest's
+    ``created_by.torch_threads``); the decoder's convolutions give other bits at another.
     """
     model = coder.model
     if enc.z_string is None:
@@ -369,7 +373,7 @@ def decode_y_hat(coder: LoadedCoder, enc: EncodedImage) -> np.ndarray:
 
     handle = model.g_s.register_forward_pre_hook(grab)
     try:
-        with torch.no_grad(), store_threads():
+        with torch.no_grad(), store_threads(threads):
             model.decompress(strings, shape)
     except _Captured:
         pass

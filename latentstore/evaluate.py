@@ -54,6 +54,8 @@ class EvalConfig:
     batch_size: int = 32
     workers: int = 0
     device: str = "cpu"
+    precision: str = "auto"           # auto: bf16 autocast + channels_last on CUDA, fp32 on CPU (train/speed.py)
+    progress: bool = True             # a progress bar on rank 0
 
     def out_path(self) -> Path:
         return Path(self.out) if self.out else Path(self.checkpoint).resolve().parent / "eval.json"
@@ -157,14 +159,26 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def eval_batches(store, manifest: dict, split: str, variant: int, fields: tuple, batch_size: int,
-                 workers: int = 0, rank: int = 0, world: int = 1):
+                 workers: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False):
     """This rank's batches of variant ``variant``: every sample of the variant on exactly one rank."""
     info = manifest["splits"][split]
     if not 0 <= variant < info["variants"]:
         raise ConfigError(f"--variant {variant} out of range: split {split!r} stores {info['variants']}")
     shards = [s for s in info["shards"] if s["variant"] == variant][rank::world]
     data = _EvalSamples(Path(store), manifest.get("backend", "webdataset"), shards, fields, batch_size)
-    return DataLoader(data, batch_size=None, num_workers=workers)
+    return DataLoader(data, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+
+
+def _progress(batches, cfg: EvalConfig, manifest: dict, split: str, rank: int, world: int):
+    """`batches`, with a bar on rank 0 counting this rank's samples of the variant."""
+    from tqdm import tqdm
+
+    shards = [s for s in manifest["splits"][split]["shards"] if s["variant"] == cfg.variant][rank::world]
+    with tqdm(total=sum(s["samples"] for s in shards), unit="sample", desc=f"eval {split}", dynamic_ncols=True,
+              disable=not cfg.progress or rank != 0) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch["__key__"]))
 
 
 class BitCounter:
@@ -221,6 +235,19 @@ def _inputs(batch: dict, fields: tuple, region, device: str) -> list:
     return model_inputs(batch, fields, region, device)
 
 
+def _on_cuda(cfg: EvalConfig) -> bool:
+    return torch.device(cfg.device).type == "cuda"
+
+
+def _forward(model, batch: dict, inputs: tuple, region, cfg: EvalConfig) -> torch.Tensor:
+    """The model's logits of one batch, in cfg.precision (float32 logits whatever it ran in)."""
+    from .train.speed import autocast, autocast_dtype
+
+    kind = torch.device(cfg.device).type
+    with autocast(kind, autocast_dtype(cfg.precision, kind)):
+        return model(*_inputs(batch, inputs, region, cfg.device)).float()
+
+
 def _prepare(cfg: EvalConfig, task: str):
     manifest = read_manifest(cfg.store)
     split = pick_split(manifest, cfg.split, cfg.store)
@@ -230,6 +257,9 @@ def _prepare(cfg: EvalConfig, task: str):
                           f"use eval/{'segment' if ckpt.task == 'segmentation' else 'classify'}.py")
     check_compatible(ckpt.trained_on, store_summary(manifest, split), task)
     model = build_model(ckpt, manifest, split, cfg.device)
+    from .train.speed import prepare_model
+
+    prepare_model(model, cfg.precision, torch.device(cfg.device))
     if model.task != task:
         raise ConfigError(f"{ckpt.model_name} is a {model.task} model; this is the {task} eval")
     from .train.model import input_fields, valid_crop
@@ -247,9 +277,10 @@ def evaluate_classification(cfg: EvalConfig) -> dict:
     manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "classification")
     rank, world = rank_and_world()
     acc, rate = TopK((1, 5)), BitCounter()
-    for batch in eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size, cfg.workers,
-                              rank, world):
-        logits = model(*_inputs(batch, inputs, region, cfg.device))
+    for batch in _progress(eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size,
+                                        cfg.workers, rank, world, pin_memory=_on_cuda(cfg)),
+                           cfg, manifest, split, rank, world):
+        logits = _forward(model, batch, inputs, region, cfg)
         acc.update(logits, batch["label"])
         rate.update(batch)
     acc.all_reduce()
@@ -267,11 +298,12 @@ def evaluate_segmentation(cfg: EvalConfig) -> dict:
     classes = manifest["splits"][split].get("classes") or [str(i) for i in range(ckpt.num_classes)]
     rank, world = rank_and_world()
     cm, rate = ConfusionMatrix(ckpt.num_classes, IGNORE_INDEX), BitCounter()
-    for batch in eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size, cfg.workers,
-                              rank, world):
+    for batch in _progress(eval_batches(cfg.store, manifest, split, cfg.variant, fields, cfg.batch_size,
+                                        cfg.workers, rank, world, pin_memory=_on_cuda(cfg)),
+                           cfg, manifest, split, rank, world):
         if "label_map" not in batch:
             raise StoreError(f"shard {batch['__shard__'][0]}: no label_map field; is this a segmentation store?")
-        logits = model(*_inputs(batch, inputs, region, cfg.device))
+        logits = _forward(model, batch, inputs, region, cfg)
         for i, meta in enumerate(batch["meta"]):
             cm.update(predict_labels(logits[i], meta, region), batch["label_map"][i])
         rate.update(batch)
@@ -364,11 +396,14 @@ def parse_args(argv, task: str) -> EvalConfig:
     p.add_argument("--batch-size", type=int, default=32 if task == "classification" else 1)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if present")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 autocast + channels_last on CUDA, fp32 on CPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.workers < 0:
         p.error("--batch-size must be >= 1 and --workers >= 0")
     return EvalConfig(a.store, a.checkpoint, a.split, a.variant, a.out, a.method, a.complexity,
-                      a.batch_size, a.workers, a.device)
+                      a.batch_size, a.workers, a.device, a.precision, progress=not a.quiet)
 
 
 def write_outputs(record: dict, out: Path) -> str:
@@ -382,6 +417,18 @@ def write_outputs(record: dict, out: Path) -> str:
         md += "\n\n" + per_class_table(record)
     out.with_suffix(".md").write_text(md + "\n")
     return md
+
+
+def summary(record: dict, out: Path) -> str:
+    """The end of an eval: its headline numbers, and the files it wrote."""
+    if record["task"] == "classification":
+        numbers = f"top-1 {record['top1']:.2f} %, top-5 {record['top5']:.2f} %"
+    else:
+        numbers = f"mIoU {record['miou']:.2f} %, pixel accuracy {record['pixel_accuracy']:.2f} %"
+    bpp = "-" if record["bpp"] is None else f"{record['bpp']:.4f}"
+    return (f"{record['method']}: {numbers}, {bpp} bpp on {record['samples']} samples "
+            f"(split {record['store']['split']}, variant {record['store']['variant']}, {record['seconds']:.1f} s)\n"
+            f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def run(cfg: EvalConfig, task: str) -> dict:
@@ -399,7 +446,7 @@ def run(cfg: EvalConfig, task: str) -> dict:
         if d.main:
             md = write_outputs(record, cfg.out_path())
             print(md)
-            print(f"wrote {cfg.out_path()}")
+            print(summary(record, cfg.out_path()))
     finally:
         cleanup()
     return record

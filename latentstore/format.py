@@ -20,6 +20,11 @@ from .errors import StoreError
 
 FORMAT_NAME = "latentstore"
 FORMAT_VERSION = 1
+#: Bump when a change of the encoder changes what it stores (manifest created_by.encoder_revision).
+#: Revision 1 (no such key) ran the coder on channels_last input and batched the autoregressive
+#: loop: its ŷ could be an ulp off CompressAI's decode. Revision 2 runs every stored
+#: computation as the decoder does (latentstore/encode.py).
+ENCODER_REVISION = 2
 MANIFEST = "manifest.json"
 
 LATENT_STRIDE = 16    # y is H/16 x W/16

@@ -1,7 +1,7 @@
 """What `latentstore info` reports: a machine summary of a manifest, and its human rendering."""
 from __future__ import annotations
 
-from .format import read_manifest
+from .format import ENCODER_REVISION, read_manifest
 from .teachers import render_teacher, summarize_teacher
 
 
@@ -26,7 +26,24 @@ def summarize(store) -> dict:
     return {"store": str(store), "format_version": m["format_version"], "backend": m["backend"],
             "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
             "weights": weights, "trained_weights": weights["trained"], "splits": splits,
-            "created_by": m["created_by"]}
+            "created_by": m["created_by"], "device": m["created_by"].get("device", "cpu"),
+            "gpu": m["created_by"].get("gpu")}
+
+
+def _device_line(summary: dict) -> str:
+    """Where g_a/h_a ran: a cuda store decodes exactly but is not byte-identical to a cpu build."""
+    if summary.get("device", "cpu") == "cpu":
+        return "on the CPU (reproducible byte for byte on any CPU at the recorded versions)"
+    return (f"g_a/h_a on {summary['device']} ({summary.get('gpu') or 'GPU model not recorded'}), the rest on "
+            "the CPU: strings decode exactly; a rebuild matches only on the same GPU model and versions")
+
+
+def store_keys(store) -> dict:
+    """{split: every sample key of the split, variant by variant, in stored order}."""
+    from .lookup import SplitKeys
+
+    m = read_manifest(store)
+    return {split: SplitKeys(store, m, split).keys() for split in sorted(m["splits"])}
 
 
 def render(summary: dict) -> str:
@@ -42,6 +59,8 @@ def render(summary: dict) -> str:
         f"coder     {summary['coder']}  quality {summary['quality']}  ({summary['channels']} latent channels)",
         f"weights   {weights}",
         f"          sha256 {w['sha256']}",
+        _encoder_line(summary["created_by"]),
+        f"encoded   {_device_line(summary)}",
     ]
     for name, s in summary["splits"].items():
         c, h, wd = s["latent_shape"]
@@ -60,3 +79,13 @@ def render(summary: dict) -> str:
         lines.append(f"  rejects   {len(s['rejects'])}")
         lines += [f"    {r['source']}: {r['reason']}" for r in s["rejects"]]
     return "\n".join(lines)
+
+
+def _encoder_line(created_by: dict) -> str:
+    revision = created_by.get("encoder_revision", 1)
+    line = (f"encoder   revision {revision}, latentstore {created_by.get('latentstore', '?')}, "
+            f"torch {created_by.get('torch', '?')} at {created_by.get('torch_threads', '?')} thread(s)")
+    if revision < ENCODER_REVISION:
+        line += ("\n          BUILT BEFORE THE EXACTNESS FIX: ŷ can be an ulp off CompressAI's decode "
+                 "(check: latentstore verify STORE --decode all); rebuild into a new --out")
+    return line

@@ -19,8 +19,12 @@ and a forked child then hangs in its first multi-threaded op (seen here in
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import queue
+import signal
+import sys
 
 import torch
 
@@ -34,14 +38,36 @@ class _Progress:
         _PROGRESS.put(n)
 
 
-def _init(job, setup, setup_args, progress, threads: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when `parent` dies (Linux), else exit now if it is gone.
+
+    A Pool's workers otherwise outlive a parent killed with SIGKILL (nothing runs
+    in the parent to stop them) and keep taking work from the queue they hold.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # died before the prctl took effect
+        os._exit(1)
+
+
+def _init(job, setup, setup_args, progress, threads: int, parent: int) -> None:
     global _JOB, _STATE, _PROGRESS
+    die_with_parent(parent)
+    # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables'
+    # floats depend on it. The jobs' stored work runs at encode.STORE_THREADS whatever is
+    # set, and the rest is elementwise, so afterwards one thread each keeps N processes
+    # from running N x threads OpenMP threads on N cores.
     torch.set_num_threads(threads)
     _JOB, _PROGRESS = job, progress
     try:
         _STATE = setup(*setup_args)
     except Exception as exc:  # raised from the first job: a Pool respawns processes whose initializer fails
         _STATE = exc
+    torch.set_num_threads(1)
 
 
 def _run(task):
@@ -65,7 +91,7 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
     pool = ctx.Pool(min(processes, len(tasks)), initializer=_init,
-                    initargs=(job, setup, setup_args, updates, threads))
+                    initargs=(job, setup, setup_args, updates, threads, os.getpid()))
 
     def drain(timeout: float) -> None:
         try:

@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .errors import ConfigError, StoreError
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, write_json_atomic
 
@@ -90,11 +92,12 @@ def read_parts(store: Path) -> dict:
     return found
 
 
-def seal(store, splits: list | None = None) -> dict:
+def seal(store, splits: list | None = None, progress: bool = False) -> dict:
     """Merge part manifests into manifest.json; refuse, naming the part, if any is missing or unfinished.
 
     `splits` limits sealing to those splits (a plain build seals its own); the
-    entries of other splits already in manifest.json are kept as they are.
+    entries of other splits already in manifest.json are kept as they are. `progress`: a bar
+    over the parts' shard checks.
     """
     store = Path(store)
     parts_by_split = read_parts(store)
@@ -116,6 +119,8 @@ def seal(store, splits: list | None = None) -> dict:
             if i not in parts:
                 problems.append(f"split {split!r}: part {i}/{n} is missing or unfinished "
                                 f"(rerun its build command with --part {i}/{n})")
+        bar = tqdm(total=sum(len(p["records"]) for p in parts.values()), desc=f"seal {split}", unit="group",
+                   disable=not progress)
         for i, p in parts.items():
             if p["parts"] != n or _bytes_config(p) != _bytes_config(first) or p["coder"] != first["coder"]:
                 problems.append(f"split {split!r}: part {i}/{p['parts']} was built with other arguments than "
@@ -125,11 +130,13 @@ def seal(store, splits: list | None = None) -> dict:
                                 f"{first['part']}/{n} ({first['images']}): the dataset changed between them. "
                                 f"Rerun every part's build command (each re-encodes only its changed groups)")
             for r in p["records"]:
+                bar.update(1)
                 for shard in (f for s in r["shards"] for f in s.get("files", [s])):  # zarr: chunk files
                     path = store / shard["path"]
                     if not path.is_file() or path.stat().st_size != shard["bytes"]:
                         problems.append(f"split {split!r}: part {i}/{n}: shard {shard['path']} is missing "
                                         f"or has the wrong size (rerun the part's build command)")
+        bar.close()
         if coder is not None and coder != first["coder"]:
             problems.append(f"split {split!r} was encoded with another coder or weights than the other splits")
         coder, created_by, backend = first["coder"], first["created_by"], first["backend"]

@@ -52,6 +52,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
+from .lookup import SplitKeys, check_fields, read_tar_sample
 from .readers import iter_shard, iter_unit
 from .teachers import TeacherDecoder
 
@@ -170,6 +171,7 @@ class LatentDataset(IterableDataset):
         if backend not in SOURCES:
             raise StoreError(f"{self.path} uses backend {backend!r}; this latentstore reads {', '.join(SOURCES)}")
         self.source = SOURCES[backend]
+        fields = check_fields(fields, self.info, self.path, self.split)
         self.teacher = TeacherDecoder(self.info, fields, teacher_dtype)  # teacher_s8 ... -> float tensors
         unknown = set(fields) - set(FIELDS) - self.teacher.fields
         if unknown:
@@ -186,27 +188,74 @@ class LatentDataset(IterableDataset):
         self.fields, self.variant, self.y_hat_dtype = tuple(fields), variant, y_hat_dtype
         self.seed, self.shuffle, self.shuffle_window = seed, shuffle, shuffle_window
         self.batch_size, self.drop_last, self.remainder = batch_size, drop_last, remainder
+        self._position = _shared_position()
         self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
         self.epoch = 0
         self.skipped: list[str] = []
+        self._keys: SplitKeys | None = None      # random access: built on first use
+        self._zarr_keys = None
         # DataLoader workers do not see the process group: resolve it here, in the main process.
         self._dist = _rank_and_world()
 
-    def __getitem__(self, key: str) -> dict:
-        """One sample by key (``<item>_v<variant:03d>``): Zarr stores only; tar shards have no index."""
-        if self.manifest["backend"] != "zarr":
-            raise StoreError(f"{self.path} is a {self.manifest['backend']} store: random access by key is not "
-                             "supported on tar shards; iterate, or convert the store to --format zarr")
-        if getattr(self, "_keys", None) is None:
+    def keys(self, variant: int | None = None) -> list[str]:
+        """The split's sample keys (``<item>_v<variant:03d>``) of `variant` in stored order; None: the
+        variant this epoch reads. ``ds[i]`` is ``ds[ds.keys()[i]]``."""
+        variant = self.current_variant if variant is None else variant
+        if not 0 <= variant < self.info["variants"]:
+            raise ConfigError(f"variant {variant} out of range: {self.path} stores {self.info['variants']}")
+        return self._key_index().keys(variant)
+
+    def __getitem__(self, key: str | int) -> dict:
+        """One sample by key, or by position in ``keys()``, with the fields and dtypes of iteration.
+
+        A Zarr sample is read alone; a tar sample reads its whole shard (tar has no index), so
+        iterate to read many, or convert the store to --format zarr.
+        """
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            key = self._key_index().key_at(self.current_variant, int(key))
+        shard, index = self._key_index().locate(key)
+        fields = self.teacher.read_fields(self.fields)
+        if self.manifest["backend"] == "zarr":
             from .readers.zarr import KeyIndex
-            self._keys = KeyIndex(self.path, self.manifest, self.split)
-        return to_tensors(self.teacher.decode(self._keys.get(key, self.teacher.read_fields(self.fields))),
-                          self.y_hat_dtype)
+            if self._zarr_keys is None:
+                self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
+            sample = self._zarr_keys.get(key, fields)
+        else:
+            sample = read_tar_sample(self.path, shard, index, key, fields)
+        return to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
+
+    def _key_index(self) -> SplitKeys:
+        if self._keys is None:
+            self._keys = SplitKeys(self.path, self.manifest, self.split)
+        return self._keys
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Read epoch `epoch` next, from per-rank sample offset `start`."""
+        """Read epoch `epoch` next, from per-rank sample offset `start`.
+
+        Also reaches DataLoader workers that persist across epochs
+        (``persistent_workers=True``): they hold a copy of this dataset made when
+        they started, and read epoch and start from memory shared with it.
+        """
         self.epoch, self.start = epoch, start
         self._dist = _rank_and_world()
+
+    # epoch and start live in shared memory (_shared_position): a persistent worker's
+    # copy of the dataset sees every set_epoch of the main process.
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._position[0] = value
+
+    @property
+    def start(self) -> int:
+        return int(self._position[1])
+
+    @start.setter
+    def start(self, value: int) -> None:
+        self._position[1] = value
 
     @property
     def current_variant(self) -> int:
@@ -333,6 +382,42 @@ class LatentDataset(IterableDataset):
         return skipped
 
 
-def open_store(path, split: str | None = None, **kwargs) -> LatentDataset:
-    """Open one split of a store for reading; kwargs go to LatentDataset."""
-    return LatentDataset(path, split, **kwargs)
+def _shared_position() -> torch.Tensor:
+    """[epoch, start] in shared memory: forked and spawned DataLoader workers alike get the
+    same storage (torch pickles a shared tensor as a handle to it), not a copy."""
+    return torch.zeros(2, dtype=torch.int64).share_memory_()
+
+
+def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant: int | None = None,
+               y_hat_dtype: torch.dtype = torch.float32, teacher_dtype: torch.dtype = torch.float32,
+               seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
+               batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
+               start: int = 0, rank: int | None = None, world: int | None = None,
+               max_skips: int = 0) -> LatentDataset:
+    """Open one split of a store for reading, as a torch IterableDataset of sample dicts.
+
+    Args:
+        path: the store folder (it holds manifest.json).
+        split: the split to read; None if the store holds only one.
+        fields: the fields each sample carries, a tuple of names or one name: y_hat, symbols,
+            y_string, z_string, label, meta, and what the store was built with (means, scales,
+            z_symbols, label_map, teacher_<tap>). A field the split does not hold is an error.
+        variant: None reads variant ``epoch % K`` (call ``set_epoch``); an int pins one.
+        y_hat_dtype / teacher_dtype: dtype of ŷ and of the teacher maps in the samples.
+        seed, shuffle, shuffle_window: the epoch order, a function of (seed, epoch) only; shards
+            are shuffled, then the samples of each window of ``shuffle_window`` shards.
+        batch_size, drop_last: yield collated batches (use ``DataLoader(ds, batch_size=None)``).
+        remainder: "drop" or "pad", so that every rank reads the same number of samples.
+        start: per-rank sample offset to resume an epoch from.
+        rank, world: override torch.distributed (or RANK / WORLD_SIZE).
+        max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
+
+    Each sample is a dict of tensors plus ``__key__`` and ``__shard__``. ŷ is padded to a
+    multiple of 64 pixels: ``ds.info["valid_region"]`` (rows r0:r1, cols c0:c1) are the latent
+    cells of the image, e.g. ``y = s["y_hat"][..., r0:r1, c0:c1]``. ``ds.keys()`` lists the
+    sample keys; ``ds[key]`` or ``ds[i]`` reads one sample.
+    """
+    return LatentDataset(path, split, variant, fields, y_hat_dtype, seed=seed, shuffle=shuffle,
+                         shuffle_window=shuffle_window, batch_size=batch_size, drop_last=drop_last,
+                         remainder=remainder, start=start, rank=rank, world=world, max_skips=max_skips,
+                         teacher_dtype=teacher_dtype)

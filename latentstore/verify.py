@@ -21,9 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .coders import load_coder_from_manifest
-from .encode import EncodedImage, decode_y_hat
+from .encode import STORE_THREADS, EncodedImage, decode_y_hat
 from .errors import LatentstoreError
-from .format import file_sha256, read_manifest
+from .format import ENCODER_REVISION, file_sha256, read_manifest
 from .store import SOURCES
 
 
@@ -83,16 +83,23 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
     return kept
 
 
-def _check_decode(coder, name: str, key: str, s: dict) -> str | None:
+def _check_decode(coder, name: str, key: str, s: dict, created_by: dict) -> str | None:
     meta = s["meta"]
     enc = EncodedImage(symbols=None, y_hat=None, y_string=s["y_string"], z_string=s.get("z_string"),
                        z_symbols=None, means=None, scales=None, y_shape=tuple(meta["y_shape"]),
                        z_shape=tuple(meta["z_shape"]) if meta["z_shape"] else None)
-    decoded = decode_y_hat(coder, enc).astype(s["y_hat"].dtype)
-    if not np.array_equal(decoded, s["y_hat"]):
-        diff = np.abs(decoded.astype(np.float64) - s["y_hat"].astype(np.float64)).max()
-        return f"shard {name}, key {key}: CompressAI decodes a different ŷ from the stored strings (max |Δ| {diff:g})"
-    return None
+    decoded = decode_y_hat(coder, enc, threads=created_by.get("torch_threads", STORE_THREADS))
+    if np.array_equal(decoded.astype(s["y_hat"].dtype), s["y_hat"]):
+        return None
+    diff = np.abs(decoded.astype(np.float64) - s["y_hat"].astype(np.float64)).max()
+    problem = f"shard {name}, key {key}: CompressAI decodes a different ŷ from the stored strings (max |Δ| {diff:g})"
+    revision = created_by.get("encoder_revision", 1)
+    if revision < ENCODER_REVISION:
+        return (f"{problem}. The store was built by encoder revision {revision} (latentstore "
+                f"{created_by.get('latentstore', '?')}), whose ŷ can be an ulp off CompressAI's: rebuild it "
+                f"with the same command into a new --out")
+    return (f"{problem}. Decode on the machine type and torch {created_by.get('torch', '?')} the store was "
+            f"built with (docs/FORMAT.md, \"What is exact\"); if it fails there too, rebuild")
 
 
 def _stray_files(store: Path, manifest: dict) -> list:
@@ -222,7 +229,8 @@ def _check_sources(store: Path, manifest: dict, root, report: Report) -> None:
 
 def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, progress: bool = False,
            root=None, sources: bool = True) -> Report:
-    """Check `store` completely; `decode` random samples are also decoded by CompressAI.
+    """Check `store` completely; `decode` random samples (all if more) are also decoded by CompressAI,
+    at the torch thread count the store was built at.
 
     With `sources` (default), the group records are compared with the dataset
     they were built from (at `root`, default: the root the manifest records),
@@ -267,7 +275,7 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
     if candidates:
         coder = load_coder_from_manifest(manifest["coder"], weights)
         for name, key, s in tqdm(candidates, desc="decode", unit="sample", disable=not progress):
-            problem = _check_decode(coder, name, key, s)
+            problem = _check_decode(coder, name, key, s, manifest["created_by"])
             if problem:
                 report.problems.append(problem)
             report.decoded += 1

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, then build a store from the bundled demo photos (ImageNet layout) and summarize it.
+# Set up, build a store from the bundled demo photos (ImageNet layout), summarize it, read it back,
+# and check every sample against CompressAI's own decoder (fails if any ŷ is not exact).
 #   scripts/demo.sh                      # seeded random coder weights: runs offline
 #   WEIGHTS=pretrained scripts/demo.sh   # CompressAI's released weights (downloads once, ~30 MB)
 set -euo pipefail
@@ -29,3 +30,6 @@ for epoch in range(2):
               f"labels {batch['label'].tolist()}  bpp {[round(m['bpp'], 3) for m in batch['meta']]}  "
               f"keys {batch['__key__']}")
 PY
+echo
+echo ">> every stored ŷ against CompressAI's decompress():"
+.venv/bin/latentstore verify "$OUT" --decode all --quiet

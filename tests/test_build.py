@@ -150,8 +150,8 @@ def test_encoder_processes_resume_and_count_rejects(bad_folder, tmp_path):
 
 
 def test_gpu_device_and_workers_with_encoders_are_refused(tiny_folder, tmp_path):
-    with pytest.raises(ConfigError, match="--device cuda: the build encodes on the CPU only"):
-        build(config(tiny_folder, tmp_path / "s", device="cuda"), progress=False)
+    with pytest.raises(ConfigError, match="Invalid --device 'tpu': choose cpu or cuda"):
+        build(config(tiny_folder, tmp_path / "s", device="tpu"), progress=False)
     with pytest.raises(ConfigError, match="--workers 2 with --encoders 2"):
         build(config(tiny_folder, tmp_path / "s", encoders=2, workers=2), progress=False)
 

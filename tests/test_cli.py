@@ -30,6 +30,16 @@ def test_build_then_info(tiny_folder, tmp_path, capsys):
     summary = json.loads(out)
     assert summary["splits"]["train"]["samples_per_variant"] == [6, 6]
     assert summary["trained_weights"] is False
+    code, out, _ = run(capsys, "info", str(store), "--keys")
+    keys = out.split()
+    assert code == 0 and len(keys) == len(set(keys)) == 12
+    assert all(k.endswith("_v000") for k in keys[:6]) and all(k.endswith("_v001") for k in keys[6:])
+    from latentstore import open_store
+    assert open_store(store)[keys[7]]["__key__"] == keys[7]
+    code, out, err = run(capsys, "seal", str(store))                      # sealing again: same manifest
+    assert code == 0 and "seal train" in err and "1/1" in err and "6 of 6 images stored" in out
+    code, out, err = run(capsys, "verify", str(store))
+    assert code == 0 and "verify train" in err
 
 
 @pytest.mark.parametrize("args,message", [
@@ -65,7 +75,16 @@ def test_help_explains_the_commands(capsys):
 def test_models_lists_names_and_counts(capsys):
     code, out, _ = run(capsys, "models", "--names-only")
     assert code == 0 and "resnet50-aa" in out and "{timm}-aa" in out
-    code, out, _ = run(capsys, "models", "resnet50-aa", "--quality", "5")
+    from latentstore.models import resolve
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert {"resnet18-aa", "efficientnet_b0-aa", "decode+resnet50", "pspnet50-aa"} <= set(listed)  # docs' names
+    assert all(resolve(name) and "{" not in name for name in listed)                          # all concrete
+    for example in ("resnet101-aa", "regnety_016-aa"):                                          # the hint's
+        resolve(example)
+    code, out, err = run(capsys, "models", "resnet50-aa", "--quality", "5")
     assert code == 0 and "| resnet50-aa | 192×14×14 | 27.32 | 4.318 |" in out  # METHOD §4: 27.3M, 4.3B
+    assert "1/1" in err                                                         # a bar on stderr
+    code, out, err = run(capsys, "models", "resnet18-aa", "--quiet")
+    assert code == 0 and "| resnet18-aa |" in out and "1/1" not in err
     code, _, err = run(capsys, "models", "resnet50-bb")
     assert code == 2 and "Unknown model 'resnet50-bb'" in err

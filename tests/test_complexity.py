@@ -71,8 +71,8 @@ def test_script_prints_markdown(capsys):
     script = load_script()
     rc = script.main(["--models", "resnet18,resnet18-aa,decode+resnet18", "--coder", "cheng2020",
                       "--quality", "1", "--image-size", "64", "--runs", "1", "--warmup", "0"])
-    out = capsys.readouterr().out
-    assert rc == 0
+    out, err = capsys.readouterr()
+    assert rc == 0 and "3/3" in err                          # a bar while the models are built and timed
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| model | input | params (M) | MACs (G) | CPU ms (median)")
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| resnet18", "| resnet18-aa", "| decode+resnet18"]

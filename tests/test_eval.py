@@ -109,6 +109,21 @@ def test_classification_eval_end_to_end(cls_store, cls_ckpt, tmp_path, capsys):
     assert rec["method"] in capsys.readouterr().out
 
 
+def test_eval_shows_progress_and_ends_with_a_summary(cls_store, cls_ckpt, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    argv = ["--store", str(cls_store), "--checkpoint", str(cls_ckpt), "--out", str(out), "--device", "cpu",
+            "--batch-size", "4"]
+    assert _load_script("classify").main(argv) == 0
+    got = capsys.readouterr()
+    rec = json.loads(out.read_text())
+    assert "eval val" in got.err and "6/6" in got.err                          # the bar counts samples
+    assert (f"resnet18-aa + transfer: top-1 {rec['top1']:.2f} %, top-5 100.00 %, {rec['bpp']:.4f} bpp on 6 "
+            "samples (split val, variant 0,") in got.out
+    assert f"wrote {out} and {out.with_suffix('.md')}" in got.out
+    assert _load_script("classify").main(argv + ["--quiet"]) == 0
+    assert "6/6" not in capsys.readouterr().err
+
+
 def test_batch_size_and_workers_do_not_change_the_numbers(cls_store, cls_ckpt, tmp_path):
     base = EvalConfig(str(cls_store), str(cls_ckpt), out=str(tmp_path / "e.json"))
     a = evaluate_classification(replace(base, batch_size=1))

@@ -151,6 +151,9 @@ def test_tap_shape_mismatch_names_both_shapes():
         check_tap_shapes([(512, 32, 32), (1024, 16, 16), (2048, 8, 8)],
                          [(512, 28, 28), (1024, 14, 14), (2048, 7, 7)])
     check_tap_shapes([(1, 2, 3)], [[1, 2, 3]])  # lists vs tuples are fine
+    with pytest.raises(ConfigError, match=r"channels differ .*teacher_s16: student 112 vs teacher resnet50 1024"):
+        check_tap_shapes([(40, 28, 28), (112, 14, 14)], [(512, 28, 28), (1024, 14, 14)],
+                         names=["teacher_s8", "teacher_s16"], teacher="resnet50")
 
 
 # ----------------------------------------------------------------- pixel weights

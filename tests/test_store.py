@@ -1,4 +1,6 @@
 """Reading a store back through open_store, in DataLoader workers and across ranks."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -66,6 +68,20 @@ def test_bad_arguments_and_damage_are_named(store, tmp_path):
             keys(open_store(store))
     finally:
         shard.write_bytes(data)
+
+
+def test_a_field_the_store_never_had_is_refused_naming_what_it_holds(store):
+    with pytest.raises(ConfigError, match=r"has no field means: it holds .*y_hat.*build with --fields means"):
+        open_store(store, fields=("y_hat", "label", "means"))
+    with pytest.raises(ConfigError, match=r"has no field label_map: it holds .*symbols.*Cityscapes"):
+        open_store(store, fields=("y_hat", "label_map"))
+    with pytest.raises(ConfigError, match=r"has no field teacher_s8: it holds y_hat, .*add-teacher"):
+        open_store(store, fields=("y_hat", "teacher_s8"))
+
+
+def test_a_string_of_fields_is_one_field(store):
+    sample = next(iter(open_store(store, fields="y_hat")))
+    assert sorted(k for k in sample if not k.startswith("__")) == ["y_hat"]
 
 
 # ---------------------------------------------------------------- epoch order, ranks, workers, resume
@@ -221,3 +237,60 @@ def test_lenient_budget_and_lost_tail_are_errors_or_named(prime_store, tmp_path)
     ds = open_store(copy, max_skips=2)
     assert len(list(ds)) == PRIME - 2
     assert [s.split(": lost")[0] for s in ds.skipped] == [f"shard {shard}, sample #{i} (key unknown)" for i in (0, 1)]
+
+
+# ---------------------------------------------------------------- random access and keys
+
+@pytest.fixture(scope="module")
+def both_backends(tiny_folder, tmp_path_factory):
+    """The same build (2 variants, one unreadable image) as tar shards and as Zarr: {format: store}."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("access")
+    root = Path(shutil.copytree(tiny_folder, tmp / "images"))
+    (root / "train" / "class0" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    stores = {}
+    for fmt in ("webdataset", "zarr"):
+        stores[fmt] = tmp / fmt
+        build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                          root=str(root), split="train", out=str(stores[fmt]), variants=2, crop=64,
+                          shard_size=2, format=fmt), progress=False)
+    return stores
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "zarr"])
+def test_random_access_by_key_and_index_gives_the_iterated_samples(both_backends, fmt):
+    ds = open_store(both_backends[fmt], fields=("y_hat", "symbols", "label", "meta"))
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        samples = list(ds)                                    # unshuffled: stored order
+        assert ds.keys() == [s["__key__"] for s in samples] and len(samples) == 5
+        for i, s in enumerate(samples):
+            assert same(ds[i], s) and same(ds[s["__key__"]], s)
+        assert same(ds[-1], samples[-1])
+    assert ds.keys(variant=0) == [k.replace("_v001", "_v000") for k in ds.keys(variant=1)]
+    assert "train_class0_img1_v000" not in ds.keys(0)       # rejected at build time
+    with pytest.raises(ConfigError, match="No sample 'train_class0_img1_v000'.*ds.keys()"):
+        ds["train_class0_img1_v000"]
+    with pytest.raises(ConfigError, match="Sample index 5 out of range: variant 1 .* holds 5 samples"):
+        ds[5]
+
+
+def test_both_backends_list_the_same_keys(both_backends):
+    tar, zarr = (open_store(both_backends[f]) for f in ("webdataset", "zarr"))
+    assert tar.keys(0) == zarr.keys(0) and tar.keys(1) == zarr.keys(1)
+
+
+def test_open_store_shows_its_options():
+    import inspect
+
+    import latentstore
+
+    params = inspect.signature(latentstore.open_store).parameters
+    assert {"fields", "variant", "shuffle", "batch_size", "max_skips", "teacher_dtype"} <= set(params)
+    assert "kwargs" not in params and "valid_region" in latentstore.open_store.__doc__

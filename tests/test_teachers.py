@@ -16,6 +16,8 @@ from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
 from latentstore.format import MANIFEST, field_for_member, read_manifest
 from latentstore.teachers import check_teacher, dequantize, load_teacher, quantize, relative_error
 
+from conftest import demo_photos
+
 # Relative L2 error of each storage dtype vs float32 (float16: 2^-11 per element; bfloat16: 2^-8;
 # int8: half a step of max|x|/127 per channel). Bounds with margin over what was measured.
 BOUNDS = {"float16": 1e-3, "bfloat16": 5e-3, "int8": 2e-2}
@@ -280,3 +282,24 @@ def test_add_teacher_refuses_a_damaged_store_before_reading_it(tiny_folder, tmp_
     with pytest.raises(StoreError, match=r"shard train/v000-000000"):  # even when the sources are trusted
         add_teacher(store, "resnet18", "untrained", verify_sources=False, progress=False)
     assert "teacher" not in read_manifest(store)["splits"]["train"]
+
+
+def test_features_equal_timm_on_a_fresh_contiguous_tensor():
+    """The reference shares no code with Teacher.features: the timm model on an NCHW tensor made
+    here, at one thread. A permuted HWC crop is channels_last, where convs pick other kernels."""
+    teacher = load_teacher("resnet18", "untrained", dtype="float16")
+    crop = np.asarray(Image.open(demo_photos()[0]).convert("RGB").resize((224, 224)))
+    crop = crop[:, ::-1]  # a strided view, as a mirrored crop can be
+    x = torch.tensor(np.array(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+    mean = torch.tensor(teacher.mean).view(1, 3, 1, 1)
+    std = torch.tensor(teacher.std).view(1, 3, 1, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            expected = teacher.model((x - mean) / std)
+    finally:
+        torch.set_num_threads(before)
+    got = teacher.features(crop)
+    for tap, ref in zip(teacher.taps, expected):
+        assert got[tap.field].tobytes() == ref[0].numpy().tobytes(), tap.field

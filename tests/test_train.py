@@ -28,6 +28,7 @@ def load_script(name):
 
 
 classify = load_script("classify")
+segment = load_script("segment")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,16 @@ def test_unknown_flag_and_bad_values_are_errors(capsys):
 
 # ---------------------------------------------------------------- transfer losses
 
+@pytest.mark.parametrize("name", ["classify", "segment"])
+def test_help_shows_only_meaningful_defaults(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_script(name).main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())          # undo argparse's line wrapping
+    assert exc.value.code == 0 and "(default: None)" not in text and "(default: ())" not in text
+    assert "--milestones MILESTONES epochs at which lr is multiplied by --gamma (default: the task's recipe)" in text
+    assert "TensorBoard events (required)" in text and "(default: train)" in text
+
+
 def test_transfer_loss_values_on_hand_made_maps():
     f = [torch.tensor([[[[1.0]], [[2.0]]]]), torch.zeros(1, 1, 2, 2)]     # [B=1, C=2, 1, 1], [1, 1, 2, 2]
     t = [torch.tensor([[[[3.0]], [[2.0]]]]), torch.ones(1, 1, 2, 2)]
@@ -85,6 +96,28 @@ def test_transfer_loss_values_on_hand_made_maps():
 def test_transfer_refuses_a_store_without_teacher(store, tmp_path):
     with pytest.raises(ConfigError, match="needs teacher features"):
         classify.main(args(store, tmp_path / "run", "--transfer", "mse"))
+
+
+@pytest.fixture(scope="module")
+def seg_store(tmp_path_factory):
+    from test_cityscapes import make_cityscapes, seg_config
+
+    root = tmp_path_factory.mktemp("seg")
+    build(seg_config(make_cityscapes(root / "cityscapes"), root / "cs", coder="bmshj2018-hyperprior",
+                     variants=1), progress=False)
+    return root / "cs"
+
+
+def test_each_trainer_refuses_the_other_task_s_store_in_one_line(store, seg_store, tmp_path, capsys):
+    from latentstore.train import run_script
+
+    for script, data, other in ((classify, seg_store, "train/segment.py"), (segment, store, "train/classify.py")):
+        run = tmp_path / f"run-{script.__name__}"
+        model = "resnet18-aa" if script is classify else "pspnet50-aa"
+        assert run_script(lambda: script.main(args(data, run, "--model", model))) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"train it with {other}" in err, err
+        assert not run.exists()                               # no run folder left behind
 
 
 # ---------------------------------------------------------------- logging
@@ -105,6 +138,24 @@ def test_event_file_records_are_framed_like_tfrecord(tmp_path):
     assert b"brain.Event:2" in records[0]
     # Event{step=7 (field 2), summary (field 5){value{tag "loss", simple_value 0.25}}}
     assert b"\x10\x07" in records[1] and b"\x0a\x04loss\x15" + struct.pack("<f", 0.25) in records[1]
+
+
+def test_a_run_logs_its_last_step_ends_with_a_summary_and_a_rerun_says_it_is_done(store, tmp_path, capsys):
+    run = tmp_path / "short"
+    argv = args(store, run, "--epochs", "1", "--log-every", "20")    # 3 steps, fewer than --log-every
+    classify.main(argv)
+    out = capsys.readouterr().out
+    assert [s for s, _ in losses(run)] == [3]                       # the last step is logged
+    assert "finished: 3 steps, 1 of 1 epochs" in out and "last step 3: loss" in out
+    assert str(run / "last.pt") in out and str(run / "metrics.csv") in out
+    before = (run / "last.pt").read_bytes(), (run / "metrics.csv").read_text()
+    classify.main(argv)                                             # the same command again
+    out = capsys.readouterr().out
+    assert "has already finished (3 steps, 1 of 1 epochs): nothing to do. Raise --epochs" in out
+    assert ((run / "last.pt").read_bytes(), (run / "metrics.csv").read_text()) == before
+    cut = tmp_path / "cut"
+    classify.main(args(store, cut, "--max-steps", "2", "--log-every", "20"))
+    assert [s for s, _ in losses(cut)] == [2] and "stopped at --max-steps 2" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- resume, step for step
@@ -169,8 +220,17 @@ def test_transfer_reads_teacher_maps_and_checks_them_first(teacher_store, tmp_pa
     with pytest.raises(ConfigError, match="another teacher"):                 # fingerprint: other weights
         classify.main(args(teacher_store, tmp_path / "x", "--transfer", "mse", "--teacher", "resnet18",
                            "--teacher-weights", str(_other_weights(tmp_path))))
-    with pytest.raises(ConfigError, match="feature tap shapes differ"):        # taps: other channels
-        classify.main(args(teacher_store, tmp_path / "y", "--transfer", "mse", "--model", "efficientnet_b0-aa"))
+
+
+def test_transfer_channel_mismatch_names_channels_per_tap(teacher_store, tmp_path, capsys):
+    from latentstore.train import run_script
+
+    argv = args(teacher_store, tmp_path / "y", "--transfer", "mse", "--model", "efficientnet_b0-aa")
+    assert run_script(lambda: classify.main(argv)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "crop size" not in err, err
+    assert "teacher_s8: student 40 vs teacher resnet18 128" in err and "teacher_s32: student 320 vs" in err, err
+    assert "resnet18-aa" in err
 
 
 def _other_weights(tmp_path):
@@ -183,9 +243,6 @@ def _other_weights(tmp_path):
 
 
 # ---------------------------------------------------------------- segmentation recipe and loss
-
-segment = load_script("segment")
-
 
 def test_segment_recipe_and_loss_ignore_255():
     cfg = parse_config(segment.Config, ["--store", "s", "--out", "o"])

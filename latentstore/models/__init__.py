@@ -33,7 +33,7 @@ from .baselines import TwoInputCResNet, cresnet, decode_classifier, reshape_clas
 from .pspnet import BACKBONE, PSPNet
 from .taps import CLASSIFICATION_STRIDES, Tap, check_tap_shapes, feature_shapes, shapes_of
 
-__all__ = ["REGISTRY", "create_model", "resolve", "model_names", "check_tap_shapes", "feature_shapes",
+__all__ = ["REGISTRY", "create_model", "resolve", "model_names", "name_listing", "check_tap_shapes", "feature_shapes",
            "shapes_of", "Tap", "TapClassifier", "PSPNet", "CLASSIFICATION_STRIDES"]
 
 
@@ -91,6 +91,27 @@ REGISTRY = [
 
 EXAMPLES = ["resnet50", "resnet50-aa", "vgg11-aa", "vgg11_bn-aa", "efficientnet_b0-aa", "cresnet51",
             "cresnet39", "reshape+resnet50", "decode+resnet50", "pspnet50", "pspnet50-aa"]
+
+
+#: pattern -> concrete names it stands for in the docs and tests (any timm CNN of an -aa family works)
+INSTANCES = {"{timm}-aa": ["resnet18-aa", "resnet50-aa", "vgg11-aa", "vgg11_bn-aa", "efficientnet_b0-aa",
+                           "mobilenetv3_large_100-aa"],
+             "decode+{timm}": ["decode+resnet18", "decode+resnet50"],
+             "{timm}": ["resnet18", "resnet50", "vgg11", "efficientnet_b0"]}
+
+
+def name_listing() -> str:
+    """Concrete model names, one per line with what each is, then the patterns they come from."""
+    from .adapt import AA_RULES
+
+    rows = []
+    for e in REGISTRY:
+        for name in INSTANCES.get(e.pattern, [e.pattern]):
+            rows.append(f"  {name:<26} {e.task}: {e.description}")
+    return ("Model names (for --model, create_model and `latentstore models NAME`):\n" + "\n".join(rows)
+            + "\n\nPatterns: " + ", ".join(e.pattern for e in REGISTRY if "{timm}" in e.pattern)
+            + f", where {{timm}} is any timm CNN of the families {', '.join(sorted(AA_RULES))} "
+            "(e.g. resnet101-aa, regnety_016-aa).")
 
 
 def model_names() -> list[str]:

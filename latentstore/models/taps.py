@@ -66,12 +66,14 @@ def shapes_of(features) -> list[tuple]:
     return [tuple(f.shape[1:]) for f in values]
 
 
-def check_tap_shapes(model_shapes, teacher_shapes, where: str = "") -> None:
+def check_tap_shapes(model_shapes, teacher_shapes, where: str = "", names=None, teacher: str = "") -> None:
     """Raise ConfigError unless the model's tap shapes equal the teacher's, one by one.
 
     Shapes are per-sample ``(C, H, W)`` tuples (a leading batch dim is dropped
-    if both sides have one). The message names both full lists so a user sees
-    at once whether channels, strides or the number of taps disagree.
+    if both sides have one). `names` label the taps (e.g. the store fields
+    ``teacher_s8``); `teacher` names the teacher model. The message says what
+    differs: the number of taps, the channels per tap (another architecture), or
+    the spatial size per tap (another crop size or stride).
     """
     ms = [tuple(s) for s in model_shapes]
     ts = [tuple(s) for s in teacher_shapes]
@@ -82,8 +84,17 @@ def check_tap_shapes(model_shapes, teacher_shapes, where: str = "") -> None:
         raise ConfigError(
             f"{prefix}model has {len(ms)} feature taps {ms} but the teacher stores {len(ts)} {ts}; "
             "pick a model with taps at the teacher's strides, or rebuild the teacher features")
-    bad = [(i, m, t) for i, (m, t) in enumerate(zip(ms, ts)) if m != t]
-    detail = "; ".join(f"tap {i}: model {m} vs teacher {t}" for i, m, t in bad)
+    names = list(names) if names is not None else [f"tap {i}" for i in range(len(ms))]
+    who = f"teacher {teacher}" if teacher else "teacher"
+    channels = [(n, m[0], t[0]) for n, m, t in zip(names, ms, ts) if m[:1] != t[:1]]
+    if channels:
+        detail = ", ".join(f"{n}: student {m} vs {who} {t}" for n, m, t in channels)
+        raise ConfigError(
+            f"{prefix}the student's channels differ from the teacher's ({detail}): the distance needs equal "
+            f"channels per tap, so train the teacher's own architecture as the student"
+            f"{f' ({teacher}-aa)' if teacher else ''}, or store a teacher of the student's architecture "
+            "(`latentstore add-teacher`)")
+    detail = "; ".join(f"{n}: model {m} vs teacher {t}" for n, m, t in zip(names, ms, ts) if m != t)
     raise ConfigError(
         f"{prefix}feature tap shapes differ: {detail} (model {ms}, teacher {ts}). "
         "Check that the latent comes from the same crop size as the teacher's image "

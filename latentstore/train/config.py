@@ -51,6 +51,9 @@ class TrainConfig:
     max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs)")
     resume: str = opt("auto", "auto (OUT/last.pt if present) | never | PATH")
     device: str = opt("auto", "auto | cpu | cuda")
+    precision: str = opt("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 on CPU | bf16 | fp32",
+                         ("auto", "bf16", "fp32"))
+    compile: bool = opt(False, "torch.compile the model (the first steps compile; CUDA mostly)")
     progress: bool = opt(True, "show a progress bar (rank 0)")
 
     def validate(self) -> None:
@@ -76,10 +79,23 @@ def _parser_type(tp):
     return {"int": int, "float": float, "str": str}.get(getattr(tp, "__name__", str(tp)), str)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where X means something: not for required flags, empty defaults
+    or help that already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required:
+            return f"{text} (required)"
+        if action.default in (None, "", ()) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parse_config(cls, argv=None):
     """Parse `argv` (None: sys.argv) into `cls`; unknown flags and bad values exit with a usage error."""
     parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip(), allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -89,7 +105,8 @@ def parse_config(cls, argv=None):
                                 help=meta.get("help"))
         else:
             parser.add_argument(flag, type=_parser_type(hints[f.name]), default=f.default,
-                                choices=meta.get("choices"), help=meta.get("help"))
+                                choices=meta.get("choices"), help=meta.get("help"),
+                                required=f.default is None)   # --store, --out
     args = parser.parse_args(argv)  # unknown flag: argparse prints usage and exits with status 2
     cfg = cls(**vars(args))
     try:

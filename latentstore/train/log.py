@@ -124,3 +124,51 @@ class RunLog:
         if self.main:
             self.csv_file.close()
             self.events.close()
+
+
+def last_metrics(out) -> tuple[int, int, dict] | None:
+    """(step, epoch, {name: value}) of the last step in OUT/metrics.csv, or None if nothing was logged."""
+    path = Path(out) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    step = max(int(r["step"]) for r in rows)
+    last = [r for r in rows if int(r["step"]) == step]
+    return step, int(last[-1]["epoch"]), {r["name"]: float(r["value"]) for r in last}
+
+
+def summary(out, headline: str) -> str:
+    """What a finished (or stopped) run tells its user: the last logged metrics and the files it wrote."""
+    out = Path(out)
+    lines = [headline]
+    metrics = last_metrics(out)
+    if metrics is not None:
+        step, epoch, values = metrics
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k not in ("skipped", "data_wait"))
+        lines.append(f"  last step {step}: {shown}")
+    events = sorted(out.glob("events.out.tfevents.*"))
+    for label, path in (("checkpoint", out / "last.pt"), ("metrics", out / "metrics.csv"),
+                        ("tensorboard", out if events else None)):
+        if path is not None and path.exists():
+            lines.append(f"  {label:<12} {path}" + ("  (tensorboard --logdir this folder)" if label == "tensorboard"
+                                                    else ""))
+    return "\n".join(lines)
+
+
+def finished(cfg, step: int, epoch: int) -> bool:
+    """True once a run at (step, epoch) has nothing left to do under `cfg` (a TrainConfig)."""
+    return epoch >= cfg.epochs or bool(cfg.max_steps) and step >= cfg.max_steps
+
+
+def headline(cfg, step: int, epoch: int, rerun: bool = False) -> str:
+    """One line on where a run stands: done, stopped by --max-steps, or finished before this rerun."""
+    where = f"{step} steps, {min(epoch, cfg.epochs)} of {cfg.epochs} epochs"
+    if rerun:
+        return (f"{cfg.out} has already finished ({where}): nothing to do. Raise --epochs"
+                f"{' or --max-steps' if cfg.max_steps else ''} to train on, or pass a new --out to start over.")
+    if epoch >= cfg.epochs:
+        return f"finished: {where}"
+    return f"stopped at --max-steps {cfg.max_steps} ({where}); rerun with a larger --max-steps to go on"

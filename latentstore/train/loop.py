@@ -16,13 +16,13 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from ..store import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
-from .log import RunLog
+from .log import RunLog, finished, headline, summary as run_summary
+from .speed import StepMeter, autocast, autocast_dtype, make_loader, maybe_compile, prepare_model
 
 #: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
 LossFn = Callable[[nn.Module, dict], tuple]
@@ -56,12 +56,16 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     if steps_per_epoch == 0:
         raise ConfigError(f"{data.samples_per_rank()} samples per rank make no batch of {per_rank}: "
                           "lower --batch-size")
-    model.to(d.device)
+    prepare_model(model, cfg.precision, d.device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gamma_pow = lr_factor(milestones)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
     summary = ckpt.store_summary(data.manifest, data.split)
     pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
+    if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
+        if d.main:
+            print(run_summary(cfg.out, headline(cfg, pos.step, pos.epoch, rerun=True)), flush=True)
+        return pos
 
     out = Path(cfg.out)
     if d.main:
@@ -71,6 +75,8 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     log = RunLog(out, d.main, total, pos.step, cfg.progress)
     net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) \
         if d.distributed else model
+    net = maybe_compile(net, cfg.compile)
+    loader = make_loader(data, cfg.workers, d.device)
 
     def save(p: Position) -> None:
         if d.main:
@@ -82,7 +88,7 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
 
     try:
         while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
-            if _epoch(cfg, d, net, opt, loss_fn, data, pos, per_rank, log, save):
+            if _epoch(cfg, d, net, opt, loss_fn, data, loader, pos, per_rank, log, save):
                 pos.epoch, pos.offset = pos.epoch + 1, 0
                 sched.step()
                 save(pos)
@@ -90,41 +96,54 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
         log.close()
     if data.skipped:
         log.message(f"{len(data.skipped)} damaged samples skipped (rank {d.rank})")
+    if d.main:
+        print(run_summary(out, headline(cfg, pos.step, pos.epoch)), flush=True)
     return pos
 
 
-def _epoch(cfg, d, net, opt, loss_fn, data, pos: Position, per_rank: int, log: RunLog, save) -> bool:
-    """Run the rest of epoch pos.epoch (from pos.offset); False if cfg.max_steps stopped it first."""
+def _epoch(cfg, d, net, opt, loss_fn, data, loader, pos: Position, per_rank: int, log: RunLog, save) -> bool:
+    """Run the rest of epoch pos.epoch (from pos.offset); False if cfg.max_steps stopped it first.
+
+    The step path never waits for the GPU: logged values stay on the device
+    (StepMeter) until a log step, and ranks agree on the end of the epoch by an
+    all_reduce only when lenient reads (max_skips) can end one rank early;
+    strict reads give every rank len(data) batches.
+    """
     net.train()
-    data.set_epoch(pos.epoch, start=pos.offset)
-    loader = DataLoader(data, batch_size=None, num_workers=cfg.workers,
-                        pin_memory=d.device.type == "cuda", persistent_workers=False)
-    window, steps, t_wait, t_start, skipped = {}, 0, 0.0, time.perf_counter(), 0
+    data.set_epoch(pos.epoch, start=pos.offset)   # reaches the loader's persistent workers too
+    dtype = autocast_dtype(cfg.precision, d.device.type)
+    meter, t_wait, t_start, skipped = StepMeter(), 0.0, time.perf_counter(), 0
+    lenient = cfg.max_skips > 0
+    shown = (0.0, float("nan"))   # (samples/s, loss) on the progress bar, as of the last log step
+    epoch_end = data.samples_per_rank() // per_rank * per_rank   # offset after the epoch's last batch
     batches = iter(loader)
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)
         t_wait += time.perf_counter() - t0
-        if not all_true(batch is not None, d):   # lenient reads may end a rank early: stop together
+        if (not all_true(batch is not None, d)) if lenient else batch is None:   # stop together
             break
         torch.manual_seed(cfg.seed * 1_000_003 + pos.step * 7_919 + d.rank)   # per-step randomness
-        loss, parts = loss_fn(net, batch)
+        with autocast(d.device.type, dtype):
+            loss, parts = loss_fn(net, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        pos.step, pos.offset, steps = pos.step + 1, pos.offset + per_rank, steps + 1
+        pos.step, pos.offset = pos.step + 1, pos.offset + per_rank
         skipped += len(batch.get("__skipped__", ()))
-        for k, v in {"loss": loss.detach(), **parts}.items():
-            window[k] = window.get(k, 0.0) + float(v)
-        elapsed = time.perf_counter() - t_start
-        log.step(steps * per_rank * d.world / max(elapsed, 1e-9), float(loss.detach()))
-        if pos.step % cfg.log_every == 0:
-            values = mean_over_ranks({k: v / steps for k, v in window.items()}, d)
-            values.update(lr=opt.param_groups[0]["lr"], samples_per_s=steps * per_rank * d.world / elapsed,
-                          data_wait=t_wait / elapsed, skipped=skipped)
-            log.scalars(pos.step, pos.epoch, values)
-            window, steps, t_wait, t_start = {}, 0, 0.0, time.perf_counter()
+        meter.add({"loss": loss, **parts})
         stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
+        if pos.step % cfg.log_every == 0 or stop or pos.epoch == cfg.epochs - 1 and pos.offset >= epoch_end:
+            values = mean_over_ranks(meter.means(), d)       # the step path's only host sync
+            elapsed = time.perf_counter() - t_start
+            rate = meter.steps * per_rank * d.world / max(elapsed, 1e-9)
+            values.update(lr=opt.param_groups[0]["lr"], samples_per_s=rate, data_wait=t_wait / elapsed,
+                          skipped=skipped)
+            log.scalars(pos.step, pos.epoch, values)
+            shown = (rate, values["loss"])
+            meter.reset()
+            t_wait, t_start = 0.0, time.perf_counter()
+        log.step(*shown)
         if pos.step % cfg.save_every == 0 or stop:
             save(Position(pos.step, pos.epoch, pos.offset))
         if stop:

@@ -34,7 +34,7 @@ def transfer_loss(kind: str, feats: list, teachers: list) -> torch.Tensor:
         raise ConfigError(f"Invalid transfer {kind!r}: choose {', '.join(DISTANCES)} (or none)")
     if len(feats) != len(teachers):
         raise ConfigError(f"{len(feats)} student taps but {len(teachers)} teacher maps")
-    return sum(DISTANCES[kind](f.float(), t.to(f.device, torch.float32)) for f, t in zip(feats, teachers))
+    return sum(DISTANCES[kind](f.float(), t.to(f.device, non_blocking=True).float()) for f, t in zip(feats, teachers))
 
 
 def tap_list(feats) -> list:
@@ -80,7 +80,8 @@ def check_shapes(model: nn.Module, split_info: dict, fields: list[str], inputs: 
     shapes = feature_shapes(model, *inputs)
     picked = [shapes[i] for i in student_taps(model, fields)]
     stored = split_info["teacher"].get("feature_shapes") or {}
-    check_tap_shapes(picked, [tuple(stored[f]) for f in fields], where="knowledge transfer")
+    check_tap_shapes(picked, [tuple(stored[f]) for f in fields], where="knowledge transfer", names=fields,
+                     teacher=split_info["teacher"].get("name", ""))
 
 
 class Transfer:

@@ -1,0 +1,363 @@
+"""One device run: build throughput (CPU-only encoders and --device cuda), the pure step rate of
+resnet50-aa, and the trainer's samples/s and data wait on a store it builds itself; printed side by side.
+
+    bash benchmarks/bench_gpu.sh                 # on the GPU node (full sizes, ~5-7 min)
+    SMOKE=1 bash benchmarks/bench_gpu.sh         # anywhere, tiny sizes, ~2-3 min on 2 CPU cores
+
+Everything runs from the source tree (``python -m latentstore.cli``, ``train/classify.py``), with
+generated images and untrained seeded weights: nothing is downloaded. Each measurement is a short
+timed window, not a whole dataset:
+
+(a) build img/s: cheng2020-anchor q3, 224 crops (padded to 256), --encoders 1, 2, 4, ... on the CPU
+    (12 samples per encoder, so every run lasts about as long), then the same work as the largest
+    run with --device cuda. Two rates per run: wall (command start to end, process start-up
+    included) and steady (from the commit by which every process has finished one group to the
+    last commit, from the commit records' times). ``verify --decode`` checks that CompressAI
+    decodes the strings to the stored ŷ, on both stores.
+(b) pure step rate: resnet50-aa at batch 256 on random latents on the GPU (SGD step, no data), fp32
+    and bf16 autocast + channels_last, the trainer's own settings (latentstore.train.speed).
+(c) trainer: train/classify.py, fp32 and bf16, on a store of 4,096 samples built with all encoders
+    (--device cuda where there is a GPU) with bmshj2018-hyperprior q3, a coder without the serial
+    loop, so it takes seconds; samples/s and data wait per logged window (one epoch each,
+    checkpoint saves at epoch ends excluded), the first epoch dropped.
+(d) (c) / (b).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _image(args) -> None:
+    """One smooth random RGB image (JPEG), so the coder's symbols are not trivial."""
+    path, size, seed = args
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.random((size // 16, size // 16, 3)).astype(np.float32)
+    img = Image.fromarray((small * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 12, (size, size, 3))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def make_images(root: Path, count: int, size: int, classes: int) -> Path:
+    jobs = []
+    for i in range(count):
+        folder = root / "train" / f"c{i % classes:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs.append((folder / f"img{i:05d}.jpg", size, i))
+    with Pool(min(16, os.cpu_count() or 1)) as pool:
+        pool.map(_image, jobs, chunksize=16)
+    return root
+
+
+# --------------------------------------------------------------------------- (a) builds
+
+DEADLINE = [float("inf")]   # perf_counter() by which every command must have ended (--budget)
+
+
+def run(cmd: list, logfile: Path, timeout: float, env=None) -> tuple[int, float]:
+    """Run cmd (killed at `timeout` or at the run's deadline, whichever is first): (returncode, seconds)."""
+    started = time.perf_counter()
+    timeout = max(1.0, min(timeout, DEADLINE[0] - started))
+    with open(logfile, "w") as f:
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
+                                env=env).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    return rc, time.perf_counter() - started
+
+
+#: (coder, quality) of the build measurement and of the trainer's store
+BUILD_CODER, TRAIN_CODER = ("cheng2020-anchor", 3), ("bmshj2018-hyperprior", 3)
+
+
+def build_rate(a, images: Path, out: Path, encoders: int, limit: int, device: str, shard: int,
+               timeout: float | None = None, coder=BUILD_CODER) -> dict:
+    cmd = [PY, "-m", "latentstore.cli", "build", "--coder", coder[0], "--quality", str(coder[1]),
+           "--weights", "untrained", "--dataset", "imagefolder", "--root", str(images), "--out", str(out),
+           "--limit", str(limit), "--crop", str(a.crop), "--shard-size", str(shard), "--encoders", str(encoders),
+           "--device", device, "--quiet"]
+    rc, wall = run(cmd, out.with_suffix(".log"), timeout or a.build_timeout)
+    res = {"coder": f"{coder[0]} q{coder[1]}", "encoders": encoders, "device": device, "samples": limit, "rc": rc, "wall_s": round(wall, 2),
+           "wall_img_s": limit / wall if rc == 0 else None}
+    times = sorted(p.stat().st_mtime for p in (out / "train").glob("group-*.json")) if (out / "train").exists() else []
+    res["groups_committed"] = len(times)
+    if len(times) > encoders:
+        # steady state: from the commit by which every process has finished one group to the last
+        # (also for a run cut by its timeout: every committed group holds `shard` images)
+        res["steady_img_s"] = shard * (len(times) - encoders) / max(times[-1] - times[encoders - 1], 1e-6)
+    if rc != 0:
+        res["error"] = out.with_suffix(".log").read_text()[-2000:]
+    log(f"build {device} --encoders {encoders}: {limit} samples in {wall:.1f} s (rc {rc}) "
+        f"wall {res['wall_img_s'] or 0:.1f} img/s, steady {res.get('steady_img_s') or 0:.1f} img/s")
+    return res
+
+
+def verify(store: Path, decode: int, timeout: float) -> dict:
+    rc, wall = run([PY, "-m", "latentstore.cli", "verify", str(store), "--decode", str(decode), "--quiet"],
+                   store.with_suffix(".verify.log"), timeout)
+    text = store.with_suffix(".verify.log").read_text()
+    log(f"verify --decode {decode} {store.name}: rc {rc} ({wall:.1f} s) {text.strip().splitlines()[-1:]}")
+    return {"store": store.name, "decode": decode, "rc": rc, "ok": rc == 0, "tail": text[-600:]}
+
+
+# --------------------------------------------------------------------------- (b) pure step rate
+
+def step_rate(a, channels: int, classes: int, precision: str) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from latentstore.models import create_model
+    from latentstore.train.speed import autocast, autocast_dtype, prepare_model
+
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    model = create_model(a.model, channels, classes)
+    prepare_model(model, precision, device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(a.batch, channels, a.latent, a.latent, device=device)
+    y = torch.randint(0, classes, (a.batch,), device=device)
+    dtype = autocast_dtype(precision, device.type)
+
+    def step():
+        with autocast(device.type, dtype):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step()
+    sync()
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < a.window:
+        for _ in range(5):
+            step()
+        steps += 5
+        sync()
+    elapsed = time.perf_counter() - started
+    rate = steps * a.batch / elapsed
+    log(f"pure step rate {a.model} batch {a.batch} {precision}: {rate:,.0f} img/s ({steps} steps, {elapsed:.1f} s)")
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"precision": precision, "img_s": rate, "steps": steps, "seconds": elapsed}
+
+
+# --------------------------------------------------------------------------- (c) trainer
+
+def trainer(a, store: Path, out: Path, precision: str, pure: float, samples: int) -> dict:
+    per_epoch = samples // a.batch
+    steps = max(3 * per_epoch, int(pure * a.window / a.batch) // per_epoch * per_epoch + per_epoch)
+    epochs = steps // per_epoch
+    cmd = [PY, "train/classify.py", "--store", str(store), "--out", str(out), "--model", a.model,
+           "--batch-size", str(a.batch), "--workers", str(a.workers), "--precision", precision,
+           "--epochs", str(epochs), "--max-steps", str(steps), "--log-every", str(per_epoch),
+           "--save-every", str(10 ** 9), "--device", a.device, "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    rc, wall = run(cmd, out.with_suffix(".log"), a.train_timeout, env=env)
+    res = {"precision": precision, "rc": rc, "wall_s": round(wall, 2), "steps": steps, "epochs": epochs}
+    rows = []
+    if (out / "metrics.csv").is_file():
+        with open(out / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+    by_step: dict = {}
+    for r in rows:
+        by_step.setdefault(int(r["step"]), {})[r["name"]] = float(r["value"])
+    windows = [by_step[s] for s in sorted(by_step)][1:]   # the first epoch warms up (cuDNN, workers)
+    if windows:
+        res["samples_s"] = float(np.mean([w["samples_per_s"] for w in windows]))
+        res["data_wait"] = float(np.mean([w["data_wait"] for w in windows]))
+        res["windows"] = len(windows)
+        res["ratio_to_pure"] = res["samples_s"] / pure if pure else None
+    if rc != 0:
+        res["error"] = out.with_suffix(".log").read_text()[-2000:]
+    log(f"trainer {precision}: rc {rc}, {res.get('samples_s', 0):,.0f} samples/s, data wait "
+        f"{100 * res.get('data_wait', 0):.1f}%, {res.get('windows', 0)} windows ({wall:.0f} s)")
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+def _rate(b: dict):
+    """A build's img/s: steady where measured, else wall."""
+    return b.get("steady_img_s") or b.get("wall_img_s")
+
+
+def table(r: dict) -> str:
+    lines = [f"bench_gpu {r['date']}  {r['machine']}  ({'SMOKE' if r['smoke'] else 'full'})", ""]
+    lines.append("(a) build, cheng2020-anchor q3 untrained, %d px crops padded to %d:" % (r["crop"], r["padded"]))
+    lines.append(f"    {'mode':<22}{'samples':>8}{'wall s':>9}{'img/s wall':>12}{'img/s steady':>14}{'vs 1 enc':>10}")
+    one = next((_rate(b) for b in r["builds"] if b["encoders"] == 1 and b["device"] == "cpu" and _rate(b)), None)
+    for b in r["builds"]:
+        rate = b.get("steady_img_s") or b.get("wall_img_s")
+        vs = f"{rate / one:.2f}x" if rate and one else "-"
+        lines.append(f"    {b['device'] + ' --encoders ' + str(b['encoders']):<22}{b['samples']:>8}{b['wall_s']:>9.1f}"
+                     f"{b.get('wall_img_s') or 0:>12.1f}{b.get('steady_img_s') or 0:>14.1f}{vs:>10}"
+                     + ("" if b["rc"] == 0 else f"  FAILED rc {b['rc']}"))
+    for v in r["verify"]:
+        lines.append(f"    verify --decode {v['decode']} {v['store']}: {'exact' if v['ok'] else 'FAILED rc %d' % v['rc']}")
+    cpu_all = next((b for b in reversed(r["builds"]) if b["device"] == "cpu" and _rate(b)), None)
+    gpu = next((b for b in r["builds"] if b["device"] == "cuda" and _rate(b)), None)
+    if cpu_all and one:
+        lines.append(f"    cpu --encoders {cpu_all['encoders']} / 1: {_rate(cpu_all) / one:.2f}x (target >= 12x at 16)")
+    if cpu_all and gpu:
+        lines.append(f"    --device cuda / cpu --encoders {cpu_all['encoders']}: {_rate(gpu) / _rate(cpu_all):.2f}x "
+                     "(target >= 4x)")
+    lines.append("")
+    lines.append(f"(b) pure step rate, {r['model']} batch {r['batch']}, random {r['latent']}x{r['latent']} latents, "
+                 f"SGD, {r['device']}:")
+    for p in r["pure"]:
+        lines.append(f"    {p['precision']:<6}{p['img_s']:>10,.0f} img/s")
+    tb = r.get("train_build") or {}
+    lines.append(f"(c) trainer train/classify.py on a {tb.get('coder', '?')} store built on {tb.get('device', '?')} "
+                 f"({r['train_samples']} samples/epoch, {_rate(tb) or 0:.0f} img/s, {r['workers']} workers), "
+                 "(d) = (c)/(b):")
+    lines.append(f"    {'':<6}{'samples/s':>10}{'data wait':>11}{'(d) of pure':>13}")
+    for t in sorted(r["trainer"], key=lambda t: t["precision"] != "fp32"):
+        d = t.get("ratio_to_pure")
+        lines.append(f"    {t['precision']:<6}{t.get('samples_s', 0):>10,.0f}{100 * t.get('data_wait', 0):>10.1f}%"
+                     f"{(100 * d if d else 0):>12.1f}%" + ("" if t["rc"] == 0 else f"  FAILED rc {t['rc']}"))
+    lines.append("    targets: bf16 trainer >= 90% of pure bf16, data wait < 5%")
+    return "\n".join(lines)
+
+
+def machine(device: str) -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else "no GPU"
+    return f"{gpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT") or "/tmp/bench_gpu")
+    p.add_argument("--work", default=os.environ.get("BENCH_WORK") or "/tmp/bench_gpu_work",
+                   help="images, stores and runs (large; only results and logs go to --out)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on any machine (CPU)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds by which every stage has ended (later stages are cut or skipped); "
+                        "default 540, smoke 1200")
+    a = p.parse_args(argv)
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    has_gpu = torch.cuda.is_available()
+    if a.smoke:
+        a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 64, "resnet18-aa", 4, 2.0, 1, 2
+        a.images, a.encoders, a.per_encoder, a.train_images, a.shard = 16, [1, 2], 8, 16, 4
+        a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 300, 300, 300, 2
+    else:
+        a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 224, "resnet50-aa", 256, 15.0, 15, min(12, cores)
+        a.encoders = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= cores]
+        a.per_encoder, a.train_images, a.shard = 12, 4096, 32
+        a.images = max(a.train_images, a.per_encoder * a.encoders[-1])
+        a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 50, 90, 100, 16
+    a.device = "cuda" if has_gpu else "cpu"
+    padded = -(-a.crop // 64) * 64
+    a.latent = a.crop // 16
+    out, work = Path(a.out), Path(a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    a.budget = a.budget or (1200 if a.smoke else 540)
+    DEADLINE[0] = started + a.budget
+    r = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(a.device), "smoke": a.smoke,
+         "crop": a.crop, "padded": padded, "model": a.model, "batch": a.batch, "latent": a.latent,
+         "device": a.device, "workers": a.workers, "builds": [], "verify": [], "pure": [], "trainer": []}
+
+    def save():
+        r["seconds"] = round(time.perf_counter() - started, 1)
+        (out / "bench_gpu.json").write_text(json.dumps(r, indent=1))
+
+    log(f"{r['machine']}; generating {a.images} images")
+    images = make_images(work / "images", a.images, max(a.crop + 32, 256 if not a.smoke else 96), classes=10)
+
+    # (a) CPU-only scaling: samples proportional to encoders, so each run lasts about as long.
+    for n in a.encoders:
+        # 4 groups per process: a steady window after every process has committed its first
+        r["builds"].append(build_rate(a, images, work / f"cpu-e{n}", n, a.per_encoder * n, "cpu",
+                                      max(1, a.per_encoder // 4)))
+        save()
+    cpu_store = work / f"cpu-e{a.encoders[-1]}"
+    n = a.encoders[-1]
+    if has_gpu:   # the same work as the last CPU run, with g_a/h_a on the GPU
+        gpu_store = work / f"cuda-e{n}"
+        r["builds"].append(build_rate(a, images, gpu_store, n, a.per_encoder * n, "cuda",
+                                      max(1, a.per_encoder // 4), timeout=a.gpu_build_timeout))
+        save()
+        if r["builds"][-1]["rc"] == 0:
+            r["verify"].append(verify(gpu_store, a.decode, 60))
+    else:
+        log("no GPU: the --device cuda build is skipped")
+    r["verify"].append(verify(cpu_store, a.decode, 60))
+    # The trainer's store (>= 4,096 samples): a coder without the serial loop, so it is built in
+    # seconds; the trainer and its reader see only ŷ [C, 16, 16] and labels.
+    train_store = work / "train-store"
+    r["train_build"] = build_rate(a, images, train_store, n, a.train_images, a.device, a.shard,
+                                  timeout=a.gpu_build_timeout, coder=TRAIN_CODER)
+    r["verify"].append(verify(train_store, 4, 60))
+    r["train_samples"] = a.train_images
+    save()
+
+    # (b) pure step rate, (c) trainer, (d) ratio
+    manifest = json.loads((train_store / "manifest.json").read_text()) if (train_store / "manifest.json").exists() else None
+    channels = manifest["coder"]["channels"] if manifest else 192
+    for precision in ("fp32", "bf16"):
+        a.window = min(a.window, max(2.0, (DEADLINE[0] - time.perf_counter() - 60) / 4))
+        r["pure"].append(step_rate(a, channels, 10, precision))
+        save()
+    if manifest:
+        # bf16 first: the default on CUDA and the target's figure, so a run cut by --budget keeps it
+        for precision, pure in reversed(list(zip(("fp32", "bf16"), r["pure"]))):
+            if DEADLINE[0] - time.perf_counter() < 20:
+                log(f"trainer {precision}: skipped, out of time (--budget {a.budget:.0f} s)")
+                continue
+            r["trainer"].append(trainer(a, train_store, work / f"train-{precision}", precision, pure["img_s"],
+                                        a.train_images))
+            save()
+    text = table(r)
+    (out / "bench_gpu.txt").write_text(text + "\n")
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for f in list(work.glob("*.log")) + list(work.glob("train-*/metrics.csv")):
+        (logs / (f.parent.name + "-" + f.name if f.name == "metrics.csv" else f.name)).write_bytes(f.read_bytes())
+    save()
+    log(f"done in {time.perf_counter() - started:.0f} s; results in {out}")
+    print("\n" + text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
