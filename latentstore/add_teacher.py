@@ -42,7 +42,8 @@ from .build import BuildConfig, _check_resume, to_input
 from .coders import load_coder
 from .convert import member_files
 from .errors import ConfigError, InputError, StoreError
-from .format import TEACHER_PREFIX, commit_record_name, decode_npy, read_manifest, write_json_atomic
+from .format import (TEACHER_PREFIX, check_recorded_files, commit_record_name, decode_npy, read_manifest,
+                     write_json_atomic)
 from .images import RejectedImage, load_rgb
 from .seal import read_parts, part_file, seal
 from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
@@ -176,6 +177,9 @@ def _rewrite_group(store, backend, split, record, layout, teacher, check, root, 
     group = record["group"]
     stats = {**record["stats"], "field_bytes": {k: v for k, v in record["stats"]["field_bytes"].items()
                                                 if not k.startswith(TEACHER_PREFIX)}}
+    if backend != "webdataset":  # a unit's record lists its old fields, whose files a rerun rewrites byte for byte
+        for shard in record["shards"]:
+            check_recorded_files(store, shard, "add-teacher")
     with WRITERS[backend](store, split, group, len(record["shards"]), layout) as writer:
         for shard in record["shards"]:
             # A tar shard rewritten by a crashed run already holds teacher members (a Zarr unit's

@@ -11,10 +11,13 @@ written last, only when every group is committed.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import itertools
 import json
 import multiprocessing
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,8 @@ from . import __version__
 from .augment import apply, sample_params, variant_rng
 from .build_config import Y_HAT_DTYPES, BuildConfig, check_device_present, device_entry
 from .coders import load_coder
-from .datasets import IGNORE_INDEX, SourceItem, load_label_map, open_source
+from .datasets import (IGNORE_INDEX, SourceItem, fingerprint, listing_digest, load_label_map, open_source,
+                       source_changes)
 from .encode import STORE_THREADS, EncodedImage, Encoder
 from .errors import ConfigError, InputError, WeightsError
 from .format import (ENCODER_REVISION, FIELDS, Padding, commit_record_name, encode_field,
@@ -36,7 +40,7 @@ from .format import (ENCODER_REVISION, FIELDS, Padding, commit_record_name, enco
 from .images import RejectedImage, load_rgb
 from .parallel import run_in_processes
 from .profile import Profiler, stage as _stage
-from .seal import part_file, seal
+from .seal import PARTS_DIR, RESUME_FREE, part_file, read_parts, seal
 from .teachers import load_teacher, teacher_entry
 from .writers import WRITERS
 
@@ -50,16 +54,19 @@ class Prepared:
     labels: list = field(default_factory=list)   # segmentation: uint8 HxW train-id map per variant
     reject: str | None = None
     timings: dict | None = None                  # --profile: Profiler.snapshot() of this image's stages
+    fingerprint: dict | None = None              # the source files as encoded (datasets.fingerprint)
 
 
 def prepare(item: SourceItem, cfg: BuildConfig, profile: bool = False) -> Prepared:
     """Decode one image and cut its variants. Pure; runs in worker processes."""
     prof = Profiler(enabled=profile)
+    with prof.stage("read/decode"):
+        fp = fingerprint(item)  # before decoding: a file changed after this is caught on the next run
     try:
         with prof.stage("read/decode"):
             img = load_rgb(item.path)
     except RejectedImage as exc:
-        return Prepared(item, reject=exc.reason, timings=prof.snapshot() if profile else None)
+        return Prepared(item, reject=exc.reason, timings=prof.snapshot() if profile else None, fingerprint=fp)
     label = None
     if item.label_path is not None:  # a bad label map is an InputError naming it, not a reject
         with prof.stage("read/decode"):
@@ -74,7 +81,7 @@ def prepare(item: SourceItem, cfg: BuildConfig, profile: bool = False) -> Prepar
             if label is not None:  # the same geometry, nearest neighbour, padded with ignore
                 labels.append(np.asarray(apply(label, params, resample="nearest", fill=IGNORE_INDEX),
                                          dtype=np.uint8))
-    return Prepared(item, crops, labels, timings=prof.snapshot() if profile else None)
+    return Prepared(item, crops, labels, timings=prof.snapshot() if profile else None, fingerprint=fp)
 
 
 def prepared_stream(items, cfg: BuildConfig, pool, ahead: int, prof: Profiler | None = None):
@@ -180,11 +187,18 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
                            cfg.teacher_dtype, seed=cfg.seed) if cfg.teacher else None
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg, coder.weights, teacher)
+    with _build_lock(out, cfg.split, part, parts):
+        _check_parts(out, cfg.split, part, parts)
+        _check_resume(out, cfg, coder.weights, teacher)
+        return _build_locked(cfg, out, source, coder, teacher, progress, profiler)
 
+
+def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
+    """The build proper, under the (split, part) lock: encode what is missing or changed, then commit."""
+    part, parts = cfg.part
     groups = [source.items[i:i + cfg.shard_size] for i in range(0, len(source.items), cfg.shard_size)]
     mine = list(range(part, len(groups), parts))
-    records = {j: _read_record(out, cfg.split, j) for j in mine}
+    records = _current_records(out, cfg, groups, mine, progress)
     todo = [j for j in mine if records[j] is None]
     rejects_so_far = sum(len(rec["rejects"]) for rec in records.values() if rec)
 
@@ -223,7 +237,8 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
             pool.terminate()
     write_json_atomic(out / part_file(cfg.split, part, parts), {
         "split": cfg.split, "part": part, "parts": parts, "groups": len(groups),
-        "images": len(source.items), "classes": source.classes, "backend": cfg.format,
+        "images": len(source.items), "listing": listing_digest(source.items),
+        "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
         "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
         "created_by": {**_versions(), **device_entry(cfg.device)}, "records": [records[j] for j in mine],
@@ -289,6 +304,7 @@ def _encode_piece(state, items, bar):
 def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, total_items, prof) -> dict:
     """Write the next `count` pieces of `done` (group `group`, in source order) and commit the group."""
     rejects = []
+    sources = [fingerprint(it) for it in items]  # before its pieces are consumed: a later change shows on rerun
 
     def samples():
         for _ in range(count):
@@ -300,7 +316,8 @@ def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, tot
                 raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
             yield from piece
 
-    record = _commit_group(out, cfg, group, [it.key for it in items], rejects, samples(), total_items, prof)
+    record = _commit_group(out, cfg, group, [it.key for it in items], rejects, samples(), total_items, prof,
+                           sources)
     bar.update(len(rejects) * cfg.variants)
     return record
 
@@ -330,7 +347,8 @@ def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_
         raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
     ok = [p for p in prepared if not p.reject]
     samples = _encode_samples(cfg, ok, encoder, bar, teacher, prof)
-    record = _commit_group(out, cfg, group, [p.item.key for p in prepared], rejects, samples, total_items, prof)
+    record = _commit_group(out, cfg, group, [p.item.key for p in prepared], rejects, samples, total_items, prof,
+                           [p.fingerprint for p in prepared])
     bar.update(len(rejects) * cfg.variants)
     return record
 
@@ -355,9 +373,11 @@ def _encode_samples(cfg, ok: list, encoder, bar, teacher=None, prof=None):
         bar.update(len(chunk))
 
 
-def _commit_group(out, cfg, group, item_keys: list, rejects: list, samples, total_items, prof=None) -> dict:
+def _commit_group(out, cfg, group, item_keys: list, rejects: list, samples, total_items, prof=None,
+                  sources: list | None = None) -> dict:
     """Write `samples` ((variant, files, bits, (h, w)) in source order) as group `group`, then commit it.
-    `rejects` is read at the commit (it may fill while `samples` runs)."""
+    `rejects` is read at the commit (it may fill while `samples` runs); `sources` are the items'
+    fingerprints (datasets.fingerprint), which a rerun compares with the dataset."""
     stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
     layout = {"item_keys": item_keys, "first_item": group * cfg.shard_size,
               "total_items": total_items, "shard_size": cfg.shard_size}
@@ -372,7 +392,8 @@ def _commit_group(out, cfg, group, item_keys: list, rejects: list, samples, tota
             for ext, data in files.items():
                 if ext != "__key__":
                     stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
-        writer.extra = {"images": len(item_keys), "items": item_keys, "rejects": rejects, "stats": stats}
+        writer.extra = {"images": len(item_keys), "items": item_keys, "rejects": rejects, "stats": stats,
+                        "sources": sources}
         committing = time.perf_counter()
     if prof is not None:  # the commit (fsync, rename, record): write time, not another call
         prof.add("write", time.perf_counter() - committing, calls=0)
@@ -392,6 +413,92 @@ def _read_record(out: Path, split: str, group: int) -> dict | None:
     return record
 
 
+@contextlib.contextmanager
+def _build_lock(out: Path, split: str, part: int, parts: int):
+    """Hold an exclusive lock on this (split, part) of the store for the whole build."""
+    path = out / PARTS_DIR / f".lock-{split}-part-{part:04d}-of-{parts:04d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"Another build of split {split!r}" + (f" part {part}/{parts}" if parts > 1 else "")
+                              + f" is running into {out} (it holds {path}). Wait for it to finish, or build "
+                              "into another --out.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _check_parts(out: Path, split: str, part: int, parts: int) -> None:
+    """Refuse, before any work, a build split into another number of parts than the split's finished parts."""
+    try:
+        others = sorted({p["parts"] for p in read_parts(out).get(split, {}).values()} - {parts})
+    except ValueError:
+        return  # a damaged part manifest: seal names it
+    if others:
+        was = f"{others[0]} parts (--part i/{others[0]})" if others[0] > 1 else "a plain build (no --part)"
+        now = f"--part {part}/{parts}" if parts > 1 else "a plain build"
+        raise ConfigError(f"{out} split {split!r} was started as {was}; this is {now}. Finish it the way it was "
+                          f"started, or delete {out / PARTS_DIR}/{split}-part-*-of-{others[0]:04d}.json to switch "
+                          "(committed groups are reused either way).")
+
+
+def _current_records(out: Path, cfg: BuildConfig, groups: list, mine: list, progress: bool) -> dict:
+    """{group: commit record} of this part's groups; None for a group still to (re-)encode.
+
+    A committed group is kept only while its recorded items and source
+    fingerprints match today's listing: a file added, removed, renamed or
+    edited since puts the groups it touches back on the to-do list, so nothing
+    is stored twice or lost, and a fixed reject gets encoded.
+    """
+    part, parts = cfg.part
+    if cfg.format == "zarr":
+        _check_zarr_items(out, cfg.split, sum(len(g) for g in groups))
+    _drop_groups_past(out, cfg.split, len(groups), part, parts)
+    records, changed = {}, []
+    for j in mine:
+        record = _read_record(out, cfg.split, j)
+        why = record and source_changes(groups[j], record.get("items", []), record.get("sources"))
+        if why:
+            changed.append(f"group {j}: {why}")
+            record = None
+        records[j] = record
+    if changed and progress:
+        tqdm.write(f"The dataset changed since these groups were encoded; encoding them again:\n  "
+                   + "\n  ".join(changed[:10]) + (f"\n  ... {len(changed) - 10} more" if len(changed) > 10 else ""),
+                   file=sys.stderr)
+    return records
+
+
+def _drop_groups_past(out: Path, split: str, count: int, part: int, parts: int) -> None:
+    """Remove this part's committed groups at index >= count (the dataset shrank): record first, then files."""
+    for path in sorted((out / split).glob("group-*.json")):
+        j = int(path.stem.split("-")[1])
+        if j < count or j % parts != part:
+            continue
+        record = json.loads(path.read_text())
+        path.unlink()
+        for shard in (f for s in record["shards"] for f in s.get("files", [s])):
+            (out / shard["path"]).unlink(missing_ok=True)
+
+
+def _check_zarr_items(out: Path, split: str, count: int) -> None:
+    """A Zarr split's arrays are sized by its image count: refuse a dataset that gained or lost images."""
+    meta = out / split / "present" / "zarr.json"
+    if not meta.is_file():
+        return
+    try:
+        started = json.loads(meta.read_text())["shape"][1]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(f"{meta} is damaged ({exc}): build into a new --out") from exc
+    if started != count:
+        raise InputError(f"{out} split {split!r} was started from {started} images; the dataset now lists {count}. "
+                         "A Zarr split is sized by its image count: restore the images, or build into a new "
+                         "--out (or build --format webdataset, which re-encodes only the changed groups).")
+
+
 def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
     """Refuse to continue a build that was started with other arguments."""
     path = out / f"build-{cfg.split}.json"
@@ -402,7 +509,7 @@ def _check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> N
     if path.is_file():
         started = json.loads(path.read_text())
         diffs = [f"--{k.replace('_', '-')}: store has {started['config'].get(k)!r}, command has {v!r}"
-                 for k, v in current["config"].items() if started["config"].get(k) != v]
+                 for k, v in current["config"].items() if started["config"].get(k) != v and k not in RESUME_FREE]
         if started["weights_sha256"] != current["weights_sha256"]:
             diffs.append("coder weights differ (sha256)")
         if started.get("teacher_sha256") != current.get("teacher_sha256"):

@@ -152,15 +152,22 @@ def _encoders(value: str) -> int:
                    "bit for bit (needs the coder's weights; runs at the store's torch thread count).")
 @click.option("--weights", help="Where the coder's weights are now, if not where the manifest says.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Which random samples --decode picks.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Where the dataset is now, if not at the root the manifest records (its records are compared "
+                   "with the files there).")
+@click.option("--no-sources", is_flag=True, help="Do not compare the store with its dataset.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def verify(store, decode, weights, seed, quiet):
-    """Check every shard (sha256, sample count, fields, keys); exit 1 naming every bad shard and key."""
+def verify(store, decode, weights, seed, root, no_sources, quiet):
+    """Check every shard (sha256, sample count, fields, keys) and that the store still matches its dataset;
+    exit 1 naming every bad shard and key."""
     from .verify import verify as run_verify
 
     if decode != "all" and not decode.isdigit():
         raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
     report = run_verify(store, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
-                        weights=weights, progress=not quiet)
+                        weights=weights, progress=not quiet, root=root, sources=not no_sources)
+    for note in report.notes:
+        click.echo(f"NOTE {note}", err=True)
     for problem in report.problems:
         click.echo(f"BAD  {problem}", err=True)
     click.echo(f"{report.shards} shards, {report.samples} samples checked, {report.decoded} decoded "

@@ -27,6 +27,7 @@ from compressai.zoo.pretrained import load_pretrained
 
 from .errors import ConfigError, WeightsError
 from .format import file_sha256
+from .weights import fetch, load_state
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,6 @@ def _pretrained_url(spec: CoderSpec, quality: int) -> str:
     return model_urls[spec.name]["mse"][quality]
 
 
-def _torch_hub_checkpoint(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 32.0):
     """A seeded random-init coder whose symbols are not all zero.
 
@@ -156,30 +153,20 @@ def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int =
                       "note": "RANDOM WEIGHTS (seeded init, analysis gain 32) - for demos and tests only"}
     elif weights == "pretrained":
         url = _pretrained_url(spec, quality)
-        cached = _torch_hub_checkpoint(url)
-        try:
-            state = torch.hub.load_state_dict_from_url(url, progress=True, map_location="cpu")
-        except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
-            raise WeightsError(
-                f"Could not fetch the pretrained {spec.name} q{quality} weights ({exc}).\n"
-                f"This machine looks offline and {cached} is not cached. Either:\n"
-                f"  - pre-fetch on a machine with internet:  latentstore fetch-weights --coder {spec.name} "
-                f"--quality {quality}  (or: wget -P {cached.parent} {url}) and copy $TORCH_HOME there, or\n"
-                f"  - pass the checkpoint file directly:     --weights /path/to/{cached.name}"
-            ) from exc
-        model = _from_state_dict(spec, state, source=str(cached))
-        provenance = {"source": "pretrained", "trained": True, "url": url,
-                      "file_sha256": file_sha256(cached) if cached.exists() else None}
+        what = f"the pretrained {spec.name} q{quality}"
+        # The cache is checked against the hash in the URL's file name before torch.load(weights_only=True).
+        cached = fetch(url, what, f"pass the checkpoint file directly: --weights /path/to/{os.path.basename(url)} "
+                                  f"(or run `latentstore fetch-weights --coder {spec.name} --quality {quality}` "
+                                  "where there is internet and copy $TORCH_HOME/hub here)")
+        model = _from_state_dict(spec, load_state(cached, what), source=str(cached))
+        provenance = {"source": "pretrained", "trained": True, "url": url, "file_sha256": file_sha256(cached)}
     else:
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(
                 f"--weights {weights!r} is neither 'pretrained', 'untrained' nor an existing file"
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"Could not read checkpoint {path}: {exc}") from exc
+        state = load_state(path, f"checkpoint for {spec.name}")
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         model = _from_state_dict(spec, state, source=str(path))

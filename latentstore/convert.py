@@ -15,7 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import ConfigError, StoreError
-from .format import commit_record_name, encode_field, get_field, read_manifest, write_json_atomic
+from .format import (check_recorded_files, commit_record_name, encode_field, get_field, read_manifest,
+                     write_json_atomic)
 from .seal import part_file, read_parts, seal
 from .store import SOURCES
 from .writers import WRITERS
@@ -57,6 +58,7 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
         if sum(r["images"] for r in records) != entry["images_found"]:
             raise StoreError(f"{src} split {split!r}: group records do not cover the manifest's images")
         shard_size, variants = entry["config"]["shard_size"], entry["variants"]
+        listed = {s["path"]: s for s in entry["shards"]}
         new_records = []
         for r in tqdm(records, desc=f"convert {split}", unit="group", disable=not progress):
             done = _committed(dst, split, r["group"])
@@ -66,6 +68,11 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
             items = r["items"]
             layout = {"item_keys": items, "first_item": r["group"] * shard_size,
                       "total_items": entry["images_found"], "shard_size": shard_size}
+            for shard in r["shards"]:  # the source's checksums first: convert must not launder damage
+                if listed.get(shard["path"]) != shard:
+                    raise StoreError(f"{src} shard {shard['path']}: its group record and the manifest disagree; "
+                                     "run `latentstore verify` on the source")
+                check_recorded_files(src, shard, "convert")
             with WRITERS[fmt](dst, split, r["group"], variants, layout) as writer:
                 for shard in r["shards"]:
                     for sample in read(src, shard, None, False):

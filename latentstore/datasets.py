@@ -6,8 +6,10 @@ reason, so stored + rejected = found. Names starting with "." (``.DS_Store``,
 macOS ``._x.jpg`` shadows, hidden folders) are skipped; other non-image files
 are ignored.
 
-Keys. ``key = relpath without its extension, "/" -> "_", and every character
-outside [A-Za-z0-9_-] -> "_"``; relpath is relative to the dataset root and so
+Keys. ``key = relpath without its extension, "/" -> "_", every other ASCII
+character outside [A-Za-z0-9_-] -> "_", and every non-ASCII character ->
+"-u<hex code point>-"`` (so class and file names in any script stay distinct;
+labels and the class list keep the real names); relpath is relative to the dataset root and so
 includes the split folder: ``train/n01440764/n01440764_10026.JPEG`` ->
 ``train_n01440764_n01440764_10026``. Keys are thus stable, dot-free, safe as
 tar member names and unique across splits. Two files mapping to one key (e.g.
@@ -19,13 +21,21 @@ second, ...), so ``--limit 1000`` on ImageNet gives one image of each class
 rather than 1000 tench. Subsets are nested (limit N is within limit N+1) and
 returned in the usual relpath order.
 
+Links. Folders are walked following links, but a linked folder whose target
+lies inside the folder being walked (a loop such as ``up -> ..``, or an
+alias of another class) or was already visited is skipped, and so is a
+linked file whose target was already listed: no file is listed twice or
+under another class. Each skip is a warning that names the link.
+
 New datasets (e.g. cityscapes) register an opener in ``OPENERS``.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,7 +71,7 @@ class Source:
 def make_key(relpath: str) -> str:
     """The sample key for a root-relative posix path (rule in the module docstring)."""
     stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
-    return _UNSAFE.sub("_", stem.replace("/", "_"))
+    return _UNSAFE.sub(lambda m: "_" if ord(m[0]) < 128 else f"-u{ord(m[0]):x}-", stem.replace("/", "_"))
 
 
 def _is_image(name: str) -> bool:
@@ -76,15 +86,54 @@ def _subdirs(folder: Path) -> list[str]:
     return _visible(e.name for e in os.scandir(folder) if e.is_dir())
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    """Image files under ``folder`` (recursively: like torchvision's ImageFolder), sorted."""
+def _images_in(folder: Path, recursive: bool, tree: Path | None = None) -> list[Path]:
+    """Image files under ``folder`` (recursively: like torchvision's ImageFolder), sorted.
+
+    ``tree`` (default: ``folder``) is the whole listing's folder: links into it are not followed.
+    """
     if not recursive:
         return [folder / n for n in _visible(os.listdir(folder)) if _is_image(n) and (folder / n).is_file()]
-    found = []
+    found, seen_dirs, seen_files = [], {_identity(folder)}, set()
+    inside = os.path.realpath(tree or folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = _visible(dirnames)
-        found += [Path(dirpath) / n for n in _visible(filenames) if _is_image(n)]
+        kept = []
+        for name in _visible(dirnames):
+            path = Path(dirpath) / name
+            ident = _identity(path)
+            if path.is_symlink() and (_within(os.path.realpath(path), inside) or ident in seen_dirs):
+                warnings.warn(f"{path} links to {os.path.realpath(path)}, inside {folder} or already listed: "
+                              "skipped, so no image is listed twice or under another folder", stacklevel=2)
+                continue
+            if ident in seen_dirs:
+                continue
+            seen_dirs.add(ident)
+            kept.append(name)
+        dirnames[:] = kept
+        for name in _visible(filenames):
+            path = Path(dirpath) / name
+            if not _is_image(name):
+                continue
+            ident = _identity(path)
+            if ident in seen_files:
+                warnings.warn(f"{path} is a link to an image already listed ({os.path.realpath(path)}): skipped",
+                              stacklevel=2)
+                continue
+            seen_files.add(ident)
+            found.append(path)
     return sorted(found)
+
+
+def _identity(path: Path):
+    """(device, inode) of what `path` points to; its real path if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _make_items(root: Path, labelled: list[tuple[Path, int]]) -> list[SourceItem]:
@@ -108,7 +157,7 @@ def _class_folder_items(root: Path, split_dir: Path, classes: list[str]) -> list
         if c not in index:
             raise InputError(f"Class folder {split_dir / c} is not among the {len(classes)} classes "
                              f"of {root / 'train'}; the splits must share classes")
-        labelled += [(p, index[c]) for p in _images_in(split_dir / c, recursive=True)]
+        labelled += [(p, index[c]) for p in _images_in(split_dir / c, recursive=True, tree=split_dir)]
     return _make_items(root, labelled)
 
 
@@ -248,7 +297,8 @@ def _open_imagefolder(root: Path, split: str, label_file) -> Source:
         raise InputError(f"{split_dir} has both class folders and loose images ({loose[0].name}, ...); "
                          f"the loose ones would have no class. Expected layout: {IMAGEFOLDER_LAYOUT}")
     if classes:
-        labelled = [(p, i) for i, c in enumerate(classes) for p in _images_in(split_dir / c, recursive=True)]
+        labelled = [(p, i) for i, c in enumerate(classes)
+                    for p in _images_in(split_dir / c, recursive=True, tree=split_dir)]
     else:
         labelled = [(p, -1) for p in loose]
     if not labelled:
@@ -351,6 +401,70 @@ def load_label_map(item: SourceItem, size: tuple[int, int]):
         raise InputError(f"Label map {path} holds values {bad} that are not "
                          f"{'train ids (0-18, 255)' if lut is TRAIN_ID_CHECK else 'Cityscapes labelIds (0-33)'}")
     return Image.fromarray(train.astype(np.uint8), mode="L")
+
+
+# --- Fingerprints -----------------------------------------------------------
+
+def file_fingerprint(path: Path) -> dict | None:
+    """{"bytes", "mtime_ns", "sha256"} of one source file, None when it cannot be read."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def fingerprint(item: SourceItem) -> dict:
+    """What a commit record keeps of an item's source: its image file (and label map) fingerprints."""
+    fp = {"image": file_fingerprint(item.path)}
+    if item.label_path is not None:
+        fp["label"] = file_fingerprint(item.label_path)
+    return fp
+
+
+def _same_file(path: Path, recorded: dict | None) -> bool:
+    """Size and mtime decide when they agree; an mtime changed by a copy falls back to the sha256."""
+    if recorded is None:
+        return not path.is_file()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_size != recorded["bytes"]:
+        return False
+    if st.st_mtime_ns == recorded["mtime_ns"]:
+        return True
+    current = file_fingerprint(path)
+    return current is not None and current["sha256"] == recorded["sha256"]
+
+
+def source_changes(items: list[SourceItem], keys: list[str], fingerprints: list | None) -> str | None:
+    """Why a committed group no longer matches today's `items`, or None when it still does.
+
+    `keys` and `fingerprints` come from the group's commit record; a record
+    without fingerprints (older stores) is checked by its keys only.
+    """
+    now = [it.key for it in items]
+    if now != list(keys):
+        gone, new = sorted(set(keys) - set(now)), sorted(set(now) - set(keys))
+        detail = (f"{len(gone)} gone (e.g. {gone[0]})" if gone else "") + \
+                 (", " if gone and new else "") + (f"{len(new)} new (e.g. {new[0]})" if new else "")
+        return f"its images changed: {detail or 'another order'}"
+    if fingerprints is None:
+        return None
+    for item, fp in zip(items, fingerprints):
+        if not _same_file(item.path, fp["image"]):
+            return f"{item.relpath} changed since it was encoded"
+        if item.label_path is not None and not _same_file(item.label_path, fp.get("label")):
+            return f"the label map of {item.relpath} changed since it was encoded"
+    return None
+
+
+def listing_digest(items: list[SourceItem]) -> str:
+    """sha256 of a split's item keys in order: parts of one build must agree on it."""
+    return hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest()
 
 
 # --- Registry ---------------------------------------------------------------

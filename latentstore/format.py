@@ -92,6 +92,19 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def check_recorded_files(store, shard: dict, action: str) -> None:
+    """Every file of a tar shard or Zarr unit has its recorded size and sha256, before `action` reads it."""
+    for f in shard.get("files", [shard]):
+        path = Path(store) / f["path"]
+        if not path.is_file():
+            raise StoreError(f"shard {shard['path']}: {f['path']} is missing; {action} stops before reading it. "
+                             "Run `latentstore verify` and rebuild the damaged group.")
+        if path.stat().st_size != f["bytes"] or file_sha256(path) != f["sha256"]:
+            raise StoreError(f"shard {shard['path']}: {f['path']} differs from its record (size or sha256); "
+                             f"{action} stops rather than carry the damage over. Run `latentstore verify` "
+                             "and rebuild the damaged group.")
+
+
 def encode_npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
@@ -200,12 +213,16 @@ def write_json_atomic(path: Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an unwritable value: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -224,7 +241,14 @@ def read_manifest(store) -> dict:
             f"{store} has no {MANIFEST}: it is not a latentstore store, or its build has not "
             f"finished (the manifest is written last). Rerun the build command to complete it."
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:  # a cut or edited file; UnicodeDecodeError is a ValueError
+        raise StoreError(f"{path} is damaged (not valid JSON: {exc}). The shards may be intact: "
+                         f"`latentstore seal {store}` rewrites it from the part manifests, then run "
+                         f"`latentstore verify {store}`") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise StoreError(f"{path} is damaged (no 'splits' table); `latentstore seal {store}` rewrites it")
     if manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{path} is not a latentstore manifest (format={manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:

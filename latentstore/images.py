@@ -8,6 +8,12 @@ with its ``reason`` in the manifest, so stored + rejected = found. Choices:
 - Pillow's decompression-bomb guard stays on: anything above
   ``Image.MAX_IMAGE_PIXELS`` is rejected (Pillow itself only warns between 1x
   and 2x the limit; we reject there too, so the rule is one number).
+- A memory budget bounds what one decode may take, below the bomb limit: an
+  image of more than ``max_decoded_pixels()`` pixels (default 40 M, about
+  120 MB as RGB and a few times that while Pillow decodes; set
+  ``LATENTSTORE_MAX_IMAGE_PIXELS`` to change it) is rejected from its header,
+  before any pixel is decoded. A 28 kB PNG of 9000x9000 would otherwise take
+  1.3 GB in every decoding process.
 - EXIF orientation is applied, so pixels are in display orientation.
 - Transparency (RGBA, LA, PA, palette with a transparent index) is
   composited on WHITE (255, 255, 255): the page colour a person saw the image
@@ -31,6 +37,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from .errors import InputError
 
 BACKGROUND = (255, 255, 255)
+DEFAULT_MAX_PIXELS = 40_000_000
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
@@ -43,6 +50,15 @@ class RejectedImage(InputError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+def max_decoded_pixels() -> int:
+    """The per-image pixel budget: $LATENTSTORE_MAX_IMAGE_PIXELS, else DEFAULT_MAX_PIXELS."""
+    value = os.environ.get("LATENTSTORE_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise InputError(f"LATENTSTORE_MAX_IMAGE_PIXELS={value!r} is not a whole number of pixels") from None
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -60,12 +76,16 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     if size == 0:
         raise RejectedImage(path, "empty file")
     limit = Image.MAX_IMAGE_PIXELS
+    budget = max_decoded_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if limit and im.size[0] * im.size[1] > limit:
                     raise Image.DecompressionBombError(f"{im.size[0] * im.size[1]} pixels")
+                if im.size[0] * im.size[1] > budget:
+                    raise RejectedImage(path, f"{im.size[0]}x{im.size[1]} is over the memory budget of {budget} "
+                                              "pixels per image (set LATENTSTORE_MAX_IMAGE_PIXELS to raise it)")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return _to_rgb(im, path)

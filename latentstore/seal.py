@@ -20,6 +20,8 @@ from .errors import ConfigError, StoreError
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, write_json_atomic
 
 PARTS_DIR = "parts"
+#: build arguments that may change between runs and parts: they decide whether a build goes on, not its bytes
+RESUME_FREE = frozenset({"max_rejects"})
 _PART_FILE = re.compile(r"^(?P<split>.+)-part-(?P<i>\d{4})-of-(?P<n>\d{4})\.json$")
 
 
@@ -75,6 +77,10 @@ def split_entry(config: dict, classes: list, images_total: int, records: list, l
     }
 
 
+def _bytes_config(part: dict) -> dict:
+    return {k: v for k, v in part["config"].items() if k not in RESUME_FREE}
+
+
 def read_parts(store: Path) -> dict:
     """{split: {part index: part manifest}} for every part manifest on disk."""
     found: dict = {}
@@ -99,7 +105,10 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
         parts_by_split = {s: p for s, p in parts_by_split.items() if s in splits}
     if not parts_by_split:
         raise StoreError(f"{store} has no part manifests under {PARTS_DIR}/: no build part has finished yet")
-    previous = json.loads((store / MANIFEST).read_text()) if (store / MANIFEST).is_file() else None
+    try:
+        previous = json.loads((store / MANIFEST).read_text()) if (store / MANIFEST).is_file() else None
+    except ValueError:  # a damaged manifest is what sealing again repairs
+        previous = None
     kept = {s: e for s, e in (previous or {}).get("splits", {}).items() if s not in parts_by_split}
     problems, entries = [], {}
     coder = previous["coder"] if previous and kept else None
@@ -113,9 +122,13 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
         bar = tqdm(total=sum(len(p["records"]) for p in parts.values()), desc=f"seal {split}", unit="group",
                    disable=not progress)
         for i, p in parts.items():
-            if p["parts"] != n or p["config"] != first["config"] or p["coder"] != first["coder"]:
+            if p["parts"] != n or _bytes_config(p) != _bytes_config(first) or p["coder"] != first["coder"]:
                 problems.append(f"split {split!r}: part {i}/{p['parts']} was built with other arguments than "
                                 f"part {first['part']}/{n}")
+            elif p.get("listing") != first.get("listing") or p["images"] != first["images"]:
+                problems.append(f"split {split!r}: part {i}/{n} listed other images ({p['images']}) than part "
+                                f"{first['part']}/{n} ({first['images']}): the dataset changed between them. "
+                                f"Rerun every part's build command (each re-encodes only its changed groups)")
             for r in p["records"]:
                 bar.update(1)
                 for shard in (f for s in r["shards"] for f in s.get("files", [s])):  # zarr: chunk files

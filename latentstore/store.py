@@ -63,7 +63,7 @@ REMAINDERS = ("drop", "pad")
 def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool,
                         wanted=None) -> Iterator[dict | None]:
     return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
-                      wanted=wanted)
+                      wanted=wanted, sha256=shard.get("sha256"), size=shard.get("bytes"))
 
 
 #: manifest["backend"] -> fn(store path, shard record, fields, lenient, wanted=None) yielding the
@@ -303,6 +303,7 @@ class LatentDataset(IterableDataset):
         return units
 
     def __iter__(self):
+        self.skipped = []  # max_skips is a budget per pass: a damaged epoch does not fail the clean ones
         shards = self.shards()
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
@@ -358,8 +359,8 @@ class LatentDataset(IterableDataset):
                 if sample is None:
                     continue
                 if "__error__" in sample:
-                    if sample["__key__"] is None:  # damage to the shard itself: the rest is lost
-                        seen, damage = index, sample["__error__"]
+                    if sample["__key__"] is None:  # damage to the shard itself: none of its samples is kept
+                        seen, damage = 0, sample["__error__"]
                         break
                     if uses.get((s, index)):
                         skipped.append(sample["__error__"])
@@ -368,8 +369,10 @@ class LatentDataset(IterableDataset):
                 if uses.get((s, index)):
                     cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
             for index in range(seen, shard["samples"]):
-                if uses.get((s, index)):
-                    skipped.append(f"shard {shard['path']}, sample #{index} (key unknown): lost ({damage})")
+                if uses.get((s, index)) and not ((s, index) in cache and cache[(s, index)] is None):
+                    known = cache.get((s, index))  # read before the shard's damage showed: not trusted
+                    key = f"key {known['__key__']}" if known else "key unknown"
+                    skipped.append(f"shard {shard['path']}, sample #{index} ({key}): lost ({damage})")
                     cache[(s, index)] = None
         self.skipped += skipped
         if len(self.skipped) > self.max_skips:

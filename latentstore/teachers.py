@@ -30,6 +30,7 @@ from .coders import file_sha256, state_dict_sha256
 from .encode import store_threads
 from .errors import ConfigError, StoreError, WeightsError
 from .format import LATENT_STRIDE, TEACHER_PREFIX, encode_npy
+from .weights import check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, torch_hub_file
 
 TEACHER_DTYPES = ("float16", "bfloat16", "int8")
 DEFAULT_STRIDES = (8, 16, 32)
@@ -152,7 +153,7 @@ def _read_state(path: Path, name: str) -> dict:
 
     try:
         # timm's loader: .safetensors or torch.load(weights_only=True); unwraps state_dict/model/EMA keys.
-        return timm.models.load_state_dict(str(path), use_ema=False)
+        return timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:
         raise WeightsError(f"Could not read teacher weights {path} for {name}: {exc}") from exc
 
@@ -164,15 +165,44 @@ def _load_strict(model: nn.Module, state: dict, source: str, name: str) -> None:
         raise WeightsError(f"{source} is not a state_dict of {name}: {str(exc)[:500]}") from exc
 
 
-def _pretrained_error(name: str, exc: Exception) -> WeightsError:
+def _pretrained_error(name: str, reason: str, looked: list) -> WeightsError:
     return WeightsError(
-        f"Could not fetch the pretrained timm weights of {name} ({type(exc).__name__}: {str(exc)[:200]}).\n"
-        f"This machine looks offline and they are not in the Hugging Face cache. Either:\n"
+        f"The pretrained timm weights of {name} are not in the local caches and cannot be fetched: {reason}.\n"
+        f"Looked for: {', '.join(str(p) for p in looked) or '(no released file known)'}. Either:\n"
         f"  - pre-fetch on a machine with internet: python -c \"import timm; timm.create_model('{name}', "
-        f"pretrained=True)\" and copy its cache ($HF_HOME/hub, default ~/.cache/huggingface/hub) here, or\n"
+        f"pretrained=True)\" and copy its cache ($HF_HOME/hub, here {hf_cache_dir()}) to this machine, or\n"
         f"  - save the weights there: python -c \"import timm, torch; torch.save(timm.create_model('{name}', "
-        f"pretrained=True).state_dict(), '{name}.pth')\" and pass --teacher-weights /path/to/{name}.pth"
+        f"pretrained=True).state_dict(), '{name}.pth')\" and pass --teacher-weights /path/to/{name}.pth\n"
+        f"Set HF_HUB_OFFLINE=1 on offline nodes: nothing is then tried over the network."
     )
+
+
+def _pretrained_timm(name: str, kw: dict):
+    """timm's released weights of `name` from the local caches (hash-checked), else fetched when online."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hf_id, url = (cfg.hf_hub_id, cfg.url) if cfg is not None else (None, None)
+    what = f"teacher {name}"
+    path = hf_cached_file(hf_id) if hf_id else None
+    if path is None and url and torch_hub_file(url).is_file():
+        path = torch_hub_file(url)
+        check_file(path, hash_prefix(url), what)
+    if path is not None:  # timm reads a file with torch.load(weights_only=True) or safetensors
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kw)
+        return model, {"file_sha256": file_sha256(path)}
+    looked = ([hf_cache_dir() / ("models--" + hf_id.partition("@")[0].replace("/", "--"))] if hf_id else []) + \
+        ([torch_hub_file(url)] if url else [])
+    reason = offline_reason("https://huggingface.co" if hf_id else url) if (hf_id or url) else "no released weights"
+    if reason:
+        raise _pretrained_error(name, reason, looked)
+    try:
+        model = timm.create_model(name, pretrained=True, **kw)
+    except Exception as exc:  # hub/network errors come in many types
+        raise _pretrained_error(name, f"{type(exc).__name__}: {str(exc)[:200]}", looked) from exc
+    if hf_id:
+        hf_cached_file(hf_id)  # the fresh download, checked against its blob hash
+    return model, {}
 
 
 def _timm_teacher(name, weights, strides, layers, seed):
@@ -200,13 +230,10 @@ def _timm_teacher(name, weights, strides, layers, seed):
     out_indices = tuple(i for i, _ in picked)
     kw = dict(features_only=True, out_indices=out_indices)
     if weights == "pretrained":
-        try:
-            model = timm.create_model(name, pretrained=True, **kw)
-        except Exception as exc:  # hub/network errors come in many types
-            raise _pretrained_error(name, exc) from exc
+        model, found = _pretrained_timm(name, kw)
         cfg = model.pretrained_cfg
         provenance = {"source": "pretrained", "trained": True, "hf_hub_id": cfg.get("hf_hub_id"),
-                      "url": cfg.get("url"), "tag": cfg.get("tag")}
+                      "url": cfg.get("url"), "tag": cfg.get("tag"), **found}
     elif weights == "untrained":
         torch.manual_seed(seed)
         model = timm.create_model(name, pretrained=False, **kw)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ class Report:
     samples: int = 0
     decoded: int = 0
     problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)   # what was not checked, and why
 
     @property
     def ok(self) -> bool:
@@ -100,23 +103,139 @@ def _check_decode(coder, name: str, key: str, s: dict, created_by: dict) -> str 
 
 
 def _stray_files(store: Path, manifest: dict) -> list:
-    known = {s["path"] for split in manifest["splits"].values() for s in split["shards"]}
+    """Everything in the store folder that is not part of the store: stray files, unlisted splits and
+    shards, temporary files, links. Zarr chunk files are matched against the records by readers.zarr."""
+    from .seal import PARTS_DIR, part_file
+
+    splits, zarr = manifest["splits"], manifest["backend"] == "zarr"
+    known = {s["path"] for split in splits.values() for s in split["shards"]}
+    known |= {"manifest.json", *(f"build-{s}.json" for s in splits)}
+    known |= {part_file(s, i, n) for s, (i, n) in _parts(store, splits)}
+    if zarr:
+        known |= {"zarr.json", ".layout.lock", *(f"{s}/zarr.json" for s in splits)}
+    for name, split in splits.items():
+        size = split["config"]["shard_size"]
+        known |= {f"{name}/group-{j:06d}.json" for j in range(-(-split["images_found"] // size))}
     problems = []
-    for split in manifest["splits"]:
-        folder = store / split
-        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-            rel = p.relative_to(store).as_posix()
-            if ".tmp-" in p.name:
-                problems.append(f"{rel}: leftover temporary file of an interrupted write "
-                                f"(delete it, or rerun the build command to finish)")
-            elif p.suffix == ".tar" and rel not in known:
+    for dirpath, dirnames, filenames in os.walk(store):
+        here = Path(dirpath)
+        for entry in sorted(dirnames + filenames):
+            path = here / entry
+            rel = path.relative_to(store).as_posix()
+            top = rel.split("/", 1)[0]
+            if path.is_symlink():
+                problems.append(f"{rel}: a link inside the store (a store holds plain files only); remove it")
+            elif ".tmp-" in entry or entry.startswith(".tmp-group-"):
+                if not (zarr and top in splits):  # inside a Zarr split, readers.zarr.verify names them
+                    problems.append(f"{rel}: leftover temporary file of an interrupted write "
+                                    f"(delete it, or rerun the build command to finish)")
+                dirnames[:] = [d for d in dirnames if d != entry]
+            elif top not in splits and top != PARTS_DIR and rel not in known:
+                problems.append(f"{rel}: not part of the store (no split {top!r} in the manifest); move it out")
+                dirnames[:] = [d for d in dirnames if d != entry]
+            elif path.is_dir() or rel in known or (top == PARTS_DIR and entry.startswith(".lock-")):
+                continue
+            elif zarr and (entry == "zarr.json" or "/c/" in rel):
+                continue  # array descriptions and chunks: readers.zarr checks them against the records
+            elif path.suffix == ".tar":
                 problems.append(f"{rel}: shard not listed in the manifest")
+            else:
+                problems.append(f"{rel}: stray file, not part of the store; move it out")
     return problems
 
 
-def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, progress: bool = False) -> Report:
+def _parts(store: Path, splits: dict) -> list:
+    """(split, (i, N)) of every part manifest on disk whose split is in the manifest."""
+    from .seal import read_parts
+
+    try:
+        parts = read_parts(store)
+    except ValueError:
+        return []
+    return [(s, (i, p.get("parts", 1))) for s, by in parts.items() if s in splits for i, p in by.items()]
+
+
+def _check_totals(store: Path, manifest: dict) -> list:
+    """The manifest's totals against its own shard list and the group records on disk."""
+    problems = []
+    for name, split in sorted(manifest["splits"].items()):
+        shards = split["shards"]
+        samples = sum(s["samples"] for s in shards)
+        if samples != split["samples"]:
+            problems.append(f"split {name!r}: the manifest says {split['samples']} samples, its shard list holds "
+                            f"{samples} (an entry was removed or edited): rebuild the manifest with "
+                            f"`latentstore seal {store}` or rerun the build")
+        if split["images_stored"] != split["images_found"] - len(split["rejects"]):
+            problems.append(f"split {name!r}: images_stored {split['images_stored']} != images_found "
+                            f"{split['images_found']} - {len(split['rejects'])} rejects")
+        size = split["config"]["shard_size"]
+        recorded, found, rec_samples = [], 0, 0
+        for j in range(-(-split["images_found"] // size)):
+            try:
+                record = json.loads((store / name / f"group-{j:06d}.json").read_text())
+            except (OSError, ValueError):
+                problems.append(f"split {name!r}: group record group-{j:06d}.json is missing or damaged")
+                continue
+            recorded += record["shards"]
+            found += record["images"]
+            rec_samples += record["stats"]["samples"]
+        listed = sorted(s["path"] for s in shards)
+        if sorted(s["path"] for s in recorded) != listed:
+            missing = sorted(set(s["path"] for s in recorded) - set(listed))
+            problems.append(f"split {name!r}: the group records hold shards the manifest does not list "
+                            f"({', '.join(missing[:3]) or 'or the other way round'}); the manifest lost an entry")
+        if found != split["images_found"] or rec_samples != split["samples"]:
+            problems.append(f"split {name!r}: the group records account for {found} images and {rec_samples} "
+                            f"samples, the manifest for {split['images_found']} and {split['samples']}")
+    return problems
+
+
+def _check_sources(store: Path, manifest: dict, root, report: Report) -> None:
+    """Each split's group records against today's listing of its dataset (items and file fingerprints)."""
+    from .datasets import open_source, source_changes
+
+    for split_name, split in sorted(manifest["splits"].items()):
+        cfg = split["config"]
+        where = Path(root) if root is not None else Path(cfg["root"])
+        if not where.is_dir():
+            if root is not None:
+                report.problems.append(f"--root {where} is not a directory")
+            else:
+                report.notes.append(f"split {split_name!r}: its dataset {where} is not here, so the store was not "
+                                    "compared with its source (pass --root where the dataset is now)")
+            continue
+        try:
+            items = open_source(cfg["dataset"], where, cfg["split"], limit=cfg.get("limit"),
+                                label_file=cfg.get("label_file")).items
+        except LatentstoreError as exc:
+            report.problems.append(f"split {split_name!r}: cannot list its dataset at {where} ({exc})")
+            continue
+        stale = f"(rerun the build command: it re-encodes the changed groups)"
+        if len(items) != split["images_found"]:
+            report.problems.append(f"split {split_name!r}: {where} now lists {len(items)} images, the store was "
+                                   f"built from {split['images_found']} {stale}")
+        size = cfg["shard_size"]
+        for j in range(0, -(-len(items) // size)):
+            path = store / split_name / f"group-{j:06d}.json"
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                report.problems.append(f"split {split_name!r}: group record {path.name} is missing or damaged")
+                continue
+            why = source_changes(items[j * size:(j + 1) * size], record.get("items", []), record.get("sources"))
+            if why:
+                report.problems.append(f"split {split_name!r}, group {j}: no longer matches {where}: {why} {stale}")
+
+
+def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, progress: bool = False,
+           root=None, sources: bool = True) -> Report:
     """Check `store` completely; `decode` random samples (all if more) are also decoded by CompressAI,
-    at the torch thread count the store was built at."""
+    at the torch thread count the store was built at.
+
+    With `sources` (default), the group records are compared with the dataset
+    they were built from (at `root`, default: the root the manifest records),
+    so a store that no longer matches its source is reported.
+    """
     store = Path(store)
     report = Report()
     try:
@@ -125,12 +244,14 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
         report.problems.append(str(exc))
         return report
     backend = manifest["backend"]
-    if backend == "zarr":  # chunk files against the commit records (readers/zarr.py)
+    report.problems += _stray_files(store, manifest)
+    if backend == "zarr":  # chunk files and array descriptions against the commit records (readers/zarr.py)
         from .readers.zarr import verify as verify_zarr
         report.problems += verify_zarr(store)
-    else:
-        report.problems += _stray_files(store, manifest)
+    report.problems += _check_totals(store, manifest)
     damaged = list(report.problems)
+    if sources:
+        _check_sources(store, manifest, root, report)
     read = SOURCES[backend]
     # Pick the samples to decode up front, so only those are held in memory.
     shards = [s for split in manifest["splits"].values() for s in split["shards"]]

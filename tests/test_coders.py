@@ -1,3 +1,4 @@
+import hashlib
 import os
 import socket
 
@@ -36,17 +37,29 @@ def test_untrained_weights_are_seeded_and_labelled():
     assert load_coder("mbt2018", 1, "untrained", seed=2).weights["sha256"] != a.weights["sha256"]
 
 
-def test_pretrained_loads_from_a_prefilled_cache_offline(tmp_path, monkeypatch, checkpoint_factory, no_network):
-    """Cluster nodes without internet: a pre-filled $TORCH_HOME is all pretrained needs."""
+def test_pretrained_cache_holding_other_weights_is_refused_offline(tmp_path, monkeypatch, checkpoint_factory,
+                                                                   no_network):
+    """A pre-filled $TORCH_HOME is read only when the file is the release (hash prefix in its name)."""
     url = model_urls["cheng2020-anchor"]["mse"][1]
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     (cache / os.path.basename(url)).write_bytes(checkpoint_factory("cheng2020-anchor", 1).read_bytes())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    coder = load_coder("cheng2020", 1, "pretrained")
-    assert coder.weights["source"] == "pretrained" and coder.weights["url"] == url
+    with pytest.raises(WeightsError, match="is not the published file of the pretrained cheng2020-anchor q1"):
+        load_coder("cheng2020", 1, "pretrained")
+
+
+def test_a_cached_file_matching_its_hash_is_used_offline(tmp_path, monkeypatch, checkpoint_factory, no_network):
+    from latentstore.weights import fetch, load_state
+
+    data = checkpoint_factory("cheng2020-anchor", 1).read_bytes()
+    name = f"cheng2020-anchor-1-{hashlib.sha256(data).hexdigest()[:8]}.pth.tar"
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / name).write_bytes(data)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = fetch(f"https://models.invalid/v1/{name}", "a test coder", "no advice")
     saved = torch.load(checkpoint_factory("cheng2020-anchor", 1), weights_only=True)
-    assert coder.weights["sha256"] == state_dict_sha256(saved)
+    assert state_dict_sha256(load_state(path, "a test coder")) == state_dict_sha256(saved)
 
 
 def test_pretrained_offline_without_cache_says_what_to_do(tmp_path, monkeypatch, no_network):

@@ -70,3 +70,40 @@ def test_converted_store_reads_like_a_direct_zarr_build(tar_store, tiny_folder, 
 def test_convert_refuses_same_backend(tar_store, tmp_path):
     with pytest.raises(ConfigError, match="already a webdataset store"):
         convert(tar_store, tmp_path / "x", "webdataset", progress=False)
+
+
+def flip_member_byte(shard, suffix):
+    """Flip one payload byte of the first member ending in `suffix` (its header stays valid)."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data + member.size - 1] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+
+def test_convert_refuses_a_damaged_source_instead_of_laundering_it(tar_store, tmp_path):
+    import shutil
+
+    from latentstore.errors import StoreError
+
+    src = shutil.copytree(tar_store, tmp_path / "src")
+    flip_member_byte(src / "train" / "v001-000000.tar", ".y_hat.npy")
+    assert not verify(src).ok
+    with pytest.raises(StoreError, match=r"shard train/v001-000000.tar: .* differs from its record .* convert stops"):
+        convert(src, tmp_path / "zarr", "zarr", progress=False)
+    assert not (tmp_path / "zarr" / MANIFEST).exists()
+
+
+def test_convert_refuses_a_damaged_zarr_source(tar_store, tmp_path):
+    from latentstore.errors import StoreError
+
+    convert(tar_store, tmp_path / "zarr", "zarr", progress=False)
+    chunk = sorted((tmp_path / "zarr" / "train" / "y_hat" / "c").rglob("*"))[-1]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="differs from its record .* convert stops"):
+        convert(tmp_path / "zarr", tmp_path / "back", "webdataset", progress=False)
+    assert not (tmp_path / "back" / MANIFEST).exists()

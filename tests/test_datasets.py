@@ -189,3 +189,55 @@ def test_bundled_demo_opens(split, n):
     src = open_source("imagenet", DEMO, split)
     assert len(src.items) == n and len(src.classes) == 4
     assert all(it.label >= 0 and "." not in it.key and it.path.is_file() for it in src.items)
+
+
+def _two_class_tree(root, names=("n01", "n02"), same_file_name=False):
+    from PIL import Image
+
+    for i, name in enumerate(names):
+        (root / "train" / name).mkdir(parents=True)
+        file = "img.png" if same_file_name else f"img{i}.png"
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(root / "train" / name / file)
+    return root
+
+
+def test_a_symlink_loop_lists_each_image_once_under_its_own_class(tmp_path):
+    import os
+    import warnings as w
+
+    from latentstore.datasets import open_source
+
+    root = _two_class_tree(tmp_path / "data")
+    os.symlink("..", root / "train" / "n01" / "up")          # a loop back to the split folder
+    os.symlink("../n02", root / "train" / "n01" / "alias")   # another class's folder
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        source = open_source("imagefolder", root, "train")
+    assert [(it.relpath, it.label) for it in source.items] == [("train/n01/img0.png", 0), ("train/n02/img1.png", 1)]
+    text = "\n".join(str(c.message) for c in caught)
+    assert "train/n01/up links to" in text and "train/n01/alias links to" in text
+
+
+def test_a_linked_duplicate_file_is_listed_once(tmp_path):
+    import os
+    import warnings as w
+
+    from latentstore.datasets import open_source
+
+    root = _two_class_tree(tmp_path / "data")
+    os.symlink("img0.png", root / "train" / "n01" / "same.png")
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        items = open_source("imagefolder", root, "train").items
+    assert len(items) == 2 and any("is a link to an image already listed" in str(c.message) for c in caught)
+
+
+def test_class_names_in_any_script_are_kept(tmp_path):
+    from latentstore.datasets import open_source
+
+    root = _two_class_tree(tmp_path / "data", names=("猫", "狗"), same_file_name=True)
+    source = open_source("imagefolder", root, "train")
+    assert source.classes == sorted(["猫", "狗"])
+    keys = [it.key for it in source.items]
+    assert len(set(keys)) == 2 and all(k.isascii() and "." not in k for k in keys)
+    assert {it.relpath.split("/")[1]: source.classes[it.label] for it in source.items} == {"猫": "猫", "狗": "狗"}

@@ -173,3 +173,28 @@ def test_reject_is_an_input_error_that_names_the_file(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(InputError, match="empty.png: empty file"):
         load_rgb(path)
+
+
+def test_an_image_over_the_memory_budget_is_rejected_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from latentstore.images import RejectedImage, load_rgb
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (1200, 1000), (10, 20, 30)).save(path)  # 1.2 M px: tiny file, big decode
+    monkeypatch.setenv("LATENTSTORE_MAX_IMAGE_PIXELS", "1000000")
+    with pytest.raises(RejectedImage, match=r"1200x1000 is over the memory budget of 1000000 pixels"):
+        load_rgb(path)
+    monkeypatch.setenv("LATENTSTORE_MAX_IMAGE_PIXELS", "2000000")
+    assert load_rgb(path).size == (1200, 1000)
+
+
+def test_the_default_budget_rejects_a_9000_px_square_png(tmp_path):
+    from PIL import Image
+
+    from latentstore.images import RejectedImage, load_rgb
+
+    path = tmp_path / "big.png"
+    Image.new("1", (9000, 9000)).save(path)  # 1-bit: a few MB to make, ~28 kB on disk
+    with pytest.raises(RejectedImage, match="over the memory budget"):
+        load_rgb(path)

@@ -140,3 +140,23 @@ def test_long_keys_round_trip_through_pax_headers(tmp_path):
     shard = json.loads((tmp_path / "train" / "group-000000.json").read_text())["shards"][0]
     (got,) = iter_shard(tmp_path / shard["path"], shard["path"], 1)
     assert got["__key__"] == key and got["y_string"] == sample["y_string.bin"]
+
+
+def test_a_failed_commit_leaves_no_temporary_or_orphan_file(tmp_path):
+    """The record cannot be written (here: a value JSON cannot hold, as a full disk would fail it)."""
+    from latentstore.writers.webdataset import ShardGroupWriter
+
+    with pytest.raises(TypeError):
+        with ShardGroupWriter(tmp_path, "train", 0, 2) as writer:
+            for v in range(2):
+                writer.write(v, {"__key__": f"k_v{v:03d}", "cls": b"0"})
+            writer.extra = {"unwritable": {1, 2}}
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_write_json_atomic_leaves_no_temporary_file_on_failure(tmp_path):
+    from latentstore.format import write_json_atomic
+
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "x.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []

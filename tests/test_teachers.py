@@ -12,7 +12,7 @@ from latentstore import open_store
 from latentstore.add_teacher import add_teacher, replay_crop, teacher_error
 from latentstore.build import BuildConfig, build
 from latentstore.cli import main
-from latentstore.errors import ConfigError, InputError, WeightsError
+from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
 from latentstore.format import MANIFEST, field_for_member, read_manifest
 from latentstore.teachers import check_teacher, dequantize, load_teacher, quantize, relative_error
 
@@ -268,6 +268,20 @@ def test_teacher_bytes_do_not_depend_on_batch_size(tiny_folder, tmp_path):
     a, b = files_of(tmp_path / "a"), files_of(tmp_path / "b")
     assert {k: v for k, v in a.items() if k.endswith(".tar")} == {k: v for k, v in b.items() if k.endswith(".tar")}
     assert a[MANIFEST] == b[MANIFEST]
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "zarr"])
+def test_add_teacher_refuses_a_damaged_store_before_reading_it(tiny_folder, tmp_path, fmt):
+    store = tmp_path / "s"
+    build(config(tiny_folder, store, format=fmt), progress=False)
+    files = sorted(store.glob("train/*.tar")) if fmt == "webdataset" else \
+        sorted(p for p in (store / "train" / "y_hat" / "c").rglob("*") if p.is_file())
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0x01  # tar: inside a payload; zarr: inside a compressed chunk
+    files[0].write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"shard train/v000-000000"):  # even when the sources are trusted
+        add_teacher(store, "resnet18", "untrained", verify_sources=False, progress=False)
+    assert "teacher" not in read_manifest(store)["splits"]["train"]
 
 
 def test_features_equal_timm_on_a_fresh_contiguous_tensor():

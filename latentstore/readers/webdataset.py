@@ -2,12 +2,20 @@
 
 A tar file has no trailer, so a shard cut at a member boundary reads back
 without any error from tarfile or webdataset. The strict reader therefore
-checks every shard against the manifest: the sample count, the required
-fields of every sample, and that each field decodes. Every error names the
-shard and, where there is one, the sample key.
+checks every shard against the manifest: its size and sha256 before reading
+(one C-speed pass over a read-only map of the file, so a flipped payload
+byte is caught before any sample is handed out), the sample count, the
+required fields of every sample, and that each field decodes. Every error
+names the shard and, where there is one, the sample key. A shard whose hash
+matched is remembered for the life of the process (by path, size and mtime),
+so later epochs read it without hashing again: a changed file gets a new
+mtime, and the hash then runs again.
 """
 from __future__ import annotations
 
+import hashlib
+import mmap
+import os
 from pathlib import Path
 from typing import Container, Iterator
 
@@ -17,6 +25,7 @@ from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 
 _BLOCK = 512
 _END = bytes(_BLOCK)
+_VERIFIED: set = set()  # (path, size, mtime_ns, sha256) of shards that hashed right in this process
 
 
 def _octal(field: bytes) -> int:
@@ -33,6 +42,14 @@ def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
     if block[257:262] == b"ustar" and block[345] != 0:  # ustar's name prefix: a path, refused below
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
     return name, _octal(block[124:136]), block[156:157]
+
+
+def _sha256(f) -> str:
+    """sha256 of an open file in one C call over a read-only map (no copy on the Python heap)."""
+    if os.fstat(f.fileno()).st_size == 0:
+        return hashlib.sha256().hexdigest()
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return hashlib.sha256(mm).hexdigest()
 
 
 def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
@@ -90,7 +107,8 @@ def _pax_path(data: bytes) -> bytes | None:
 
 def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
-               lenient: bool = False, wanted: Container[int] | None = None) -> Iterator[dict | None]:
+               lenient: bool = False, wanted: Container[int] | None = None,
+               sha256: str | None = None, size: int | None = None) -> Iterator[dict | None]:
     """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
 
     `fields` limits which fields are decoded (None: all). `wanted` (sample
@@ -100,10 +118,24 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     or a sample count other than `expected_samples`. With ``lenient=True`` it
     yields {"__key__", "__shard__", "__error__": message} in place of a damaged
     sample and goes on; damage to the shard itself (unreadable tar, wrong count)
-    comes last, as such a dict with ``__key__`` None.
+    comes last, as such a dict with ``__key__`` None. With `sha256` (and
+    `size`, checked before reading), the file must match the manifest: a
+    mismatch comes last too, after samples that must then not be used.
     """
     count = 0
     try:
+        st = os.stat(path)
+        if size is not None and st.st_size != size:
+            raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {size} "
+                             "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
+        memo = (str(path), st.st_size, st.st_mtime_ns, sha256)
+        if sha256 and memo not in _VERIFIED:
+            with open(path, "rb") as f:
+                damaged = _sha256(f) != sha256
+            if damaged:
+                yield from _damaged(Path(path), shard, expected_samples, lenient)
+                return
+            _VERIFIED.add(memo)
         for key, raw in _groups(Path(path), shard):
             count += 1
             if wanted is not None and count - 1 not in wanted:
@@ -120,10 +152,30 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
                 f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
                 f"(truncated or replaced shard; run `latentstore verify` and rebuild it)"
             )
+
+    except OSError as exc:
+        if not lenient:
+            raise StoreError(f"shard {shard}: unreadable ({exc})") from exc
+        yield {"__key__": None, "__shard__": shard, "__error__": f"shard {shard}: unreadable ({exc})"}
     except StoreError as exc:
         if not lenient:
             raise
         yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
+
+
+def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Iterator[dict]:
+    """A shard whose sha256 differs: no sample is trusted. Strict: one error naming the keys it holds;
+    lenient: an error per sample, with its key (so skip lists name them)."""
+    why = ("sha256 differs from the manifest (a damaged or replaced shard), so none of its samples can be "
+           "trusted. Run `latentstore verify` and rebuild it (delete its group record, rerun the build command)")
+    keys = [key for key, _ in iter_raw(path, shard)]  # names only; a damaged header raises here
+    if not lenient:
+        listed = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        raise StoreError(f"shard {shard}: {why}. Its keys: {listed or 'none'}")
+    for key in keys[:expected]:
+        yield {"__key__": key, "__shard__": shard, "__error__": f"shard {shard}, key {key}: {why}"}
+    if expected is not None and len(keys) != expected:
+        raise StoreError(f"shard {shard}: holds {len(keys)} samples, the manifest records {expected}")
 
 
 def iter_raw(path, shard: str) -> Iterator[tuple[str, dict]]:

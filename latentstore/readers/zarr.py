@@ -1,10 +1,12 @@
 """Strict reading of latentstore Zarr stores: the same sample dicts as the tar reader.
 
-Zarr itself reads a missing chunk as fill_value without a word, so nothing is
-read before the unit's chunk files (listed with size and sha256 in the
-manifest) are checked to exist with their recorded sizes; ``verify`` also
-checks their sha256 and looks for chunks no commit record claims and for
-leftover temporary files. Samples come out exactly as ``iter_shard`` gives
+Zarr itself reads a missing chunk as fill_value without a word, and blosc has
+no checksum (a flipped byte decodes to other numbers), so nothing is read
+before the unit's files of the arrays being read (listed with size and sha256
+in the manifest) are checked: size always, sha256 once per process and file
+(memoized by path, size and mtime, so later epochs do not hash again).
+``verify`` also looks for chunks no commit record claims and for leftover
+temporary files. Every error is a StoreError naming the unit (and key). Samples come out exactly as ``iter_shard`` gives
 them from a tar shard of the same build: same keys, dtypes and values
 (symbols are narrowed to the smallest integer dtype, as the shards store them).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Container, Iterator
 
@@ -20,17 +23,26 @@ import zarr
 
 from ..errors import ConfigError, StoreError
 from ..format import commit_record_name, read_manifest, smallest_int_dtype
-from ..writers.zarr import TEMP_PREFIX, VLEN_FIELDS
+from ..writers.zarr import STORED_DTYPE, TEMP_PREFIX, VLEN_FIELDS
 
 def _split_group(store: Path, split: str) -> zarr.Group:
     try:
         return zarr.open_group(str(store), mode="r")[split]
-    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+    except (KeyError, ValueError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
 
 
-def check_files(store: Path, unit: dict) -> None:
-    """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros)."""
+_HASHED: set = set()  # (path, size, mtime_ns) of files whose sha256 matched in this process
+
+
+def _array_of(path: str) -> str:
+    """The array a chunk file belongs to: "train/y_hat/c/0/1" -> "y_hat"; "train/meta/bytes/c/..." -> "meta"."""
+    return path.split("/c/", 1)[0].split("/")[1]
+
+
+def check_files(store: Path, unit: dict, arrays=None) -> None:
+    """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros); with
+    `arrays` (names), those arrays' files also hash to their recorded sha256."""
     for f in unit["files"]:
         path = store / f["path"]
         if not path.is_file():
@@ -39,6 +51,15 @@ def check_files(store: Path, unit: dict) -> None:
         if path.stat().st_size != f["bytes"]:
             raise StoreError(f"shard {unit['path']}: chunk file {f['path']} has {path.stat().st_size} bytes, "
                              f"the manifest records {f['bytes']}; rebuild the group")
+        if arrays is not None and _array_of(f["path"]) in arrays:
+            st = os.stat(path)
+            memo = (str(path), st.st_size, st.st_mtime_ns)
+            if memo not in _HASHED:
+                if hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+                    raise StoreError(f"shard {unit['path']}: chunk file {f['path']} differs from its record "
+                                     "(sha256): its samples cannot be trusted. Run `latentstore verify` and "
+                                     "rebuild the group (rerun the build command)")
+                _HASHED.add(memo)
 
 
 def _convert(name: str, value):
@@ -79,29 +100,40 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
     """
     store, name = Path(store), unit["path"]
     try:
-        check_files(store, unit)
-        group = _split_group(store, unit["split"])
         names = [n for n in unit["fields"] if fields is None or n in fields or n == "meta"]
+        check_files(store, unit, {*names, "present"})
+        group = _split_group(store, unit["split"])
         lo, hi = unit["items"]
         present = group["present"][unit["variant"], lo:hi]
         if int(present.sum()) != unit["samples"]:
             raise StoreError(f"shard {name}: holds {int(present.sum())} samples, the manifest records "
                              f"{unit['samples']}; run `latentstore verify` and rebuild the group")
         block = _block(group, names, unit["variant"], lo, hi, unit["group"])
-    except StoreError as exc:
+    except Exception as exc:  # zarr, blosc and json raise many types: all become one naming the unit
+        error = exc if isinstance(exc, StoreError) else \
+            StoreError(f"shard {name}: unreadable Zarr data ({type(exc).__name__}: {exc}); run `latentstore verify`")
         if not lenient:
-            raise
-        yield {"__key__": None, "__shard__": name, "__error__": str(exc)}
+            raise error from exc
+        yield {"__key__": None, "__shard__": name, "__error__": str(error)}
         return
     for index, i in enumerate(np.flatnonzero(present).tolist()):
         if wanted is not None and index not in wanted:
             yield None
             continue
-        meta = json.loads(block["meta"][i])
-        sample = {"__key__": meta["key"], "__shard__": name}
-        for field in names:
-            if fields is None or field in fields:
-                sample[field] = meta if field == "meta" else _convert(field, block[field][i])
+        key = f"#{index}"
+        try:
+            meta = json.loads(block["meta"][i])
+            key = meta["key"]
+            sample = {"__key__": key, "__shard__": name}
+            for field in names:
+                if fields is None or field in fields:
+                    sample[field] = meta if field == "meta" else _convert(field, block[field][i])
+        except Exception as exc:
+            error = StoreError(f"shard {name}, key {key}: does not decode ({type(exc).__name__}: {exc})")
+            if not lenient:
+                raise error from exc
+            yield {"__key__": key, "__shard__": name, "__error__": str(error)}
+            continue
         yield sample
 
 
@@ -127,15 +159,71 @@ class KeyIndex:
         unit = self.units.get((int(variant), group))
         if unit is None:
             raise ConfigError(f"No sample {key!r}: variant {int(variant)} is not stored")
-        check_files(self.store, unit)
+        names = [n for n in unit["fields"] if fields is None or n in fields]
+        check_files(self.store, unit, {*names, "present"})
         zgroup = _split_group(self.store, self.split)
         if not zgroup["present"][unit["variant"], slot]:
             raise ConfigError(f"No sample {key!r}: its image was rejected at build time (see the manifest)")
-        names = [n for n in unit["fields"] if fields is None or n in fields]
-        block = _block(zgroup, names, unit["variant"], slot, slot + 1, group)
+        try:
+            block = _block(zgroup, names, unit["variant"], slot, slot + 1, group)
+        except Exception as exc:
+            raise StoreError(f"shard {unit['path']}, key {key}: unreadable Zarr data ({type(exc).__name__}: "
+                             f"{exc}); run `latentstore verify`") from exc
         sample = {"__key__": key, "__shard__": unit["path"]}
         sample.update({n: _convert(n, block[n][0]) for n in names})
         return sample
+
+
+#: codecs a latentstore Zarr array may use (writers/zarr.py COMPRESSORS, sharding and its index checksum)
+KNOWN_CODECS = frozenset({"bytes", "blosc", "zstd", "sharding_indexed", "crc32c"})
+
+
+def _codec_names(codecs: list) -> set:
+    names = set()
+    for c in codecs:
+        names.add(c.get("name"))
+        conf = c.get("configuration") or {}
+        names |= _codec_names(conf.get("codecs", []) + conf.get("index_codecs", []))
+    return names
+
+
+def metadata_problems(store: Path, split: str, info: dict) -> list[str]:
+    """Problems of the zarr.json of every array the split's units use: missing, unreadable, or not what
+    the writer makes (fill value 0, the split's variant and image counts, known codecs, dtypes)."""
+    problems, arrays = [], {"present"}
+    for unit in info["shards"]:
+        for name in unit["fields"]:
+            arrays |= {f"{name}/bytes", f"{name}/offsets"} if name in VLEN_FIELDS else {name}
+    dtypes = {"present": "bool", "y_hat": info["config"].get("y_hat_dtype"),
+              **{n: np.dtype(d).name for n, d in STORED_DTYPE.items()}}
+    for name in sorted(arrays):
+        path = store / split / name / "zarr.json"
+        rel = path.relative_to(store).as_posix()
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            problems.append(f"{rel}: missing; the array {split}/{name} cannot be read (restore it or rebuild the split)")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{rel}: damaged ({exc})")
+            continue
+        field, _, part = name.partition("/")
+        want = {"bytes": "uint8", "offsets": "int64"}.get(part) or dtypes.get(field)
+        shape = meta.get("shape") or [None, None]
+        if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+            problems.append(f"{rel}: not a Zarr v3 array description")
+        if meta.get("fill_value") not in (0, False):
+            problems.append(f"{rel}: fill_value {meta.get('fill_value')!r}, the store writes 0 (an edited fill value "
+                            "changes what empty regions read as)")
+        if want and meta.get("data_type") != want:
+            problems.append(f"{rel}: data_type {meta.get('data_type')!r}, expected {want!r}")
+        if shape[0] != info["variants"] or (part != "bytes" and shape[1] != info["images_found"]):
+            problems.append(f"{rel}: shape {shape} does not match the manifest ({info['variants']} variants, "
+                            f"{info['images_found']} images)")
+        unknown = _codec_names(meta.get("codecs", [])) - KNOWN_CODECS
+        if unknown or not meta.get("codecs"):
+            problems.append(f"{rel}: codecs {sorted(unknown) or '(none)'} are not the ones latentstore writes")
+    return problems
 
 
 def verify(store) -> list[str]:
@@ -147,6 +235,8 @@ def verify(store) -> list[str]:
         raise ConfigError(f"{store} is a {manifest['backend']} store, not zarr")
     problems = []
     for split, info in sorted(manifest["splits"].items()):
+        meta_problems = metadata_problems(store, split, info)
+        problems += meta_problems
         known = set()
         for unit in info["shards"]:
             for f in unit["files"]:
@@ -171,7 +261,11 @@ def verify(store) -> list[str]:
         group = None if problems else _split_group(store, split)
         for unit in info["shards"] if group is not None else []:
             lo, hi = unit["items"]
-            n = int(group["present"][unit["variant"], lo:hi].sum())
+            try:
+                n = int(group["present"][unit["variant"], lo:hi].sum())
+            except Exception as exc:  # a damaged array: named, not a traceback
+                problems.append(f"shard {unit['path']}: present flags unreadable ({type(exc).__name__}: {exc})")
+                continue
             if n != unit["samples"]:
                 problems.append(f"shard {unit['path']}: holds {n} samples, the manifest records {unit['samples']}")
     return problems

@@ -41,12 +41,14 @@ class _HashingFile:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
+        self._f = None  # tarfile's finalizer may still write its end blocks: dropped, not an error
 
     def close(self):  # tarfile may call close() on its fileobj; we close explicitly
         pass
 
     def discard(self):
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
         self._f = None
 
 
@@ -64,6 +66,7 @@ class ShardGroupWriter:
         self._finals = [self.store / shard_name(split, v, group) for v in range(variants)]
         self._temps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in self._finals]
         self._files, self._tars, self._counts = [], [], [0] * variants
+        self._renamed = 0  # shards of this group already renamed into place by commit()
         self.extra: dict = {}  # rejects and statistics, stored in the commit record
 
     def __enter__(self):
@@ -90,13 +93,24 @@ class ShardGroupWriter:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            for f in self._files:
-                f.discard()
-            for tmp in self._temps:
-                tmp.unlink(missing_ok=True)
+            self._discard()
             return False
-        self.commit()
+        try:
+            self.commit()
+        except BaseException:  # e.g. the disk filled during fsync or the record: leave no partial group
+            self._discard(renamed=True)
+            raise
         return False
+
+    def _discard(self, renamed: bool = False) -> None:
+        """Remove this group's temporary files (and, after a failed commit, the shards it renamed: without
+        their record they are no part of the store, and the rerun rewrites them)."""
+        for f in self._files:
+            f.discard()
+        for tmp in self._temps:
+            tmp.unlink(missing_ok=True)
+        for final in self._finals[:self._renamed] if renamed else []:
+            final.unlink(missing_ok=True)
 
     def commit(self) -> dict:
         shards = []
@@ -104,6 +118,7 @@ class ShardGroupWriter:
             tar.tarstream.close()  # writes the end-of-archive blocks through our wrapper
             f.close_synced()
             os.replace(tmp, final)
+            self._renamed = v + 1
             shards.append({"path": shard_name(self.split, v, self.group), "variant": v,
                            "samples": self._counts[v], "bytes": f.nbytes,
                            "sha256": f.sha256.hexdigest()})

@@ -1,0 +1,129 @@
+"""Integrity on read: a damaged payload is a typed error naming the shard, on both backends, and
+max_skips skips exactly the samples that can no longer be trusted."""
+import io
+import json
+import shutil
+import tarfile
+
+import pytest
+
+from latentstore import open_store
+from latentstore.build import BuildConfig, build
+from latentstore.errors import StoreError
+from latentstore.format import MANIFEST
+
+ARGS = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+            split="train", variants=1, crop=64, shard_size=2)
+FIELDS = ("y_hat", "label", "y_string")
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_folder, tmp_path_factory):
+    out = {}
+    for fmt in ("webdataset", "zarr"):
+        path = tmp_path_factory.mktemp(fmt)
+        build(BuildConfig(root=str(tiny_folder), out=str(path), format=fmt, **ARGS), progress=False)
+        out[fmt] = path
+    return out
+
+
+def copy(store, tmp_path):
+    return shutil.copytree(store, tmp_path / "s")
+
+
+def read_all(store, **kw):
+    return list(open_store(store, fields=FIELDS, **kw))
+
+
+def flip_in_member(shard, suffix):
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0x02  # ".cls" "0" -> "2": still a valid label
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".y_hat.npy", ".cls", ".y_string.bin"])
+def test_a_flipped_payload_byte_in_a_tar_is_an_error_naming_the_shard(stores, tmp_path, suffix):
+    store = copy(stores["webdataset"], tmp_path)
+    flip_in_member(store / "train" / "v000-000001.tar", suffix)
+    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar: sha256 differs .* Its keys: train_class0_img2_v000"):
+        read_all(store)
+
+
+def test_max_skips_skips_every_sample_of_a_damaged_tar_shard_and_names_them(stores, tmp_path):
+    store = copy(stores["webdataset"], tmp_path)
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls")
+    ds = open_store(store, fields=FIELDS, max_skips=2)
+    keys = [s["__key__"] for s in ds]
+    assert len(keys) == 4 and not any(k.startswith("train_class0_img2") or k.startswith("train_class1_img0")
+                                       for k in keys)
+    assert len(ds.skipped) == 2 and all("train/v000-000001.tar" in s for s in ds.skipped)
+    assert "train_class0_img2_v000" in "\n".join(ds.skipped)
+    with pytest.raises(StoreError, match="more than max_skips=1"):
+        read_all(store, max_skips=1)
+
+
+def test_a_shard_with_more_samples_than_recorded_is_not_read_silently(stores, tmp_path):
+    store = copy(stores["webdataset"], tmp_path)
+    shard = store / "train" / "v000-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data))
+        for m, data in members[:len(members) // 2]:  # one more sample, under another key
+            extra = tarfile.TarInfo("zz" + m.name)
+            extra.size = len(data)
+            tar.addfile(extra, io.BytesIO(data))
+    shard.write_bytes(buf.getvalue())
+    ds = open_store(store, fields=FIELDS, max_skips=5)
+    assert len(list(ds)) == 4 and len(ds.skipped) == 2, ds.skipped
+    with pytest.raises(StoreError, match="train/v000-000000.tar"):
+        read_all(store)
+
+
+def zarr_chunks(store, array):
+    return sorted(p for p in (store / "train" / array / "c").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("array", ["label", "y_hat"])
+def test_a_flipped_zarr_chunk_byte_is_an_error_naming_the_unit(stores, tmp_path, array):
+    store = copy(stores["zarr"], tmp_path)
+    chunk = zarr_chunks(store, array)[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"shard train/v000-00000\d: chunk file .* differs from its record"):
+        read_all(store)
+    ds = open_store(store, fields=FIELDS, max_skips=2)
+    assert len(list(ds)) == 4 and len(ds.skipped) == 2
+
+
+def test_a_damaged_zarr_array_description_is_a_typed_error_that_honours_max_skips(stores, tmp_path):
+    store = copy(stores["zarr"], tmp_path)
+    meta = store / "train" / "label" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    with pytest.raises(StoreError, match=r"shard train/v000-00000\d"):
+        read_all(store)
+    ds = open_store(store, fields=FIELDS, max_skips=6)
+    assert list(ds) == [] and len(ds.skipped) == 6
+
+
+def test_a_truncated_manifest_is_a_clear_error(stores, tmp_path):
+    store = copy(stores["webdataset"], tmp_path)
+    (store / MANIFEST).write_text((store / MANIFEST).read_text()[:100])
+    with pytest.raises(StoreError, match=r"manifest.json is damaged .*not valid JSON"):
+        open_store(store)
+
+
+def test_a_clean_epoch_after_one_over_the_skip_budget_reads(tiny_folder, tmp_path):
+    store = tmp_path / "s"
+    build(BuildConfig(root=str(tiny_folder), out=str(store), **{**ARGS, "variants": 2}), progress=False)
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls")  # variant 0 only: epochs 0, 2, ...
+    ds = open_store(store, fields=FIELDS, max_skips=1)
+    with pytest.raises(StoreError, match="more than max_skips=1"):
+        list(ds)
+    ds.set_epoch(1)
+    assert len(list(ds)) == 6 and ds.skipped == []
