@@ -190,6 +190,7 @@ class LatentDataset(IterableDataset):
         self.batch_size, self.drop_last, self.remainder = batch_size, drop_last, remainder
         self._position = _shared_position()
         self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
+        self._resume_start = start  # consumed by the first set_epoch without a start
         self.epoch = 0
         self.skipped: list[str] = []
         self._keys: SplitKeys | None = None      # random access: built on first use
@@ -229,13 +230,19 @@ class LatentDataset(IterableDataset):
             self._keys = SplitKeys(self.path, self.manifest, self.split)
         return self._keys
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, start: int | None = None) -> None:
         """Read epoch `epoch` next, from per-rank sample offset `start`.
 
-        Also reaches DataLoader workers that persist across epochs
-        (``persistent_workers=True``): they hold a copy of this dataset made when
-        they started, and read epoch and start from memory shared with it.
+        ``start=None`` keeps the ``start`` given to ``open_store`` for the first
+        epoch set (the resumed one) and means 0 after that. Also reaches
+        DataLoader workers that persist across epochs (``persistent_workers=True``):
+        they hold a copy of this dataset made when they started, and read epoch
+        and start from memory shared with it.
         """
+        if start is None:
+            start, self._resume_start = self._resume_start, 0
+        else:
+            self._resume_start = 0
         self.epoch, self.start = epoch, start
         self._dist = _rank_and_world()
 
@@ -317,6 +324,10 @@ class LatentDataset(IterableDataset):
                 mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
+        # Every unit yields an item, so each rank yields len(self) of them and DDP steps stay in
+        # lockstep: a unit whose samples were all skipped repeats the last item read (or the
+        # first one, where none was read yet).
+        last, owed = None, 0
         for unit in units:
             batch = []
             for pair in unit:
@@ -328,13 +339,23 @@ class LatentDataset(IterableDataset):
                     del cache[pair]
                 if sample is not None:
                     batch.append(sample)
-            if not batch:
+            if batch:
+                last = batch[0] if self.batch_size is None else collate(batch)
+            elif last is None:
+                owed += 1
                 continue
-            item = batch[0] if self.batch_size is None else collate(batch)
+            item = last
             if self.max_skips:
                 item = dict(item, __skipped__="\n".join(pending) if self.batch_size is None else pending)
                 pending = []
-            yield item
+            for _ in range(owed + 1):
+                yield item
+            owed = 0
+        if owed:
+            raise StoreError(f"Every sample of {owed} item(s) of rank {self._rank_world()[0]} was damaged and "
+                             f"skipped, so this rank cannot yield as many items as the others:\n  "
+                             + "\n  ".join(self.skipped[:20]) + "\nRun `latentstore verify` and rebuild the "
+                             "damaged shards.")
 
     def _windows(self, shards) -> dict[int, list[int]]:
         """Shard index -> the shards read together with it (its shuffle window)."""

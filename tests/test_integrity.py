@@ -127,3 +127,30 @@ def test_a_clean_epoch_after_one_over_the_skip_budget_reads(tiny_folder, tmp_pat
         list(ds)
     ds.set_epoch(1)
     assert len(list(ds)) == 6 and ds.skipped == []
+
+
+def test_ranks_yield_len_items_each_under_max_skips(stores, tmp_path):
+    """DDP steps in lockstep: a rank whose samples were skipped still yields len(ds) items
+    (repeating one it read), and a rank left with nothing readable says so instead of yielding
+    fewer (which would hang the other ranks' collectives)."""
+    store = copy(stores["webdataset"], tmp_path)
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls")  # samples 2 and 3 of 6
+    for rank in range(2):
+        ds = open_store(store, fields=FIELDS, shuffle=False, rank=rank, world=2, max_skips=2)
+        items = list(ds)
+        assert len(items) == len(ds) == 3
+        assert len({s["__key__"] for s in items}) == 2  # one of them repeated
+    ds = open_store(store, fields=FIELDS, shuffle=False, rank=1, world=3, max_skips=2)
+    with pytest.raises(StoreError, match="rank 1 was damaged and skipped"):
+        list(ds)
+
+
+def test_start_given_to_open_store_survives_the_first_set_epoch(stores):
+    """A resumed run opens the store at its offset, then sets the epoch: the offset holds for
+    that epoch, and the next epoch starts from 0."""
+    ds = open_store(stores["webdataset"], fields=FIELDS, shuffle=False, start=4)
+    ds.set_epoch(0)
+    assert [s["__key__"] for s in ds] == [s["__key__"] for s in open_store(stores["webdataset"], fields=FIELDS,
+                                                                           shuffle=False)][4:]
+    ds.set_epoch(1)
+    assert len(list(ds)) == len(ds) == 6
