@@ -4,7 +4,8 @@ CompressAI is the judge: for every image, the strings equal
 ``model.compress(x_i)`` run at batch 1, and ``model.decompress(strings,
 shape)`` at batch 1 hands ``g_s`` exactly the stored ``y_hat``.
 
-Why the work is organised as it is (docs/method.md, "Exactness"):
+Why the work is organised as it is (docs/FORMAT.md "What is exact", docs/benchmarks.md
+"Exactness first"):
 
 * A floating-point result depends on the kernel that computes it, and torch,
   MKL and oneDNN pick kernels by shape, memory layout, alignment and thread
@@ -267,7 +268,7 @@ class Encoder:
         return tuple(torch.cat(t) for t in zip(*out))
 
     def _context_loop_one(self, y: torch.Tensor, params: torch.Tensor):
-        """One image's loop, call for call as ``decompress()`` runs it (docs/method.md).
+        """One image's loop, call for call as ``decompress()`` runs it.
 
         The context conv reads a view of a fresh [1, M, Hy+4, Wy+4] buffer and
         entropy_parameters a fresh concatenation, at batch 1, exactly like the
