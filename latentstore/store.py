@@ -324,9 +324,11 @@ class LatentDataset(IterableDataset):
                 mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
-        # Every unit yields an item, so each rank yields len(self) of them and DDP steps stay in
-        # lockstep: a unit whose samples were all skipped repeats the last item read (or the
-        # first one, where none was read yet).
+        # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
+        # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
+        # the last item read (or the first one, where none was read yet). A single process
+        # yields only what it read (N - k samples, the k named).
+        lockstep = self._rank_world()[1] > 1
         last, owed = None, 0
         for unit in units:
             batch = []
@@ -341,6 +343,8 @@ class LatentDataset(IterableDataset):
                     batch.append(sample)
             if batch:
                 last = batch[0] if self.batch_size is None else collate(batch)
+            elif not lockstep:
+                continue
             elif last is None:
                 owed += 1
                 continue
