@@ -1,41 +1,18 @@
 """The trainer's speed settings, tested on the CPU: precision choice, compile, no host sync per step."""
 import csv
-import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from latentstore.build import BuildConfig, build
 from latentstore.errors import ConfigError
 from latentstore.train import parse_config
 from latentstore.train.speed import (StepMeter, autocast_dtype, maybe_compile, prepare_model,
                                      uses_channels_last)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"train_{name}_speed", ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-classify = load_script("classify")
-
-
-@pytest.fixture(scope="module")
-def store(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("speed-store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=2, crop=64, shard_size=2),
-          progress=False)
-    return out
+from test_train import classify, store  # noqa: F401  (the trainer script and its tiny store)
 
 
 def args(store, out, *extra):
