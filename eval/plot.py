@@ -5,7 +5,7 @@
     python eval/plot.py runs/*/eval.json --out fig.png --table results.md
 
 One line per method (the records' "method"), points sorted by bpp. --paper adds
-METHOD §6's published points as dashed reference markers. --latency adds an
+docs/method.md §6's published points as dashed reference markers. --latency adds an
 accuracy–latency panel, with the latency from each record's "complexity"
 (eval --complexity) or from a --complexity JSON (eval/complexity.py --json).
 --table also writes the Markdown tables (methods × rate points). Logic:
@@ -34,7 +34,7 @@ def parse(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("records", nargs="+", help="eval.json files (eval/classify.py, eval/segment.py)")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--paper", action="store_true", help="add the paper's published points (METHOD §6)")
+    p.add_argument("--paper", action="store_true", help="add the paper's published points (docs/method.md §6)")
     p.add_argument("--latency", action="store_true", help="add an accuracy–latency scatter")
     p.add_argument("--complexity", default=None, help="complexity JSON (eval/complexity.py --json) for --latency")
     p.add_argument("--latency-device", choices=("cpu", "gpu"), default="cpu")

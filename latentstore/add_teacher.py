@@ -29,7 +29,6 @@ crashed run (its teacher members are recomputed, giving the same bytes).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from .augment import apply
 from .build import BuildConfig, _check_resume, to_input
 from .coders import load_coder
 from .convert import member_files
+from .checksum import audit
 from .errors import ConfigError, InputError, StoreError
 from .format import (TEACHER_PREFIX, check_recorded_files, commit_record_name, decode_npy, read_manifest,
                      write_json_atomic)
@@ -184,14 +184,13 @@ def _rewrite_group(store, backend, split, record, layout, teacher, check, root, 
         for shard in record["shards"]:
             # A tar shard rewritten by a crashed run already holds teacher members (a Zarr unit's
             # record lists only its old fields, so it never shows them).
-            pristine = backend != "webdataset" or \
-                hashlib.sha256((store / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
+            pristine = backend != "webdataset" or audit(store / shard["path"], shard)
             count = 0
             for key, members in stored_members(store, backend, shard):
                 where = f"shard {shard['path']}, key {key}"
                 ours = {m for m in members if m.startswith(TEACHER_PREFIX)}
                 if not pristine and ours != wanted:
-                    raise StoreError(f"{where}: the shard differs from its commit record (sha256) and was not "
+                    raise StoreError(f"{where}: the shard differs from its commit record (checksum) and was not "
                                      f"written by an earlier add-teacher run: run `latentstore verify`")
                 members = {m: b for m, b in members.items() if m not in ours}
                 meta = json.loads(members["meta.json"])

@@ -1,7 +1,7 @@
 """Pure, seeded augmentation: ``params = sample_params(rng, ...)``; ``apply(img, params)``.
 
 Sampling and applying are split so that the exact parameters of every stored
-variant can be written next to it (METHOD §3) and replayed later in the pixel
+variant can be written next to it (docs/method.md §3) and replayed later in the pixel
 domain. Every mode reduces to one geometric recipe: take a box of the source
 image (in source pixels, possibly fractional), resample it to the output size,
 optionally mirror it. ``apply`` only knows that recipe, so train and val share
@@ -99,7 +99,7 @@ def _sample_val(rng, width, height, crop, resize):
             "resized_size": [rw, rh]}
 
 
-SEG_SCALE = (0.5, 2.0)   # METHOD §3: Cityscapes train crops come after a random rescale in this range
+SEG_SCALE = (0.5, 2.0)   # docs/method.md §3: Cityscapes train crops come after a random rescale in this range
 
 
 def _sample_seg_train(rng, width, height, crop, resize, scale=SEG_SCALE):

@@ -34,7 +34,7 @@ class BuildConfig:
     variants: int = 1
     augment: str | None = None        # augment.SAMPLERS; default: (seg-)train for the train split, else (seg-)val
     seed: int = 0
-    crop: int | None = None           # default 224, or 640 for seg-train (METHOD §3)
+    crop: int | None = None           # default 224, or 640 for seg-train (docs/method.md §3)
     resize: int = 256
     limit: int | None = None
     label_file: str | None = None

@@ -35,7 +35,7 @@ class CoderSpec:
     name: str               # compressai.zoo name, e.g. "cheng2020-anchor"
     model_class: type       # the exact class the zoo builds (checked with `type(m) is`)
     channels: dict          # quality -> latent channels M of y
-    # How ŷ relates to the coded symbols (METHOD §2):
+    # How ŷ relates to the coded symbols (docs/method.md §2):
     #   "round":   ŷ = round(y), symbols = round(y) (after the EntropyBottleneck's medians)
     #   "mean":    ŷ = round(y - μ) + μ, μ from the hyperprior
     #   "context": as "mean", μ also from the causal context of decoded ŷ (serial)

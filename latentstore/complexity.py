@@ -1,6 +1,6 @@
-"""Parameter, MAC and latency counts for the model zoo (METHOD §4's table).
+"""Parameter, MAC and latency counts for the model zoo (docs/method.md §4's table).
 
-MACs (multiply-accumulates, what METHOD calls FLOPs) are counted with forward
+MACs (multiply-accumulates, what the paper calls FLOPs) are counted with forward
 hooks, per sample (the batch dimension divided out), for:
 
 - ``nn.Conv1d/2d/3d`` (incl. timm's Conv2dSame): out elements × (C_in/groups) × kernel volume;

@@ -237,7 +237,7 @@ class Encoder:
         if h % 64 or w % 64 or h == 0 or w == 0:
             raise InputError(
                 f"Image size {h}x{w} is not a multiple of 64 (the hyper-latent stride): "
-                "pad it first and record the padding (METHOD §2)")
+                "pad it first and record the padding (docs/method.md §2)")
 
     def _bottleneck_code(self, v: torch.Tensor):
         """Code one image's v with the entropy bottleneck: (symbols, decoded v̂, string)."""

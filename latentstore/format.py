@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checksum import audit
 from .errors import StoreError
 
 FORMAT_NAME = "latentstore"
@@ -93,14 +94,15 @@ def file_sha256(path) -> str:
 
 
 def check_recorded_files(store, shard: dict, action: str) -> None:
-    """Every file of a tar shard or Zarr unit has its recorded size and sha256, before `action` reads it."""
+    """Every file of a tar shard or Zarr unit has its recorded size and digests, before `action` reads it."""
+
     for f in shard.get("files", [shard]):
         path = Path(store) / f["path"]
         if not path.is_file():
             raise StoreError(f"shard {shard['path']}: {f['path']} is missing; {action} stops before reading it. "
                              "Run `latentstore verify` and rebuild the damaged group.")
-        if path.stat().st_size != f["bytes"] or file_sha256(path) != f["sha256"]:
-            raise StoreError(f"shard {shard['path']}: {f['path']} differs from its record (size or sha256); "
+        if not audit(path, f):
+            raise StoreError(f"shard {shard['path']}: {f['path']} differs from its record (size or checksum); "
                              f"{action} stops rather than carry the damage over. Run `latentstore verify` "
                              "and rebuild the damaged group.")
 

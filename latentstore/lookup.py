@@ -121,7 +121,7 @@ def _group_of(shard: dict) -> int:
 def read_tar_sample(store, shard: dict, index: int, key: str, fields: tuple) -> dict:
     """Sample number `index` of a tar shard, checked to be `key` (reads the shard up to it)."""
     for i, sample in enumerate(iter_shard(Path(store) / shard["path"], shard["path"], None, fields,
-                                          wanted={index})):
+                                          wanted={index}, record=shard)):
         if i == index:
             if sample["__key__"] != key:
                 raise StoreError(f"shard {shard['path']}: sample #{index} is {sample['__key__']!r}, its commit "

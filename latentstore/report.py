@@ -1,6 +1,6 @@
 """Eval records -> the paper's tables and rate–accuracy plots.
 
-One table of the paper's published numbers (METHOD §6), method labels in the
+One table of the paper's published numbers (docs/method.md §6), method labels in the
 paper's spelling, Markdown in the paper's layout (rows = methods, columns =
 rate points, cells = top-1 or mIoU in percent), and the figures: rate–accuracy
 and rate–mIoU curves, one line per method, and an accuracy–latency scatter.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-# METHOD §6: cheng2020, top-1 % on ImageNet val at the paper's three rate points.
+# docs/method.md §6: cheng2020, top-1 % on ImageNet val at the paper's three rate points.
 PAPER_BPP = (0.164, 0.340, 0.753)
 PAPER = {
     "classification": {
@@ -23,7 +23,7 @@ PAPER = {
         "ResNet-50-aa + transfer": (69.26, 72.24, 73.75),
         "Reshape + ResNet-50": (53.63, 54.59, 63.15),
     },
-    # Cityscapes mIoU %, the same three operating points. METHOD does not give their
+    # Cityscapes mIoU %, the same three operating points. the paper does not give their
     # Cityscapes bpp, so plots place them at the ImageNet bpp (docs/results.md says so).
     "segmentation": {
         "PSPNet-50-aa + transfer": (61.96, 65.26, 66.01),
@@ -83,7 +83,7 @@ def markdown_row(record: dict) -> str:
 
 
 def results_table(records: list[dict], task: str, paper: bool = False) -> str:
-    """Methods × rate points, as in METHOD §6. Columns are (coder, quality), headed by the measured bpp."""
+    """Methods × rate points, as in docs/method.md §6. Columns are (coder, quality), headed by the measured bpp."""
     key, label = METRIC[task]
     recs = [r for r in records if r["task"] == task]
     points = sorted({(r["coder"], r["quality"]) for r in recs}, key=lambda p: (p[0], p[1]))
@@ -100,7 +100,7 @@ def results_table(records: list[dict], task: str, paper: bool = False) -> str:
         ph = ["method (paper, cheng2020)"] + [f"{b:.3f} bpp" for b in PAPER_BPP]
         pl = ["| " + " | ".join(ph) + " |", "|" + "---|" * len(ph)]
         pl += ["| " + " | ".join([m] + [_fmt(v) for v in vals]) + " |" for m, vals in PAPER[task].items()]
-        out += f"\n\n{label}, paper (METHOD §6):\n\n" + "\n".join(pl)
+        out += f"\n\n{label}, paper (docs/method.md §6):\n\n" + "\n".join(pl)
     return out
 
 

@@ -1,6 +1,6 @@
 """Reading a store as a torch IterableDataset: an epoch order that depends on (seed, epoch) only.
 
-How one epoch is read (RELIABILITY properties 8-11):
+How one epoch is read (docs/reliability.md §8-§11):
 
 1. Epoch e reads stored variant ``e mod K`` (or a fixed ``variant=``).
 2. The epoch's global order G is a list of (shard, sample index) pairs computed
@@ -63,7 +63,7 @@ REMAINDERS = ("drop", "pad")
 def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool,
                         wanted=None) -> Iterator[dict | None]:
     return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
-                      wanted=wanted, sha256=shard.get("sha256"), size=shard.get("bytes"))
+                      wanted=wanted, record=shard)
 
 
 #: manifest["backend"] -> fn(store path, shard record, fields, lenient, wanted=None) yielding the

@@ -1,4 +1,4 @@
-"""Teacher features for pixel-to-compressed knowledge transfer (METHOD §5), cached beside the latents.
+"""Teacher features for pixel-to-compressed knowledge transfer (docs/method.md §5), cached beside the latents.
 
 A teacher is a frozen pixel-domain CNN. Its input is the very uint8 crop the
 coder encoded (UNPADDED: padding is the coder's business), scaled to [0, 1]
@@ -35,7 +35,7 @@ from .weights import check_file, hash_prefix, hf_cache_dir, hf_cached_file, offl
 TEACHER_DTYPES = ("float16", "bfloat16", "int8")
 DEFAULT_STRIDES = (8, 16, 32)
 SEGMENTATION_TEACHERS = {"pspnet50"}  # latentstore.models.PSPNet, layers by name, weights from a file
-# What the manifest fingerprint must agree on for a trainer to accept a store (RELIABILITY §7).
+# What the manifest fingerprint must agree on for a trainer to accept a store (docs/reliability.md §7).
 FINGERPRINT_KEYS = {"model": ("name",), "weights": ("weights_sha256",), "normalization": ("mean", "std"),
                     "taps": ("taps",)}
 
@@ -354,7 +354,7 @@ def teacher_entries(manifest: dict, split: str | None = None) -> dict:
 
 
 def check_teacher(manifest: dict, expected, split: str | None = None) -> None:
-    """Refuse a store whose teacher is not the one a trainer distils from (RELIABILITY §7).
+    """Refuse a store whose teacher is not the one a trainer distils from (docs/reliability.md §7).
 
     `expected` is a fingerprint dict (``Teacher.fingerprint``) or a loaded Teacher.
     Compares model name, weights sha256, normalization (mean/std) and taps

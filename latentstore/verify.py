@@ -23,7 +23,8 @@ from tqdm import tqdm
 from .coders import load_coder_from_manifest
 from .encode import STORE_THREADS, EncodedImage, decode_y_hat
 from .errors import LatentstoreError
-from .format import ENCODER_REVISION, file_sha256, read_manifest
+from .checksum import audit
+from .format import ENCODER_REVISION, read_manifest
 from .store import SOURCES
 
 
@@ -48,13 +49,13 @@ def _declared_fields(manifest: dict, split: dict) -> set:
 
 
 def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
-    """A tar shard exists with the recorded size and sha256."""
+    """A tar shard exists with the recorded size and digests."""
     name, path = shard["path"], store / shard["path"]
     if not path.is_file():
         report.problems.append(f"shard {name}: missing")
         return False
-    if path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
-        report.problems.append(f"shard {name}: sha256 or size differs from the manifest (damaged or replaced)")
+    if not audit(path, shard):
+        report.problems.append(f"shard {name}: size or checksum differs from the manifest (damaged or replaced)")
         return False
     return True
 

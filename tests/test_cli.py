@@ -82,7 +82,7 @@ def test_models_lists_names_and_counts(capsys):
     for example in ("resnet101-aa", "regnety_016-aa"):                                          # the hint's
         resolve(example)
     code, out, err = run(capsys, "models", "resnet50-aa", "--quality", "5")
-    assert code == 0 and "| resnet50-aa | 192×14×14 | 27.32 | 4.318 |" in out  # METHOD §4: 27.3M, 4.3B
+    assert code == 0 and "| resnet50-aa | 192×14×14 | 27.32 | 4.318 |" in out  # docs/method.md §4: 27.3M, 4.3B
     assert "1/1" in err                                                         # a bar on stderr
     code, out, err = run(capsys, "models", "resnet18-aa", "--quiet")
     assert code == 0 and "| resnet18-aa |" in out and "1/1" not in err

@@ -1,4 +1,4 @@
-"""Bad-input corpus for images.load_rgb, written as real files (RELIABILITY property 12)."""
+"""Bad-input corpus for images.load_rgb, written as real files (docs/reliability.md §12)."""
 import struct
 import zlib
 

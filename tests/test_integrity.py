@@ -47,7 +47,37 @@ def flip_in_member(shard, suffix):
 def test_a_flipped_payload_byte_in_a_tar_is_an_error_naming_the_shard(stores, tmp_path, suffix):
     store = copy(stores["webdataset"], tmp_path)
     flip_in_member(store / "train" / "v000-000001.tar", suffix)
-    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar: sha256 differs .* Its keys: train_class0_img2_v000"):
+    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar: bytes differ from the manifest's checksum .* Its keys: train_class0_img2_v000"):
+        read_all(store)
+
+
+@pytest.mark.parametrize("backend", ["webdataset", "zarr"])
+def test_the_read_check_is_the_crc32c_and_stores_without_one_fall_back_to_sha256(stores, tmp_path, backend):
+    """New stores record a CRC-32C per file and readers check it; a record without one (a store
+    written before it) is checked by its sha256, so damage is caught either way."""
+    store = copy(stores[backend], tmp_path)
+    manifest = json.loads((store / MANIFEST).read_text())
+    files = [f for shard in manifest["splits"]["train"]["shards"] for f in shard.get("files", [shard])]
+    assert all(len(f["crc32c"]) == 8 for f in files)
+    label_file = next(f for f in files if backend == "webdataset" or "/label/" in f["path"])
+    # A wrong CRC with the right sha256: only a reader that checks the CRC refuses it.
+    label_file["crc32c"] = f"{int(label_file['crc32c'], 16) ^ 1:08x}"
+    (store / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="differ"):
+        read_all(store)
+    # No CRC recorded and a damaged file: the sha256 catches it.
+    for f in files:
+        del f["crc32c"]
+    (store / MANIFEST).write_text(json.dumps(manifest))
+    assert len(read_all(store)) == 6
+    path = store / label_file["path"]
+    if backend == "webdataset":
+        flip_in_member(path, ".cls")
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x02
+        path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="differ"):
         read_all(store)
 
 

@@ -1,4 +1,4 @@
-"""latentstore.models: -aa edits, baselines, PSPNet, taps, pixel weights, counts vs METHOD §4.
+"""latentstore.models: -aa edits, baselines, PSPNet, taps, pixel weights, counts vs docs/method.md §4.
 
 Full-size counts are exact integers from the models built here; the paper's
 rounded figures are checked with `round(...)`. Forwards run at small shapes;
@@ -19,7 +19,7 @@ from latentstore.models import (PSPNet, TapClassifier, check_tap_shapes, create_
 from latentstore.models.adapt import SubPixelStem
 from latentstore.models.baselines import CResNet, Decode, ReshapeInput, TwoInputCResNet
 
-C = 192  # the latent channel count that reproduces METHOD §4's parameter deltas (docs/models.md)
+C = 192  # the latent channel count that reproduces docs/method.md §4's parameter deltas (docs/models.md)
 
 
 def forward_backward(model, *inputs):
@@ -196,7 +196,7 @@ def test_pixel_weights_of_another_model_are_rejected(tmp_path):
         create_model("resnet18-aa", 128, 1000, pixel_weights=str(tmp_path / "nope.pth"))
 
 
-# ----------------------------------------------------------------- counts vs METHOD §4
+# ----------------------------------------------------------------- counts vs docs/method.md §4
 
 def counts(model, *shape):
     return count_params(model), count_macs(model, torch.zeros(1, *shape))

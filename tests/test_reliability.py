@@ -1,4 +1,4 @@
-"""RELIABILITY.md properties 1-5 for tar stores: atomic commits, resume, parts + seal, verify."""
+"""docs/reliability.md §1-§5 for tar stores: atomic commits, resume, parts + seal, verify."""
 import random
 import subprocess
 import sys
@@ -95,14 +95,14 @@ def test_verify_names_every_damaged_shard(reference, tmp_path):
     (store / "train" / ".v000-000009.tar.tmp-123").write_bytes(b"partial")
     report = verify(store)
     text = "\n".join(report.problems)
-    assert "train/v000-000002.tar: sha256 or size differs" in text
-    assert "train/v001-000004.tar: sha256 or size differs" in text
+    assert "train/v000-000002.tar: size or checksum differs" in text
+    assert "train/v001-000004.tar: size or checksum differs" in text
     assert "leftover temporary file" in text
     assert len(report.problems) == 3
 
 
 def test_verify_decode_catches_a_y_hat_that_does_not_match_the_strings(reference, tmp_path):
-    """Re-pack one sample with a different ŷ but a consistent sha256: only decoding can tell."""
+    """Re-pack one sample with a different ŷ but consistent digests: only decoding can tell."""
     import io
     import json
     import numpy as np
@@ -124,8 +124,8 @@ def test_verify_decode_catches_a_y_hat_that_does_not_match_the_strings(reference
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
-    import hashlib
-    shard["sha256"], shard["bytes"] = hashlib.sha256(buf.getvalue()).hexdigest(), len(buf.getvalue())
+    from latentstore.checksum import file_record
+    shard.update(file_record(path))
     (store / MANIFEST).write_text(json.dumps(manifest))
     report = verify(store, decode=12)
     assert len(report.problems) == 1

@@ -2,6 +2,7 @@
 import json
 import os
 
+import google_crc32c
 import numpy as np
 import pytest
 
@@ -30,13 +31,14 @@ def write_group(store, n=5, variants=1):
     return json.loads((store / "train" / "group-000000.json").read_text())
 
 
-def test_commit_writes_shards_and_record_with_sha256(tmp_path):
+def test_commit_writes_shards_and_record_with_digests(tmp_path):
     import hashlib
     record = write_group(tmp_path, n=5, variants=2)
     assert [s["samples"] for s in record["shards"]] == [5, 5]
     for s in record["shards"]:
         data = (tmp_path / s["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == s["sha256"] and len(data) == s["bytes"]
+        assert google_crc32c.value(data) == int(s["crc32c"], 16) and len(s["crc32c"]) == 8
     assert not [p for p in os.listdir(tmp_path / "train") if ".tmp" in p]
 
 

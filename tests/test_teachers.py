@@ -247,7 +247,7 @@ def test_taps_by_stride_and_by_layer_name():
     t = load_teacher("resnet50", "untrained")
     assert [(x.layer, x.stride, x.channels) for x in t.taps] == [("layer2", 8, 512), ("layer3", 16, 1024),
                                                                  ("layer4", 32, 2048)]
-    shapes = t.fingerprint(224, 224)["feature_shapes"]  # METHOD §5
+    shapes = t.fingerprint(224, 224)["feature_shapes"]  # docs/method.md §5
     assert shapes == {"teacher_s8": [512, 28, 28], "teacher_s16": [1024, 14, 14], "teacher_s32": [2048, 7, 7]}
     by_name = load_teacher("resnet18", "untrained", layers="layer1,layer3")
     assert [x.field for x in by_name.taps] == ["teacher_layer1", "teacher_layer3"]

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 8 train/classify.py --store /stores/in1k-cheng2020-q3 --model resnet50-aa \
         --pixel-weights pretrained --transfer mse --beta 1.0 --epochs 16 --batch-size 256 --out runs/r50aa-q3
 
-Recipe (METHOD §5, the defaults): SGD, momentum 0.9, lr 0.01, ×0.1 at 3/4 of
+Recipe (docs/method.md §5, the defaults): SGD, momentum 0.9, lr 0.01, ×0.1 at 3/4 of
 the epochs and again at the last epoch; global batch 256. Loss = cross-entropy
 + β · Σ_taps d(student map, stored teacher map). Epoch e reads stored variant
 e mod K. Rerunning the same command resumes from OUT/last.pt.
@@ -25,7 +25,7 @@ class Config(TrainConfig):
 
 
 def recipe_milestones(epochs: int) -> tuple:
-    """lr ×0.1 at 3/4 of the epochs and at the last epoch (METHOD §5)."""
+    """lr ×0.1 at 3/4 of the epochs and at the last epoch (docs/method.md §5)."""
     return tuple(sorted({max(1, 3 * epochs // 4), max(1, epochs - 1)}))
 
 

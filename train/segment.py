@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 8 train/segment.py --store /stores/cs-cheng2020-q3 --model pspnet50-aa \
         --pixel-weights /weights/resnet50s.pth --transfer mse --epochs 80 --out runs/psp-q3
 
-Recipe (METHOD §5, the defaults): SGD, momentum 0.9, lr 1e-3 → 1e-4 at epoch
+Recipe (docs/method.md §5, the defaults): SGD, momentum 0.9, lr 1e-3 → 1e-4 at epoch
 40 of 80. Loss = cross-entropy on the stored label map (ignore 255) + 0.4 ×
 the auxiliary head's + β · Σ_taps d(student map, stored teacher map).
 Logits come out at the crop's resolution (16× the latent), as the labels are stored.
@@ -31,7 +31,7 @@ class Config(TrainConfig):
 
 
 def recipe_milestones(epochs: int) -> tuple:
-    """lr 1e-3 → 1e-4 half-way (epoch 40 of 80, METHOD §5)."""
+    """lr 1e-3 → 1e-4 half-way (epoch 40 of 80, docs/method.md §5)."""
     return (max(1, epochs // 2),)
 
 

@@ -7,7 +7,7 @@
 Names (``REGISTRY``; ``<timm>`` is any timm CNN whose family has an -aa rule):
 
     <timm>            the pixel model itself (teacher, Decode baseline's second half)
-    <timm>-aa         architecture adaptation, METHOD §4
+    <timm>-aa         architecture adaptation, docs/method.md §4
     decode+<timm>     the coder's g_s, then the pixel model (pass coder=)
     reshape+resnet50  zero-pad + pixel-shuffle ŷ to 3 channels, then ResNet-50
     cresnet51         Torfason et al. cResNet-51 on ŷ
@@ -82,7 +82,7 @@ REGISTRY = [
                lambda t, c, n, coder, **kw: timm_classifier(t, n, latent_channels=c, **kw),
                lambda t: t,
                lambda m: (m.net, (_stem_prefix(m.net),), (_stem_prefix(m.net),)),
-               "architecture adaptation of a timm CNN (METHOD §4)"),
+               "architecture adaptation of a timm CNN (docs/method.md §4)"),
     ModelEntry("{timm}", "classification", ("image",),
                lambda t, c, n, coder, **kw: timm_classifier(t, n, **kw),
                lambda t: t, lambda m: (m.net, (), ()),

@@ -1,4 +1,4 @@
-"""Architecture adaptation ("-aa", METHOD §4) for timm CNNs, and the classifier wrapper.
+"""Architecture adaptation ("-aa", docs/method.md §4) for timm CNNs, and the classifier wrapper.
 
 A pixel CNN sees a 224×224 image; ŷ is C×14×14 (stride 16). The adaptation
 takes away the network's first two 2× downsamplings and puts a 4× sub-pixel

@@ -1,4 +1,4 @@
-"""The paper's baselines (METHOD §4): cResNet-51/39, Reshape + ResNet-50, Decode + model.
+"""The paper's baselines (docs/method.md §4): cResNet-51/39, Reshape + ResNet-50, Decode + model.
 
 cResNet (Torfason et al. 2018, our reading; docs/models.md has the details):
 ResNet-50 with the root block (7×7 conv + max-pool) and conv2_x removed,
@@ -7,7 +7,7 @@ cResNet-51 = Bottleneck blocks [conv3_x 4, conv4_x 10, conv5_x 3] (17 blocks ×
 3 convs = 51 layers); cResNet-39 = [4, 6, 3]. Torfason's latent has stride 8,
 so there conv3_x ran at its native resolution. ŷ here has stride 16 (14×14
 from 224×224); conv3_x and conv4_x run at 14×14 with stride 1 and conv5_x
-downsamples to 7×7 - the only layout that gives METHOD's 29.8M / 3.3B.
+downsamples to 7×7 - the only layout that gives the paper's 29.8M / 3.3B.
 """
 from __future__ import annotations
 

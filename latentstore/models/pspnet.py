@@ -1,9 +1,9 @@
-"""PSPNet-50 and PSPNet-50-aa for semantic segmentation (Zhao et al. 2017; METHOD §4).
+"""PSPNet-50 and PSPNet-50-aa for semantic segmentation (Zhao et al. 2017; docs/method.md §4).
 
 Backbone: timm ``resnet50s`` - ResNet-50 with the "deep base" stem of the
 reference PSPNet code (three 3×3 convs 3→64→64→128) - built with
 ``output_stride=8`` (layer3 dilation 2, layer4 dilation 4). The deep stem is
-what reproduces METHOD's counts (49.1M params; the -aa variant's 282B MACs at
+what reproduces the paper's counts (49.1M params; the -aa variant's 282B MACs at
 640×640 only come out if the stem's 2nd and 3rd convs survive and run at
 stride 4, see docs/models.md). Head: pyramid pooling (bins 1, 2, 3, 6; 1×1
 conv 2048→512 each), concat (4096) → 3×3 conv 512 → dropout → 1×1 classifier;

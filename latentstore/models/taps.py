@@ -1,4 +1,4 @@
-"""Feature taps: intermediate maps the knowledge-transfer loss compares (METHOD §5).
+"""Feature taps: intermediate maps the knowledge-transfer loss compares (docs/method.md §5).
 
 A tap names a submodule whose output is returned next to the logits, plus the
 channel count and the stride ("reduction") of that output relative to the
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-#: Strides at which the classification teacher stores features (METHOD §5).
+#: Strides at which the classification teacher stores features (docs/method.md §5).
 CLASSIFICATION_STRIDES = (8, 16, 32)
 
 

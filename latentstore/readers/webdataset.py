@@ -2,30 +2,30 @@
 
 A tar file has no trailer, so a shard cut at a member boundary reads back
 without any error from tarfile or webdataset. The strict reader therefore
-checks every shard against the manifest: its size and sha256 before reading
-(one C-speed pass over a read-only map of the file, so a flipped payload
-byte is caught before any sample is handed out), the sample count, the
+checks every shard against the manifest: its size, and its digest before
+reading (CRC-32C, or sha256 for stores that predate it: one C-speed pass over
+a read-only map of the file, latentstore/checksum.py), so a flipped payload
+byte is caught before any sample is handed out; then the sample count, the
 required fields of every sample, and that each field decodes. Every error
-names the shard and, where there is one, the sample key. A shard whose hash
+names the shard and, where there is one, the sample key. A shard whose digest
 matched is remembered for the life of the process (by path, size and mtime),
-so later epochs read it without hashing again: a changed file gets a new
-mtime, and the hash then runs again.
+so later epochs read it without checking again: a changed file gets a new
+mtime, and the check then runs again.
 """
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
 from pathlib import Path
 from typing import Container, Iterator
 
+from ..checksum import read_check
 from ..errors import StoreError
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 
 
 _BLOCK = 512
 _END = bytes(_BLOCK)
-_VERIFIED: set = set()  # (path, size, mtime_ns, sha256) of shards that hashed right in this process
+_VERIFIED: set = set()  # (path, size, mtime_ns, sha256) of shards whose digest matched in this process
 
 
 def _octal(field: bytes) -> int:
@@ -42,14 +42,6 @@ def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
     if block[257:262] == b"ustar" and block[345] != 0:  # ustar's name prefix: a path, refused below
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
     return name, _octal(block[124:136]), block[156:157]
-
-
-def _sha256(f) -> str:
-    """sha256 of an open file in one C call over a read-only map (no copy on the Python heap)."""
-    if os.fstat(f.fileno()).st_size == 0:
-        return hashlib.sha256().hexdigest()
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return hashlib.sha256(mm).hexdigest()
 
 
 def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
@@ -108,7 +100,7 @@ def _pax_path(data: bytes) -> bytes | None:
 def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
                lenient: bool = False, wanted: Container[int] | None = None,
-               sha256: str | None = None, size: int | None = None) -> Iterator[dict | None]:
+               record: dict | None = None) -> Iterator[dict | None]:
     """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
 
     `fields` limits which fields are decoded (None: all). `wanted` (sample
@@ -118,21 +110,19 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     or a sample count other than `expected_samples`. With ``lenient=True`` it
     yields {"__key__", "__shard__", "__error__": message} in place of a damaged
     sample and goes on; damage to the shard itself (unreadable tar, wrong count)
-    comes last, as such a dict with ``__key__`` None. With `sha256` (and
-    `size`, checked before reading), the file must match the manifest: a
-    mismatch comes last too, after samples that must then not be used.
+    comes last, as such a dict with ``__key__`` None. With `record` (the
+    manifest's shard entry: bytes, sha256 and, in newer stores, crc32c) the file
+    must match it before any sample is read.
     """
     count = 0
     try:
         st = os.stat(path)
-        if size is not None and st.st_size != size:
-            raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {size} "
+        if record is not None and st.st_size != record["bytes"]:
+            raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
-        memo = (str(path), st.st_size, st.st_mtime_ns, sha256)
-        if sha256 and memo not in _VERIFIED:
-            with open(path, "rb") as f:
-                damaged = _sha256(f) != sha256
-            if damaged:
+        memo = (str(path), st.st_size, st.st_mtime_ns, record and record["sha256"])
+        if record is not None and memo not in _VERIFIED:
+            if not read_check(path, record):
                 yield from _damaged(Path(path), shard, expected_samples, lenient)
                 return
             _VERIFIED.add(memo)
@@ -164,9 +154,9 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
 
 
 def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Iterator[dict]:
-    """A shard whose sha256 differs: no sample is trusted. Strict: one error naming the keys it holds;
+    """A shard whose digest differs: no sample is trusted. Strict: one error naming the keys it holds;
     lenient: an error per sample, with its key (so skip lists name them)."""
-    why = ("sha256 differs from the manifest (a damaged or replaced shard), so none of its samples can be "
+    why = ("bytes differ from the manifest's checksum (a damaged or replaced shard), so none of its samples can be "
            "trusted. Run `latentstore verify` and rebuild it (delete its group record, rerun the build command)")
     keys = [key for key, _ in iter_raw(path, shard)]  # names only; a damaged header raises here
     if not lenient:

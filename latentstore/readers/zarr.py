@@ -2,9 +2,10 @@
 
 Zarr itself reads a missing chunk as fill_value without a word, and blosc has
 no checksum (a flipped byte decodes to other numbers), so nothing is read
-before the unit's files of the arrays being read (listed with size and sha256
-in the manifest) are checked: size always, sha256 once per process and file
-(memoized by path, size and mtime, so later epochs do not hash again).
+before the unit's files of the arrays being read (listed with size and digests
+in the manifest) are checked: size always, the digest once per process and file
+(latentstore/checksum.py; memoized by path, size and mtime, so later epochs do
+not check again).
 ``verify`` also looks for chunks no commit record claims and for leftover
 temporary files. Every error is a StoreError naming the unit (and key). Samples come out exactly as ``iter_shard`` gives
 them from a tar shard of the same build: same keys, dtypes and values
@@ -12,7 +13,6 @@ them from a tar shard of the same build: same keys, dtypes and values
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Container, Iterator
 import numpy as np
 import zarr
 
+from ..checksum import audit, read_check
 from ..errors import ConfigError, StoreError
 from ..format import commit_record_name, read_manifest, smallest_int_dtype
 from ..writers.zarr import STORED_DTYPE, TEMP_PREFIX, VLEN_FIELDS
@@ -32,7 +33,7 @@ def _split_group(store: Path, split: str) -> zarr.Group:
         raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
 
 
-_HASHED: set = set()  # (path, size, mtime_ns) of files whose sha256 matched in this process
+_CHECKED: set = set()  # (path, size, mtime_ns) of files whose digest matched in this process
 
 
 def _array_of(path: str) -> str:
@@ -42,7 +43,7 @@ def _array_of(path: str) -> str:
 
 def check_files(store: Path, unit: dict, arrays=None) -> None:
     """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros); with
-    `arrays` (names), those arrays' files also hash to their recorded sha256."""
+    `arrays` (names), those arrays' files also match their recorded digest."""
     for f in unit["files"]:
         path = store / f["path"]
         if not path.is_file():
@@ -54,12 +55,12 @@ def check_files(store: Path, unit: dict, arrays=None) -> None:
         if arrays is not None and _array_of(f["path"]) in arrays:
             st = os.stat(path)
             memo = (str(path), st.st_size, st.st_mtime_ns)
-            if memo not in _HASHED:
-                if hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+            if memo not in _CHECKED:
+                if not read_check(path, f):
                     raise StoreError(f"shard {unit['path']}: chunk file {f['path']} differs from its record "
-                                     "(sha256): its samples cannot be trusted. Run `latentstore verify` and "
+                                     "(checksum): its samples cannot be trusted. Run `latentstore verify` and "
                                      "rebuild the group (rerun the build command)")
-                _HASHED.add(memo)
+                _CHECKED.add(memo)
 
 
 def _convert(name: str, value):
@@ -227,7 +228,7 @@ def metadata_problems(store: Path, split: str, info: dict) -> list[str]:
 
 
 def verify(store) -> list[str]:
-    """Problems of a Zarr store's committed data: missing, resized or altered chunks (sha256),
+    """Problems of a Zarr store's committed data: missing, resized or altered chunks (digests),
     chunks no commit record claims, leftover temporary files, wrong sample counts. Empty if sound."""
     store = Path(store)
     manifest = read_manifest(store)
@@ -244,10 +245,9 @@ def verify(store) -> list[str]:
                 path = store / f["path"]
                 if not path.is_file():
                     problems.append(f"shard {unit['path']}: chunk file {f['path']} is missing")
-                elif path.stat().st_size != f["bytes"] or \
-                        hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+                elif not audit(path, f):
                     problems.append(f"shard {unit['path']}: chunk file {f['path']} differs from the record "
-                                    "(size or sha256)")
+                                    "(size or checksum)")
         for path in sorted((store / split).rglob("*")):
             rel = path.relative_to(store).as_posix()
             if any(part.startswith(TEMP_PREFIX) or part.endswith(".partial") or ".tmp-" in part

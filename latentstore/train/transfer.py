@@ -1,4 +1,4 @@
-"""Pixel-to-compressed knowledge transfer (METHOD §5): loss = task + β · Σ_i d(F_i, T_i).
+"""Pixel-to-compressed knowledge transfer (docs/method.md §5): loss = task + β · Σ_i d(F_i, T_i).
 
 F_i are the student's tap maps, T_i the frozen teacher's maps stored beside
 the latent (fields ``teacher_s<stride>`` or ``teacher_<layer>``). Distances,

@@ -3,35 +3,33 @@
 A build splits the source into groups of ``shard_size`` images. Group j yields
 one shard per variant (``train/v000-00000j.tar`` ... ``v015-...``), written to
 temporary names and renamed only when the whole group succeeded; a commit
-record (``train/group-00000j.json``) with each shard's sha256 and sample count
+record (``train/group-00000j.json``) with each shard's digests and sample count
 is renamed last. A shard without a matching record is not part of the store.
 Tar headers are fixed (mtime 0, fixed owner, sorted members), so the bytes
 depend on the samples only.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import webdataset as wds
 
+from ..checksum import Digests
 from ..format import commit_record_name, fsync_dir, shard_name, write_json_atomic
 
 
 class _HashingFile:
-    """A write-only file wrapper that hashes and counts what passes through."""
+    """A write-only file wrapper that digests and counts what passes through."""
 
     def __init__(self, path: Path):
         self._f = open(path, "wb")
-        self.sha256 = hashlib.sha256()
-        self.nbytes = 0
+        self.digests = Digests()
 
     def write(self, data) -> int:
         if self._f is None:  # discarded: tarfile may still flush from its finalizer
             return len(data)
-        self.sha256.update(data)
-        self.nbytes += len(data)
+        self.digests.update(data)
         return self._f.write(data)
 
     def flush(self):
@@ -120,8 +118,7 @@ class ShardGroupWriter:
             os.replace(tmp, final)
             self._renamed = v + 1
             shards.append({"path": shard_name(self.split, v, self.group), "variant": v,
-                           "samples": self._counts[v], "bytes": f.nbytes,
-                           "sha256": f.sha256.hexdigest()})
+                           "samples": self._counts[v], **f.digests.record()})
         fsync_dir(self.store / self.split)
         record = {"group": self.group, "shards": shards, **self.extra}
         write_json_atomic(self.store / commit_record_name(self.split, self.group), record)

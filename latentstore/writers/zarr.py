@@ -23,7 +23,7 @@ of a group are therefore written into a private staging store
 group's samples arrive, so memory stays bounded), copied at commit into whole
 shards (``.../shards``, one (field, variant) at a time), fsynced, renamed into
 place, and only then is the commit record ``S/group-<j>.json`` written,
-listing every file with its size and sha256. A file that no record lists, or
+listing every file with its size and digests (latentstore/checksum.py). A file that no record lists, or
 a record whose file is gone, is caught by ``readers.zarr.verify`` and by the
 reader (a missing file is an error, never zeros); a resumed build rewrites
 the group.
@@ -40,8 +40,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from ..checksum import file_record
 from ..errors import StoreError
-from ..format import (FIELDS, commit_record_name, decode_field, field_for_member, file_sha256, fsync_dir,
+from ..format import (FIELDS, commit_record_name, decode_field, field_for_member, fsync_dir,
                       write_json_atomic)
 
 VLEN_FIELDS = ("y_string", "z_string", "meta")   # stored as bytes rows + offsets
@@ -324,7 +325,7 @@ class ZarrGroupWriter:
                 os.fsync(f.fileno())
             dst = dst_root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            entry = {"path": f"{self.split}/{rel.as_posix()}", "bytes": src.stat().st_size, "sha256": file_sha256(src)}
+            entry = {"path": f"{self.split}/{rel.as_posix()}", **file_record(src)}
             os.replace(src, dst)
             folders.add(dst.parent)
             units[variant]["files"].append(entry)
