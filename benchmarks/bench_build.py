@@ -40,7 +40,8 @@ import torch
 
 import latentstore
 from latentstore.augment import apply, sample_params, variant_rng
-from latentstore.build import BuildConfig, build, to_input
+from latentstore.build import BuildConfig, build
+from latentstore.encode import to_input
 from latentstore.coders import load_coder
 from latentstore.datasets import open_source
 from latentstore.format import MANIFEST, sample_key

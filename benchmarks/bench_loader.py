@@ -52,7 +52,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import latentstore
 from latentstore.augment import apply, sample_params
-from latentstore.build import BuildConfig, build, to_input
+from latentstore.build import BuildConfig, build
+from latentstore.encode import to_input
 from latentstore.coders import load_coder
 from latentstore.encode import Encoder
 from latentstore.format import read_manifest

@@ -2,9 +2,9 @@
 
 Each stored sample's crop is replayed from its source image (``meta.json``
 ``source`` + ``augment``, the dataset root from the split's build config), the
-teacher runs on it exactly as in a build with ``--teacher``, and every shard of
-the group is rewritten with the teacher members added. All other members keep
-their bytes, so a tar store is byte-identical to building with ``--teacher``
+teacher runs on it exactly as in a build with ``--teacher``, and the group is
+written again, each Sample with the teacher's fields added. Every other field
+serialises to the bytes it had, so a tar store is byte-identical to building with ``--teacher``
 from the start (tests/test_teachers.py checks it). A Zarr store gets new
 teacher arrays chunked like its existing ones (a build with ``--teacher``
 would chunk everything finer, as its samples are bigger), so its samples, not
@@ -37,35 +37,37 @@ import torch
 from tqdm import tqdm
 
 from .augment import apply
-from .build import BuildConfig, _check_resume, to_input
-from .coders import load_coder
-from .convert import member_files
+from .build_config import BuildConfig
 from .checksum import audit
+from .coders import load_coder
+from .commit import GroupCommit, GroupLayout
+from .crops_to_samples import teacher_fields
+from .encode import to_input
 from .errors import ConfigError, InputError, StoreError
-from .format import (TEACHER_PREFIX, check_recorded_files, commit_record_name, decode_npy, read_manifest,
-                     write_json_atomic)
+from .format import TEACHER_PREFIX, check_recorded_files, commit_record_name, get_field, read_manifest, write_json_atomic
 from .images import RejectedImage, load_rgb
+from .readers import iter_shard, iter_unit
+from .resume import check_resume
+from .sample import Sample, SampleMeta
 from .seal import read_parts, part_file, seal
 from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
                        teacher_entry)
-from .readers import iter_raw, iter_unit
-from .writers import WRITERS
 
 Y_HAT_SLACK = 1e-3  # float slack of recomputing g_a outside compress() (batched vs not)
 
 
 
 
-def replay_crop(root: Path, meta: dict, where: str) -> np.ndarray:
+def replay_crop(root: Path, meta: SampleMeta, where: str) -> np.ndarray:
     """The stored sample's uint8 crop, cut again from its source image."""
     try:
-        img = load_rgb(root / meta["source"])
-        crop = np.asarray(apply(img, meta["augment"]), dtype=np.uint8)
+        img = load_rgb(root / meta.source)
+        crop = np.asarray(apply(img, meta.augment), dtype=np.uint8)
     except (RejectedImage, InputError, OSError) as exc:
-        raise InputError(f"{where}: cannot replay source {meta['source']} ({exc}); the dataset under {root} "
+        raise InputError(f"{where}: cannot replay source {meta.source} ({exc}); the dataset under {root} "
                          f"changed since the build") from exc
-    if list(crop.shape[:2]) != list(meta["image_size"]):
-        raise InputError(f"{where}: replayed crop is {list(crop.shape[:2])}, the store has {meta['image_size']}")
+    if list(crop.shape[:2]) != list(meta.image_size):
+        raise InputError(f"{where}: replayed crop is {list(crop.shape[:2])}, the store has {meta.image_size}")
     return crop
 
 
@@ -80,10 +82,9 @@ class SourceCheck:
         self.model = coder.model
 
     @torch.no_grad()
-    def __call__(self, crop: np.ndarray, y_hat_bytes: bytes, where: str) -> None:
+    def __call__(self, crop: np.ndarray, stored: np.ndarray, where: str) -> None:
         x, _ = to_input([crop])
         y = self.model.g_a(x)[0].numpy()
-        stored = decode_npy(y_hat_bytes)
         y_hat = stored.astype(np.float32)
         if y.shape != y_hat.shape:
             raise InputError(f"{where}: replayed crop gives a latent of shape {y.shape}, the store has {y_hat.shape}")
@@ -102,8 +103,8 @@ def _teacher_config(identity: dict, store, teacher: str, weights, strides, layer
                           "teacher_strides": strides, "teacher_layers": layers, "teacher_dtype": dtype}).resolved()
 
 
-def _members_of(teacher: Teacher) -> set:
-    return {f"{t.field}{s}.npy" for t in teacher.taps for s in ([""] + ([".scale"] if teacher.dtype == "int8" else []))}
+def _fields_of(teacher: Teacher) -> set:
+    return {f"{t.field}{s}" for t in teacher.taps for s in ([""] + ([".scale"] if teacher.dtype == "int8" else []))}
 
 
 def add_teacher(store, teacher: str, weights: str = "pretrained", strides=(8, 16, 32), layers=(),
@@ -132,7 +133,7 @@ def _check_resume_or_start(store: Path, cfg: BuildConfig, manifest: dict, teache
     path = store / f"build-{cfg.split}.json"
     if path.is_file() and json.loads(path.read_text())["config"] == old:
         path.unlink()  # the plain build's identity: replaced by the one with the teacher, below
-    _check_resume(store, cfg, manifest["coder"]["weights"], teacher)
+    check_resume(store, cfg, manifest["coder"]["weights"], teacher)
 
 
 def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, check, progress: bool,
@@ -141,7 +142,7 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
     if not parts:
         raise StoreError(f"{store} has no part manifests for split {split!r}: rebuild it with this latentstore")
     root = Path(cfg.root)
-    wanted = _members_of(teacher)
+    wanted = _fields_of(teacher)
     total = sum(r["stats"]["samples"] for p in parts.values() for r in p["records"])
     bar = tqdm(total=total, unit="sample", desc=f"teacher {teacher.name} {split}", disable=not progress)
     try:
@@ -150,11 +151,11 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
             for old in part["records"]:
                 # The group record on disk is newer than the part's copy if a crashed run got that far.
                 old = json.loads((store / commit_record_name(split, old["group"])).read_text())
-                done = wanted <= set(old["stats"]["field_bytes"])
-                layout = {"item_keys": old["items"], "first_item": old["group"] * cfg.shard_size,
-                          "total_items": total_items, "shard_size": cfg.shard_size}
-                records.append(old if done else _rewrite_group(store, cfg.format, split, old, layout, teacher,
-                                                               check, root, wanted, bar))
+                done = {get_field(f).ext for f in wanted} <= set(old["stats"]["field_bytes"])
+                layout = GroupLayout(split, old["group"], len(old["shards"]), tuple(old["items"]), cfg.shard_size,
+                                     total_items)
+                records.append(old if done else _rewrite_group(store, cfg.format, old, layout, teacher, check, root,
+                                                               wanted, bar))
                 bar.update(old["stats"]["samples"] if done else 0)
             part = {**part, "config": cfg.identity(), "records": records,
                     "latent": teacher_entry(teacher, {k: v for k, v in part["latent"].items() if k != "teacher"})}
@@ -163,52 +164,40 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
         bar.close()
 
 
-def stored_members(store: Path, backend: str, shard: dict):
-    """(key, {member suffix: bytes}) of one tar shard or Zarr unit, in stored order, as a tar holds them."""
+def stored_samples(store: Path, backend: str, shard: dict):
+    """The Samples of one tar shard or Zarr unit, every field decoded, in stored order. A tar shard
+    is read without its recorded digest: a crashed add-teacher run may have replaced it already."""
     if backend == "webdataset":
-        yield from iter_raw(store / shard["path"], shard["path"])
-        return
-    for sample in iter_unit(store, shard):
-        files = member_files(sample)
-        yield files.pop("__key__"), files
+        read = iter_shard(store / shard["path"], shard["path"], shard["samples"])
+    else:
+        read = iter_unit(store, shard)
+    return (Sample.from_read(sample, shard["variant"]) for sample in read)
 
 
-def _rewrite_group(store, backend, split, record, layout, teacher, check, root, wanted, bar) -> dict:
-    group = record["group"]
-    stats = {**record["stats"], "field_bytes": {k: v for k, v in record["stats"]["field_bytes"].items()
-                                                if not k.startswith(TEACHER_PREFIX)}}
+def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted, bar) -> dict:
     if backend != "webdataset":  # a unit's record lists its old fields, whose files a rerun rewrites byte for byte
         for shard in record["shards"]:
             check_recorded_files(store, shard, "add-teacher")
-    with WRITERS[backend](store, split, group, len(record["shards"]), layout) as writer:
+    with GroupCommit(store, backend, layout) as group:
         for shard in record["shards"]:
-            # A tar shard rewritten by a crashed run already holds teacher members (a Zarr unit's
+            # A tar shard rewritten by a crashed run already holds teacher fields (a Zarr unit's
             # record lists only its old fields, so it never shows them).
             pristine = backend != "webdataset" or audit(store / shard["path"], shard)
-            count = 0
-            for key, members in stored_members(store, backend, shard):
-                where = f"shard {shard['path']}, key {key}"
-                ours = {m for m in members if m.startswith(TEACHER_PREFIX)}
+            for sample in stored_samples(store, backend, shard):
+                where = f"shard {shard['path']}, key {sample.key}"
+                ours = {name for name in sample.fields if name.startswith(TEACHER_PREFIX)}
                 if not pristine and ours != wanted:
                     raise StoreError(f"{where}: the shard differs from its commit record (checksum) and was not "
                                      f"written by an earlier add-teacher run: run `latentstore verify`")
-                members = {m: b for m, b in members.items() if m not in ours}
-                meta = json.loads(members["meta.json"])
-                crop = replay_crop(root, meta, where)
+                crop = replay_crop(root, sample.meta, where)
                 if check is not None:
-                    check(crop, members["y_hat.npy"], where)
-                new = teacher.sample_files(crop)
-                for ext, data in new.items():
-                    stats["field_bytes"][ext] = stats["field_bytes"].get(ext, 0) + len(data)
-                writer.write(shard["variant"], {**members, **new, "__key__": key})
-                count += 1
+                    check(crop, sample.fields["y_hat"], where)
+                kept = {name: value for name, value in sample.fields.items() if name not in ours}
+                group.write(Sample(sample.key, sample.variant, {**kept, **teacher_fields(teacher, crop)},
+                                   sample.meta))
                 bar.update(1)
-            if count != shard["samples"]:
-                raise StoreError(f"shard {shard['path']}: holds {count} samples, its record says {shard['samples']}")
-            writer.finish_variant(shard["variant"])
-        writer.extra = {k: v for k, v in record.items() if k not in ("group", "shards")}
-        writer.extra["stats"] = stats
-    return json.loads((store / commit_record_name(split, group)).read_text())
+            group.finish_variant(shard["variant"])
+        return group.commit(record["rejects"], record.get("sources"))
 
 
 def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:
@@ -234,17 +223,15 @@ def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:
         stored_err = {t.field: 0.0 for t in teacher.taps}
         n = 0
         for shard in entry["shards"]:
-            for key, members in stored_members(Path(store), manifest["backend"], shard):
-                meta = json.loads(members["meta.json"])
-                live = teacher.features(replay_crop(Path(cfg["root"]), meta, f"shard {shard['path']}, key {key}"))
+            for sample in stored_samples(Path(store), manifest["backend"], shard):
+                where = f"shard {shard['path']}, key {sample.key}"
+                live = teacher.features(replay_crop(Path(cfg["root"]), sample.meta, where))
                 for name, x in live.items():
                     for d in TEACHER_DTYPES:
                         e = relative_error(x, d) * float(np.linalg.norm(x))
                         sq[d][name][0] += e * e
                         sq[d][name][1] += float(np.sum(x.astype(np.float64) ** 2))
-                    scale = members.get(f"{name}.scale.npy")
-                    stored = dequantize(decode_npy(members[f"{name}.npy"]), fp["dtype"],
-                                        decode_npy(scale) if scale else None)
+                    stored = dequantize(sample.fields[name], fp["dtype"], sample.fields.get(f"{name}.scale"))
                     q = quantize(x, fp["dtype"])
                     expected = dequantize(q[""], fp["dtype"], q.get(".scale"))
                     diff = float(np.linalg.norm(stored - expected) / (np.linalg.norm(x) or 1.0))

@@ -1,11 +1,11 @@
 """`latentstore convert`: rewrite a store in the other backend, without re-encoding.
 
-Samples are read group by group with the source backend's strict reader and
-handed, as the same member bytes a tar shard holds, to the target backend's
-group writer. Every group is committed atomically, so a killed conversion
-resumes where it stopped; the target is sealed (manifest written) last.
-Converting back gives the original bytes: fields are re-encoded with the
-store's own deterministic encoders.
+Samples are read group by group with the source backend's strict reader (after
+the source files' sha256 are checked: a conversion must not launder damage)
+and handed, as Samples, to a GroupCommit of the target backend. Every group is
+committed atomically, so a killed conversion resumes where it stopped; the
+target is sealed (manifest written) last. Converting back gives the original
+bytes: each backend serialises with the store's own deterministic encoders.
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .commit import GroupCommit, GroupLayout, read_record
 from .errors import ConfigError, StoreError
-from .format import (check_recorded_files, commit_record_name, encode_field, get_field, read_manifest,
-                     write_json_atomic)
+from .format import check_recorded_files, read_manifest, write_json_atomic
+from .sample import Sample
 from .seal import part_file, read_parts, seal
 from .store import SOURCES
 from .writers import WRITERS
@@ -25,20 +26,6 @@ from .writers import WRITERS
 def _records(store: Path, split: str) -> list:
     return sorted((json.loads(p.read_text()) for p in (store / split).glob("group-*.json")),
                   key=lambda r: r["group"])
-
-
-def member_files(sample: dict) -> dict:
-    """A decoded sample back to its member bytes."""
-    files = {"__key__": sample["__key__"]}
-    for name, value in sample.items():
-        if not name.startswith("__"):
-            files[get_field(name).ext] = encode_field(name, value)
-    return files
-
-
-def _committed(dst: Path, split: str, group: int) -> dict | None:
-    path = dst / commit_record_name(split, group)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def convert(src, dst, fmt: str, progress: bool = True) -> dict:
@@ -57,28 +44,25 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
         records = _records(src, split)
         if sum(r["images"] for r in records) != entry["images_found"]:
             raise StoreError(f"{src} split {split!r}: group records do not cover the manifest's images")
-        shard_size, variants = entry["config"]["shard_size"], entry["variants"]
         listed = {s["path"]: s for s in entry["shards"]}
         new_records = []
         for r in tqdm(records, desc=f"convert {split}", unit="group", disable=not progress):
-            done = _committed(dst, split, r["group"])
+            done = read_record(dst, split, r["group"])
             if done is not None:
                 new_records.append(done)
                 continue
-            items = r["items"]
-            layout = {"item_keys": items, "first_item": r["group"] * shard_size,
-                      "total_items": entry["images_found"], "shard_size": shard_size}
             for shard in r["shards"]:  # the source's checksums first: convert must not launder damage
                 if listed.get(shard["path"]) != shard:
                     raise StoreError(f"{src} shard {shard['path']}: its group record and the manifest disagree; "
                                      "run `latentstore verify` on the source")
                 check_recorded_files(src, shard, "convert")
-            with WRITERS[fmt](dst, split, r["group"], variants, layout) as writer:
+            layout = GroupLayout(split, r["group"], entry["variants"], tuple(r["items"]),
+                                 entry["config"]["shard_size"], entry["images_found"])
+            with GroupCommit(dst, fmt, layout) as group:
                 for shard in r["shards"]:
                     for sample in read(src, shard, None, False):
-                        writer.write(shard["variant"], member_files(sample))
-                writer.extra = {k: v for k, v in r.items() if k not in ("group", "shards")}
-            new_records.append(_committed(dst, split, r["group"]))
+                        group.write(Sample.from_read(sample, shard["variant"]))
+                new_records.append(group.commit(r["rejects"], r.get("sources")))
         # One part manifest per split carries the split-level facts over; seal does the rest.
         first = next(iter(parts[split].values()))
         config = {**first["config"], "format": fmt}

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from .encode import _no_tf32
-from .format import encode_npy
 from .teachers import Teacher, quantize
 
 
@@ -27,16 +26,11 @@ class BatchedTeacher:
         self.std = torch.tensor(teacher.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     @torch.no_grad()
-    def batch_files(self, crops: list) -> list[dict]:
-        """The teacher's tar members ({suffix: bytes}) for each uint8 HxWx3 crop, all of one size."""
+    def batch_fields(self, crops: list) -> list[dict]:
+        """The teacher's fields ({field name: stored array}) for each uint8 HxWx3 crop, all of one size."""
         x = torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
         with _no_tf32(self.device):
             maps = [m.float().cpu() for m in self.teacher._run((x - self.mean) / self.std)]
-        out = []
-        for i in range(len(crops)):
-            files = {}
-            for tap, m in zip(self.teacher.taps, maps):
-                for suffix, array in quantize(m[i].numpy(), self.teacher.dtype).items():
-                    files[f"{tap.field}{suffix}.npy"] = encode_npy(array)
-            out.append(files)
-        return out
+        return [{f"{tap.field}{suffix}": array for tap, m in zip(self.teacher.taps, maps)
+                 for suffix, array in quantize(m[i].numpy(), self.teacher.dtype).items()}
+                for i in range(len(crops))]

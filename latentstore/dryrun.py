@@ -23,11 +23,14 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from .build import BuildConfig, prepare, sample_files, to_input
+from .build_config import BuildConfig
 from .coders import load_coder
+from .crops_to_samples import make_sample, teacher_fields
 from .datasets import open_source
-from .encode import Encoder
+from .encode import Encoder, to_input
 from .errors import InputError
+from .format import get_field, member_size
+from .prepare import prepare
 from .profile import Profiler
 from .teachers import load_teacher
 
@@ -54,8 +57,7 @@ def project(cfg: BuildConfig) -> dict:
     x, pad = to_input([crop])
     prof = Profiler()
     encoder = Encoder(coder, prof)
-    files = sample_files(prepared, 0, encoder.encode(x)[0], pad, cfg)
-    files.pop("__key__")
+    fields = make_sample(prepared, 0, encoder.encode(x)[0], pad, cfg).values()
     batch = min(cfg.batch_size, TIMING_BATCH)
     prof.totals.clear()
     started = time.perf_counter()
@@ -66,13 +68,13 @@ def project(cfg: BuildConfig) -> dict:
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
                                cfg.teacher_dtype, seed=cfg.seed)
-        teacher.sample_files(crop)  # untimed: first-call set-up
+        teacher_fields(teacher, crop)  # untimed: first-call set-up
         started = time.perf_counter()
-        files.update(teacher.sample_files(crop))
+        fields.update(teacher_fields(teacher, crop))
         taken = time.perf_counter() - started
         seconds += taken
         g_a += taken   # --device cuda runs the teacher on the GPU too
-    per_field = {ext: len(data) for ext, data in sorted(files.items())}
+    per_field = dict(sorted((get_field(name).ext, member_size(name, value)) for name, value in fields.items()))
     samples = len(source.items) * cfg.variants
     if cfg.format == "webdataset":
         per_sample = sum(_tar_member(n) for n in per_field.values())

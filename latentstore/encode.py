@@ -43,6 +43,7 @@ from compressai.ans import BufferedRansEncoder
 
 from .coders import LoadedCoder
 from .errors import InputError, WeightsError
+from .format import Padding
 from .profile import Profiler, stage as _stage
 
 #: Intra-op threads for every computation whose result is stored. Convolutions differ in
@@ -68,6 +69,15 @@ def store_threads(threads: int = STORE_THREADS):
 # Fixed by CompressAI's autoregressive models (JointAutoregressiveHierarchicalPriors).
 _CTX_KERNEL = 5
 _CTX_PAD = (_CTX_KERNEL - 1) // 2
+
+
+def to_input(crops: list) -> tuple[torch.Tensor, Padding]:
+    """Stack same-size uint8 HxWx3 crops into a [B,3,H,W] float tensor, zero-padded to multiples of 64."""
+    h, w = crops[0].shape[:2]
+    pad = Padding.centered(h, w)
+    # contiguous(): the permuted view is channels_last, which changes the coder's kernels.
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+    return F.pad(x, (pad.left, pad.right, pad.top, pad.bottom)), pad
 
 
 @dataclass

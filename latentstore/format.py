@@ -107,6 +107,11 @@ def check_recorded_files(store, shard: dict, action: str) -> None:
                              "and rebuild the damaged group.")
 
 
+def recorded_files(record: dict):
+    """The files a commit record (or a manifest's shard list) lists: tar shards, or Zarr units' chunk files."""
+    return (f for shard in record["shards"] for f in shard.get("files", [shard]))
+
+
 def encode_npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
@@ -153,6 +158,16 @@ def encode_field(name: str, value) -> bytes:
     if kind == "png":
         return encode_png(value)
     return bytes(value)
+
+
+def member_size(name: str, value) -> int:
+    """len(encode_field(name, value)), without building an array's bytes."""
+    if get_field(name).kind == "npy":
+        a = np.asarray(value)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(a))
+        return len(header.getvalue()) + a.nbytes
+    return len(encode_field(name, value))
 
 
 def decode_field(name: str, data: bytes):

@@ -211,7 +211,7 @@ def _check_sources(store: Path, manifest: dict, root, report: Report) -> None:
         except LatentstoreError as exc:
             report.problems.append(f"split {split_name!r}: cannot list its dataset at {where} ({exc})")
             continue
-        stale = f"(rerun the build command: it re-encodes the changed groups)"
+        stale = "(rerun the build command: it re-encodes the changed groups)"
         if len(items) != split["images_found"]:
             report.problems.append(f"split {split_name!r}: {where} now lists {len(items)} images, the store was "
                                    f"built from {split['images_found']} {stale}")

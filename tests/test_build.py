@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from latentstore.augment import apply
-from latentstore.build import BuildConfig, build, to_input
+from latentstore.build import BuildConfig, build
+from latentstore.encode import to_input
 from latentstore.coders import CODERS, load_coder
 from latentstore.errors import ConfigError, InputError
 from latentstore.format import MANIFEST

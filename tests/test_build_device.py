@@ -1,13 +1,13 @@
 """build --device: CUDA absent is a clear error, the device is recorded and shown, a resume on the
 other device type is refused, and the dry run projects both modes (CPU stands in for the GPU)."""
-import io
 import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from latentstore.build import BuildConfig, _check_resume, build
+from latentstore.build import BuildConfig, build
+from latentstore.resume import check_resume
 from latentstore.build_config import device_entry
 from latentstore.dryrun import project, render as render_projection
 from latentstore.errors import ConfigError
@@ -38,7 +38,7 @@ def test_device_is_recorded_shown_and_a_resume_on_another_device_is_refused(tiny
     assert "g_a/h_a on cuda (NVIDIA H200)" in shown
     resumed = replace(cfg, device="cuda").resolved()
     with pytest.raises(ConfigError, match="--device: store was started on cpu, command has cuda"):
-        _check_resume(tmp_path / "s", resumed, manifest["coder"]["weights"])
+        check_resume(tmp_path / "s", resumed, manifest["coder"]["weights"])
 
 
 def test_dry_run_projects_cpu_and_cuda(tiny_folder, tmp_path):
@@ -54,6 +54,7 @@ def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
     values within float rounding of the per-image maps."""
     import numpy as np
 
+    from latentstore.crops_to_samples import teacher_fields
     from latentstore.device_teacher import BatchedTeacher
     from latentstore.teachers import load_teacher
 
@@ -61,12 +62,12 @@ def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
     crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     args = ("resnet18", "untrained", (8, 16, 32), (), "float16")
     reference = load_teacher(*args)
-    batched = BatchedTeacher(load_teacher(*args), "cpu").batch_files(crops)
+    batched = BatchedTeacher(load_teacher(*args), "cpu").batch_fields(crops)
     assert len(batched) == 3
-    for crop, files in zip(crops, batched):
-        expected = reference.sample_files(crop)
-        assert sorted(files) == sorted(expected) == ["teacher_s16.npy", "teacher_s32.npy", "teacher_s8.npy"]
-        for name in files:
-            a = np.load(io.BytesIO(files[name]), allow_pickle=False).astype(np.float32)
-            b = np.load(io.BytesIO(expected[name]), allow_pickle=False).astype(np.float32)
+    for crop, fields in zip(crops, batched):
+        expected = teacher_fields(reference, crop)
+        assert sorted(fields) == sorted(expected) == ["teacher_s16", "teacher_s32", "teacher_s8"]
+        for name in fields:
+            assert fields[name].dtype == expected[name].dtype == np.float16
+            a, b = fields[name].astype(np.float32), expected[name].astype(np.float32)
             assert a.shape == b.shape and np.allclose(a, b, rtol=1e-2, atol=1e-3)

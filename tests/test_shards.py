@@ -7,28 +7,35 @@ import numpy as np
 import pytest
 
 from latentstore.errors import StoreError
-from latentstore.format import FIELDS, encode_field
+from latentstore.commit import GroupCommit, GroupLayout
 from latentstore.readers import iter_shard
-from latentstore.writers import ShardGroupWriter
+from latentstore.sample import Sample, SampleMeta
 
 
-def make_sample(i: int) -> dict:
+def make_sample(i: int, variant: int = 0, key: str | None = None) -> Sample:
     rng = np.random.default_rng(i)
-    fields = {"y_hat": rng.normal(size=(4, 2, 2)).astype(np.float16),
-              "symbols": rng.integers(-5, 5, (4, 2, 2)).astype(np.int8),
-              "y_string": rng.bytes(10 + i), "label": i % 3, "meta": {"key": f"k{i}"}}
-    files = {FIELDS[n].ext: encode_field(n, v) for n, v in fields.items()}
-    files["__key__"] = f"img{i:03d}_v000"
+    key = key or f"img{i:03d}_v{variant:03d}"
+    meta = SampleMeta(key=key, item=f"img{i:03d}", label=i % 3, variant=variant, source=f"img{i}.png",
+                      augment={}, image_size=[32, 32], padding={}, valid_region=[], y_shape=[4, 2, 2],
+                      z_shape=None, bits=80 + i, bpp=(80 + i) / 1024)
+    return Sample(key, variant, {"y_hat": rng.normal(size=(4, 2, 2)).astype(np.float16),
+                                 "symbols": rng.integers(-5, 5, (4, 2, 2)).astype(np.int8),
+                                 "y_string": rng.bytes(10 + i), "label": i % 3}, meta)
+
+
+def layout(n=5, variants=1) -> GroupLayout:
+    return GroupLayout("train", 0, variants, tuple(f"img{i:03d}" for i in range(n)), shard_size=n, total_items=n)
     return files
 
 
 def write_group(store, n=5, variants=1):
-    with ShardGroupWriter(store, "train", 0, variants) as w:
-        for i in range(n):
-            for v in range(variants):
-                w.write(v, make_sample(i))
-        w.extra = {"rejects": []}
-    return json.loads((store / "train" / "group-000000.json").read_text())
+    with GroupCommit(store, "webdataset", layout(n, variants)) as group:
+        for v in range(variants):
+            for i in range(n):
+                group.write(make_sample(i, v))
+        record = group.commit()
+    assert record == json.loads((store / "train" / "group-000000.json").read_text())
+    return record
 
 
 def test_commit_writes_shards_and_record_with_digests(tmp_path):
@@ -49,8 +56,8 @@ def test_same_samples_give_identical_bytes(tmp_path):
 
 def test_exception_inside_writer_commits_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        with ShardGroupWriter(tmp_path, "train", 0, 2) as w:
-            w.write(0, make_sample(0))
+        with GroupCommit(tmp_path, "webdataset", layout(1, 2)) as group:
+            group.write(make_sample(0))
             raise RuntimeError("encoder crashed")
     assert os.listdir(tmp_path / "train") == []
 
@@ -61,9 +68,9 @@ def test_reader_round_trip(tmp_path):
     samples = list(iter_shard(tmp_path / shard["path"], shard["path"], shard["samples"]))
     assert [s["__key__"] for s in samples] == [f"img{i:03d}_v000" for i in range(5)]
     ref = make_sample(2)
-    assert samples[2]["y_string"] == ref["y_string.bin"]
-    assert samples[2]["label"] == 2 and samples[2]["meta"] == {"key": "k2"}
-    assert samples[2]["symbols"].dtype == np.int8
+    assert samples[2]["y_string"] == ref.fields["y_string"]
+    assert samples[2]["label"] == 2 and samples[2]["meta"] == ref.meta.to_dict()
+    assert samples[2]["symbols"].dtype == np.int8 and np.array_equal(samples[2]["y_hat"], ref.fields["y_hat"])
 
 
 def _member_boundaries(path):
@@ -134,25 +141,21 @@ def test_damaged_header_is_caught_by_its_checksum(tmp_path):
 def test_long_keys_round_trip_through_pax_headers(tmp_path):
     """Keys from deep dataset paths can pass tar's 100-byte name field (PAX headers)."""
     key = "train_" + "deep_folder_" * 12 + "img_v000"
-    sample = make_sample(0)
-    sample["__key__"] = key
-    with ShardGroupWriter(tmp_path, "train", 0, 1) as w:
-        w.write(0, sample)
-        w.extra = {"rejects": []}
-    shard = json.loads((tmp_path / "train" / "group-000000.json").read_text())["shards"][0]
+    sample = make_sample(0, key=key)
+    with GroupCommit(tmp_path, "webdataset", layout(1)) as group:
+        group.write(sample)
+        shard = group.commit()["shards"][0]
     (got,) = iter_shard(tmp_path / shard["path"], shard["path"], 1)
-    assert got["__key__"] == key and got["y_string"] == sample["y_string.bin"]
+    assert got["__key__"] == key and got["y_string"] == sample.fields["y_string"]
 
 
 def test_a_failed_commit_leaves_no_temporary_or_orphan_file(tmp_path):
     """The record cannot be written (here: a value JSON cannot hold, as a full disk would fail it)."""
-    from latentstore.writers.webdataset import ShardGroupWriter
-
     with pytest.raises(TypeError):
-        with ShardGroupWriter(tmp_path, "train", 0, 2) as writer:
+        with GroupCommit(tmp_path, "webdataset", layout(1, 2)) as group:
             for v in range(2):
-                writer.write(v, {"__key__": f"k_v{v:03d}", "cls": b"0"})
-            writer.extra = {"unwritable": {1, 2}}
+                group.write(make_sample(0, v))
+            group.commit(rejects=[{"unwritable": {1, 2}}])
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == []
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from latentstore import open_store
 from latentstore.add_teacher import add_teacher, replay_crop, teacher_error
+from latentstore.sample import SampleMeta
 from latentstore.build import BuildConfig, build
 from latentstore.cli import main
 from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
@@ -65,7 +66,7 @@ def test_stored_features_equal_a_live_teacher_on_the_replayed_crop(tiny_folder, 
     ds = open_store(store, fields=("meta", *fields))
     checked = 0
     for sample in ds:
-        crop = replay_crop(tiny_folder, sample["meta"], sample["__key__"])
+        crop = replay_crop(tiny_folder, SampleMeta.from_dict(sample["meta"], sample["__key__"]), sample["__key__"])
         live = teacher.features(crop)
         for name in fields:
             got = sample[name]

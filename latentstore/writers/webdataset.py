@@ -16,7 +16,8 @@ from pathlib import Path
 import webdataset as wds
 
 from ..checksum import Digests
-from ..format import commit_record_name, fsync_dir, shard_name, write_json_atomic
+from ..format import commit_record_name, encode_field, fsync_dir, get_field, shard_name, write_json_atomic
+from ..sample import Sample
 
 
 class _HashingFile:
@@ -51,23 +52,19 @@ class _HashingFile:
 
 
 class ShardGroupWriter:
-    """Write the shards of one item group; commit all of them or none.
+    """The shards of one item group, one per variant: written under temporary names, renamed by
+    ``commit`` (all of them, then the record), or removed by ``discard``. Driven by commit.GroupCommit."""
 
-    Use as a context manager. On an exception nothing is renamed and the
-    temporary files are removed, so no shard or record claims lost samples.
-    """
-
-    def __init__(self, store, split: str, group: int, variants: int):
-        self.store = Path(store)
-        self.split, self.group, self.variants = split, group, variants
-        (self.store / split).mkdir(parents=True, exist_ok=True)
-        self._finals = [self.store / shard_name(split, v, group) for v in range(variants)]
+    def __init__(self, store: Path, layout):
+        self.store, self.layout = store, layout
+        self.split, self.group = layout.split, layout.group
+        self._finals = [store / shard_name(self.split, v, self.group) for v in range(layout.variants)]
         self._temps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in self._finals]
-        self._files, self._tars, self._counts = [], [], [0] * variants
+        self._files, self._tars, self._counts = [], [], [0] * layout.variants
         self._renamed = 0  # shards of this group already renamed into place by commit()
-        self.extra: dict = {}  # rejects and statistics, stored in the commit record
 
-    def __enter__(self):
+    def open(self) -> None:
+        (self.store / self.split).mkdir(parents=True, exist_ok=True)
         # A killed earlier attempt at this group may have left temporaries; parts own
         # disjoint groups, so whatever is named after this group's shards is stale.
         record = self.store / commit_record_name(self.split, self.group)
@@ -79,38 +76,27 @@ class ShardGroupWriter:
             self._files.append(f)
             self._tars.append(wds.TarWriter(f, encoder=False, mtime=0, user="latentstore",
                                             group="latentstore", mode=0o644))
-        return self
 
-    def write(self, variant: int, sample: dict) -> None:
-        """`sample` maps member suffixes to bytes, plus "__key__"."""
-        self._tars[variant].write(sample)
-        self._counts[variant] += 1
+    def write(self, sample: Sample) -> None:
+        members = {get_field(name).ext: encode_field(name, value) for name, value in sample.values().items()}
+        self._tars[sample.variant].write({"__key__": sample.key, **members})
+        self._counts[sample.variant] += 1
 
     def finish_variant(self, variant: int) -> None:
         """No more samples of `variant` will come (a hint the Zarr writer uses; shards need none)."""
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self._discard()
-            return False
-        try:
-            self.commit()
-        except BaseException:  # e.g. the disk filled during fsync or the record: leave no partial group
-            self._discard(renamed=True)
-            raise
-        return False
-
-    def _discard(self, renamed: bool = False) -> None:
-        """Remove this group's temporary files (and, after a failed commit, the shards it renamed: without
-        their record they are no part of the store, and the rerun rewrites them)."""
+    def discard(self) -> None:
+        """Remove this group's temporary files (and, after a failed commit, the shards it renamed:
+        without their record they are no part of the store, and the rerun rewrites them)."""
         for f in self._files:
             f.discard()
         for tmp in self._temps:
             tmp.unlink(missing_ok=True)
-        for final in self._finals[:self._renamed] if renamed else []:
+        for final in self._finals[:self._renamed]:
             final.unlink(missing_ok=True)
 
-    def commit(self) -> dict:
+    def commit(self, record: dict) -> dict:
+        """Rename every shard into place, then write `record` (with the shards' entries) last."""
         shards = []
         for v, (tar, f, tmp, final) in enumerate(zip(self._tars, self._files, self._temps, self._finals)):
             tar.tarstream.close()  # writes the end-of-archive blocks through our wrapper
@@ -120,6 +106,6 @@ class ShardGroupWriter:
             shards.append({"path": shard_name(self.split, v, self.group), "variant": v,
                            "samples": self._counts[v], **f.digests.record()})
         fsync_dir(self.store / self.split)
-        record = {"group": self.group, "shards": shards, **self.extra}
+        record = {"group": self.group, "shards": shards, **record}
         write_json_atomic(self.store / commit_record_name(self.split, self.group), record)
         return record

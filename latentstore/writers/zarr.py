@@ -42,8 +42,8 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..checksum import file_record
 from ..errors import StoreError
-from ..format import (FIELDS, commit_record_name, decode_field, field_for_member, fsync_dir,
-                      write_json_atomic)
+from ..format import commit_record_name, encode_field, fsync_dir, write_json_atomic
+from ..sample import Sample
 
 VLEN_FIELDS = ("y_string", "z_string", "meta")   # stored as bytes rows + offsets
 #: stored dtype of integer fields; readers narrow symbols to the smallest dtype, as the shards store them
@@ -162,57 +162,46 @@ def _ensure_arrays(root: Path, split: str, specs: dict) -> zarr.Group:
 
 
 class ZarrGroupWriter:
-    """Write item group `group` of a split into the Zarr store; commit all its chunks or none.
+    """Item group `group` of a split into the Zarr store: its chunks staged, then all of them renamed
+    into place by ``commit`` (the record last), or none by ``discard``. Driven by commit.GroupCommit."""
 
-    Same protocol as ShardGroupWriter: a context manager, ``write(variant,
-    files)`` with the tar members of one sample, ``extra`` for the record.
-    """
-
-    def __init__(self, store, split: str, group: int, variants: int, layout: dict):
-        self.store, self.split, self.group, self.variants = Path(store), split, group, variants
-        self.items = list(layout["item_keys"])
-        self.first, self.total, self.shard_size = layout["first_item"], layout["total_items"], layout["shard_size"]
+    def __init__(self, store: Path, layout):
+        self.store, self.split, self.group, self.variants = store, layout.split, layout.group, layout.variants
+        self.items = list(layout.item_keys)
+        self.first, self.total, self.shard_size = layout.first_item, layout.total_items, layout.shard_size
         self.groups = -(-self.total // self.shard_size)
         self.slot = {key: self.first + i for i, key in enumerate(self.items)}
-        self.staging = self.store / split / f"{TEMP_PREFIX}{group:06d}-{os.getpid()}"
+        self.staging = self.store / self.split / f"{TEMP_PREFIX}{self.group:06d}-{os.getpid()}"
         self._specs: dict = {}
-        self.extra: dict = {}
         self._arrays = None          # staging group, made when the first sample shows the shapes
         self._names: tuple = ()
         self._c = 1
         self._pending: dict = {}     # (variant, chunk index) -> {item: {field: value}}
         self._flushed: set = set()
         self._rows: dict = {}        # (variant, vlen field) -> [bytes written, pending bytearray]
-        self._counts = [0] * variants
+        self._counts = [0] * self.variants
 
-    def __enter__(self):
+    def open(self) -> None:
         # A killed earlier attempt at this group (any pid) left its staging behind: it holds no data.
         for stale in self.staging.parent.glob(f"{TEMP_PREFIX}{self.group:06d}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        return self
 
-    def write(self, variant: int, files: dict) -> None:
-        values = {}
-        for ext, data in files.items():
-            field = field_for_member(ext) if ext != "__key__" else None
-            if field is not None:
-                values[field.name] = decode_field(field.name, data)
-            elif ext != "__key__":
-                raise StoreError(f"sample {files['__key__']}: no field stores member suffix {ext!r}")
-        item = values["meta"]["item"]
+    def write(self, sample: Sample) -> None:
+        values, variant = sample.values(), sample.variant
+        item = sample.meta.item
         if item not in self.slot:
-            raise StoreError(f"internal error: sample {files['__key__']} is not an item of group {self.group}")
+            raise StoreError(f"internal error: sample {sample.key} is not an item of group {self.group}")
         if self._arrays is None:
             self._setup(values)
         if tuple(sorted(values)) != self._names:
-            raise StoreError(f"sample {files['__key__']} has fields {sorted(values)}, the split stores "
+            raise StoreError(f"sample {sample.key} has fields {sorted(values)}, the split stores "
                              f"{list(self._names)}: every sample of a Zarr split has the same fields")
         slot = self.slot[item]
         for name in VLEN_FIELDS:
             if name in values:
                 written, buf = self._rows.setdefault((variant, name), [0, bytearray()])
                 start = written + len(buf)
-                buf += files[FIELDS[name].ext]  # the exact bytes a tar member would hold
+                buf += encode_field(name, values[name])  # the exact bytes a tar member would hold
                 values[name] = np.array([start, written + len(buf)], dtype=np.int64)
                 self._write_row(variant, name, final=False)
         chunk = slot // self._c
@@ -267,15 +256,17 @@ class ZarrGroupWriter:
             self._arrays[f"{name}/bytes"][variant, self.group, written:written + n] = np.frombuffer(bytes(buf[:n]), np.uint8)
             self._rows[(variant, name)] = [written + n, buf[n:]]
 
-    def __exit__(self, exc_type, exc, tb):
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def commit(self, record: dict) -> dict:
+        """Move every staged chunk into place, then write `record` (with the units' entries) last."""
         try:
-            if exc_type is None:
-                self.commit()
+            return self._commit(record)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
-        return False
 
-    def commit(self) -> dict:
+    def _commit(self, record: dict) -> dict:
         units = [{"path": unit_name(self.split, v, self.group), "split": self.split, "variant": v,
                   "group": self.group, "items": [self.first, self.first + len(self.items)],
                   "samples": self._counts[v], "fields": list(self._names), "bytes": 0, "files": []}
@@ -292,7 +283,7 @@ class ZarrGroupWriter:
             sharded = self._to_shards()
             self._move_chunks(units, self.staging / "shards", lambda path: True)
             self._move_chunks(units, self.staging / "chunks", lambda path: path not in sharded)
-        record = {"group": self.group, "shards": units, "items": self.items, **self.extra}
+        record = {"group": self.group, "shards": units, **record}
         write_json_atomic(self.store / commit_record_name(self.split, self.group), record)
         return record
 

@@ -1,0 +1,97 @@
+"""One item group on its way into a store: samples in, statistics kept, committed with its record.
+
+Every stage that writes (build, convert, add-teacher) writes whole item groups
+through a GroupCommit:
+
+    with GroupCommit(store, backend, layout) as group:
+        for sample in samples:
+            group.write(sample)
+        record = group.commit(rejects=..., sources=...)
+
+The backend writer (writers/) makes the group's files under temporary names;
+``commit`` renames them into place, writes the group's record last and returns
+it (docs/reliability.md §1). Leaving the block without a commit, by an
+exception or otherwise, removes everything the group wrote (§2).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .format import commit_record_name, get_field, member_size, recorded_files
+from .sample import Sample
+from .writers import WRITERS
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """Where group `group` of a split sits: its items (rejects included) in source order, and the
+    split's geometry (the Zarr backend sizes its arrays by it)."""
+    split: str
+    group: int
+    variants: int
+    item_keys: tuple
+    shard_size: int
+    total_items: int
+
+    @property
+    def first_item(self) -> int:
+        return self.group * self.shard_size
+
+
+class GroupCommit:
+    """Write one group's samples through its backend's writer, count them, commit, return the record."""
+
+    def __init__(self, store, backend: str, layout: GroupLayout):
+        self.layout = layout
+        self._writer = WRITERS[backend](Path(store), layout)
+        self._stats = {"samples": 0, "bits": 0, "pixels": 0, "field_bytes": {}}
+        self._committed = False
+
+    def __enter__(self) -> "GroupCommit":
+        self._writer.open()
+        return self
+
+    def write(self, sample: Sample) -> None:
+        self._writer.write(sample)
+        h, w = sample.meta.image_size
+        self._stats["samples"] += 1
+        self._stats["bits"] += sample.meta.bits
+        self._stats["pixels"] += h * w
+        self._stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from its images
+        sizes = self._stats["field_bytes"]  # as tar members: the same figures for every backend
+        for name, value in sample.values().items():
+            ext = get_field(name).ext
+            sizes[ext] = sizes.get(ext, 0) + member_size(name, value)
+
+    def finish_variant(self, variant: int) -> None:
+        """No more samples of `variant` will come (lets the Zarr writer flush that variant's chunks)."""
+        self._writer.finish_variant(variant)
+
+    def commit(self, rejects: list = (), sources: list | None = None) -> dict:
+        """Rename the group's files into place, write its record last; return the record."""
+        record = {"images": len(self.layout.item_keys), "items": list(self.layout.item_keys),
+                  "rejects": list(rejects), "stats": self._stats, "sources": sources}
+        record = self._writer.commit(record)
+        self._committed = True
+        return record
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self._committed:
+            self._writer.discard()
+        return False
+
+
+def read_record(store: Path, split: str, group: int) -> dict | None:
+    """A group's commit record if the group is fully committed: every file it lists is there at its size
+    (a file lost or replaced since puts the group back on a build's to-do list)."""
+    path = Path(store) / commit_record_name(split, group)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    for f in recorded_files(record):
+        p = Path(store) / f["path"]
+        if not p.is_file() or p.stat().st_size != f["bytes"]:
+            return None
+    return record
