@@ -20,6 +20,7 @@ sound.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import google_crc32c
 
@@ -79,3 +80,16 @@ def audit(path, record: dict) -> bool:
     """Whether a file has its recorded size and every digest recorded for it (sha256, crc32c)."""
     actual = file_record(path)
     return all(actual[name] == record[name] for name in ("bytes", "sha256", "crc32c") if name in record)
+
+
+def file_problem(path, record: dict, digests: bool = False) -> str | None:
+    """Why a recorded file cannot be used as it is, or None: it "is missing", "has N bytes, its record
+    says M", or (with `digests`, which reads it whole) "differs from its record (checksum)"."""
+    if not os.path.isfile(path):
+        return "is missing"
+    size = os.path.getsize(path)
+    if size != record["bytes"]:
+        return f"has {size} bytes, its record says {record['bytes']}"
+    if digests and not audit(path, record):
+        return "differs from its record (checksum)"
+    return None

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checksum import file_problem
 from .format import commit_record_name, get_field, member_size, recorded_files
 from .sample import Sample
 from .writers import WRITERS
@@ -90,8 +91,6 @@ def read_record(store: Path, split: str, group: int) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    for f in recorded_files(record):
-        p = Path(store) / f["path"]
-        if not p.is_file() or p.stat().st_size != f["bytes"]:
-            return None
+    if any(file_problem(Path(store) / f["path"], f) for f in recorded_files(record)):
+        return None
     return record

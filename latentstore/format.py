@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checksum import audit
+from .checksum import file_problem
 from .errors import StoreError
 
 FORMAT_NAME = "latentstore"
@@ -97,14 +97,10 @@ def check_recorded_files(store, shard: dict, action: str) -> None:
     """Every file of a tar shard or Zarr unit has its recorded size and digests, before `action` reads it."""
 
     for f in shard.get("files", [shard]):
-        path = Path(store) / f["path"]
-        if not path.is_file():
-            raise StoreError(f"shard {shard['path']}: {f['path']} is missing; {action} stops before reading it. "
-                             "Run `latentstore verify` and rebuild the damaged group.")
-        if not audit(path, f):
-            raise StoreError(f"shard {shard['path']}: {f['path']} differs from its record (size or checksum); "
-                             f"{action} stops rather than carry the damage over. Run `latentstore verify` "
-                             "and rebuild the damaged group.")
+        problem = file_problem(Path(store) / f["path"], f, digests=True)
+        if problem:
+            raise StoreError(f"shard {shard['path']}: {f['path']} {problem}; {action} stops rather than carry "
+                             "the damage over. Run `latentstore verify` and rebuild the damaged group.")
 
 
 def recorded_files(record: dict):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .checksum import file_problem
 from .errors import ConfigError, StoreError
-from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, write_json_atomic
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, recorded_files, write_json_atomic
 
 PARTS_DIR = "parts"
 #: build arguments that may change between runs and parts: they decide whether a build goes on, not its bytes
@@ -131,11 +132,11 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
                                 f"Rerun every part's build command (each re-encodes only its changed groups)")
             for r in p["records"]:
                 bar.update(1)
-                for shard in (f for s in r["shards"] for f in s.get("files", [s])):  # zarr: chunk files
-                    path = store / shard["path"]
-                    if not path.is_file() or path.stat().st_size != shard["bytes"]:
-                        problems.append(f"split {split!r}: part {i}/{n}: shard {shard['path']} is missing "
-                                        f"or has the wrong size (rerun the part's build command)")
+                for f in recorded_files(r):
+                    problem = file_problem(store / f["path"], f)
+                    if problem:
+                        problems.append(f"split {split!r}: part {i}/{n}: {f['path']} {problem} (rerun the "
+                                        "part's build command)")
         bar.close()
         if coder is not None and coder != first["coder"]:
             problems.append(f"split {split!r} was encoded with another coder or weights than the other splits")

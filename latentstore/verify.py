@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .coders import load_coder_from_manifest
 from .encode import STORE_THREADS, EncodedImage, decode_y_hat
 from .errors import LatentstoreError
-from .checksum import audit
+from .checksum import file_problem
 from .format import ENCODER_REVISION, read_manifest
 from .store import SOURCES
 
@@ -50,14 +50,10 @@ def _declared_fields(manifest: dict, split: dict) -> set:
 
 def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
     """A tar shard exists with the recorded size and digests."""
-    name, path = shard["path"], store / shard["path"]
-    if not path.is_file():
-        report.problems.append(f"shard {name}: missing")
-        return False
-    if not audit(path, shard):
-        report.problems.append(f"shard {name}: size or checksum differs from the manifest (damaged or replaced)")
-        return False
-    return True
+    problem = file_problem(store / shard["path"], shard, digests=True)
+    if problem:
+        report.problems.append(f"shard {shard['path']}: {problem} (damaged or replaced)")
+    return problem is None
 
 
 def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: dict, report: Report,

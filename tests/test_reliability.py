@@ -50,7 +50,7 @@ def test_seal_names_a_part_whose_shard_vanished(tiny_folder, tmp_path):
     for i in range(2):
         build(config(tiny_folder, out, part=(i, 2)), progress=False)
     (out / "train" / "v001-000003.tar").unlink()
-    with pytest.raises(StoreError, match=r"part 1/2: shard train/v001-000003.tar is missing"):
+    with pytest.raises(StoreError, match=r"part 1/2: train/v001-000003.tar is missing"):
         seal(out)
 
 
@@ -95,8 +95,8 @@ def test_verify_names_every_damaged_shard(reference, tmp_path):
     (store / "train" / ".v000-000009.tar.tmp-123").write_bytes(b"partial")
     report = verify(store)
     text = "\n".join(report.problems)
-    assert "train/v000-000002.tar: size or checksum differs" in text
-    assert "train/v001-000004.tar: size or checksum differs" in text
+    assert "train/v000-000002.tar: differs from its record (checksum)" in text
+    assert "train/v001-000004.tar: has " in text and "bytes, its record says" in text
     assert "leftover temporary file" in text
     assert len(report.problems) == 3
 

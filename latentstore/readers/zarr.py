@@ -21,7 +21,7 @@ from typing import Container, Iterator
 import numpy as np
 import zarr
 
-from ..checksum import audit, read_check
+from ..checksum import file_problem, read_check
 from ..errors import ConfigError, StoreError
 from ..format import commit_record_name, read_manifest, smallest_int_dtype
 from ..writers.zarr import STORED_DTYPE, TEMP_PREFIX, VLEN_FIELDS
@@ -46,12 +46,10 @@ def check_files(store: Path, unit: dict, arrays=None) -> None:
     `arrays` (names), those arrays' files also match their recorded digest."""
     for f in unit["files"]:
         path = store / f["path"]
-        if not path.is_file():
-            raise StoreError(f"shard {unit['path']}: chunk file {f['path']} is missing; Zarr would read it as "
-                             "zeros. Run `latentstore verify` and rebuild the group (rerun the build command).")
-        if path.stat().st_size != f["bytes"]:
-            raise StoreError(f"shard {unit['path']}: chunk file {f['path']} has {path.stat().st_size} bytes, "
-                             f"the manifest records {f['bytes']}; rebuild the group")
+        problem = file_problem(path, f)
+        if problem:  # Zarr would read a missing chunk as zeros
+            raise StoreError(f"shard {unit['path']}: chunk file {f['path']} {problem}. Run `latentstore verify` "
+                             "and rebuild the group (rerun the build command).")
         if arrays is not None and _array_of(f["path"]) in arrays:
             st = os.stat(path)
             memo = (str(path), st.st_size, st.st_mtime_ns)
@@ -242,12 +240,9 @@ def verify(store) -> list[str]:
         for unit in info["shards"]:
             for f in unit["files"]:
                 known.add(f["path"])
-                path = store / f["path"]
-                if not path.is_file():
-                    problems.append(f"shard {unit['path']}: chunk file {f['path']} is missing")
-                elif not audit(path, f):
-                    problems.append(f"shard {unit['path']}: chunk file {f['path']} differs from the record "
-                                    "(size or checksum)")
+                problem = file_problem(store / f["path"], f, digests=True)
+                if problem:
+                    problems.append(f"shard {unit['path']}: chunk file {f['path']} {problem}")
         for path in sorted((store / split).rglob("*")):
             rel = path.relative_to(store).as_posix()
             if any(part.startswith(TEMP_PREFIX) or part.endswith(".partial") or ".tmp-" in part
