@@ -19,7 +19,7 @@ from .errors import ConfigError, StoreError
 from .format import check_recorded_files, read_manifest, write_json_atomic
 from .sample import Sample
 from .seal import part_file, read_parts, seal
-from .store import SOURCES
+from .readers import read_shard
 from .writers import WRITERS
 
 
@@ -38,7 +38,6 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
         raise ConfigError(f"{src} is already a {fmt} store")
     if src.resolve() == dst.resolve():
         raise ConfigError("convert writes a new store: give a DST other than SRC")
-    read = SOURCES[manifest["backend"]]
     parts = read_parts(src)
     for split, entry in sorted(manifest["splits"].items()):
         records = _records(src, split)
@@ -60,7 +59,7 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
                                  entry["config"]["shard_size"], entry["images_found"])
             with GroupCommit(dst, fmt, layout) as group:
                 for shard in r["shards"]:
-                    for sample in read(src, shard, None, False):
+                    for sample in read_shard(src, manifest["backend"], shard):
                         group.write(Sample.from_read(sample, shard["variant"]))
                 new_records.append(group.commit(r["rejects"], r.get("sources")))
         # One part manifest per split carries the split-level facts over; seal does the rest.

@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .coders import load_coder_from_manifest
-from .encode import STORE_THREADS, EncodedImage, decode_y_hat
-from .errors import LatentstoreError
 from .checksum import file_problem
+from .errors import LatentstoreError
 from .format import ENCODER_REVISION, read_manifest
-from .store import SOURCES
+from .readers import read_shard
 
 
 @dataclass
@@ -81,6 +79,8 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
 
 
 def _check_decode(coder, name: str, key: str, s: dict, created_by: dict) -> str | None:
+    from .encode import STORE_THREADS, EncodedImage, decode_y_hat  # CompressAI: only where a sample is decoded
+
     meta = s["meta"]
     enc = EncodedImage(symbols=None, y_hat=None, y_string=s["y_string"], z_string=s.get("z_string"),
                        z_symbols=None, means=None, scales=None, y_shape=tuple(meta["y_shape"]),
@@ -249,7 +249,6 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
     damaged = list(report.problems)
     if sources:
         _check_sources(store, manifest, root, report)
-    read = SOURCES[backend]
     # Pick the samples to decode up front, so only those are held in memory.
     shards = [s for split in manifest["splits"].values() for s in split["shards"]]
     starts = list(itertools.accumulate((s["samples"] for s in shards), initial=0))
@@ -267,9 +266,11 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
             if backend == "zarr" and any(shard["path"] in problem for problem in damaged):
                 continue  # already reported by the chunk file check
             keep = {i for path, i in chosen if path == shard["path"]}
-            samples = read(store, shard, None, False)
+            samples = read_shard(store, backend, shard)
             candidates += _check_samples(samples, shard["path"], declared, split["latent_shape"], seen, report, keep)
     if candidates:
+        from .coders import load_coder_from_manifest
+
         coder = load_coder_from_manifest(manifest["coder"], weights)
         for name, key, s in tqdm(candidates, desc="decode", unit="sample", disable=not progress):
             problem = _check_decode(coder, name, key, s, manifest["created_by"])
