@@ -34,9 +34,8 @@ class RunLog:
             return
         for name, value in values.items():
             self.csv.writerow([step, epoch, name, repr(float(value))])
-        self.csv_file.flush()
-        for name, value in values.items():
             self.events.add_scalar(name, float(value), step)
+        self.csv_file.flush()
         self.events.flush()  # on disk with its metrics.csv rows, should the run be killed
 
     def message(self, text: str) -> None:
