@@ -1,12 +1,17 @@
 """Parameter, MAC and latency counts for the model zoo (docs/method.md §4's table).
 
-MACs (multiply-accumulates, what the paper calls FLOPs) are counted with forward
-hooks, per sample (the batch dimension divided out), for:
+MACs (multiply-accumulates, what the paper calls FLOPs) are counted per sample
+(the batch dimension divided out) by ``torch.utils.flop_counter.FlopCounterMode``,
+which sees every aten op a forward runs and charges 2 FLOPs per MAC for:
 
-- ``nn.Conv1d/2d/3d`` (incl. timm's Conv2dSame): out elements × (C_in/groups) × kernel volume;
-- ``nn.ConvTranspose1d/2d/3d``: in elements × (C_out/groups) × kernel volume;
-- ``nn.Linear``: out elements × in_features;
-- CompressAI ``GDN``/IGDN: a 1×1 C×C conv on x², i.e. out elements × C.
+- convolutions (``nn.Conv*``, timm's Conv2dSame, any ``F.conv*``): out elements × (C_in/groups) × kernel volume;
+- transposed convolutions: in elements × (C_out/groups) × kernel volume;
+- matrix products (``nn.Linear``, ``@``): out elements × inner dimension.
+
+CompressAI's GDN/IGDN computes its norm as ``F.conv2d(x², γ, β)`` with a
+C×C×1×1 γ, so it is counted as that 1×1 conv: out elements × C. The count
+follows the ops that run, not module types, so a module is charged only for
+the convolutions and products it performs.
 
 Not counted: biases, normalization, activations, pooling, PixelShuffle,
 interpolation, element-wise additions and the SE gates' multiplications -
@@ -15,18 +20,15 @@ counts reproduce (docs/models.md).
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_DECONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def count_params(model: nn.Module) -> int:
@@ -34,45 +36,18 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _gdn_type():
-    try:
-        from compressai.layers import GDN
-        return GDN
-    except ImportError:  # pragma: no cover - compressai is a dependency
-        return ()
-
-
-def _macs(module: nn.Module, inputs, output) -> int:
-    if isinstance(module, _CONV):
-        return output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
-    if isinstance(module, _DECONV):
-        return inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    # GDN: norm = conv1x1(x², gamma) with a C×C gamma
-    return output.numel() * output.shape[1]
-
-
 @torch.no_grad()
 def count_macs(model: nn.Module, *inputs, **kwargs) -> int:
-    """Multiply-accumulates of one forward of ``model(*inputs, **kwargs)``, per sample."""
-    counted = _CONV + _DECONV + (nn.Linear,) + ((_gdn_type(),) if _gdn_type() else ())
-    total = [0]
-    batch = inputs[0].shape[0]
-
-    def hook(module, inp, out):
-        total[0] += _macs(module, inp, out)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    """Multiply-accumulates of one forward of ``model(*inputs, **kwargs)`` in eval mode, per sample."""
+    counter = FlopCounterMode(display=False)
     was_training = model.training
     model.eval()
     try:
-        model(*inputs, **kwargs)
+        with counter:
+            model(*inputs, **kwargs)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total[0] // batch
+    return counter.get_total_flops() // 2 // inputs[0].shape[0]
 
 
 @dataclass(frozen=True)

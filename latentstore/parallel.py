@@ -1,21 +1,17 @@
 """Run a build's item groups in K encoder processes: `latentstore build --encoders K`.
 
-Why processes and not threads: everything stored runs at one intra-op thread
-(below), and the autoregressive coders' serial loop of tiny convolutions could
-not use more anyway. One encoder keeps about one core busy, so the way to use
-N cores is N encoders in N processes.
+Processes, not threads: everything stored runs at encode.STORE_THREADS
+(docs/benchmarks.md, "Throughput knobs"), and the autoregressive coders' serial
+loop of tiny convolutions could not use more threads anyway, so one encoder
+keeps about one core busy and N cores take N processes. A group's bytes depend
+only on its images and the build arguments, never on which process made it or
+in which order pieces finish, so the store is byte-identical to a
+single-process build.
 
-Each process runs torch at the parent's thread count for whatever is not
-stored; everything stored runs at encode.STORE_THREADS (the thread count
-changes a convolution's last bits), so no process can change the store. A group's bytes depend only on its images and the build
-arguments, never on which process made it or in which order groups finish,
-so the store is byte-identical to a single-process build.
-
-The processes are spawned, not forked: torch's OpenMP (libgomp) is not
-fork-safe once the parent has run a parallel region with more than one thread,
-and a forked child then hangs in its first multi-threaded op (seen here in
-``gomp_team_barrier_wait_end``). So each process loads the coder itself
-(``setup``), a few seconds once per process.
+The processes are spawned, not forked: torch's OpenMP runtime (libgomp) is not
+fork-safe once the parent has run a parallel region, and a forked child can
+hang in its first multi-threaded op. So each process loads the coder itself
+(``setup``).
 """
 from __future__ import annotations
 
@@ -25,6 +21,8 @@ import os
 import queue
 import signal
 import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -41,8 +39,8 @@ class _Progress:
 def die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process when `parent` dies (Linux), else exit now if it is gone.
 
-    A Pool's workers otherwise outlive a parent killed with SIGKILL (nothing runs
-    in the parent to stop them) and keep taking work from the queue they hold.
+    Nothing runs in a parent killed with SIGKILL, so no executor can stop its
+    processes then; they would encode on for nobody.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -57,15 +55,15 @@ def die_with_parent(parent: int) -> None:
 def _init(job, setup, setup_args, progress, threads: int, parent: int) -> None:
     global _JOB, _STATE, _PROGRESS
     die_with_parent(parent)
-    # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables'
-    # floats depend on it. The jobs' stored work runs at encode.STORE_THREADS whatever is
-    # set, and the rest is elementwise, so afterwards one thread each keeps N processes
-    # from running N x threads OpenMP threads on N cores.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (_submit_ignoring_ctrl_c)
+    # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables' floats
+    # depend on it. The jobs' stored work runs at encode.STORE_THREADS whatever is set, and the
+    # rest is elementwise, so one thread each keeps N processes from oversubscribing N cores.
     torch.set_num_threads(threads)
     _JOB, _PROGRESS = job, progress
     try:
         _STATE = setup(*setup_args)
-    except Exception as exc:  # raised from the first job: a Pool respawns processes whose initializer fails
+    except Exception as exc:  # an executor whose initializer raises breaks without this exception
         _STATE = exc
     torch.set_num_threads(1)
 
@@ -76,6 +74,33 @@ def _run(task):
     return _JOB(_STATE, task, _Progress())
 
 
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the tasks not started and end the processes now.
+
+    ``shutdown`` alone lets running tasks finish, which could take minutes
+    (Python 3.14's ``terminate_workers`` does what this does).
+    """
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit_ignoring_ctrl_c(pool: ProcessPoolExecutor, tasks: list) -> list:
+    """Submit every task; the processes this starts ignore SIGINT from birth.
+
+    Ctrl-C reaches the whole process group, and a process still importing
+    torch would die of it with a traceback of its own; the parent stops them
+    all instead. A spawned Python keeps an inherited SIG_IGN for SIGINT.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
+        return [pool.submit(_run, task) for task in tasks]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return [pool.submit(_run, task) for task in tasks]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int, threads: int,
                      on_progress=None):
     """Yield ``job(state, task, progress)`` for each task, in order, run in `processes` spawned processes.
@@ -84,14 +109,15 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
     must be module-level functions; tasks, setup_args and results must pickle.
     ``progress.update(n)`` inside a job calls ``on_progress(n)`` here. The
     first job that raises stops the rest (terminated: what they had not
-    committed is lost, as after a crash) and its exception is raised here.
+    returned is lost, as after a crash) and its exception is raised here; so
+    does closing the generator early.
     """
     if not tasks:
         return
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
-    pool = ctx.Pool(min(processes, len(tasks)), initializer=_init,
-                    initargs=(job, setup, setup_args, updates, threads, os.getpid()))
+    pool = ProcessPoolExecutor(min(processes, len(tasks)), mp_context=ctx, initializer=_init,
+                               initargs=(job, setup, setup_args, updates, threads, os.getpid()))
 
     def drain(timeout: float) -> None:
         try:
@@ -104,13 +130,12 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
             pass
 
     try:
-        results = [pool.apply_async(_run, (task,)) for task in tasks]
-        for result in results:
-            while not result.ready():
+        futures = _submit_ignoring_ctrl_c(pool, tasks)
+        for future in futures:
+            while not future.done():
                 drain(0.2)
-            yield result.get()
-        pool.close()
-        pool.join()
+            yield future.result()
+        pool.shutdown(wait=True)
         drain(0)
     finally:
-        pool.terminate()
+        _stop(pool)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compressai.layers import GDN
+from compressai.layers import GDN, GDN1
 from torch import nn
 
 from latentstore.complexity import (Latency, count_macs, count_params, markdown_table, measure,
@@ -35,6 +35,33 @@ def test_macs_by_hand():
     want = 128 * 27 + 128 * 9 + 128 * 16 + 256 * 4 + 10 * 256
     assert count_macs(net, torch.zeros(3, 3, 8, 8)) == want  # per sample, batch divided out
     assert count_params(net) == sum(p.numel() for p in net.parameters())
+
+
+class Squares(nn.Module):
+    """A module of no known type whose only work is element-wise."""
+
+    def forward(self, x):
+        return x * x + 1
+
+
+class FunctionalConv(nn.Module):
+    """A 1×1 conv through F.conv2d, with no nn.Conv2d in sight."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c, c, 1, 1))
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight)
+
+
+def test_gdn_counts_as_its_1x1_conv_and_unknown_modules_by_their_ops():
+    x = torch.ones(2, 4, 8, 8)
+    for gdn in (GDN(4), GDN(4, inverse=True), GDN1(4)):            # norm = conv2d(x² or |x|, 4×4×1×1 γ)
+        assert count_macs(gdn, x) == 4 * 8 * 8 * 4, gdn
+    assert count_macs(Squares(), x) == 0                            # not charged as a GDN
+    assert count_macs(FunctionalConv(4), x) == 4 * 8 * 8 * 4       # charged for the conv it runs
+    assert count_macs(nn.Sequential(Squares(), GDN(4), Squares()), x) == 4 * 8 * 8 * 4
 
 
 def test_count_macs_keeps_training_mode_and_removes_hooks():

@@ -14,7 +14,6 @@ from latentstore.build import BuildConfig, build
 from latentstore.errors import ConfigError
 from latentstore.train import DISTANCES, TrainConfig, parse_config, transfer_loss
 from latentstore.train import checkpoint as ckpt
-from latentstore.train.log import EventWriter, _masked, crc32c
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,22 +121,21 @@ def test_each_trainer_refuses_the_other_task_s_store_in_one_line(store, seg_stor
 
 # ---------------------------------------------------------------- logging
 
-def test_event_file_records_are_framed_like_tfrecord(tmp_path):
-    import struct
+def test_a_run_writes_tensorboard_events_with_the_scalars_of_metrics_csv(store, tmp_path):
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert crc32c(b"123456789") == 0xE3069283                               # the CRC-32C check value
-    w = EventWriter(tmp_path)
-    w.scalars(7, {"loss": 0.25})
-    w.close()
-    data, records = w.path.read_bytes(), []
-    while data:
-        (n,) = struct.unpack("<Q", data[:8])
-        assert data[8:12] == _masked(data[:8]) and data[12 + n:16 + n] == _masked(data[12:12 + n])
-        records.append(data[12:12 + n])
-        data = data[16 + n:]
-    assert b"brain.Event:2" in records[0]
-    # Event{step=7 (field 2), summary (field 5){value{tag "loss", simple_value 0.25}}}
-    assert b"\x10\x07" in records[1] and b"\x0a\x04loss\x15" + struct.pack("<f", 0.25) in records[1]
+    run = tmp_path / "tb"
+    classify.main(args(store, run, "--epochs", "1"))                # 3 steps, each logged
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    (events,) = run.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
+    names = sorted({r["name"] for r in rows})
+    assert "loss" in names and sorted(acc.Tags()["scalars"]) == names
+    for name in names:
+        want = [(int(r["step"]), float(np.float32(r["value"]))) for r in rows if r["name"] == name]
+        assert [(e.step, e.value) for e in acc.Scalars(name)] == want, name   # TensorBoard keeps float32
 
 
 def test_a_run_logs_its_last_step_ends_with_a_summary_and_a_rerun_says_it_is_done(store, tmp_path, capsys):

@@ -1,89 +1,11 @@
-"""Run logging on rank 0: a progress bar with samples/s, scalars to metrics.csv and TensorBoard events.
-
-The TensorBoard writer is a few lines of protobuf by hand (Event{wall_time,
-step, summary{value{tag, simple_value}}} in TFRecord framing with masked
-CRC-32C), so logging needs neither tensorboard nor tensorflow installed;
-`tensorboard --logdir OUT` reads the files.
-"""
+"""Run logging on rank 0: a progress bar with samples/s, scalars to metrics.csv and TensorBoard events."""
 from __future__ import annotations
 
 import csv
-import socket
-import struct
-import time
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def _masked(data: bytes) -> bytes:
-    c = crc32c(data)
-    return struct.pack("<I", (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _bytes_field(tag: int, payload: bytes) -> bytes:
-    return bytes([tag]) + _varint(len(payload)) + payload
-
-
-def event_bytes(step: int, wall_time: float, scalars: dict | None = None, file_version: str | None = None) -> bytes:
-    """One serialized tensorflow Event proto."""
-    msg = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-    if file_version:
-        msg += _bytes_field(0x1A, file_version.encode())
-    if scalars:
-        values = b"".join(_bytes_field(0x0A, _bytes_field(0x0A, k.encode()) + b"\x15" + struct.pack("<f", v))
-                          for k, v in scalars.items())
-        msg += _bytes_field(0x2A, values)
-    return msg
-
-
-class EventWriter:
-    """Append scalar events to OUT/events.out.tfevents.<time>.<host>."""
-
-    def __init__(self, folder):
-        self.path = Path(folder) / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
-        self.file = open(self.path, "ab")
-        self._write(event_bytes(0, time.time(), file_version="brain.Event:2"))
-
-    def _write(self, record: bytes) -> None:
-        header = struct.pack("<Q", len(record))
-        self.file.write(header + _masked(header) + record + _masked(record))
-        self.file.flush()
-
-    def scalars(self, step: int, values: dict) -> None:
-        self._write(event_bytes(step, time.time(), {k: float(v) for k, v in values.items()}))
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class RunLog:
@@ -101,7 +23,7 @@ class RunLog:
             self.csv = csv.writer(self.csv_file)
             if new:
                 self.csv.writerow(["step", "epoch", "name", "value"])
-            self.events = EventWriter(out)
+            self.events = SummaryWriter(out)
 
     def step(self, samples_per_s: float, loss: float) -> None:
         self.bar.update(1)
@@ -112,8 +34,9 @@ class RunLog:
             return
         for name, value in values.items():
             self.csv.writerow([step, epoch, name, repr(float(value))])
+            self.events.add_scalar(name, float(value), step)
         self.csv_file.flush()
-        self.events.scalars(step, values)
+        self.events.flush()  # on disk with its metrics.csv rows, should the run be killed
 
     def message(self, text: str) -> None:
         if self.main:
