@@ -18,7 +18,7 @@ from .errors import ConfigError, StoreError
 from .format import (check_recorded_files, commit_record_name, encode_field, get_field, read_manifest,
                      write_json_atomic)
 from .seal import part_file, read_parts, seal
-from .store import SOURCES
+from .dataset import SOURCES
 from .writers import WRITERS
 
 

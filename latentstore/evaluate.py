@@ -36,7 +36,7 @@ from .checkpoint_view import CheckpointView, read_checkpoint
 from .errors import ConfigError, LatentstoreError, StoreError
 from .format import read_manifest
 from .metrics import IGNORE_INDEX, ConfusionMatrix, TopK, all_reduce_sum
-from .store import SOURCES, collate, pick_split, to_tensors
+from .dataset import SOURCES, collate, pick_split, to_tensors
 
 RECORD_KIND, RECORD_VERSION = "latentstore-eval", 1
 

@@ -25,7 +25,7 @@ from .encode import STORE_THREADS, EncodedImage, decode_y_hat
 from .errors import LatentstoreError
 from .checksum import audit
 from .format import ENCODER_REVISION, read_manifest
-from .store import SOURCES
+from .dataset import SOURCES
 
 
 @dataclass

@@ -11,7 +11,7 @@ from latentstore.datasets import open_source
 from latentstore.errors import InputError, StoreError
 from latentstore.format import MANIFEST
 from latentstore.seal import seal
-from latentstore.store import SOURCES
+from latentstore.dataset import SOURCES
 from latentstore.verify import verify
 
 ARGS = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",

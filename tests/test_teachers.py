@@ -164,7 +164,7 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
 
 def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path):
     from latentstore.readers.zarr import verify as verify_zarr
-    from latentstore.store import SOURCES
+    from latentstore.dataset import SOURCES
 
     def samples(store):
         manifest = read_manifest(store)

@@ -14,7 +14,7 @@ from latentstore.build import build
 from latentstore.errors import ConfigError, StoreError
 from latentstore.format import FIELDS, MANIFEST, read_manifest
 from latentstore.readers.zarr import iter_unit, verify
-from latentstore.store import SOURCES
+from latentstore.dataset import SOURCES
 from latentstore.verify import verify as verify_store
 from latentstore.writers import zarr as zarr_writer
 

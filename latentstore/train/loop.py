@@ -1,6 +1,6 @@
 """The training loop both trainer scripts share: store -> batches -> loss -> SGD, with exact resume.
 
-Exactness: the epoch order is a function of (seed, epoch) (latentstore.store),
+Exactness: the epoch order is a function of (seed, epoch) (latentstore.dataset),
 each step's randomness (dropout, ...) is seeded from (seed, step, rank), and a
 checkpoint records the per-rank sample offset inside the epoch. A run
 interrupted after any saved step and resumed therefore sees the same batches
@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
-from ..store import open_store
+from ..dataset import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
 from .log import RunLog, finished, headline, summary as run_summary

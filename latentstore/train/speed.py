@@ -9,7 +9,7 @@ is testable on the CPU (the device type is an argument, not a probe):
   brings nothing and the exact-resume tests run. ``--precision fp32`` opts out.
 * ``--compile`` wraps the model in ``torch.compile`` (first steps compile).
 * One DataLoader for the whole run: workers persist across epochs (the
-  dataset's epoch and start are shared with them, latentstore.store) and
+  dataset's epoch and start are shared with them, latentstore.dataset) and
   copy batches into pinned memory so the host-to-GPU copy is non-blocking.
 * ``StepMeter`` sums the logged values on the device; the host reads them
   (one sync) only at log steps.
