@@ -46,8 +46,8 @@ from .format import (TEACHER_PREFIX, check_recorded_files, commit_record_name, d
                      write_json_atomic)
 from .images import RejectedImage, load_rgb
 from .seal import read_parts, part_file, seal
-from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
-                       teacher_entry)
+from .teacher.dtypes import TEACHER_DTYPES, dequantize, quantize, relative_error
+from .teacher.load import TEACHER_ARGS, Teacher, load_teacher, teacher_entry
 from .readers import iter_raw, iter_unit
 from .writers import WRITERS
 

@@ -41,7 +41,7 @@ from .images import RejectedImage, load_rgb
 from .parallel import run_in_processes
 from .profile import Profiler, stage as _stage
 from .seal import PARTS_DIR, RESUME_FREE, part_file, read_parts, seal
-from .teachers import load_teacher, teacher_entry
+from .teacher.load import load_teacher, teacher_entry
 from .writers import WRITERS
 
 # --------------------------------------------------------------------------- stages

@@ -15,7 +15,8 @@ from .coders import get_spec
 from .datasets import SEGMENTATION
 from .errors import ConfigError
 from .format import OPTIONAL_FIELDS
-from .teachers import TEACHER_ARGS, TEACHER_DTYPES, resolve_teacher_args
+from .teacher.dtypes import TEACHER_DTYPES
+from .teacher.load import TEACHER_ARGS, resolve_teacher_args
 from .writers import WRITERS
 
 Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}

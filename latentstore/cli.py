@@ -33,7 +33,7 @@ def cli():
 
 
 def teacher_options(required: bool):
-    """The --teacher* options, shared by build and add-teacher (see latentstore/teachers.py)."""
+    """The --teacher* options, shared by build and add-teacher (see latentstore/teacher/)."""
     options = [
         click.option("--teacher", required=required,
                      help="Teacher whose feature maps are stored beside the latent: any timm CNN with "

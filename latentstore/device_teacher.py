@@ -13,7 +13,8 @@ import torch
 
 from .encode import _no_tf32
 from .format import encode_npy
-from .teachers import Teacher, quantize
+from .teacher.dtypes import quantize
+from .teacher.load import Teacher
 
 
 class BatchedTeacher:

@@ -29,7 +29,7 @@ from .datasets import open_source
 from .encode import Encoder
 from .errors import InputError
 from .profile import Profiler
-from .teachers import load_teacher
+from .teacher.load import load_teacher
 
 TAR_BLOCK, TAR_RECORD, TAR_END = 512, 10240, 1024
 TIMING_BATCH = 16  # crops encoded to time the coder: the per-crop cost barely falls past 16

@@ -14,7 +14,9 @@ from latentstore.build import BuildConfig, build
 from latentstore.cli import main
 from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
 from latentstore.format import MANIFEST, field_for_member, read_manifest
-from latentstore.teachers import check_teacher, dequantize, load_teacher, quantize, relative_error
+from latentstore.teacher.dtypes import dequantize, quantize, relative_error
+from latentstore.teacher.fingerprint import check_teacher
+from latentstore.teacher.load import load_teacher
 
 from conftest import demo_photos
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
+from ..compat import store_summary
 from ..dataset import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
@@ -60,7 +61,7 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gamma_pow = lr_factor(milestones)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
-    summary = ckpt.store_summary(data.manifest, data.split)
+    summary = store_summary(data.manifest, data.split)
     pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
     if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
         if d.main:
