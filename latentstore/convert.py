@@ -18,7 +18,7 @@ from .errors import ConfigError, StoreError
 from .format import (check_recorded_files, commit_record_name, encode_field, get_field, read_manifest,
                      write_json_atomic)
 from .seal import part_file, read_parts, seal
-from .dataset import SOURCES
+from .dataset import SHARD_READERS
 from .writers import WRITERS
 
 
@@ -51,7 +51,7 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
         raise ConfigError(f"{src} is already a {fmt} store")
     if src.resolve() == dst.resolve():
         raise ConfigError("convert writes a new store: give a DST other than SRC")
-    read = SOURCES[manifest["backend"]]
+    read = SHARD_READERS[manifest["backend"]]
     parts = read_parts(src)
     for split, entry in sorted(manifest["splits"].items()):
         records = _records(src, split)

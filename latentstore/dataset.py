@@ -35,7 +35,7 @@ shards is read k times (usually from the page cache) but each sample is
 decoded once. Memory per worker: its share of about one window of decoded
 samples.
 
-Backends: ``SOURCES`` maps ``manifest["backend"]`` to a function that yields
+Backends: ``SHARD_READERS`` maps ``manifest["backend"]`` to a function that yields
 the samples of one shard record (``info["shards"][i]``: at least ``variant``
 and ``samples``) in stored order. Strict reads raise StoreError naming shard
 and key; with ``max_skips > 0`` damaged samples are skipped, listed in
@@ -71,7 +71,7 @@ def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool,
 #: manifest["backend"] -> fn(store path, shard record, fields, lenient, wanted=None) yielding the
 #: shard's samples in stored order (None for an index not in `wanted`, left undecoded); in lenient
 #: mode a damaged sample comes as {"__key__", "__shard__", "__error__"}.
-SOURCES: dict[str, Callable[..., Iterator[dict]]] = {
+SHARD_READERS: dict[str, Callable[..., Iterator[dict]]] = {
     "webdataset": _webdataset_samples,
     "zarr": iter_unit,
 }
@@ -166,9 +166,10 @@ class LatentDataset(IterableDataset):
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]
         backend = self.manifest.get("backend", "webdataset")
-        if backend not in SOURCES:
-            raise StoreError(f"{self.path} uses backend {backend!r}; this latentstore reads {', '.join(SOURCES)}")
-        self.source = SOURCES[backend]
+        if backend not in SHARD_READERS:
+            raise StoreError(f"{self.path} uses backend {backend!r}; this latentstore reads "
+                             f"{', '.join(SHARD_READERS)}")
+        self.source = SHARD_READERS[backend]
         fields = check_fields(fields, self.info, self.path, self.split)
         self.teacher = TeacherDecoder(self.info, fields, teacher_dtype)  # teacher_s8 ... -> float tensors
         unknown = set(fields) - set(FIELDS) - self.teacher.fields

@@ -25,7 +25,7 @@ from .encode import STORE_THREADS, EncodedImage, decode_y_hat
 from .errors import LatentstoreError
 from .checksum import audit
 from .format import ENCODER_REVISION, read_manifest
-from .dataset import SOURCES
+from .dataset import SHARD_READERS as SOURCES
 
 
 @dataclass

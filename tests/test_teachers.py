@@ -166,12 +166,12 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
 
 def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path):
     from latentstore.readers.zarr import verify as verify_zarr
-    from latentstore.dataset import SOURCES
+    from latentstore.dataset import SHARD_READERS
 
     def samples(store):
         manifest = read_manifest(store)
         return [s for unit in manifest["splits"]["train"]["shards"]
-                for s in SOURCES["zarr"](store, unit, None, False)]
+                for s in SHARD_READERS["zarr"](store, unit, None, False)]
 
     plain, built = tmp_path / "plain", tmp_path / "built"
     build(config(tiny_folder, plain, variants=2, format="zarr"), progress=False)
