@@ -1,7 +1,7 @@
 """The `latentstore` command line. Each command is a thin wrapper over a library function.
 
-A command imports what it runs when it runs (STYLE "Import downward only"): reading commands
-(`info`, `verify` without --decode) never load CompressAI, and `--help` loads nothing heavy.
+A command imports what it runs, when it runs it: `info` never loads CompressAI (nor torch), and
+`--help` loads nothing heavy; the coder list in `build --help` is computed only when shown.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reader side runs where CompressAI cannot be imported (STYLE "Import downward only").
+"""The reader side runs where CompressAI cannot be imported (a training node has only the base install).
 
 A store is built here (this process may load the codec); then a fresh interpreter in which
 ``compressai``, ``latentstore.coders`` and ``latentstore.encode`` are unimportable reads it with
