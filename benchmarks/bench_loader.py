@@ -57,7 +57,7 @@ from latentstore.encode import to_input
 from latentstore.coders import load_coder
 from latentstore.encode import Encoder
 from latentstore.format import read_manifest
-from latentstore.store import open_store
+from latentstore.dataset import open_store
 
 DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
 REPO = Path(__file__).resolve().parents[1]

@@ -4,15 +4,15 @@
     torchrun --nproc_per_node 4 eval/classify.py --store ... --checkpoint ...   # same numbers, faster
 
 Writes eval.json (next to the checkpoint, or --out) and eval.md (a row in the
-paper's table layout); see docs/results.md. The logic is latentstore.evaluate.
+paper's table layout); see docs/results.md. The logic is latentstore.evaluate (run.py).
 """
 import sys
 
-from latentstore import evaluate
+from latentstore.evaluate.run import main as evaluate
 
 
 def main(argv=None) -> int:
-    return evaluate.main(argv, "classification")
+    return evaluate(argv, "classification")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,15 @@
 
 Full-resolution val latents; predictions are upsampled to the label maps'
 resolution; the confusion matrix is int64. Writes eval.json and eval.md
-(docs/results.md). The logic is latentstore.evaluate.
+(docs/results.md). The logic is latentstore.evaluate (run.py).
 """
 import sys
 
-from latentstore import evaluate
+from latentstore.evaluate.run import main as evaluate
 
 
 def main(argv=None) -> int:
-    return evaluate.main(argv, "segmentation")
+    return evaluate(argv, "segmentation")
 
 
 if __name__ == "__main__":

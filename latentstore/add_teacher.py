@@ -50,8 +50,8 @@ from .readers import iter_shard, iter_unit
 from .resume import check_resume
 from .sample import Sample, SampleMeta
 from .seal import read_parts, part_file, seal
-from .teachers import (TEACHER_ARGS, TEACHER_DTYPES, Teacher, dequantize, load_teacher, quantize, relative_error,
-                       teacher_entry)
+from .teacher.dtypes import TEACHER_DTYPES, dequantize, quantize, relative_error
+from .teacher.load import TEACHER_ARGS, Teacher, load_teacher, teacher_entry
 
 Y_HAT_SLACK = 1e-3  # float slack of recomputing g_a outside compress() (batched vs not)
 

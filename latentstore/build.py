@@ -26,7 +26,8 @@ from .coders import load_coder
 from .commit import GroupCommit, GroupLayout
 from .crops_to_samples import encode_samples
 from .datasets import fingerprint, listing_digest, open_source
-from .encode import STORE_THREADS, Encoder
+from .encode import Encoder
+from .threads import STORE_THREADS
 from .errors import InputError, WeightsError
 from .format import ENCODER_REVISION, Padding, write_json_atomic
 from .parallel import run_in_processes
@@ -34,7 +35,7 @@ from .prepare import prepared_stream
 from .profile import Profiler, stage as _stage
 from .resume import build_lock, check_parts, check_resume, current_records
 from .seal import part_file, seal
-from .teachers import load_teacher, teacher_entry
+from .teacher.load import load_teacher, teacher_entry
 
 # --------------------------------------------------------------------------- driver
 

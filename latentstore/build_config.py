@@ -15,7 +15,8 @@ from .coders import get_spec
 from .datasets import SEGMENTATION
 from .errors import ConfigError
 from .format import OPTIONAL_FIELDS
-from .teachers import TEACHER_ARGS, TEACHER_DTYPES, resolve_teacher_args
+from .teacher.dtypes import TEACHER_DTYPES
+from .teacher.load import TEACHER_ARGS, resolve_teacher_args
 from .writers import WRITERS
 
 Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -44,7 +45,7 @@ class BuildConfig:
     max_rejects: int = 100
     scale: tuple | None = None        # seg-train random scale range; default (0.5, 2.0)
     format: str = "webdataset"        # store backend: a key of writers.WRITERS
-    teacher: str | None = None        # teacher features beside the latent (teachers.py); None: none
+    teacher: str | None = None        # teacher features beside the latent (teacher/); None: none
     teacher_weights: str = "pretrained"
     teacher_strides: tuple = (8, 16, 32)
     teacher_layers: tuple = ()        # module names; replace the strides (segmentation backbones)

@@ -7,11 +7,8 @@ only reads it, through ``latentstore.train.checkpoint.load`` (torch.load with
 - the model's state dict: ``model`` (or ``state_dict``), ``module.`` prefixes dropped;
 - the resolved training config: ``config`` (model name under ``model``, the
   transfer loss under ``transfer``);
-- the summary of the training store, ``store``
-  (``latentstore.train.checkpoint.store_summary``: coder, quality,
-  coder_sha256, latent_shape, classes as a count, ...), normalized to the keys
-  ``latentstore.evaluate.check_compatible`` compares; a manifest-like dict
-  (a ``coder`` entry) is understood too;
+- the summary of the training store, ``store`` (``latentstore.compat.store_summary``,
+  what ``check_compatible`` compares); a whole manifest there is summarized the same way;
 - ``step`` and ``epoch``.
 
 A field that cannot be found is an error naming it, except the store summary
@@ -22,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .compat import store_summary
 from .errors import WeightsError
 from .format import file_sha256
 
@@ -59,30 +57,14 @@ def _first(d: dict, *names):
     return None
 
 
-def _summary(store: dict | None, config: dict) -> dict:
-    """Normalize whatever the checkpoint recorded about its training store to store_summary's keys."""
+def _trained_on(store, config: dict) -> dict:
+    """The training store's summary: saved as such by the trainers, or computed from a saved manifest."""
     if not isinstance(store, dict):
         return {}
-    coder = store.get("coder")
-    out = {}
-    if isinstance(coder, dict):  # a manifest-like entry
-        out.update(coder=coder.get("name"), quality=coder.get("quality"), latent_kind=coder.get("latent_kind"),
-                   channels=coder.get("channels"), weights_sha256=(coder.get("weights") or {}).get("sha256"))
-    else:  # the trainers' store_summary
-        for k in ("coder", "quality", "latent_kind", "channels"):
-            out[k] = store.get(k)
-        out["weights_sha256"] = store.get("coder_sha256", store.get("weights_sha256"))
-    split_info = store
     if isinstance(store.get("splits"), dict):
         split = config.get("split", "train")
-        split_info = store["splits"].get(split) or next(iter(store["splits"].values()), {})
-    out["latent_shape"] = split_info.get("latent_shape")
-    classes = split_info.get("classes")
-    if isinstance(classes, int):  # the trainers record the count only
-        out["num_classes"] = classes
-    elif classes:
-        out["classes"], out["num_classes"] = list(classes), len(classes)
-    return {k: v for k, v in out.items() if v is not None}
+        return store_summary(store, split if split in store["splits"] else next(iter(store["splits"])))
+    return store
 
 
 def read_checkpoint(path) -> CheckpointView:
@@ -99,7 +81,7 @@ def read_checkpoint(path) -> CheckpointView:
     name = _first(config, "model", "model_name") or _first(raw, "model_name")
     if not isinstance(name, str):
         raise WeightsError(f"checkpoint {path} does not name its model (config['model']); cannot rebuild it")
-    trained_on = _summary(_first(raw, "store", "manifest") or _first(config, "store_manifest"), config)
+    trained_on = _trained_on(_first(raw, "store", "manifest"), config)
     num_classes = _first(config, "num_classes")
     if num_classes is None:
         num_classes = trained_on.get("num_classes")

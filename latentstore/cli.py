@@ -1,4 +1,8 @@
-"""The `latentstore` command line. Each command is a thin wrapper over a library function."""
+"""The `latentstore` command line. Each command is a thin wrapper over a library function.
+
+A command imports what it runs, when it runs it: `info` never loads CompressAI (nor torch), and
+`--help` loads nothing heavy; the coder list in `build --help` is computed only when shown.
+"""
 from __future__ import annotations
 
 import errno
@@ -9,15 +13,37 @@ import time
 
 import click
 
-from .coders import ALIASES, CODERS
 from .errors import LatentstoreError
-from .format import OPTIONAL_FIELDS
 
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                   errno.EFBIG: "the file size limit was reached", errno.EROFS: "the output is on a read-only file system",
                   errno.EACCES: "permission denied"}
 
-CODER_HELP = "CompressAI coder: " + ", ".join(list(CODERS) + [f"{a} (= {c})" for a, c in ALIASES.items()])
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is computed when help is shown: listing the coders imports CompressAI
+    (seconds), which `latentstore --help`, `info` and every command that does not encode must not pay."""
+
+    def __init__(self, *args, help_text, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_text = help_text
+
+    def get_help_record(self, ctx):
+        self.help = self.help_text()
+        return super().get_help_record(ctx)
+
+
+def _coder_help() -> str:
+    from .coders import ALIASES, CODERS
+
+    return "CompressAI coder: " + ", ".join(list(CODERS) + [f"{a} (= {c})" for a, c in ALIASES.items()])
+
+
+def _fields_help() -> str:
+    from .format import OPTIONAL_FIELDS
+
+    return f"Extra fields, comma separated: {', '.join(OPTIONAL_FIELDS)}."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,7 +59,7 @@ def cli():
 
 
 def teacher_options(required: bool):
-    """The --teacher* options, shared by build and add-teacher (see latentstore/teachers.py)."""
+    """The --teacher* options, shared by build and add-teacher (see latentstore/teacher/)."""
     options = [
         click.option("--teacher", required=required,
                      help="Teacher whose feature maps are stored beside the latent: any timm CNN with "
@@ -58,7 +84,7 @@ def teacher_options(required: bool):
 
 
 @cli.command()
-@click.option("--coder", required=True, help=CODER_HELP)
+@click.option("--coder", required=True, cls=LazyHelpOption, help_text=_coder_help)
 @click.option("--quality", required=True, type=int, help="Codec quality (1-8 for bmshj2018/mbt2018, 1-6 for cheng2020).")
 @click.option("--weights", default="pretrained", show_default=True,
               help="'pretrained' (zoo weights via the TORCH_HOME cache), a CompressAI checkpoint PATH, "
@@ -85,7 +111,7 @@ def teacher_options(required: bool):
 @click.option("--shard-size", default=1000, show_default=True, type=int, help="Source images per shard.")
 @click.option("--y-hat-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Stored ŷ: float16 (half the bytes, rounded from the exact value) or float32 (bit-exact).")
-@click.option("--fields", default="", help=f"Extra fields, comma separated: {', '.join(OPTIONAL_FIELDS)}.")
+@click.option("--fields", default="", cls=LazyHelpOption, help_text=_fields_help)
 @click.option("--max-rejects", default=100, show_default=True, type=int,
               help="Fail once more than this many images are unreadable.")
 @click.option("--batch-size", default=32, show_default=True, type=int,
@@ -231,7 +257,7 @@ def seal_command(store, quiet):
 
 
 @cli.command("fetch-weights")
-@click.option("--coder", required=True, help=CODER_HELP)
+@click.option("--coder", required=True, cls=LazyHelpOption, help_text=_coder_help)
 @click.option("--quality", "qualities", required=True, multiple=True, type=int, help="Repeat for several.")
 def fetch_weights(coder, qualities):
     """Download released coder weights into the torch hub cache ($TORCH_HOME), for offline nodes."""

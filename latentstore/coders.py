@@ -7,7 +7,6 @@ the latent channel count per quality, and whether the coder is autoregressive
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from compressai.zoo.pretrained import load_pretrained
 
 from .errors import ConfigError, WeightsError
 from .format import file_sha256
-from .weights import fetch, load_state
+from .weights import fetch, load_state, state_dict_sha256
 
 
 @dataclass(frozen=True)
@@ -86,16 +85,6 @@ def check_quality(spec: CoderSpec, quality: int) -> None:
     if quality not in spec.channels:
         q = spec.qualities
         raise ConfigError(f"Invalid quality {quality} for {spec.name}: choose {q[0]}-{q[-1]}")
-
-
-def state_dict_sha256(state_dict) -> str:
-    """A hash of the weights themselves (names, dtypes, shapes, bytes), independent of file format."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .format import Padding, sample_key, smallest_int_dtype
 from .prepare import Prepared
 from .profile import stage as _stage
 from .sample import Sample, SampleMeta
-from .teachers import quantize
+from .teacher.dtypes import quantize
 
 
 def batches(prepared, batch_size: int):

@@ -1,7 +1,7 @@
 """The teacher on the GPU for `build --device cuda`: one forward per batch of same-size crops.
 
 On the CPU the teacher runs one crop per forward at the store's thread count
-(teachers.py): that keeps its stored maps independent of batch size and machine.
+(crops_to_samples.py): that keeps its stored maps independent of batch size and machine.
 A cuda store is not byte-identical to a CPU build anyway (encode.py), so here the
 maps of a whole encoder batch come from one float32 forward (TF32 off), then are
 stored exactly as on the CPU (same fields, dtypes and quantization).
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .encode import _no_tf32
-from .teachers import Teacher, quantize
+from .teacher.dtypes import quantize
+from .teacher.load import Teacher
 
 
 class BatchedTeacher:

@@ -32,7 +32,7 @@ from .errors import InputError
 from .format import get_field, member_size
 from .prepare import prepare
 from .profile import Profiler
-from .teachers import load_teacher
+from .teacher.load import load_teacher
 
 TAR_BLOCK, TAR_RECORD, TAR_END = 512, 10240, 1024
 TIMING_BATCH = 16  # crops encoded to time the coder: the per-crop cost barely falls past 16

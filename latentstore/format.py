@@ -58,7 +58,7 @@ FIELDS = {f.name: f for f in (
 REQUIRED_FIELDS = ("y_hat", "symbols", "y_string", "label", "meta")
 OPTIONAL_FIELDS = ("means", "scales", "z_symbols")
 _BY_EXT = {f.ext: f for f in FIELDS.values()}
-# Teacher feature maps (latentstore/teachers.py) are a family of npy fields, one per tap:
+# Teacher feature maps (latentstore/teacher/) are a family of npy fields, one per tap:
 # "teacher_<tag>" (tag s8, s16, ... or a layer name) and, for int8, "teacher_<tag>.scale".
 # Their members are "<key>.teacher_s8.npy", "<key>.teacher_s8.scale.npy": keys split at the first dot.
 TEACHER_PREFIX = "teacher_"

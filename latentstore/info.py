@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .format import ENCODER_REVISION, read_manifest
-from .teachers import render_teacher, summarize_teacher
+from .teacher.info import render_teacher, summarize_teacher
 
 
 def summarize(store) -> dict:

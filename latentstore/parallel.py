@@ -1,6 +1,6 @@
 """Run a build's item groups in K encoder processes: `latentstore build --encoders K`.
 
-Processes, not threads: everything stored runs at encode.STORE_THREADS
+Processes, not threads: everything stored runs at threads.STORE_THREADS
 (docs/benchmarks.md, "Throughput knobs"), and the autoregressive coders' serial
 loop of tiny convolutions could not use more threads anyway, so one encoder
 keeps about one core busy and N cores take N processes. A group's bytes depend
@@ -57,7 +57,7 @@ def _init(job, setup, setup_args, progress, threads: int, parent: int) -> None:
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (_submit_ignoring_ctrl_c)
     # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables' floats
-    # depend on it. The jobs' stored work runs at encode.STORE_THREADS whatever is set, and the
+    # depend on it. The jobs' stored work runs at threads.STORE_THREADS whatever is set, and the
     # rest is elementwise, so one thread each keeps N processes from oversubscribing N cores.
     torch.set_num_threads(threads)
     _JOB, _PROGRESS = job, progress

@@ -79,7 +79,8 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
 
 
 def _check_decode(coder, name: str, key: str, s: dict, created_by: dict) -> str | None:
-    from .encode import STORE_THREADS, EncodedImage, decode_y_hat  # CompressAI: only where a sample is decoded
+    from .encode import EncodedImage, decode_y_hat  # CompressAI: only where a sample is decoded
+    from .threads import STORE_THREADS
 
     meta = s["meta"]
     enc = EncodedImage(symbols=None, y_hat=None, y_string=s["y_string"], z_string=s.get("z_string"),

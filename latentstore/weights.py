@@ -17,6 +17,7 @@ a minute of download retries.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -150,3 +151,13 @@ def hf_cached_file(repo_id: str) -> Path | None:
             check_file(path, blob if _SHA256.fullmatch(blob) else None, f"Hugging Face repo {repo}")
             return path
     return None
+
+
+def state_dict_sha256(state_dict) -> str:
+    """A hash of the weights themselves (names, dtypes, shapes, bytes), independent of file format."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

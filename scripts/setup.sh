@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install latentstore with its test extras into it.
+# Create .venv (once) and install latentstore with its encoder and test extras into it.
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,5 @@ fi
 if ! .venv/bin/python -c "import latentstore, compressai, timm, webdataset, zarr, pytest, matplotlib" 2>/dev/null; then
     echo ">> installing latentstore and its dependencies (torch, compressai, timm, ...; a few minutes)"
     # Some pip configurations list local indexes that do not exist here; hide those warnings only.
-    .venv/bin/pip install --quiet -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    .venv/bin/pip install --quiet -e '.[encode,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi

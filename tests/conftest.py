@@ -9,7 +9,7 @@ DEMO = Path(__file__).resolve().parents[1] / "latentstore" / "data" / "demo-imag
 
 # CompressAI's own compress()/decompress() are the tests' reference, and their bits
 # depend on torch's thread count: run them at the count the store is made with.
-from latentstore.encode import STORE_THREADS  # noqa: E402
+from latentstore.threads import STORE_THREADS  # noqa: E402
 
 torch.set_num_threads(STORE_THREADS)
 

@@ -160,7 +160,7 @@ def test_gpu_device_and_workers_with_encoders_are_refused(tiny_folder, tmp_path)
 
 
 def test_bytes_do_not_depend_on_the_callers_thread_count(tiny_folder, tmp_path):
-    """Convolution bits change with torch's thread count; the encoder pins it (encode.STORE_THREADS)."""
+    """Convolution bits change with torch's thread count; the encoder pins it (threads.STORE_THREADS)."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

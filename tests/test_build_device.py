@@ -56,7 +56,7 @@ def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
 
     from latentstore.crops_to_samples import teacher_fields
     from latentstore.device_teacher import BatchedTeacher
-    from latentstore.teachers import load_teacher
+    from latentstore.teacher.load import load_teacher
 
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]

@@ -13,14 +13,15 @@ import torch.multiprocessing as mp
 
 from latentstore.build import BuildConfig, build
 from latentstore.errors import StoreError
-from latentstore.evaluate import (EvalConfig, check_compatible, evaluate_classification, parse_args,
-                                  predict_labels, store_summary)
+from latentstore.compat import check_compatible, store_summary
+from latentstore.evaluate.options import EvalConfig, parse_args
+from latentstore.evaluate.run import evaluate_classification, predict_labels
 from latentstore.format import read_manifest
 from latentstore.models import create_model
 from latentstore.readers import iter_shard
 from latentstore.report import load_records, markdown_row, method_label, results_table
 from latentstore.train import TrainConfig
-from latentstore.train.checkpoint import save, store_summary as train_summary
+from latentstore.train.checkpoint import save
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "resnet18-aa"  # small and fast; the path is the same for resnet50-aa
@@ -58,7 +59,7 @@ def make_checkpoint(path: Path, store: Path, model_name: str = MODEL, seed: int 
     model = create_model(model_name, info["latent_shape"][0], len(info["classes"]))
     cfg = TrainConfig(store=str(store), out=str(path.parent), model=model_name, transfer="mse")
     save(path, {"model": model.state_dict(), "config": cfg.as_dict(),
-                "store": {**train_summary(manifest, "train"), **summary_changes}, "step": 3, "epoch": 1})
+                "store": {**store_summary(manifest, "train"), **summary_changes}, "step": 3, "epoch": 1})
     return path
 
 
@@ -149,7 +150,7 @@ def test_mismatch_is_refused_naming_the_field(cls_store):
 
 
 def test_script_refuses_a_checkpoint_of_another_quality(cls_store, tmp_path, capsys):
-    ckpt = make_checkpoint(tmp_path / "q3.pt", cls_store, quality=3, coder_sha256="f" * 64)
+    ckpt = make_checkpoint(tmp_path / "q3.pt", cls_store, quality=3, weights_sha256="f" * 64)
     rc = _load_script("classify").main(["--store", str(cls_store), "--checkpoint", str(ckpt), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "quality: checkpoint 3, store 1" in err and "weights_sha256: checkpoint" in err
@@ -266,7 +267,7 @@ def test_segmentation_eval_end_to_end(seg_store, tmp_path):
     torch.manual_seed(0)
     model = create_model("pspnet50-aa", 128, 19)
     ckpt = tmp_path / "run" / "last.pt"
-    summary = {**train_summary(manifest, "val"), "latent_shape": [128, 40, 40]}  # trained on 640 crops
+    summary = {**store_summary(manifest, "val"), "latent_shape": [128, 40, 40]}  # trained on 640 crops
     save(ckpt, {"model": model.state_dict(), "config": TrainConfig(store="s", out="o", model="pspnet50-aa").as_dict(),
                 "store": summary, "step": 1, "epoch": 0})
     assert _load_script("segment").main(["--store", str(seg_store), "--checkpoint", str(ckpt),

@@ -11,7 +11,7 @@ from latentstore.datasets import open_source
 from latentstore.errors import InputError, StoreError
 from latentstore.format import MANIFEST
 from latentstore.seal import seal
-from latentstore.store import SOURCES
+from latentstore.readers import read_shard
 from latentstore.verify import verify
 
 ARGS = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
@@ -31,8 +31,8 @@ def folder(tiny_folder, tmp_path):
 def stored_items(out, split="train"):
     """Item keys of every stored sample, read back through the strict reader (duplicates kept)."""
     manifest = json.loads((out / MANIFEST).read_text())
-    read = SOURCES[manifest["backend"]]
-    return [s["meta"]["item"] for shard in manifest["splits"][split]["shards"] for s in read(out, shard, None, False)]
+    return [s["meta"]["item"] for shard in manifest["splits"][split]["shards"]
+            for s in read_shard(out, manifest["backend"], shard)]
 
 
 def current_keys(root):

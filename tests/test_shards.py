@@ -25,7 +25,6 @@ def make_sample(i: int, variant: int = 0, key: str | None = None) -> Sample:
 
 def layout(n=5, variants=1) -> GroupLayout:
     return GroupLayout("train", 0, variants, tuple(f"img{i:03d}" for i in range(n)), shard_size=n, total_items=n)
-    return files
 
 
 def write_group(store, n=5, variants=1):

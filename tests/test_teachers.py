@@ -15,7 +15,9 @@ from latentstore.build import BuildConfig, build
 from latentstore.cli import main
 from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
 from latentstore.format import MANIFEST, field_for_member, read_manifest
-from latentstore.teachers import check_teacher, dequantize, load_teacher, quantize, relative_error
+from latentstore.teacher.dtypes import dequantize, quantize, relative_error
+from latentstore.teacher.fingerprint import check_teacher
+from latentstore.teacher.load import load_teacher
 
 from conftest import demo_photos
 
@@ -165,12 +167,12 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
 
 def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path):
     from latentstore.readers.zarr import verify as verify_zarr
-    from latentstore.store import SOURCES
+    from latentstore.readers import read_shard
 
     def samples(store):
         manifest = read_manifest(store)
         return [s for unit in manifest["splits"]["train"]["shards"]
-                for s in SOURCES["zarr"](store, unit, None, False)]
+                for s in read_shard(store, "zarr", unit)]
 
     plain, built = tmp_path / "plain", tmp_path / "built"
     build(config(tiny_folder, plain, variants=2, format="zarr"), progress=False)

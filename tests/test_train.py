@@ -267,5 +267,5 @@ def test_segment_trains_on_a_tiny_cityscapes_store(tmp_path):
     run = tmp_path / "seg"
     segment.main(args(store, run, "--model", "pspnet50-aa", "--max-steps", "2"))
     state = ckpt.load(run / ckpt.LAST)
-    assert state["step"] == 2 and state["store"]["classes"] == 19
+    assert state["step"] == 2 and state["store"]["num_classes"] == 19
     assert [s for s, _ in losses(run)] == [1, 2]

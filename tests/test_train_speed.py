@@ -83,7 +83,7 @@ def test_bf16_autocast_trains_on_cpu(store, tmp_path):
 
 
 def test_eval_takes_precision_and_defaults_to_auto():
-    from latentstore.evaluate import parse_args
+    from latentstore.evaluate.options import parse_args
 
     assert parse_args(["--store", "s", "--checkpoint", "c"], "classification").precision == "auto"
     assert parse_args(["--store", "s", "--checkpoint", "c", "--precision", "fp32"], "segmentation").precision == "fp32"

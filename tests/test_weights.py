@@ -9,7 +9,7 @@ import torch
 
 from latentstore.coders import load_coder
 from latentstore.errors import WeightsError
-from latentstore.teachers import load_teacher
+from latentstore.teacher.load import load_teacher
 
 COMPRESSAI_FILE = "bmshj2018-hyperprior-1-7eb97409.pth.tar"  # compressai.zoo's q1 release name
 

@@ -2,8 +2,9 @@
 
 A checkpoint holds tensors and primitive containers only (no pickled
 classes): model, optimizer and scheduler state dicts, the resolved config, a
-summary of the store it trained on, and where training stands (global step,
-epoch, per-rank sample offset inside that epoch, world size, per-rank batch).
+summary of the store it trained on (``latentstore.compat.store_summary``), and
+where training stands (global step, epoch, per-rank sample offset inside that
+epoch, world size, per-rank batch).
 """
 from __future__ import annotations
 
@@ -51,19 +52,9 @@ def find_resume(resume: str, out) -> Path | None:
     return Path(resume)
 
 
-def store_summary(manifest: dict, split: str) -> dict:
-    """What a resumed run must find again: same coder, split geometry, sample counts and teacher."""
-    info = manifest["splits"][split]
-    coder = manifest["coder"]
-    teacher = info.get("teacher") or {}
-    return {"backend": manifest.get("backend", "webdataset"), "split": split,
-            "coder": coder["name"], "quality": coder["quality"], "coder_sha256": coder["weights"]["sha256"],
-            "latent_shape": list(info["latent_shape"]), "variants": info["variants"],
-            "samples": info["samples"], "classes": len(info.get("classes") or []),
-            "teacher": teacher.get("name"), "teacher_sha256": teacher.get("weights_sha256")}
-
-
 def check_same_store(saved: dict, current: dict, path) -> None:
+    """Refuse to resume on another store: `current` (``latentstore.compat.store_summary``) must equal
+    the summary the checkpoint saved, key by key."""
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, store {v!r}" for k, v in current.items() if saved.get(k) != v]
     if diffs:
         raise StoreError(f"Checkpoint {path} was trained on another store:\n  " + "\n  ".join(diffs)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..ranks import rank_and_world
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class Dist:
 
 def setup(device: str = "auto") -> Dist:
     """Join the process group torchrun describes (if any) and pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    rank, world = rank_and_world()
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):

@@ -1,6 +1,6 @@
 """The training loop both trainer scripts share: store -> batches -> loss -> SGD, with exact resume.
 
-Exactness: the epoch order is a function of (seed, epoch) (latentstore.store),
+Exactness: the epoch order is a function of (seed, epoch) (latentstore.dataset),
 each step's randomness (dropout, ...) is seeded from (seed, step, rank), and a
 checkpoint records the per-rank sample offset inside the epoch. A run
 interrupted after any saved step and resumed therefore sees the same batches
@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
-from ..store import open_store
+from ..compat import store_summary
+from ..dataset import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
 from .log import RunLog, finished, headline, summary as run_summary
@@ -60,7 +61,7 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gamma_pow = lr_factor(milestones)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
-    summary = ckpt.store_summary(data.manifest, data.split)
+    summary = store_summary(data.manifest, data.split)
     pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
     if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
         if d.main:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..coders import load_coder
 from ..errors import ConfigError, WeightsError
 from ..models import create_model, resolve
 
@@ -27,7 +26,12 @@ def input_fields(name: str) -> tuple:
 
 
 def load_store_coder(manifest: dict, split: str, weights: str = ""):
-    """The CompressAI coder the store was built with (for decode+<model>), checked by weights sha256."""
+    """The CompressAI coder the store was built with (for decode+<model>), checked by weights sha256.
+
+    Only these pixel-domain baselines need CompressAI: every other model trains on stored tensors.
+    """
+    from ..coders import load_coder
+
     c = manifest["splits"][split].get("config", {})
     recorded = manifest["coder"]
     coder = load_coder(recorded["name"], recorded["quality"], weights or c.get("weights", "pretrained"),

@@ -4,12 +4,12 @@ Each piece is a small function so a trainer reads as "what", and so its logic
 is testable on the CPU (the device type is an argument, not a probe):
 
 * ``--precision auto`` (default) means bf16 autocast with channels_last weights
-  on CUDA (tensor cores take NHWC bf16; measured about 2x the fp32 step rate of
-  resnet50-aa, docs/benchmarks.md) and plain fp32 on the CPU, where autocast
-  brings nothing and the exact-resume tests run. ``--precision fp32`` opts out.
+  on CUDA (tensor cores take NHWC bf16; docs/benchmarks.md "GPU node" has the
+  step rates) and plain fp32 on the CPU, where autocast brings nothing and the
+  exact-resume tests run. ``--precision fp32`` opts out.
 * ``--compile`` wraps the model in ``torch.compile`` (first steps compile).
 * One DataLoader for the whole run: workers persist across epochs (the
-  dataset's epoch and start are shared with them, latentstore.store) and
+  dataset's epoch and start are shared with them, latentstore.dataset) and
   copy batches into pinned memory so the host-to-GPU copy is non-blocking.
 * ``StepMeter`` sums the logged values on the device; the host reads them
   (one sync) only at log steps.

@@ -9,7 +9,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..format import read_manifest
 from ..lookup import stored_fields
-from ..store import pick_split
+from ..dataset import pick_split
 from .model import build_model, input_fields, model_inputs, valid_crop
 from .transfer import Transfer
 

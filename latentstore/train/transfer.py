@@ -98,7 +98,8 @@ class Transfer:
         info = manifest["splits"][cfg.split]
         fields = teacher_fields(model, info)
         if cfg.teacher:
-            from ..teachers import check_teacher, load_teacher
+            from ..teacher.fingerprint import check_teacher
+            from ..teacher.load import load_teacher  # builds the teacher to hash its weights
 
             fp = info["teacher"]
             expected = load_teacher(cfg.teacher, cfg.teacher_weights, strides=fp.get("strides") or (),

@@ -16,6 +16,8 @@ How one epoch is read (docs/reliability.md §8-§11):
    torch's DistributedSampler does). Every rank gets exactly n samples, so
    every rank runs the same number of steps. Concatenating the ranks' outputs
    in rank order gives G (drop: its first W*n; pad: G plus its first W*n-N).
+   ``remainder="keep"`` (evaluation) gives rank r G[r*N//W:(r+1)*N//W]: every
+   sample exactly once, ranks differing by at most one sample.
 4. ``start=s`` skips the first s samples of every rank's slice (mid-epoch
    resume: a checkpoint after k steps of batch b resumes with start=k*b).
 5. With ``batch_size`` set, the dataset yields collated batches and batch i of
@@ -33,18 +35,15 @@ shards is read k times (usually from the page cache) but each sample is
 decoded once. Memory per worker: its share of about one window of decoded
 samples.
 
-Backends: ``SOURCES`` maps ``manifest["backend"]`` to a function that yields
-the samples of one shard record (``info["shards"][i]``: at least ``variant``
-and ``samples``) in stored order. Strict reads raise StoreError naming shard
+Backends: ``readers.read_shard`` yields the samples of one shard record
+(``info["shards"][i]``) in stored order, for either backend. Strict reads raise StoreError naming shard
 and key; with ``max_skips > 0`` damaged samples are skipped, listed in
 ``dataset.skipped`` and in the ``__skipped__`` entry of the next item, and the
 read fails once more than ``max_skips`` were skipped.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -53,26 +52,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
 from .lookup import SplitKeys, check_fields, read_tar_sample
-from .readers import iter_shard, iter_unit
-from .teachers import TeacherDecoder
+from .ranks import rank_and_world
+from .readers import BACKENDS, read_shard
+from .teacher.decode import TeacherDecoder
 
 DEFAULT_FIELDS = ("y_hat", "label")
-REMAINDERS = ("drop", "pad")
-
-
-def _webdataset_samples(store: Path, shard: dict, fields: tuple, lenient: bool,
-                        wanted=None) -> Iterator[dict | None]:
-    return iter_shard(store / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
-                      wanted=wanted, record=shard)
-
-
-#: manifest["backend"] -> fn(store path, shard record, fields, lenient, wanted=None) yielding the
-#: shard's samples in stored order (None for an index not in `wanted`, left undecoded); in lenient
-#: mode a damaged sample comes as {"__key__", "__shard__", "__error__"}.
-SOURCES: dict[str, Callable[..., Iterator[dict]]] = {
-    "webdataset": _webdataset_samples,
-    "zarr": iter_unit,
-}
+REMAINDERS = ("drop", "pad", "keep")
 
 
 def pick_split(manifest: dict, split: str | None, store) -> str:
@@ -84,12 +69,6 @@ def pick_split(manifest: dict, split: str | None, store) -> str:
     if split not in manifest["splits"]:
         raise ConfigError(f"{store} has no split {split!r}: it holds {', '.join(splits)}")
     return split
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def to_tensors(sample: dict, y_hat_dtype: torch.dtype = torch.float32) -> dict:
@@ -137,7 +116,9 @@ def epoch_order(counts: list[int], seed: int, epoch: int, shuffle: bool, window:
 def rank_slice(total: int, rank: int, world: int, remainder: str) -> range:
     """Positions in G of rank `rank`'s samples (positions >= total wrap to the start of G)."""
     if remainder not in REMAINDERS:
-        raise ConfigError(f"Invalid remainder {remainder!r}: choose {' or '.join(REMAINDERS)}")
+        raise ConfigError(f"Invalid remainder {remainder!r}: choose {', '.join(REMAINDERS)}")
+    if remainder == "keep":
+        return range(rank * total // world, (rank + 1) * total // world)
     per_rank = total // world if remainder == "drop" else -(-total // world)
     if per_rank == 0:
         raise ConfigError(f"{total} samples cannot be split over {world} ranks with remainder='drop': "
@@ -152,7 +133,7 @@ class LatentDataset(IterableDataset):
     pins one. seed/shuffle/shuffle_window: the epoch order (module docstring).
     batch_size/drop_last: yield collated batches (use ``DataLoader(ds,
     batch_size=None)``). remainder: "drop" or "pad" to give every rank the same
-    count. start: per-rank sample offset to resume from. rank/world: override
+    count, "keep" to read every sample exactly once. start: per-rank sample offset to resume from. rank/world: override
     torch.distributed / RANK, WORLD_SIZE (read when the dataset is made and at
     every set_epoch: DataLoader workers cannot see the process group). max_skips: 0 = strict.
     """
@@ -167,10 +148,10 @@ class LatentDataset(IterableDataset):
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]
-        backend = self.manifest.get("backend", "webdataset")
-        if backend not in SOURCES:
-            raise StoreError(f"{self.path} uses backend {backend!r}; this latentstore reads {', '.join(SOURCES)}")
-        self.source = SOURCES[backend]
+        self.backend = self.manifest.get("backend", "webdataset")
+        if self.backend not in BACKENDS:
+            raise StoreError(f"{self.path} uses backend {self.backend!r}; this latentstore reads "
+                             f"{', '.join(BACKENDS)}")
         fields = check_fields(fields, self.info, self.path, self.split)
         self.teacher = TeacherDecoder(self.info, fields, teacher_dtype)  # teacher_s8 ... -> float tensors
         unknown = set(fields) - set(FIELDS) - self.teacher.fields
@@ -184,7 +165,7 @@ class LatentDataset(IterableDataset):
             if value < low:
                 raise ConfigError(f"{name} must be at least {low}, got {value}")
         if remainder not in REMAINDERS:
-            raise ConfigError(f"Invalid remainder {remainder!r}: choose {' or '.join(REMAINDERS)}")
+            raise ConfigError(f"Invalid remainder {remainder!r}: choose {', '.join(REMAINDERS)}")
         self.fields, self.variant, self.y_hat_dtype = tuple(fields), variant, y_hat_dtype
         self.seed, self.shuffle, self.shuffle_window = seed, shuffle, shuffle_window
         self.batch_size, self.drop_last, self.remainder = batch_size, drop_last, remainder
@@ -196,7 +177,7 @@ class LatentDataset(IterableDataset):
         self._keys: SplitKeys | None = None      # random access: built on first use
         self._zarr_keys = None
         # DataLoader workers do not see the process group: resolve it here, in the main process.
-        self._dist = _rank_and_world()
+        self._dist = rank_and_world()
 
     def keys(self, variant: int | None = None) -> list[str]:
         """The split's sample keys (``<item>_v<variant:03d>``) of `variant` in stored order; None: the
@@ -244,7 +225,7 @@ class LatentDataset(IterableDataset):
         else:
             self._resume_start = 0
         self.epoch, self.start = epoch, start
-        self._dist = _rank_and_world()
+        self._dist = rank_and_world()
 
     # epoch and start live in shared memory (_shared_position): a persistent worker's
     # copy of the dataset sees every set_epoch of the main process.
@@ -272,7 +253,7 @@ class LatentDataset(IterableDataset):
         return [s for s in self.info["shards"] if s["variant"] == self.current_variant]
 
     def _rank_world(self) -> tuple[int, int]:
-        rank, world = self._dist if get_worker_info() else _rank_and_world()
+        rank, world = self._dist if get_worker_info() else rank_and_world()
         return (rank if self.rank is None else self.rank), (world if self.world is None else self.world)
 
     def samples_per_rank(self) -> int:
@@ -377,8 +358,8 @@ class LatentDataset(IterableDataset):
         for s in window:
             shard = shards[s]
             seen, damage = 0, "the shard holds fewer samples than the manifest records"
-            samples = self.source(self.path, shard, self.teacher.read_fields(self.fields),
-                                  self.max_skips > 0, wanted=mine.get(s, ()))
+            samples = read_shard(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
+                                 self.max_skips > 0, wanted=mine.get(s, ()))
             for index, sample in enumerate(samples):
                 seen = index + 1
                 if sample is None:
@@ -432,7 +413,8 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
         seed, shuffle, shuffle_window: the epoch order, a function of (seed, epoch) only; shards
             are shuffled, then the samples of each window of ``shuffle_window`` shards.
         batch_size, drop_last: yield collated batches (use ``DataLoader(ds, batch_size=None)``).
-        remainder: "drop" or "pad", so that every rank reads the same number of samples.
+        remainder: "drop" or "pad", so that every rank reads the same number of samples; "keep" reads
+            every sample exactly once (ranks may differ by one sample: evaluation).
         start: per-rank sample offset to resume an epoch from.
         rank, world: override torch.distributed (or RANK / WORLD_SIZE).
         max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.

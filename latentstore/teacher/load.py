@@ -1,4 +1,4 @@
-"""Teacher features for pixel-to-compressed knowledge transfer (docs/method.md §5), cached beside the latents.
+"""Loading a teacher and running it on the crops a build encodes (build side; docs/method.md §5).
 
 A teacher is a frozen pixel-domain CNN. Its input is the very uint8 crop the
 coder encoded (UNPADDED: padding is the coder's business), scaled to [0, 1]
@@ -9,12 +9,10 @@ by module name (``layers``) for a segmentation backbone whose stages share one
 stride (PSPNet-50 at output stride 8).
 
 Each tap becomes one field, ``teacher_s<stride>`` or ``teacher_<layer>``, stored
-as float16, bfloat16 (the uint16 bit pattern: numpy has no bfloat16) or int8
-with a float32 scale per channel (``teacher_<tag>.scale``, symmetric, scale =
-max|x| / 127). The teacher runs one image at a time: batched CPU convolutions
-change float bits with the batch size (measured: ResNet-50 layer4 at batch 5
-vs 1 differs by 1.5e-7, which flips float16 roundings), and a store's bytes
-must not depend on --batch-size.
+in one of the dtypes of ``latentstore.teacher.dtypes``. The teacher runs one
+image at a time: batched CPU convolutions change float bits with the batch size,
+and a store's bytes must not depend on --batch-size (docs/FORMAT.md "Teacher
+fields" and "What is exact, against what").
 """
 from __future__ import annotations
 
@@ -26,18 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .coders import file_sha256, state_dict_sha256
-from .encode import store_threads
-from .errors import ConfigError, StoreError, WeightsError
-from .format import LATENT_STRIDE, TEACHER_PREFIX, encode_npy
-from .weights import check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, torch_hub_file
+from ..errors import ConfigError, WeightsError
+from ..format import LATENT_STRIDE, TEACHER_PREFIX, file_sha256
+from ..threads import store_threads
+from ..weights import (check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, state_dict_sha256,
+                       torch_hub_file)
+from .dtypes import TEACHER_DTYPES
 
-TEACHER_DTYPES = ("float16", "bfloat16", "int8")
 DEFAULT_STRIDES = (8, 16, 32)
 SEGMENTATION_TEACHERS = {"pspnet50"}  # latentstore.models.PSPNet, layers by name, weights from a file
-# What the manifest fingerprint must agree on for a trainer to accept a store (docs/reliability.md §7).
-FINGERPRINT_KEYS = {"model": ("name",), "weights": ("weights_sha256",), "normalization": ("mean", "std"),
-                    "taps": ("taps",)}
 
 
 @dataclass(frozen=True)
@@ -68,17 +63,9 @@ class Teacher:
         x = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)[None].contiguous().float().div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        with store_threads():  # the stored bits depend on the thread count (encode.STORE_THREADS)
+        with store_threads():  # the stored bits depend on the thread count (threads.py)
             maps = self._run((x - mean) / std)
         return {t.field: m[0].float().numpy() for t, m in zip(self.taps, maps)}
-
-    def sample_files(self, crop: np.ndarray) -> dict:
-        """The tar members this teacher adds to one sample: {member suffix: bytes}."""
-        files = {}
-        for name, value in self.features(crop).items():
-            for suffix, array in quantize(value, self.dtype).items():
-                files[f"{name}{suffix}.npy"] = encode_npy(array)
-        return files
 
     def fingerprint(self, height: int, width: int) -> dict:
         """The manifest entry: what a trainer checks (check_teacher) and the feature shapes at this crop."""
@@ -90,46 +77,6 @@ class Teacher:
                 "taps": [{"field": t.field, "layer": t.layer, "stride": t.stride, "channels": t.channels}
                          for t in self.taps],
                 "feature_shapes": {k: list(v.shape) for k, v in feats.items()}}
-
-
-# --------------------------------------------------------------------------- storage dtypes
-
-def quantize(x: np.ndarray, dtype: str) -> dict:
-    """float32 [C,h,w] -> {"": stored array} (+ {".scale": float32 [C]} for int8)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if dtype == "float16":
-        return {"": x.astype(np.float16)}
-    if dtype == "bfloat16":
-        # torch rounds to nearest even; the uint16 bit pattern keeps the .npy readable by plain numpy.
-        bits = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-        return {"": bits.copy()}
-    if dtype == "int8":
-        scale = (np.abs(x).reshape(x.shape[0], -1).max(axis=1) / np.float32(127)).astype(np.float32)
-        safe = np.where(scale > 0, scale, np.float32(1)).reshape(-1, *([1] * (x.ndim - 1)))
-        q = np.clip(np.rint(x / safe), -127, 127).astype(np.int8)
-        return {"": q, ".scale": scale}
-    raise ConfigError(f"Invalid --teacher-dtype {dtype!r}: choose {', '.join(TEACHER_DTYPES)}")
-
-
-def dequantize(stored: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> np.ndarray:
-    """The float32 features a stored array stands for (inverse of `quantize`, up to its rounding)."""
-    if dtype == "float16":
-        return stored.astype(np.float32)
-    if dtype == "bfloat16":
-        return (stored.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "int8":
-        if scale is None:
-            raise StoreError("int8 teacher features need their .scale member")
-        return stored.astype(np.float32) * scale.astype(np.float32).reshape(-1, *([1] * (stored.ndim - 1)))
-    raise StoreError(f"unknown teacher dtype {dtype!r} in the manifest")
-
-
-def relative_error(x: np.ndarray, dtype: str) -> float:
-    """‖dequantize(quantize(x)) − x‖₂ / ‖x‖₂: what storing `x` in `dtype` costs."""
-    q = quantize(x, dtype)
-    err = dequantize(q[""], dtype, q.get(".scale")) - x
-    norm = float(np.linalg.norm(x))
-    return float(np.linalg.norm(err)) / norm if norm else 0.0
 
 
 # --------------------------------------------------------------------------- loading
@@ -255,7 +202,7 @@ def _timm_teacher(name, weights, strides, layers, seed):
 
 
 def _pspnet_teacher(name, weights, layers, seed):
-    from .models.pspnet import BACKBONE, PSPNet
+    from ..models.pspnet import BACKBONE, PSPNet
     import timm
 
     if weights == "pretrained":
@@ -324,7 +271,7 @@ def load_teacher(name: str, weights: str = "pretrained", strides=DEFAULT_STRIDES
     return Teacher(name, model, taps, mean, std, prov, dtype, selection, run)
 
 
-# --------------------------------------------------------------------------- build and manifest side
+# --------------------------------------------------------------------------- build config and manifest entry
 
 #: BuildConfig fields that describe the teacher (kept out of the build identity when there is none).
 TEACHER_ARGS = ("teacher", "teacher_weights", "teacher_strides", "teacher_layers", "teacher_dtype")
@@ -345,103 +292,3 @@ def teacher_entry(teacher: Teacher | None, latent: dict) -> dict:
     height = h * LATENT_STRIDE - pad["top"] - pad["bottom"]
     width = w * LATENT_STRIDE - pad["left"] - pad["right"]
     return {**latent, "teacher": teacher.fingerprint(height, width)}
-
-
-def teacher_entries(manifest: dict, split: str | None = None) -> dict:
-    """{split: teacher fingerprint} for the splits (or the one split) that store teacher features."""
-    splits = manifest["splits"] if split is None else {split: manifest["splits"][split]}
-    return {s: e["teacher"] for s, e in splits.items() if e.get("teacher")}
-
-
-def check_teacher(manifest: dict, expected, split: str | None = None) -> None:
-    """Refuse a store whose teacher is not the one a trainer distils from (docs/reliability.md §7).
-
-    `expected` is a fingerprint dict (``Teacher.fingerprint``) or a loaded Teacher.
-    Compares model name, weights sha256, normalization (mean/std) and taps
-    (strides or layers, in order); raises ConfigError naming every difference.
-    """
-    if isinstance(expected, Teacher):
-        expected = {"name": expected.name, "weights_sha256": expected.weights["sha256"],
-                    "mean": list(expected.mean), "std": list(expected.std),
-                    "taps": [{"field": t.field, "layer": t.layer, "stride": t.stride, "channels": t.channels}
-                             for t in expected.taps]}
-    entries = teacher_entries(manifest, split)
-    if not entries:
-        raise ConfigError(f"The store has no teacher features{f' in split {split!r}' if split else ''}: "
-                          f"build it with --teacher, or run `latentstore add-teacher`")
-    for s, stored in entries.items():
-        diffs = []
-        for component, keys in FINGERPRINT_KEYS.items():
-            for k in keys:
-                have, want = stored.get(k), expected.get(k)
-                if k in ("mean", "std") and have is not None and want is not None:
-                    same = np.allclose(have, want, rtol=0, atol=1e-7)
-                else:
-                    same = have == want
-                if not same:
-                    diffs.append(f"{component} ({k}): store has {have!r}, expected {want!r}")
-        if diffs:
-            raise ConfigError(f"Split {s!r} holds features of another teacher:\n  " + "\n  ".join(diffs)
-                              + "\nRebuild the teacher features (`latentstore add-teacher`) or distil from the "
-                                "stored teacher.")
-
-
-def summarize_teacher(split_entry: dict) -> dict | None:
-    """For `info`: the split's teacher, its taps and the bytes per sample of each teacher field."""
-    fp = split_entry.get("teacher")
-    if not fp:
-        return None
-    per = split_entry.get("bytes_per_sample", {})
-    fields = {t["field"]: sum(n for ext, n in per.items() if ext.split(".")[0] == t["field"]) for t in fp["taps"]}
-    return {"name": fp["name"], "weights": fp["weights"], "dtype": fp["dtype"], "mean": fp["mean"],
-            "std": fp["std"], "taps": fp["taps"], "feature_shapes": fp["feature_shapes"],
-            "bytes_per_sample": fields, "total_bytes_per_sample": sum(fields.values())}
-
-
-def render_teacher(t: dict | None, errors: dict | None = None) -> list:
-    """`info` lines for summarize_teacher's dict (and teacher_error's, when measured)."""
-    if t is None:
-        return []
-    w = t["weights"]
-    weights = (f"UNTRAINED - {w['note']}" if not w["trained"]
-               else w.get("hf_hub_id") or w.get("url") or w.get("path") or w["source"])
-    lines = [f"  teacher   {t['name']} ({weights}), {t['dtype']}, sha256 {w['sha256'][:16]}...",
-             f"            mean {t['mean']} std {t['std']}; {t['total_bytes_per_sample']:,.0f} bytes per sample"]
-    for tap in t["taps"]:
-        shape = "x".join(map(str, t["feature_shapes"][tap["field"]]))
-        lines.append(f"    {tap['field']:<16} {tap['layer']:<10} stride {tap['stride']:<3} {shape:<14} "
-                     f"{t['bytes_per_sample'][tap['field']]:>12,.0f} B")
-    if errors:
-        lines.append(f"  teacher relative error vs float32 ({errors['samples']} samples; stored {errors['dtype']}):")
-        for dtype, per in errors["relative_error"].items():
-            lines.append(f"    {dtype:<9} " + "  ".join(f"{f} {e:.2e}" for f, e in per.items()))
-        worst = max(errors["stored_vs_live"].values(), default=0.0)
-        lines.append(f"    stored vs live teacher (after {errors['dtype']} rounding): {worst:.2e}")
-    return lines
-
-
-class TeacherDecoder:
-    """Reader side: turns a sample's stored teacher members into float tensors (dequantized)."""
-
-    def __init__(self, split_entry: dict, fields=(), out_dtype: torch.dtype = torch.float32):
-        fp = split_entry.get("teacher") or {}
-        self.dtype = fp.get("dtype")
-        self.fields = frozenset(t["field"] for t in fp.get("taps", ()))  # what the store holds
-        self.requested = tuple(f for f in fields if f in self.fields)
-        self.out_dtype = out_dtype
-
-    def read_fields(self, fields: tuple) -> tuple:
-        """The members to read for `fields`: int8 fields bring their .scale."""
-        return tuple(fields) + tuple(f + ".scale" for f in self.requested if self.dtype == "int8")
-
-    def decode(self, sample: dict) -> dict:
-        for name in self.requested:
-            if name not in sample:
-                raise StoreError(f"shard {sample.get('__shard__')}, key {sample.get('__key__')}: "
-                                 f"missing teacher field {name}")
-            scale = sample.pop(name + ".scale", None)
-            if self.dtype == "int8" and scale is None:
-                raise StoreError(f"shard {sample.get('__shard__')}, key {sample.get('__key__')}: "
-                                 f"{name} has no {name}.scale member")
-            sample[name] = torch.from_numpy(dequantize(sample[name], self.dtype, scale)).to(self.out_dtype)
-        return sample

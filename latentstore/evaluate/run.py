@@ -1,0 +1,185 @@
+"""Evaluating a checkpoint: rebuild its model, run it over this rank's batches, reduce the counts.
+
+Under torchrun the process group is joined with the trainers' ``setup`` (nccl on CUDA, gloo
+on CPU); each rank reads its share of the variant (``batches``), and the integer counts are
+summed once at the end, so the numbers equal a single-process run exactly.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint_view import CheckpointView, read_checkpoint
+from ..compat import check_compatible, store_summary
+from ..dataset import pick_split
+from ..errors import ConfigError, LatentstoreError, StoreError
+from ..format import read_manifest
+from ..metrics import IGNORE_INDEX, ConfusionMatrix, TopK
+from ..ranks import rank_and_world
+from .batches import eval_batches, eval_fields, with_progress
+from .options import EvalConfig, parse_args
+from .rate import BitCounter
+from .record import make_record, summary, write_outputs
+
+
+def build_model(ckpt: CheckpointView, manifest: dict, split: str, device: str = "cpu") -> torch.nn.Module:
+    """The checkpoint's model, for this store's latent channels, with its trained weights (strict load)."""
+    from ..models import create_model
+
+    channels = manifest["splits"][split]["latent_shape"][0]
+    coder = None
+    if ckpt.model_name.startswith("decode+"):
+        # Architecture only: g_s's trained weights come with the checkpoint's state dict. Only these
+        # pixel-domain baselines need CompressAI on the evaluating node.
+        from ..coders import load_coder
+
+        c = manifest["coder"]
+        coder = load_coder(c["name"], c["quality"], "untrained").model
+    model = create_model(ckpt.model_name, channels, ckpt.num_classes, coder=coder)
+    missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise StoreError(f"checkpoint {ckpt.path} does not fit model {ckpt.model_name} "
+                         f"({channels} latent channels, {ckpt.num_classes} classes): missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def _on_cuda(cfg: EvalConfig) -> bool:
+    return torch.device(cfg.device).type == "cuda"
+
+
+def _forward(model, batch: dict, inputs: tuple, region, cfg: EvalConfig) -> torch.Tensor:
+    """The model's logits of one batch in cfg.precision (float32 logits whatever it ran in), its inputs
+    cropped to the split's valid latent region exactly as the trainers crop them."""
+    from ..train.model import model_inputs
+    from ..train.speed import autocast, autocast_dtype
+
+    kind = torch.device(cfg.device).type
+    with autocast(kind, autocast_dtype(cfg.precision, kind)):
+        return model(*model_inputs(batch, inputs, region, cfg.device)).float()
+
+
+def _prepare(cfg: EvalConfig, task: str):
+    from ..train.model import input_fields, valid_crop
+    from ..train.speed import prepare_model
+
+    manifest = read_manifest(cfg.store)
+    split = pick_split(manifest, cfg.split, cfg.store)
+    ckpt = read_checkpoint(cfg.checkpoint)
+    if ckpt.task and ckpt.task != task:
+        raise ConfigError(f"{cfg.checkpoint} is a {ckpt.task} checkpoint ({ckpt.model_name}); "
+                          f"use eval/{'segment' if ckpt.task == 'segmentation' else 'classify'}.py")
+    check_compatible(ckpt.trained_on, store_summary(manifest, split), task)
+    model = build_model(ckpt, manifest, split, cfg.device)
+    prepare_model(model, cfg.precision, torch.device(cfg.device))
+    if model.task != task:
+        raise ConfigError(f"{ckpt.model_name} is a {model.task} model; this is the {task} eval")
+    inputs = input_fields(ckpt.model_name)  # refuses pixel-domain models
+    region = valid_crop(manifest["splits"][split])
+    fields = eval_fields(manifest["splits"][split], inputs, task)
+    return manifest, split, ckpt, model, fields, inputs, region
+
+
+def _batches(cfg: EvalConfig, split: str, fields: tuple, rank: int, world: int):
+    data, loader = eval_batches(cfg.store, split, cfg.variant, fields, cfg.batch_size, cfg.workers, rank, world,
+                                pin_memory=_on_cuda(cfg))
+    return with_progress(loader, data, split, cfg.progress and rank == 0)
+
+
+@torch.no_grad()
+def evaluate_classification(cfg: EvalConfig) -> dict:
+    """Top-1/top-5 (percent) and bpp of a classification checkpoint on one stored split."""
+    start = time.perf_counter()
+    manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "classification")
+    rank, world = rank_and_world()
+    acc, rate = TopK((1, 5)), BitCounter()
+    for batch in _batches(cfg, split, fields, rank, world):
+        logits = _forward(model, batch, inputs, region, cfg)
+        acc.update(logits, batch["label"])
+        rate.update(batch)
+    acc.all_reduce()
+    rate.all_reduce()
+    metrics = {**acc.compute(), "correct": acc.correct(), "num_classes": ckpt.num_classes}
+    return make_record(cfg, "classification", manifest, split, ckpt, model, metrics, rate, world, start)
+
+
+@torch.no_grad()
+def evaluate_segmentation(cfg: EvalConfig) -> dict:
+    """mIoU (percent) over the classes, per-class IoU and bpp of a segmentation checkpoint."""
+    start = time.perf_counter()
+    manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "segmentation")
+    classes = manifest["splits"][split].get("classes") or [str(i) for i in range(ckpt.num_classes)]
+    rank, world = rank_and_world()
+    cm, rate = ConfusionMatrix(ckpt.num_classes, IGNORE_INDEX), BitCounter()
+    for batch in _batches(cfg, split, fields, rank, world):
+        logits = _forward(model, batch, inputs, region, cfg)
+        for i, meta in enumerate(batch["meta"]):
+            cm.update(predict_labels(logits[i], meta, region), batch["label_map"][i])
+        rate.update(batch)
+    cm.all_reduce()
+    rate.all_reduce()
+    iou = cm.iou()
+    metrics = {"miou": 100 * cm.miou(), "pixel_accuracy": 100 * cm.pixel_accuracy(),
+               "classes": list(classes),  # class order (JSON objects are written with sorted keys)
+               "per_class_iou": {name: (None if math.isnan(v) else 100 * float(v)) for name, v in zip(classes, iou)},
+               "labeled_pixels": cm.pixels, "num_classes": ckpt.num_classes,
+               "confusion_matrix": cm.matrix.tolist(), "samples": int(rate.counts[2])}
+    return make_record(cfg, "segmentation", manifest, split, ckpt, model, metrics, rate, world, start)
+
+
+def predict_labels(logits: torch.Tensor, meta: dict, region=None) -> torch.Tensor:
+    """Class map at label resolution from one sample's logits [K, h, w].
+
+    The model saw latent cells ``region`` = (row0, row1, col0, col1) of the
+    padded input (the valid region; None = all), i.e. padded pixels
+    [16·row0, 16·row1) × [16·col0, 16·col1). Logits are bilinearly upsampled to
+    that pixel size when the model returns them smaller, then the zero padding
+    left in it is cut away, leaving exactly the unpadded image, which is the
+    label map's size. Argmax comes last, so scores are interpolated, not labels.
+    """
+    pad, (h, w) = meta["padding"], meta["image_size"]
+    if region is None:
+        region = (0, (pad["top"] + h + pad["bottom"]) // 16, 0, (pad["left"] + w + pad["right"]) // 16)
+    r0, r1, c0, c1 = region
+    size = (16 * (r1 - r0), 16 * (c1 - c0))
+    top, left = pad["top"] - 16 * r0, pad["left"] - 16 * c0
+    if top < 0 or left < 0 or top + h > size[0] or left + w > size[1]:
+        raise StoreError(f"key {meta['key']}: its image ({h}×{w}, padding {pad}) lies outside the latent region "
+                         f"{list(region)} the model sees; the split's valid_region does not cover this sample")
+    if tuple(logits.shape[-2:]) != size:
+        logits = F.interpolate(logits[None].float(), size, mode="bilinear", align_corners=False)[0]
+    return logits[:, top:top + h, left:left + w].argmax(0).cpu()
+
+
+def run(cfg: EvalConfig, task: str) -> dict:
+    """Evaluate, and on rank 0 write eval.json + eval.md; every rank returns the (reduced) record."""
+    from ..train.ddp import cleanup, setup
+
+    d = setup(cfg.device)
+    try:
+        cfg = replace(cfg, device=str(d.device))
+        record = (evaluate_classification if task == "classification" else evaluate_segmentation)(cfg)
+        if d.main:
+            md = write_outputs(record, cfg.out_path())
+            print(md)
+            print(summary(record, cfg.out_path()))
+    finally:
+        cleanup()
+    return record
+
+
+def main(argv, task: str) -> int:
+    """Entry point of eval/classify.py and eval/segment.py: user errors print one line, exit 2."""
+    cfg = parse_args(argv, task)
+    try:
+        run(cfg, task)
+    except LatentstoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
