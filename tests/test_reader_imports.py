@@ -3,7 +3,8 @@
 A store is built here (this process may load the codec); then a fresh interpreter in which
 ``compressai``, ``latentstore.coders`` and ``latentstore.encode`` are unimportable reads it with
 ``open_store`` (latents and teacher maps), trains one step of train/classify.py with knowledge
-transfer, evaluates the checkpoint with eval/classify.py and runs ``latentstore info``.
+transfer from the named teacher (its weights checked), evaluates the checkpoint with
+eval/classify.py and runs ``latentstore info`` and ``latentstore verify`` (without ``--decode``).
 """
 import os
 import subprocess
@@ -53,7 +54,8 @@ READER = textwrap.dedent('''
 
     script(root / "train" / "classify.py").main(
         ["--store", store, "--out", str(run), "--model", "resnet18-aa", "--epochs", "1", "--batch-size", "2",
-         "--workers", "0", "--max-steps", "1", "--no-progress", "--transfer", "mse", "--beta", "0.5"])
+         "--workers", "0", "--max-steps", "1", "--no-progress", "--transfer", "mse", "--beta", "0.5",
+         "--teacher", "resnet18", "--teacher-weights", "untrained"])
     assert (run / "last.pt").is_file()
 
     rc = script(root / "eval" / "classify.py").main(
@@ -62,10 +64,11 @@ READER = textwrap.dedent('''
     assert rc == 0 and (run / "eval.json").is_file()
 
     from latentstore.cli import main
-    try:
-        main(["info", store])
-    except SystemExit as exc:
-        assert not exc.code, exc.code
+    for command in (["info", store], ["verify", store]):
+        try:
+            main(command)
+        except SystemExit as exc:
+            assert not exc.code, (command, exc.code)
 
     loaded = [m for m in sys.modules if m == "compressai" or m.startswith(("compressai.", "latentstore.coders",
                                                                            "latentstore.encode"))]
@@ -85,10 +88,11 @@ def teacher_store(tiny_folder, tmp_path_factory):
     return out
 
 
-def test_reader_trainer_eval_and_info_run_without_compressai(teacher_store, tmp_path):
+def test_reader_trainer_eval_info_and_verify_run_without_compressai(teacher_store, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", READER, str(ROOT), str(teacher_store), str(tmp_path / "run")],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "reader side ran without compressai" in result.stdout
     assert "coder" in result.stdout and "teacher   resnet18" in result.stdout  # info's summary
+    assert "samples checked" in result.stdout and "OK" in result.stdout  # verify's verdict
