@@ -58,6 +58,12 @@ FIELDS = {f.name: f for f in (
 REQUIRED_FIELDS = ("y_hat", "symbols", "y_string", "label", "meta")
 OPTIONAL_FIELDS = ("means", "scales", "z_symbols")
 _BY_EXT = {f.ext: f for f in FIELDS.values()}
+# The Zarr backend (docs/FORMAT.md, "Zarr backend"): variable-length fields are rows of bytes plus
+# per-item offsets; integer fields have a fixed stored dtype (readers narrow symbols to the smallest
+# one, as tar shards store them); a group's chunks are staged under a temporary prefix.
+ZARR_VLEN_FIELDS = ("y_string", "z_string", "meta")
+ZARR_STORED_DTYPE = {"symbols": np.int32, "z_symbols": np.int32, "label": np.int64}
+ZARR_TEMP_PREFIX = ".tmp-group-"
 # Teacher feature maps (latentstore/teacher/) are a family of npy fields, one per tap:
 # "teacher_<tag>" (tag s8, s16, ... or a layer name) and, for int8, "teacher_<tag>.scale".
 # Their members are "<key>.teacher_s8.npy", "<key>.teacher_s8.scale.npy": keys split at the first dot.

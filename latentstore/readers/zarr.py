@@ -23,8 +23,9 @@ import zarr
 
 from ..checksum import file_problem, read_check
 from ..errors import ConfigError, StoreError
-from ..format import commit_record_name, read_manifest, smallest_int_dtype
-from ..writers.zarr import STORED_DTYPE, TEMP_PREFIX, VLEN_FIELDS
+from ..format import (ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name, read_manifest,
+                      smallest_int_dtype)
+
 
 def _split_group(store: Path, split: str) -> zarr.Group:
     try:
@@ -69,7 +70,7 @@ def _convert(name: str, value):
         return value.astype(smallest_int_dtype(value))
     if name == "meta":
         return json.loads(value)
-    if name in VLEN_FIELDS:
+    if name in ZARR_VLEN_FIELDS:
         return value
     return np.ascontiguousarray(value)
 
@@ -78,7 +79,7 @@ def _block(group, names, variant: int, lo: int, hi: int, row: int) -> dict:
     """{field: per-item values} for items lo..hi of one variant; vlen fields as lists of bytes."""
     out = {}
     for name in names:
-        if name in VLEN_FIELDS:
+        if name in ZARR_VLEN_FIELDS:
             offsets = group[f"{name}/offsets"][variant, lo:hi]
             end = int(offsets[:, 1].max()) if len(offsets) else 0
             data = group[f"{name}/bytes"][variant, row, :end].tobytes() if end else b""
@@ -192,9 +193,9 @@ def metadata_problems(store: Path, split: str, info: dict) -> list[str]:
     problems, arrays = [], {"present"}
     for unit in info["shards"]:
         for name in unit["fields"]:
-            arrays |= {f"{name}/bytes", f"{name}/offsets"} if name in VLEN_FIELDS else {name}
+            arrays |= {f"{name}/bytes", f"{name}/offsets"} if name in ZARR_VLEN_FIELDS else {name}
     dtypes = {"present": "bool", "y_hat": info["config"].get("y_hat_dtype"),
-              **{n: np.dtype(d).name for n, d in STORED_DTYPE.items()}}
+              **{n: np.dtype(d).name for n, d in ZARR_STORED_DTYPE.items()}}
     for name in sorted(arrays):
         path = store / split / name / "zarr.json"
         rel = path.relative_to(store).as_posix()
@@ -245,7 +246,7 @@ def verify(store) -> list[str]:
                     problems.append(f"shard {unit['path']}: chunk file {f['path']} {problem}")
         for path in sorted((store / split).rglob("*")):
             rel = path.relative_to(store).as_posix()
-            if any(part.startswith(TEMP_PREFIX) or part.endswith(".partial") or ".tmp-" in part
+            if any(part.startswith(ZARR_TEMP_PREFIX) or part.endswith(".partial") or ".tmp-" in part
                    for part in path.relative_to(store).parts):
                 if path.is_file():
                     problems.append(f"{rel}: leftover temporary file of an interrupted write; delete it "

@@ -42,12 +42,10 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..checksum import file_record
 from ..errors import StoreError
-from ..format import commit_record_name, encode_field, fsync_dir, write_json_atomic
+from ..format import (ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name, encode_field,
+                      fsync_dir, write_json_atomic)
 from ..sample import Sample
 
-VLEN_FIELDS = ("y_string", "z_string", "meta")   # stored as bytes rows + offsets
-#: stored dtype of integer fields; readers narrow symbols to the smallest dtype, as the shards store them
-STORED_DTYPE = {"symbols": np.int32, "z_symbols": np.int32, "label": np.int64}
 ROW_CAPACITY = 2 ** 40        # length of a bytes row; only written chunks exist on disk
 ROW_CHUNK = 1 << 19           # bytes per chunk of a bytes row
 BUFFER_BYTES = 256 << 20      # fixed-field samples held per group before whole chunks are written
@@ -60,7 +58,6 @@ COMPRESSORS = {
     "none": lambda: (),
 }
 COMPRESSOR = "blosc-zstd-shuffle"
-TEMP_PREFIX = ".tmp-group-"
 LOCK_FILE = ".layout.lock"
 
 
@@ -94,12 +91,12 @@ def array_specs(values: dict, variants: int, total_items: int, groups: int, c: i
 
     specs = {"present": per_item(np.dtype(bool))}
     for name, value in values.items():
-        if name in VLEN_FIELDS:
+        if name in ZARR_VLEN_FIELDS:
             specs[f"{name}/bytes"] = ((variants, groups, ROW_CAPACITY), (1, 1, ROW_CHUNK), None, np.dtype(np.uint8))
             specs[f"{name}/offsets"] = per_item(np.dtype(np.int64), 2)
         else:
             a = np.asarray(value)
-            specs[name] = per_item(np.dtype(STORED_DTYPE.get(name, a.dtype)), *a.shape)
+            specs[name] = per_item(np.dtype(ZARR_STORED_DTYPE.get(name, a.dtype)), *a.shape)
     return specs
 
 
@@ -171,7 +168,7 @@ class ZarrGroupWriter:
         self.first, self.total, self.shard_size = layout.first_item, layout.total_items, layout.shard_size
         self.groups = -(-self.total // self.shard_size)
         self.slot = {key: self.first + i for i, key in enumerate(self.items)}
-        self.staging = self.store / self.split / f"{TEMP_PREFIX}{self.group:06d}-{os.getpid()}"
+        self.staging = self.store / self.split / f"{ZARR_TEMP_PREFIX}{self.group:06d}-{os.getpid()}"
         self._specs: dict = {}
         self._arrays = None          # staging group, made when the first sample shows the shapes
         self._names: tuple = ()
@@ -183,7 +180,7 @@ class ZarrGroupWriter:
 
     def open(self) -> None:
         # A killed earlier attempt at this group (any pid) left its staging behind: it holds no data.
-        for stale in self.staging.parent.glob(f"{TEMP_PREFIX}{self.group:06d}-*"):
+        for stale in self.staging.parent.glob(f"{ZARR_TEMP_PREFIX}{self.group:06d}-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
     def write(self, sample: Sample) -> None:
@@ -197,7 +194,7 @@ class ZarrGroupWriter:
             raise StoreError(f"sample {sample.key} has fields {sorted(values)}, the split stores "
                              f"{list(self._names)}: every sample of a Zarr split has the same fields")
         slot = self.slot[item]
-        for name in VLEN_FIELDS:
+        for name in ZARR_VLEN_FIELDS:
             if name in values:
                 written, buf = self._rows.setdefault((variant, name), [0, bytearray()])
                 start = written + len(buf)
@@ -217,8 +214,8 @@ class ZarrGroupWriter:
             self._flush(*pending)
 
     def _setup(self, values: dict) -> None:
-        fixed = {n: np.asarray(v) for n, v in values.items() if n not in VLEN_FIELDS}
-        sample_bytes = sum(np.dtype(STORED_DTYPE.get(n, v.dtype)).itemsize * v.size for n, v in fixed.items())
+        fixed = {n: np.asarray(v) for n, v in values.items() if n not in ZARR_VLEN_FIELDS}
+        sample_bytes = sum(np.dtype(ZARR_STORED_DTYPE.get(n, v.dtype)).itemsize * v.size for n, v in fixed.items())
         # A split that exists keeps its chunking (add-teacher adds bigger fields to it).
         self._c = _existing_chunk_items(self.store, self.split) or \
             chunk_items(self.shard_size, self.variants, sample_bytes)
@@ -237,7 +234,7 @@ class ZarrGroupWriter:
         present[[s - lo for s in samples]] = True
         self._arrays["present"][variant, lo:hi] = present
         for name in self._names:
-            arr = self._arrays[f"{name}/offsets" if name in VLEN_FIELDS else name]
+            arr = self._arrays[f"{name}/offsets" if name in ZARR_VLEN_FIELDS else name]
             block = np.zeros((hi - lo, *arr.shape[2:]), dtype=arr.dtype)
             for s, values in samples.items():
                 value = np.asarray(values[name])
