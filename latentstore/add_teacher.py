@@ -46,7 +46,7 @@ from .encode import to_input
 from .errors import ConfigError, InputError, StoreError
 from .format import TEACHER_PREFIX, check_recorded_files, commit_record_name, get_field, read_manifest, write_json_atomic
 from .images import RejectedImage, load_rgb
-from .readers import iter_shard, iter_unit
+from .readers import read_shard
 from .resume import check_resume
 from .sample import Sample, SampleMeta
 from .seal import read_parts, part_file, seal
@@ -167,11 +167,7 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
 def stored_samples(store: Path, backend: str, shard: dict):
     """The Samples of one tar shard or Zarr unit, every field decoded, in stored order. A tar shard
     is read without its recorded digest: a crashed add-teacher run may have replaced it already."""
-    if backend == "webdataset":
-        read = iter_shard(store / shard["path"], shard["path"], shard["samples"])
-    else:
-        read = iter_unit(store, shard)
-    return (Sample.from_read(sample, shard["variant"]) for sample in read)
+    return read_shard(store, backend, shard, check_digest=False)
 
 
 def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted, bar) -> dict:

@@ -17,7 +17,6 @@ from tqdm import tqdm
 from .commit import GroupCommit, GroupLayout, read_record
 from .errors import ConfigError, StoreError
 from .format import check_recorded_files, read_manifest, write_json_atomic
-from .sample import Sample
 from .seal import part_file, read_parts, seal
 from .readers import read_shard
 from .writers import WRITERS
@@ -60,7 +59,7 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
             with GroupCommit(dst, fmt, layout) as group:
                 for shard in r["shards"]:
                     for sample in read_shard(src, manifest["backend"], shard):
-                        group.write(Sample.from_read(sample, shard["variant"]))
+                        group.write(sample)
                 new_records.append(group.commit(r["rejects"], r.get("sources")))
         # One part manifest per split carries the split-level facts over; seal does the rest.
         first = next(iter(parts[split].values()))

@@ -54,6 +54,7 @@ from .format import FIELDS, read_manifest
 from .lookup import SplitKeys, check_fields, read_tar_sample
 from .ranks import rank_and_world
 from .readers import BACKENDS, read_shard
+from .sample import Damaged
 from .teacher.decode import TeacherDecoder
 
 DEFAULT_FIELDS = ("y_hat", "label")
@@ -364,16 +365,16 @@ class LatentDataset(IterableDataset):
                 seen = index + 1
                 if sample is None:
                     continue
-                if "__error__" in sample:
-                    if sample["__key__"] is None:  # damage to the shard itself: none of its samples is kept
-                        seen, damage = 0, sample["__error__"]
+                if isinstance(sample, Damaged):
+                    if sample.key is None:  # damage to the shard itself: none of its samples is kept
+                        seen, damage = 0, sample.error
                         break
                     if uses.get((s, index)):
-                        skipped.append(sample["__error__"])
+                        skipped.append(sample.error)
                         cache[(s, index)] = None
                     continue
                 if uses.get((s, index)):
-                    cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
+                    cache[(s, index)] = to_tensors(self.teacher.decode(sample.to_dict()), self.y_hat_dtype)
             for index in range(seen, shard["samples"]):
                 if uses.get((s, index)) and not ((s, index) in cache and cache[(s, index)] is None):
                     known = cache.get((s, index))  # read before the shard's damage showed: not trusted

@@ -1,10 +1,9 @@
-"""The sample every stage hands on: encoder -> writers, and readers -> convert and add-teacher.
+"""The sample every stage hands on: encoder -> writers, readers -> dataset, convert, add-teacher.
 
 A Sample holds decoded values, never member bytes. Each backend serialises it
 its own way (writers/webdataset.py as tar members, writers/zarr.py as array
-rows), so no stage turns arrays into bytes only for the next one to parse them
-again. Readers decode into dicts (what the dataset collates); `Sample.from_read`
-turns one into a Sample. Field names and encodings: format.FIELDS
+rows), and `readers.read_shard` gives one back, so no stage turns arrays into
+bytes only for the next one to parse them again. Field names and encodings: format.FIELDS
 and docs/FORMAT.md, "Samples".
 """
 from __future__ import annotations
@@ -68,3 +67,15 @@ class Sample:
         fields = {name: v for name, v in read.items() if name != "meta" and not name.startswith("__")}
         meta = SampleMeta.from_dict(read["meta"], f"shard {shard}, key {key}") if "meta" in read else None
         return cls(key, variant, fields, meta, shard)
+
+    def to_dict(self) -> dict:
+        """The dict a user of the dataset gets: fields, meta as its JSON dict, "__key__", "__shard__"."""
+        return {"__key__": self.key, "__shard__": self.shard, **self.values()}
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """What a lenient read yields in place of a sample it could not trust: where, and why."""
+    key: str | None            # None: damage to the shard itself (cut, unreadable, wrong count)
+    shard: str
+    error: str

@@ -24,6 +24,7 @@ from .checksum import file_problem
 from .errors import LatentstoreError
 from .format import ENCODER_REVISION, read_manifest
 from .readers import read_shard
+from .sample import Sample
 
 
 @dataclass
@@ -60,15 +61,15 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
     kept = []
     try:
         for i, s in enumerate(samples):
-            key = s["__key__"]
-            missing = sorted(declared - s.keys())
+            key, y_hat = s.key, s.fields.get("y_hat")
+            missing = sorted(declared - s.values().keys())
             if missing:
                 report.problems.append(f"shard {name}, key {key}: missing field(s) {', '.join(missing)}")
             if key in seen:
                 report.problems.append(f"shard {name}, key {key}: duplicate key (also in {seen[key]})")
             seen[key] = name
-            if "y_hat" in s and list(s["y_hat"].shape) != latent_shape:
-                report.problems.append(f"shard {name}, key {key}: y_hat shape {list(s['y_hat'].shape)} "
+            if y_hat is not None and list(y_hat.shape) != latent_shape:
+                report.problems.append(f"shard {name}, key {key}: y_hat shape {list(y_hat.shape)} "
                                        f"!= manifest latent_shape {latent_shape}")
             if i in keep:
                 kept.append((name, key, s))
@@ -78,18 +79,18 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
     return kept
 
 
-def _check_decode(coder, name: str, key: str, s: dict, created_by: dict) -> str | None:
+def _check_decode(coder, name: str, key: str, s: Sample, created_by: dict) -> str | None:
     from .encode import EncodedImage, decode_y_hat  # CompressAI: only where a sample is decoded
     from .threads import STORE_THREADS
 
-    meta = s["meta"]
-    enc = EncodedImage(symbols=None, y_hat=None, y_string=s["y_string"], z_string=s.get("z_string"),
-                       z_symbols=None, means=None, scales=None, y_shape=tuple(meta["y_shape"]),
-                       z_shape=tuple(meta["z_shape"]) if meta["z_shape"] else None)
+    meta, stored = s.meta, s.fields["y_hat"]
+    enc = EncodedImage(symbols=None, y_hat=None, y_string=s.fields["y_string"], z_string=s.fields.get("z_string"),
+                       z_symbols=None, means=None, scales=None, y_shape=tuple(meta.y_shape),
+                       z_shape=tuple(meta.z_shape) if meta.z_shape else None)
     decoded = decode_y_hat(coder, enc, threads=created_by.get("torch_threads", STORE_THREADS))
-    if np.array_equal(decoded.astype(s["y_hat"].dtype), s["y_hat"]):
+    if np.array_equal(decoded.astype(stored.dtype), stored):
         return None
-    diff = np.abs(decoded.astype(np.float64) - s["y_hat"].astype(np.float64)).max()
+    diff = np.abs(decoded.astype(np.float64) - stored.astype(np.float64)).max()
     problem = f"shard {name}, key {key}: CompressAI decodes a different ŷ from the stored strings (max |Δ| {diff:g})"
     revision = created_by.get("encoder_revision", 1)
     if revision < ENCODER_REVISION:

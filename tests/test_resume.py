@@ -31,7 +31,7 @@ def folder(tiny_folder, tmp_path):
 def stored_items(out, split="train"):
     """Item keys of every stored sample, read back through the strict reader (duplicates kept)."""
     manifest = json.loads((out / MANIFEST).read_text())
-    return [s["meta"]["item"] for shard in manifest["splits"][split]["shards"]
+    return [s.meta.item for shard in manifest["splits"][split]["shards"]
             for s in read_shard(out, manifest["backend"], shard)]
 
 

@@ -171,7 +171,7 @@ def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(t
 
     def samples(store):
         manifest = read_manifest(store)
-        return [s for unit in manifest["splits"]["train"]["shards"]
+        return [s.to_dict() for unit in manifest["splits"]["train"]["shards"]
                 for s in read_shard(store, "zarr", unit)]
 
     plain, built = tmp_path / "plain", tmp_path / "built"
