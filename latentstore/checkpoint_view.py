@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compat import store_summary
+from .compat import saved_summary, store_summary
 from .errors import WeightsError
 from .format import file_sha256
 
@@ -64,7 +64,7 @@ def _trained_on(store, config: dict) -> dict:
     if isinstance(store.get("splits"), dict):
         split = config.get("split", "train")
         return store_summary(store, split if split in store["splits"] else next(iter(store["splits"])))
-    return store
+    return saved_summary(store)
 
 
 def read_checkpoint(path) -> CheckpointView:

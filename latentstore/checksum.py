@@ -24,7 +24,7 @@ import os
 
 import google_crc32c
 
-#: CRC-32C only where it is the fast one; the pure-Python fallback is ~1000x slower than sha256.
+#: CRC-32C only where it is the fast one: the pure-Python fallback is far slower than sha256 in C.
 CRC32C_IS_FAST = google_crc32c.implementation == "c"
 
 
@@ -56,8 +56,8 @@ def file_record(path) -> dict:
     return digests.record()
 
 
-#: Read size of the check: blocks that stay in the CPU cache between the copy and the digest
-#: (measured: 128 KiB blocks check a 11 MB shard in half the time of 1 MiB blocks).
+#: Read size of the check: blocks small enough to stay in the CPU cache between the copy and
+#: the digest (docs/benchmarks.md, "Integrity on read").
 _CHECK_BLOCK = 128 << 10
 
 

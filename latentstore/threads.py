@@ -10,11 +10,10 @@ from contextlib import contextmanager
 import torch
 
 #: Intra-op threads for every computation whose result is stored. Convolutions differ in
-#: the last bits between thread counts (measured, cheng2020-anchor q3 at 256x256: g_a in
-#: 29,153 of 32,768 values, entropy_parameters in 62,459 of 65,536, 1 vs 2 threads), so
-#: without a fixed count a store made on a 64-core node would not equal one made on a
-#: laptop. One thread is also the fastest for the serial loop's tiny ops; parallelism
-#: comes from --encoders processes and --part.
+#: the last bits between thread counts (docs/benchmarks.md, "Throughput knobs"), so without
+#: a fixed count a store made on a 64-core node would not equal one made on a laptop. One
+#: thread is also the fastest for the serial loop's tiny ops; parallelism comes from
+#: --encoders processes and --part.
 STORE_THREADS = 1
 
 
