@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ..errors import StoreError
 from ..sample import Damaged, Sample
-from .webdataset import iter_raw, iter_shard
+from .webdataset import iter_shard
 from .zarr import iter_unit
 
 
@@ -33,4 +33,4 @@ def read_shard(store, backend: str, shard: dict, fields=None, lenient: bool = Fa
             yield Sample.from_read(sample, shard["variant"])
 
 
-__all__ = ["BACKENDS", "iter_raw", "iter_shard", "iter_unit", "read_shard"]
+__all__ = ["BACKENDS", "iter_shard", "iter_unit", "read_shard"]
