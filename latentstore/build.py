@@ -71,7 +71,6 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
     mine = list(range(part, len(groups), parts))
     records = current_records(out, cfg, groups, mine, progress)
     todo = [j for j in mine if records[j] is None]
-    rejects_so_far = sum(len(rec["rejects"]) for rec in records.values() if rec)
 
     prof = profiler if profiler is not None and profiler.enabled else None
     pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 0 else None
@@ -79,6 +78,8 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
     bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img", desc=desc,
                disable=not progress, smoothing=0.1)
     done = None
+    committer = _Committer(out, cfg, len(source.items), bar, prof,
+                           rejects=sum(len(rec["rejects"]) for rec in records.values() if rec))
     try:
         if cfg.encoders > 1:
             setup = (cfg, coder.weights["sha256"], teacher.weights["sha256"] if teacher else None, prof is not None)
@@ -87,9 +88,7 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
             done = run_in_processes(_encode_piece, _encoder_process, setup, [items for _, items in pieces],
                                     cfg.encoders, torch.get_num_threads(), bar.update)
             for j in todo:
-                records[j] = _commit_pieces(out, cfg, j, groups[j], done, sum(g == j for g, _ in pieces), bar,
-                                            rejects_so_far, len(source.items), prof)
-                rejects_so_far += len(records[j]["rejects"])
+                records[j] = _commit_pieces(committer, j, groups[j], done, sum(g == j for g, _ in pieces))
         else:
             encoder = Encoder(coder, prof, analysis_device=_analysis_device(cfg))
             run_teacher = _device_teacher(cfg, teacher)
@@ -97,9 +96,10 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
             stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
             for j in todo:
                 prepared = list(itertools.islice(stream, len(groups[j])))
-                records[j] = _write_group(out, cfg, j, prepared, encoder, bar, rejects_so_far, len(source.items),
-                                          run_teacher, prof)
-                rejects_so_far += len(records[j]["rejects"])
+                rejects = committer.add_rejects(_rejects(prepared))
+                samples = encode_samples(cfg, [p for p in prepared if not p.reject], encoder, bar, run_teacher, prof)
+                records[j] = committer.commit(j, [p.item.key for p in prepared], samples, rejects,
+                                              [p.fingerprint for p in prepared])
     finally:
         bar.close()
         if done is not None:
@@ -172,7 +172,7 @@ def _encode_piece(state, items, bar):
     return samples, _rejects(prepared), prof.snapshot()
 
 
-def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, total_items, prof) -> dict:
+def _commit_pieces(committer: "_Committer", group: int, items: list, done, count: int) -> dict:
     """Write the next `count` pieces of `done` (group `group`, in source order) and commit the group."""
     rejects = []
     sources = [fingerprint(it) for it in items]  # before its pieces are consumed: a later change shows on rerun
@@ -180,17 +180,12 @@ def _commit_pieces(out, cfg, group, items, done, count, bar, rejects_before, tot
     def samples():
         for _ in range(count):
             piece, piece_rejects, timings = next(done)
-            if prof is not None:
-                prof.merge(timings, where="encoders")
-            rejects.extend(piece_rejects)
-            if rejects_before + len(rejects) > cfg.max_rejects:  # before the commit: nothing is claimed
-                raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
+            if committer.prof is not None:
+                committer.prof.merge(timings, where="encoders")
+            rejects.extend(committer.add_rejects(piece_rejects))  # raises before the commit: nothing is claimed
             yield from piece
 
-    record = _commit_group(out, cfg, group, [it.key for it in items], total_items, samples(), prof, rejects,
-                           sources)
-    bar.update(len(rejects) * cfg.variants)
-    return record
+    return committer.commit(group, [it.key for it in items], samples(), rejects, sources)
 
 
 def _analysis_device(cfg: BuildConfig):
@@ -211,35 +206,36 @@ def _rejects(prepared) -> list[dict]:
     return [{"source": p.item.relpath, "key": p.item.key, "reason": p.reject} for p in prepared if p.reject]
 
 
-def _write_group(out, cfg, group, prepared, encoder, bar, rejects_before, total_items, teacher=None,
-                 prof=None) -> dict:
-    """Encode one group's prepared images and commit it."""
-    rejects = _rejects(prepared)
-    if rejects_before + len(rejects) > cfg.max_rejects:
-        raise _too_many_rejects(rejects_before + len(rejects), rejects, cfg)
-    ok = [p for p in prepared if not p.reject]
-    samples = encode_samples(cfg, ok, encoder, bar, teacher, prof)
-    record = _commit_group(out, cfg, group, [p.item.key for p in prepared], total_items, samples, prof, rejects,
-                           [p.fingerprint for p in prepared])
-    bar.update(len(rejects) * cfg.variants)
-    return record
+class _Committer:
+    """Commits a build's item groups, and counts its rejects against --max-rejects as they come."""
 
+    def __init__(self, out: Path, cfg: BuildConfig, total_items: int, bar, prof, rejects: int):
+        self.out, self.cfg, self.total_items, self.bar, self.prof = out, cfg, total_items, bar, prof
+        self.rejects = rejects  # of the whole build so far, committed groups included
 
-def _commit_group(out, cfg, group, item_keys: list, total_items: int, samples, prof, rejects: list,
-                  sources: list) -> dict:
-    """Write `samples` (in source order) as group `group` and commit it with `rejects`, read at the
-    commit (the --encoders path fills it while `samples` runs), and the items' `sources`
-    fingerprints (datasets.fingerprint), which a rerun compares with the dataset."""
-    layout = GroupLayout(cfg.split, group, cfg.variants, tuple(item_keys), cfg.shard_size, total_items)
-    with GroupCommit(out, cfg.format, layout) as writer:
-        for sample in samples:
-            with _stage(prof, "write"):
-                writer.write(sample)
-        committing = time.perf_counter()
-        record = writer.commit(rejects, sources)
-    if prof is not None:  # the commit (fsync, rename, record): write time, not another call
-        prof.add("write", time.perf_counter() - committing, calls=0)
-    return record
+    def add_rejects(self, new: list) -> list:
+        """Count `new` rejects; past --max-rejects, raise (before the group's commit: nothing is claimed)."""
+        self.rejects += len(new)
+        if self.rejects > self.cfg.max_rejects:
+            raise _too_many_rejects(self.rejects, new, self.cfg)
+        self.bar.update(len(new) * self.cfg.variants)
+        return new
+
+    def commit(self, group: int, item_keys: list, samples, rejects: list, sources: list) -> dict:
+        """Write `samples` (in source order) as group `group` and commit it with `rejects`, read at the
+        commit (the --encoders path fills it while `samples` runs), and the items' `sources`
+        fingerprints (datasets.fingerprint), which a rerun compares with the dataset."""
+        cfg = self.cfg
+        layout = GroupLayout(cfg.split, group, cfg.variants, tuple(item_keys), cfg.shard_size, self.total_items)
+        with GroupCommit(self.out, cfg.format, layout) as writer:
+            for sample in samples:
+                with _stage(self.prof, "write"):
+                    writer.write(sample)
+            committing = time.perf_counter()
+            record = writer.commit(rejects, sources)
+        if self.prof is not None:  # the commit (fsync, rename, record): write time, not another call
+            self.prof.add("write", time.perf_counter() - committing, calls=0)
+        return record
 
 
 def _versions() -> dict:
