@@ -35,9 +35,10 @@ shards is read k times (usually from the page cache) but each sample is
 decoded once. Memory per worker: its share of about one window of decoded
 samples.
 
-Backends: ``readers.read_shard`` yields the samples of one shard record
-(``info["shards"][i]``) in stored order, for either backend. Strict reads raise StoreError naming shard
-and key; with ``max_skips > 0`` damaged samples are skipped, listed in
+Backends: ``readers.read_shard`` yields the Samples of one shard record
+(``info["shards"][i]``) in stored order, for either backend; the dataset hands
+them out as dicts of tensors. Strict reads raise StoreError naming shard and
+key; with ``max_skips > 0`` damaged samples are skipped, listed in
 ``dataset.skipped`` and in the ``__skipped__`` entry of the next item, and the
 read fails once more than ``max_skips`` were skipped.
 """
