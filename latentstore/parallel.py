@@ -75,14 +75,17 @@ def _run(task):
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel the tasks not started and end the processes now.
+    """End the processes now; the tasks not started fail with the broken pool.
 
     ``shutdown`` alone lets running tasks finish, which could take minutes
-    (Python 3.14's ``terminate_workers`` does what this does).
+    (Python 3.14's ``terminate_workers`` does what this does). No
+    ``cancel_futures``: cancelling queued tasks while others run can leave
+    ``shutdown`` waiting forever (CPython issue 94440); terminated processes
+    break the pool, which fails every pending task at once.
     """
     for process in list((pool._processes or {}).values()):
         process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
 
 
 def _submit_ignoring_ctrl_c(pool: ProcessPoolExecutor, tasks: list) -> list:
