@@ -1,17 +1,26 @@
 """Run a build's item groups in K encoder processes: `latentstore build --encoders K`.
 
-Processes, not threads: everything stored runs at threads.STORE_THREADS
-(docs/benchmarks.md, "Throughput knobs"), and the autoregressive coders' serial
-loop of tiny convolutions could not use more threads anyway, so one encoder
-keeps about one core busy and N cores take N processes. A group's bytes depend
-only on its images and the build arguments, never on which process made it or
-in which order pieces finish, so the store is byte-identical to a
-single-process build.
+Why processes and not threads: everything stored runs at one intra-op thread
+(below), and the autoregressive coders' serial loop of tiny convolutions could
+not use more anyway. One encoder keeps about one core busy, so the way to use
+N cores is N encoders in N processes.
 
-The processes are spawned, not forked: torch's OpenMP runtime (libgomp) is not
-fork-safe once the parent has run a parallel region, and a forked child can
-hang in its first multi-threaded op. So each process loads the coder itself
-(``setup``).
+Each process runs torch at the parent's thread count for whatever is not
+stored; everything stored runs at threads.STORE_THREADS (the thread count
+changes a convolution's last bits), so no process can change the store. A
+group's bytes depend only on its images and the build arguments, never on
+which process made it or in which order groups finish, so the store is
+byte-identical to a single-process build.
+
+The processes are spawned, not forked: torch's OpenMP (libgomp) is not
+fork-safe once the parent has run a parallel region with more than one thread,
+and a forked child can then hang in its first multi-threaded op. So each
+process loads the coder itself (``setup``), a few seconds once per process.
+
+A hand-written pool rather than ``concurrent.futures.ProcessPoolExecutor``:
+stopping it on Ctrl-C, with tasks queued and others running, needs terminating
+its processes, and the executor's shutdown then hung in this project's test
+suite (docs/benchmarks.md, "Throughput knobs").
 """
 from __future__ import annotations
 
@@ -21,8 +30,6 @@ import os
 import queue
 import signal
 import sys
-import threading
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -39,8 +46,8 @@ class _Progress:
 def die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process when `parent` dies (Linux), else exit now if it is gone.
 
-    Nothing runs in a parent killed with SIGKILL, so no executor can stop its
-    processes then; they would encode on for nobody.
+    A Pool's workers otherwise outlive a parent killed with SIGKILL (nothing runs
+    in the parent to stop them) and keep taking work from the queue they hold.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -55,15 +62,15 @@ def die_with_parent(parent: int) -> None:
 def _init(job, setup, setup_args, progress, threads: int, parent: int) -> None:
     global _JOB, _STATE, _PROGRESS
     die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (_submit_ignoring_ctrl_c)
-    # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables' floats
-    # depend on it. The jobs' stored work runs at threads.STORE_THREADS whatever is set, and the
-    # rest is elementwise, so one thread each keeps N processes from oversubscribing N cores.
+    # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables'
+    # floats depend on it. The jobs' stored work runs at threads.STORE_THREADS whatever is
+    # set, and the rest is elementwise, so afterwards one thread each keeps N processes
+    # from running N x threads OpenMP threads on N cores.
     torch.set_num_threads(threads)
     _JOB, _PROGRESS = job, progress
     try:
         _STATE = setup(*setup_args)
-    except Exception as exc:  # an executor whose initializer raises breaks without this exception
+    except Exception as exc:  # raised from the first job: a Pool respawns processes whose initializer fails
         _STATE = exc
     torch.set_num_threads(1)
 
@@ -74,36 +81,6 @@ def _run(task):
     return _JOB(_STATE, task, _Progress())
 
 
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """End the processes now; the tasks not started fail with the broken pool.
-
-    ``shutdown`` alone lets running tasks finish, which could take minutes
-    (Python 3.14's ``terminate_workers`` does what this does). No
-    ``cancel_futures``: cancelling queued tasks while others run can leave
-    ``shutdown`` waiting forever (CPython issue 94440); terminated processes
-    break the pool, which fails every pending task at once.
-    """
-    for process in list((pool._processes or {}).values()):
-        process.terminate()
-    pool.shutdown(wait=True)
-
-
-def _submit_ignoring_ctrl_c(pool: ProcessPoolExecutor, tasks: list) -> list:
-    """Submit every task; the processes this starts ignore SIGINT from birth.
-
-    Ctrl-C reaches the whole process group, and a process still importing
-    torch would die of it with a traceback of its own; the parent stops them
-    all instead. A spawned Python keeps an inherited SIG_IGN for SIGINT.
-    """
-    if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
-        return [pool.submit(_run, task) for task in tasks]
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return [pool.submit(_run, task) for task in tasks]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int, threads: int,
                      on_progress=None):
     """Yield ``job(state, task, progress)`` for each task, in order, run in `processes` spawned processes.
@@ -112,15 +89,14 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
     must be module-level functions; tasks, setup_args and results must pickle.
     ``progress.update(n)`` inside a job calls ``on_progress(n)`` here. The
     first job that raises stops the rest (terminated: what they had not
-    returned is lost, as after a crash) and its exception is raised here; so
-    does closing the generator early.
+    committed is lost, as after a crash) and its exception is raised here.
     """
     if not tasks:
         return
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
-    pool = ProcessPoolExecutor(min(processes, len(tasks)), mp_context=ctx, initializer=_init,
-                               initargs=(job, setup, setup_args, updates, threads, os.getpid()))
+    pool = ctx.Pool(min(processes, len(tasks)), initializer=_init,
+                    initargs=(job, setup, setup_args, updates, threads, os.getpid()))
 
     def drain(timeout: float) -> None:
         try:
@@ -133,12 +109,13 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
             pass
 
     try:
-        futures = _submit_ignoring_ctrl_c(pool, tasks)
-        for future in futures:
-            while not future.done():
+        results = [pool.apply_async(_run, (task,)) for task in tasks]
+        for result in results:
+            while not result.ready():
                 drain(0.2)
-            yield future.result()
-        pool.shutdown(wait=True)
+            yield result.get()
+        pool.close()
+        pool.join()
         drain(0)
     finally:
-        _stop(pool)
+        pool.terminate()

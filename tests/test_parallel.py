@@ -1,6 +1,5 @@
-"""Encoder processes (--encoders): the work is shared even within one item group, the processes are
-spawned, forward progress, stop on an error, Ctrl-C or early close, and die with their parent."""
-import multiprocessing
+"""Encoder processes (--encoders): the work is shared even within one item group, and the
+processes die with their parent."""
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from latentstore.build import BuildConfig, _pieces, build
-from latentstore.parallel import run_in_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,86 +95,5 @@ def test_encoder_processes_die_with_a_killed_parent(tiny_folder, tmp_path):
         if parent.poll() is None:
             parent.kill()
         for k in kids:                                  # what this test started, if it outlived the test
-            if alive(k):
-                os.kill(k, signal.SIGKILL)
-
-
-# ---------------------------------------------------------------- run_in_processes itself, on tiny jobs
-
-def test_processes_are_spawned_set_up_once_each_and_forward_progress():
-    import parallel_jobs as jobs
-
-    jobs.MARK = "parent"                               # a forked process would inherit this
-    updates = []
-    out = list(run_in_processes(jobs.job, jobs.setup, ("state",), list(range(8)), processes=2, threads=1,
-                                on_progress=updates.append))
-    assert [r[0] for r in out] == [t * t for t in range(8)]                 # in task order
-    pids = {r[1] for r in out}
-    assert len(pids) <= 2 and os.getpid() not in pids
-    assert {r[2] for r in out} == {None}                                     # spawned, not forked
-    assert {r[3] for r in out} == {1} and {r[4] for r in out} == {"state"}   # one setup per process
-    assert sorted(updates) == [1] * 8 + [2] * 8                              # every update reached the bar
-
-
-def test_a_failing_job_is_raised_here_and_stops_the_other_processes():
-    import parallel_jobs as jobs
-
-    done = run_in_processes(jobs.job, jobs.setup, ("state",), [3, "boom", 60.0, 60.0], processes=2, threads=1)
-    assert next(done)[0] == 9
-    kids = multiprocessing.active_children()
-    assert len(kids) == 2
-    start = time.monotonic()
-    with pytest.raises(ValueError, match="bad task 'boom'"):
-        next(done)
-    assert time.monotonic() - start < 30 and not any(k.is_alive() for k in kids)   # the 60 s task was stopped
-
-
-def test_a_failing_setup_is_raised_from_the_first_job():
-    import parallel_jobs as jobs
-
-    with pytest.raises(RuntimeError, match="setup failed: no coder here"):
-        list(run_in_processes(jobs.job, jobs.setup, ("fail",), [1, 2], processes=2, threads=1))
-    assert not multiprocessing.active_children()
-
-
-def test_closing_early_stops_the_processes():
-    import parallel_jobs as jobs
-
-    done = run_in_processes(jobs.job, jobs.setup, ("state",), [1, 60.0, 60.0], processes=2, threads=1)
-    assert next(done)[0] == 1
-    kids = multiprocessing.active_children()
-    start = time.monotonic()
-    done.close()                                   # what build.py does when it stops before the last piece
-    assert time.monotonic() - start < 30 and kids and not any(k.is_alive() for k in kids)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_stops_parent_and_processes_with_one_traceback():
-    script = ("import parallel_jobs as jobs\n"
-              "from latentstore.parallel import run_in_processes\n"
-              "for r in run_in_processes(jobs.job, jobs.setup, ('s',), [0, 60.0, 60.0, 60.0], 2, 1):\n"
-              "    print(r[0], flush=True)\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    kids = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(kids) < 3 and time.monotonic() < deadline:   # 2 encoders + resource tracker, still starting
-            time.sleep(0.05)
-            kids = children(parent.pid)
-        time.sleep(0.5)
-        os.killpg(parent.pid, signal.SIGINT)          # Ctrl-C reaches the whole foreground group
-        _, err = parent.communicate(timeout=30)
-        assert parent.returncode != 0 and err.count("Traceback") == 1 and "KeyboardInterrupt" in err, err
-        deadline = time.monotonic() + 5
-        while any(alive(k) for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [k for k in kids if alive(k)]
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-        for k in kids:
             if alive(k):
                 os.kill(k, signal.SIGKILL)
