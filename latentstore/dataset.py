@@ -28,12 +28,12 @@ How one epoch is read (docs/reliability.md §8-§11):
 
 Trade-off: tar shards cannot be read at random cheaply, so shuffling is
 "shard order + in-memory window", not a full permutation of the split. A
-worker reads every shard that holds one of its samples (whole shards,
-sequentially) and decodes only its own samples; each rank reads about N/W
-samples' worth of shards plus one window, and with k workers each of those
-shards is read k times (usually from the page cache) but each sample is
-decoded once. Memory per worker: its share of about one window of decoded
-samples.
+worker walks every shard that holds one of its samples (sequentially) but
+reads and decodes only its own samples' bytes: a tar shard's other members
+are seeked over, so k workers read each sample once between them, plus the
+tar headers k times. The digest check before a process's first use of a
+shard is the exception: it reads the whole file, once per process. Memory per
+worker: its share of about one window of decoded samples.
 
 Backends: ``readers.read_shard`` yields the Samples of one shard record
 (``info["shards"][i]``) in stored order, for either backend; the dataset hands
@@ -73,14 +73,14 @@ def pick_split(manifest: dict, split: str | None, store) -> str:
     return split
 
 
-def to_tensors(sample: dict, y_hat_dtype: torch.dtype = torch.float32) -> dict:
-    """numpy fields -> tensors (ŷ in `y_hat_dtype`, integer symbols widened to int32)."""
+def to_tensors(sample: dict, y_hat_dtype: torch.dtype | None = torch.float32) -> dict:
+    """numpy fields -> tensors (ŷ in `y_hat_dtype`, None: as stored; integer symbols widened to int32)."""
     out = {}
     for name, value in sample.items():
         if isinstance(value, np.ndarray):
             t = torch.from_numpy(value)
             if name == "y_hat":
-                t = t.to(y_hat_dtype)
+                t = t if y_hat_dtype is None else t.to(y_hat_dtype)
             elif not t.is_floating_point():
                 t = t.to(torch.int32)
             out[name] = t
@@ -96,8 +96,18 @@ def collate(samples: list[dict]) -> dict:
     out = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
-        out[name] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        out[name] = _stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
+
+
+def _stack(values: list) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker straight into shared memory, as torch's default_collate
+    does, so handing the batch to the main process costs no second copy."""
+    if get_worker_info() is None:
+        return torch.stack(values)
+    first = values[0]
+    storage = first._typed_storage()._new_shared(len(values) * first.numel(), device=first.device)
+    return torch.stack(values, out=first.new(storage).resize_(len(values), *first.shape))
 
 
 # --------------------------------------------------------------------------- order
@@ -141,11 +151,11 @@ class LatentDataset(IterableDataset):
     """
 
     def __init__(self, path, split: str | None = None, variant: int | None = None,
-                 fields=DEFAULT_FIELDS, y_hat_dtype: torch.dtype = torch.float32, *,
+                 fields=DEFAULT_FIELDS, y_hat_dtype: torch.dtype | None = torch.float32, *,
                  seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
                  batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
                  start: int = 0, rank: int | None = None, world: int | None = None, max_skips: int = 0,
-                 teacher_dtype: torch.dtype = torch.float32):
+                 teacher_dtype: torch.dtype | None = torch.float32):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
@@ -397,7 +407,7 @@ def _shared_position() -> torch.Tensor:
 
 
 def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant: int | None = None,
-               y_hat_dtype: torch.dtype = torch.float32, teacher_dtype: torch.dtype = torch.float32,
+               y_hat_dtype: torch.dtype | None = torch.float32, teacher_dtype: torch.dtype | None = torch.float32,
                seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
                batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
                start: int = 0, rank: int | None = None, world: int | None = None,
@@ -411,7 +421,9 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
             y_string, z_string, label, meta, and what the store was built with (means, scales,
             z_symbols, label_map, teacher_<tap>). A field the split does not hold is an error.
         variant: None reads variant ``epoch % K`` (call ``set_epoch``); an int pins one.
-        y_hat_dtype / teacher_dtype: dtype of ŷ and of the teacher maps in the samples.
+        y_hat_dtype / teacher_dtype: dtype of ŷ and of the teacher maps in the samples. None: as
+            stored (int8 teacher maps dequantized to float32), the fewest bytes per batch for a
+            loader that widens on the GPU (the trainers and evals do).
         seed, shuffle, shuffle_window: the epoch order, a function of (seed, epoch) only; shards
             are shuffled, then the samples of each window of ``shuffle_window`` shards.
         batch_size, drop_last: yield collated batches (use ``DataLoader(ds, batch_size=None)``).

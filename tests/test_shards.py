@@ -125,6 +125,33 @@ def test_unwanted_samples_are_not_decoded(tmp_path):
         list(iter_shard(path, shard["path"], shard["samples"], wanted={3}))
 
 
+def _bytes_read() -> int:
+    return int(next(line for line in open("/proc/self/io") if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through /proc")
+def test_unwanted_samples_are_seeked_over_not_read(tmp_path):
+    """k DataLoader workers each want 1/k of a shard: the rest is skipped, not read k times over."""
+    big = [make_sample(i) for i in range(5)]
+    for s in big:
+        s.fields["y_string"] = np.random.default_rng(s.meta.label).bytes(200_000)
+    with GroupCommit(tmp_path, "webdataset", layout(5)) as group:
+        for s in big:
+            group.write(s)
+        shard = group.commit()["shards"][0]
+    path = tmp_path / shard["path"]
+
+    def read(wanted):
+        before = _bytes_read()
+        got = list(iter_shard(path, shard["path"], shard["samples"], wanted=wanted))
+        return _bytes_read() - before, got
+
+    everything, _ = read(None)
+    one, got = read({2})
+    assert everything > 5 * 200_000 and one < 2 * 200_000, (everything, one)
+    assert got[2]["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
+
+
 def test_damaged_header_is_caught_by_its_checksum(tmp_path):
     record = write_group(tmp_path)
     shard = record["shards"][0]

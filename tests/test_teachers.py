@@ -15,6 +15,7 @@ from latentstore.build import BuildConfig, build
 from latentstore.cli import main
 from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
 from latentstore.format import MANIFEST, field_for_member, read_manifest
+from latentstore.teacher.decode import TeacherDecoder
 from latentstore.teacher.dtypes import dequantize, quantize, relative_error
 from latentstore.teacher.fingerprint import check_teacher
 from latentstore.teacher.load import load_teacher
@@ -124,6 +125,19 @@ def test_bfloat16_round_trip():
     assert np.array_equal(dequantize(quantize(back, "bfloat16")[""], "bfloat16"), back)  # idempotent
     zeros = np.zeros((2, 3, 3), np.float32)
     assert relative_error(zeros, "int8") == 0.0 and not dequantize(**_int8(zeros)).any()
+
+
+def test_teacher_maps_travel_in_their_stored_dtype_on_request():
+    """out_dtype=None (the trainers' loader): float16 and bfloat16 maps keep their bits, int8 is dequantized."""
+    x = np.random.default_rng(1).standard_normal((4, 3, 5)).astype(np.float32)
+    for dtype, expect in (("float16", torch.float16), ("bfloat16", torch.bfloat16), ("int8", torch.float32)):
+        stored = quantize(x, dtype)
+        decoder = TeacherDecoder({"teacher": {"dtype": dtype, "taps": [{"field": "teacher_s8"}]}},
+                                 ("teacher_s8",), out_dtype=None)
+        sample = {"teacher_s8": stored[""], **({"teacher_s8.scale": stored[".scale"]} if ".scale" in stored else {})}
+        t = decoder.decode(sample)["teacher_s8"]
+        assert t.dtype == expect
+        assert np.array_equal(t.float().numpy(), dequantize(stored[""], dtype, stored.get(".scale")))
 
 
 def _int8(x):

@@ -87,3 +87,25 @@ def test_eval_takes_precision_and_defaults_to_auto():
 
     assert parse_args(["--store", "s", "--checkpoint", "c"], "classification").precision == "auto"
     assert parse_args(["--store", "s", "--checkpoint", "c", "--precision", "fp32"], "segmentation").precision == "fp32"
+
+
+def test_batches_travel_as_stored_in_shared_memory_and_widen_on_the_device(store):
+    """The trainers' loader hands ŷ over in its stored float16 (half the bytes of float32),
+    stacked by each worker straight into shared memory; model_inputs widens it exactly."""
+    from torch.utils.data import DataLoader
+
+    from latentstore.dataset import open_store
+    from latentstore.train.model import model_inputs
+
+    def batches(workers: int, y_hat_dtype):
+        data = open_store(store, fields=("y_hat", "label"), batch_size=2, y_hat_dtype=y_hat_dtype)
+        return list(DataLoader(data, batch_size=None, num_workers=workers))
+
+    wide, narrow = batches(0, torch.float32), batches(2, None)
+    assert len(wide) == len(narrow) > 1
+    region = (1, 3, 0, 4)
+    for a, b in zip(wide, narrow):
+        assert a["y_hat"].dtype == torch.float32 and b["y_hat"].dtype == torch.float16
+        assert b["y_hat"].is_shared() and b["label"].is_shared()      # no copy into shared memory after
+        x, = model_inputs(b, ("y_hat",), region, "cpu")
+        assert x.dtype == torch.float32 and torch.equal(x, a["y_hat"][..., 1:3, 0:4])

@@ -25,7 +25,7 @@ def eval_batches(store, split: str, variant: int, fields: tuple, batch_size: int
                  rank: int = 0, world: int = 1, pin_memory: bool = False) -> tuple[LatentDataset, DataLoader]:
     """This rank's collated batches of variant ``variant`` (the dataset, and a DataLoader over it)."""
     data = open_store(store, split, fields=fields, variant=variant, batch_size=batch_size,
-                      remainder="keep", rank=rank, world=world)
+                      remainder="keep", rank=rank, world=world, y_hat_dtype=None)  # widened on the device
     return data, DataLoader(data, batch_size=None, num_workers=workers, pin_memory=pin_memory)
 
 

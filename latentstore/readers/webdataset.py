@@ -44,8 +44,11 @@ def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
     return name, _octal(block[124:136]), block[156:157]
 
 
-def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
-    """(key, member suffix, bytes) for each member, in tar order.
+def _members(path: Path, shard: str, wanted: Container[int] | None = None) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, member suffix, bytes) for each member, in tar order; bytes None for the members of a
+    sample whose index is not in `wanted` (None: all), which are seeked over, not read: a
+    DataLoader worker wants only its share of a shard, and reading the rest k times over is
+    what k workers would otherwise cost.
 
     A small tar parser instead of ``tarfile``: its header objects cost more than
     everything else the reader does per sample. It verifies every header's
@@ -56,7 +59,7 @@ def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
     """
     try:
         with open(path, "rb") as f:
-            offset, long_name = 0, None
+            offset, long_name, current, index = 0, None, None, -1
             while True:
                 block = f.read(_BLOCK)
                 if len(block) < _BLOCK or block == _END:
@@ -64,26 +67,36 @@ def _members(path: Path, shard: str) -> Iterator[tuple[str, str, bytes]]:
                         raise StoreError(f"shard {shard}: truncated tar header at byte {offset}")
                     return
                 name, size, kind = _header(block, shard, offset)
-                data = f.read(size)
-                if len(data) < size:
-                    raise StoreError(f"shard {shard}: member {name.decode(errors='replace')!r} is truncated "
-                                     f"({len(data)} of {size} bytes)")
-                f.seek(-size % _BLOCK, 1)
+                extension = kind in (b"x", b"L", b"g")  # PAX record, GNU long name, PAX global header
+                if not extension:
+                    name, long_name = (long_name or name), None
+                    text = name.decode("utf-8", errors="replace")
+                    if kind not in (b"0", b"\0") or "/" in text or "\\" in text or text.startswith("."):
+                        raise StoreError(f"shard {shard}: unexpected member {text!r} "
+                                         f"(only plain files named <key>.<suffix> belong in a shard)")
+                    key, _, ext = text.partition(".")
+                    if key != current:
+                        current, index = key, index + 1
+                wanted_here = extension or wanted is None or index in wanted
+                data = _read(f, size, shard, name) if wanted_here else None
                 offset += _BLOCK + size + (-size % _BLOCK)
-                if kind in (b"x", b"L"):  # the next member's name: PAX record or GNU long name
-                    long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0")
-                    continue
-                if kind == b"g":  # PAX global header: nothing a latentstore shard needs
-                    continue
-                name, long_name = (long_name or name), None
-                text = name.decode("utf-8", errors="replace")
-                if kind not in (b"0", b"\0") or "/" in text or "\\" in text or text.startswith("."):
-                    raise StoreError(f"shard {shard}: unexpected member {text!r} "
-                                     f"(only plain files named <key>.<suffix> belong in a shard)")
-                key, _, ext = text.partition(".")
-                yield key, ext, data
+                f.seek(offset)
+                if kind == b"x":  # the next member's name
+                    long_name = _pax_path(data)
+                elif kind == b"L":
+                    long_name = data.rstrip(b"\0")
+                elif not extension:  # a PAX global header holds nothing a latentstore shard needs
+                    yield key, ext, data
     except OSError as exc:
         raise StoreError(f"shard {shard}: unreadable tar ({exc})") from exc
+
+
+def _read(f, size: int, shard: str, name: bytes) -> bytes:
+    data = f.read(size)
+    if len(data) < size:
+        raise StoreError(f"shard {shard}: member {name.decode(errors='replace')!r} is truncated "
+                         f"({len(data)} of {size} bytes)")
+    return data
 
 
 def _pax_path(data: bytes) -> bytes | None:
@@ -126,7 +139,7 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
                 yield from _damaged(Path(path), shard, expected_samples, lenient)
                 return
             _VERIFIED.add(memo)
-        for key, raw in _groups(Path(path), shard):
+        for key, raw in _groups(Path(path), shard, wanted):
             count += 1
             if wanted is not None and count - 1 not in wanted:
                 yield None
@@ -168,10 +181,11 @@ def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Ite
         raise StoreError(f"shard {shard}: holds {len(keys)} samples, the manifest records {expected}")
 
 
-def iter_raw(path, shard: str) -> Iterator[tuple[str, dict]]:
-    """(key, {member suffix: bytes}) per sample, in tar order, bytes untouched."""
+def iter_raw(path, shard: str, wanted: Container[int] | None = None) -> Iterator[tuple[str, dict]]:
+    """(key, {member suffix: bytes}) per sample, in tar order, bytes untouched (None where the
+    sample's index is not in `wanted`)."""
     current, members = None, {}
-    for key, ext, data in _members(Path(path), shard):
+    for key, ext, data in _members(Path(path), shard, wanted):
         if key != current:
             if current is not None:
                 yield current, members
@@ -183,9 +197,9 @@ def iter_raw(path, shard: str) -> Iterator[tuple[str, dict]]:
         yield current, members
 
 
-def _groups(path: Path, shard: str) -> Iterator[tuple[str, dict]]:
-    """(key, {field name: bytes}) per sample, in tar order."""
-    for key, members in iter_raw(path, shard):
+def _groups(path: Path, shard: str, wanted: Container[int] | None = None) -> Iterator[tuple[str, dict]]:
+    """(key, {field name: bytes}) per sample, in tar order (bytes None outside `wanted`)."""
+    for key, members in iter_raw(path, shard, wanted):
         raw = {}
         for ext, data in members.items():
             field = field_for_member(ext)

@@ -50,9 +50,12 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     if cfg.batch_size % d.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} does not divide over {d.world} ranks")
     per_rank = cfg.batch_size // d.world
+    # ŷ and teacher maps travel as stored (float16: half the bytes); model_inputs and the
+    # transfer loss widen them on the device.
     data = open_store(cfg.store, cfg.split, fields=fields, seed=cfg.seed, shuffle=True,
                       shuffle_window=cfg.shuffle_window, batch_size=per_rank, drop_last=True,
-                      remainder="drop", max_skips=cfg.max_skips, rank=d.rank, world=d.world)
+                      remainder="drop", max_skips=cfg.max_skips, rank=d.rank, world=d.world,
+                      y_hat_dtype=None, teacher_dtype=None)
     steps_per_epoch = len(data)  # equal on every rank by construction
     if steps_per_epoch == 0:
         raise ConfigError(f"{data.samples_per_rank()} samples per rank make no batch of {per_rank}: "

@@ -63,11 +63,12 @@ def valid_crop(info: dict):
 
 
 def model_inputs(batch: dict, fields: tuple, region, device) -> list:
-    """The model's input tensors from a batch, cropped to the valid latent region."""
+    """The model's float32 input tensors from a batch, cropped to the valid latent region."""
     r0, r1, c0, c1 = region
-    # Copy first, crop on the device: a cropped view is not contiguous, and its copy would
-    # go through pageable memory (a blocking copy) instead of the pinned batch.
-    return [batch[f].to(device, non_blocking=True)[..., r0:r1, c0:c1] for f in fields]
+    # Copy first, crop and widen on the device: a cropped view is not contiguous, and its copy
+    # would go through pageable memory (a blocking copy) instead of the pinned batch. Loaders
+    # carry ŷ as stored (float16 by default: half the bytes); widening to float32 is exact.
+    return [batch[f].to(device, non_blocking=True)[..., r0:r1, c0:c1].float() for f in fields]
 
 
 def probe_inputs(info: dict, fields: tuple) -> list:
