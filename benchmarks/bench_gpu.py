@@ -18,8 +18,10 @@ timed window, not a whole dataset:
     and bf16 autocast + channels_last, the trainer's own settings (latentstore.train.speed).
 (c) trainer: train/classify.py, fp32 and bf16, on a store of 4,096 samples built with all encoders
     (--device cuda where there is a GPU) with bmshj2018-hyperprior q3, a coder without the serial
-    loop, so it takes seconds; samples/s and data wait per logged window (one epoch each,
-    checkpoint saves at epoch ends excluded), the first epoch dropped.
+    loop, so it takes seconds; samples/s and data wait per logged quarter epoch (checkpoint saves
+    at epoch ends excluded), the first epoch dropped: pooled over whole epochs, and within epochs
+    (each epoch's first window dropped too). Before it, the trainer's DataLoader alone (no model,
+    each batch copied to the device), ŷ as stored and widened to float32 in the workers.
 (d) (c) / (b).
 """
 from __future__ import annotations
@@ -170,15 +172,65 @@ def step_rate(a, channels: int, classes: int, precision: str) -> dict:
     return {"precision": precision, "img_s": rate, "steps": steps, "seconds": elapsed}
 
 
-# --------------------------------------------------------------------------- (c) trainer
+# --------------------------------------------------------------------------- (c) loader alone, trainer
+
+def loader_rate(a, store: Path, y_hat_dtype: str) -> dict:
+    """The trainer's DataLoader (same workers, pinning, batch) alone, each batch copied to the device:
+    the most samples/s the data path can feed. ŷ as stored (the trainer's way) or widened to float32
+    in the workers (the way before), so the bytes a batch costs show side by side."""
+    import torch
+
+    from latentstore.dataset import open_store
+    from latentstore.train.speed import make_loader
+
+    device = torch.device(a.device)
+    data = open_store(store, fields=("y_hat", "label"), seed=0, shuffle=True, batch_size=a.batch,
+                      drop_last=True, y_hat_dtype=None if y_hat_dtype == "stored" else torch.float32)
+    loader = make_loader(data, a.workers, device)
+    times = []
+    for epoch in range(a.loader_epochs + 1):    # the first epoch starts the workers: dropped
+        data.set_epoch(epoch)
+        started, n = time.perf_counter(), 0
+        for batch in loader:
+            x = batch["y_hat"].to(device, non_blocking=True).float()
+            n += x.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((n, time.perf_counter() - started))
+    n, seconds = map(sum, zip(*times[1:]))
+    rate, first = n / seconds, times[0][0] / times[0][1]
+    log(f"loader alone, y_hat {y_hat_dtype}: {rate:,.0f} samples/s ({a.loader_epochs} epochs; first {first:,.0f})")
+    del loader
+    return {"y_hat": y_hat_dtype, "samples_s": rate, "first_epoch_samples_s": first, "epochs": a.loader_epochs}
+
+
+def _windows(rows: list) -> dict:
+    """Per logged window {step: {name: value}}, by step."""
+    by_step: dict = {}
+    for r in rows:
+        by_step.setdefault(int(r["step"]), {})[r["name"]] = float(r["value"])
+    return by_step
+
+
+def _pooled(windows: list, batch: int, steps: int) -> tuple[float, float]:
+    """(samples/s, data-wait fraction) over windows of `steps` steps each, weighted by their time."""
+    seconds = [steps * batch / w["samples_per_s"] for w in windows]
+    total = sum(seconds)
+    return steps * batch * len(windows) / total, sum(w["data_wait"] * t for w, t in zip(windows, seconds)) / total
+
 
 def trainer(a, store: Path, out: Path, precision: str, pure: float, samples: int) -> dict:
+    """train/classify.py, logged every quarter epoch. Two figures: whole epochs (all windows but the
+    first epoch's), and within epochs (also without each epoch's first window, whose first batch
+    waits for the workers to read their first shards: on a 16-step epoch that start weighs ~1/16,
+    on an ImageNet epoch of 5,000 steps nothing)."""
     per_epoch = samples // a.batch
+    log_every = max(1, per_epoch // 4)
     steps = max(3 * per_epoch, int(pure * a.window / a.batch) // per_epoch * per_epoch + per_epoch)
     epochs = steps // per_epoch
     cmd = [PY, "train/classify.py", "--store", str(store), "--out", str(out), "--model", a.model,
            "--batch-size", str(a.batch), "--workers", str(a.workers), "--precision", precision,
-           "--epochs", str(epochs), "--max-steps", str(steps), "--log-every", str(per_epoch),
+           "--epochs", str(epochs), "--max-steps", str(steps), "--log-every", str(log_every),
            "--save-every", str(10 ** 9), "--device", a.device, "--no-progress"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     rc, wall = run(cmd, out.with_suffix(".log"), a.train_timeout, env=env)
@@ -187,19 +239,22 @@ def trainer(a, store: Path, out: Path, precision: str, pure: float, samples: int
     if (out / "metrics.csv").is_file():
         with open(out / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-    by_step: dict = {}
-    for r in rows:
-        by_step.setdefault(int(r["step"]), {})[r["name"]] = float(r["value"])
-    windows = [by_step[s] for s in sorted(by_step)][1:]   # the first epoch warms up (cuDNN, workers)
-    if windows:
-        res["samples_s"] = float(np.mean([w["samples_per_s"] for w in windows]))
-        res["data_wait"] = float(np.mean([w["data_wait"] for w in windows]))
-        res["windows"] = len(windows)
+    by_step = _windows(rows)
+    # the first epoch warms up (cuDNN, workers); windows ending at a multiple of log_every only
+    later = [(step, w) for step, w in sorted(by_step.items()) if step > per_epoch and step % log_every == 0]
+    if later:
+        res["samples_s"], res["data_wait"] = _pooled([w for _, w in later], a.batch, log_every)
+        res["windows"] = len(later)
         res["ratio_to_pure"] = res["samples_s"] / pure if pure else None
+        inner = [w for step, w in later if (step - log_every) % per_epoch]   # not an epoch's first window
+        if inner:
+            res["inner_samples_s"], res["inner_data_wait"] = _pooled(inner, a.batch, log_every)
+            res["inner_ratio_to_pure"] = res["inner_samples_s"] / pure if pure else None
     if rc != 0:
         res["error"] = out.with_suffix(".log").read_text()[-2000:]
     log(f"trainer {precision}: rc {rc}, {res.get('samples_s', 0):,.0f} samples/s, data wait "
-        f"{100 * res.get('data_wait', 0):.1f}%, {res.get('windows', 0)} windows ({wall:.0f} s)")
+        f"{100 * res.get('data_wait', 0):.1f}%; within epochs {res.get('inner_samples_s', 0):,.0f} samples/s, "
+        f"data wait {100 * res.get('inner_data_wait', 0):.1f}%; {res.get('windows', 0)} windows ({wall:.0f} s)")
     return res
 
 
@@ -239,11 +294,17 @@ def table(r: dict) -> str:
     lines.append(f"(c) trainer train/classify.py on a {tb.get('coder', '?')} store built on {tb.get('device', '?')} "
                  f"({r['train_samples']} samples/epoch, {_rate(tb) or 0:.0f} img/s, {r['workers']} workers), "
                  "(d) = (c)/(b):")
-    lines.append(f"    {'':<6}{'samples/s':>10}{'data wait':>11}{'(d) of pure':>13}")
+    for ld in r.get("loader", []):
+        lines.append(f"    loader alone, y_hat {ld['y_hat']:<8}{ld['samples_s']:>10,.0f} samples/s")
+    lines.append(f"    {'':<6}{'whole epochs':-^34}   {'within epochs':-^34}")
+    lines.append((f"    {'':<6}" + f"{'samples/s':>10}{'data wait':>11}{'(d) of pure':>13}   " * 2).rstrip())
     for t in sorted(r["trainer"], key=lambda t: t["precision"] != "fp32"):
-        d = t.get("ratio_to_pure")
-        lines.append(f"    {t['precision']:<6}{t.get('samples_s', 0):>10,.0f}{100 * t.get('data_wait', 0):>10.1f}%"
-                     f"{(100 * d if d else 0):>12.1f}%" + ("" if t["rc"] == 0 else f"  FAILED rc {t['rc']}"))
+        cells = ""
+        for prefix in ("", "inner_"):
+            d = t.get(prefix + "ratio_to_pure")
+            cells += (f"{t.get(prefix + 'samples_s', 0):>10,.0f}{100 * t.get(prefix + 'data_wait', 0):>10.1f}%"
+                      f"{(100 * d if d else 0):>12.1f}%   ")
+        lines.append(f"    {t['precision']:<6}{cells.rstrip()}" + ("" if t["rc"] == 0 else f"  FAILED rc {t['rc']}"))
     lines.append("    targets: bf16 trainer >= 90% of pure bf16, data wait < 5%")
     return "\n".join(lines)
 
@@ -274,12 +335,15 @@ def main(argv=None) -> int:
         a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 64, "resnet18-aa", 4, 2.0, 1, 2
         a.images, a.encoders, a.per_encoder, a.train_images, a.shard = 16, [1, 2], 8, 16, 4
         a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 300, 300, 300, 2
+        a.loader_epochs = 2
     else:
         a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 224, "resnet50-aa", 256, 15.0, 15, min(12, cores)
         a.encoders = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= cores]
         a.per_encoder, a.train_images, a.shard = 12, 4096, 32
         a.images = max(a.train_images, a.per_encoder * a.encoders[-1])
-        a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 50, 90, 100, 16
+        # 16 encoder processes took over 50 s to start and seal 192 samples (2026-11-30): 120 s each
+        a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 120, 120, 100, 16
+        a.loader_epochs = 4
     a.device = "cuda" if has_gpu else "cpu"
     padded = -(-a.crop // 64) * 64
     a.latent = a.crop // 16
@@ -339,6 +403,8 @@ def main(argv=None) -> int:
         r["pure"].append(step_rate(a, channels, 10, precision))
         save()
     if manifest:
+        r["loader"] = [loader_rate(a, train_store, dtype) for dtype in ("stored", "float32")]
+        save()
         # bf16 first: the default on CUDA and the target's figure, so a run cut by --budget keeps it
         for precision, pure in reversed(list(zip(("fp32", "bf16"), r["pure"]))):
             if DEADLINE[0] - time.perf_counter() < 20:
