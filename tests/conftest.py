@@ -32,6 +32,24 @@ def tiny_folder(tmp_path_factory) -> Path:
     return root
 
 
+def tiny_config(root, out, **overrides):
+    """The tests' usual build: bmshj2018-hyperprior q1 with seeded untrained weights (non-trivial
+    symbols, no loop: seconds), 64 px crops, one variant; `overrides` are any other BuildConfig field."""
+    from latentstore.build import BuildConfig
+
+    return BuildConfig(**{"coder": "bmshj2018-hyperprior", "quality": 1, "weights": "untrained",
+                          "dataset": "imagefolder", "split": "train", "variants": 1, "crop": 64,
+                          "root": str(root), "out": str(out), **overrides})
+
+
+def tiny_store(root, out, **overrides) -> Path:
+    """Build `tiny_config(root, out, **overrides)` and return the store's folder."""
+    from latentstore.build import build
+
+    build(tiny_config(root, out, **overrides), progress=False)
+    return Path(out)
+
+
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
     """Save a seeded untrained coder with non-trivial symbols as a CompressAI checkpoint file."""

@@ -6,18 +6,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentstore.build import BuildConfig, build
+from latentstore.build import build
 from latentstore.resume import check_resume
 from latentstore.build_config import device_entry
 from latentstore.dryrun import project, render as render_projection
 from latentstore.errors import ConfigError
 from latentstore.info import render, summarize
 
+from conftest import tiny_config
+
 
 def config(root, out, **kw):
-    base = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                root=str(root), split="train", out=str(out), variants=1, crop=64, shard_size=4)
-    return BuildConfig(**{**base, **kw})
+    return tiny_config(root, out, **{"shard_size": 4, **kw})
 
 
 def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tiny_folder, tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from latentstore.build import BuildConfig, build
+from conftest import tiny_store
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,8 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def padded_store(tiny_folder, tmp_path_factory):
     """32-pixel crops padded to 64: ŷ is 4×4 of which rows/cols 1..2 see the image."""
     out = tmp_path_factory.mktemp("docs-store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), crop=32, shard_size=2), progress=False)
+    tiny_store(tiny_folder, out, crop=32, shard_size=2)
     return out
 
 

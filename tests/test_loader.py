@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from latentstore import open_store
-from latentstore.build import BuildConfig, build
+
+from conftest import tiny_store
 
 
 def free_port() -> int:
@@ -40,9 +41,7 @@ def _worker(rank, world, port, store, out):
 @pytest.fixture(scope="module")
 def store5(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("five")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=2, crop=64,
-                      shard_size=2, limit=5), progress=False)
+    tiny_store(tiny_folder, out, variants=2, shard_size=2, limit=5)
     return out
 
 

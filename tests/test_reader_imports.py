@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from latentstore.build import BuildConfig, build
+from conftest import tiny_store
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,11 +81,8 @@ READER = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def teacher_store(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("reader-store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=1, crop=64, shard_size=3,
-                      teacher="resnet18", teacher_weights="untrained", teacher_strides=(8, 16, 32),
-                      teacher_dtype="int8"),
-          progress=False)
+    tiny_store(tiny_folder, out, shard_size=3, teacher="resnet18", teacher_weights="untrained",
+               teacher_strides=(8, 16, 32), teacher_dtype="int8")
     return out
 
 

@@ -6,16 +6,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from latentstore import open_store
-from latentstore.build import BuildConfig, build
 from latentstore.errors import ConfigError, StoreError
+
+from conftest import tiny_store
 
 
 @pytest.fixture(scope="module")
 def store(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=3, crop=64,
-                      shard_size=2), progress=False)
+    tiny_store(tiny_folder, out, variants=3, shard_size=2)
     return out
 
 
@@ -100,9 +99,7 @@ def prime_store(tiny_folder, tmp_path_factory):
         shutil.copy(src, root / "train" / f"c{n % 2}" / f"i{n}.png")
     shutil.copy(src, root / "train" / "c1" / "extra.png")
     out = tmp_path_factory.mktemp("prime-store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(root), split="train", out=str(out), variants=2, crop=64, shard_size=2),
-          progress=False)
+    tiny_store(root, out, variants=2, shard_size=2)
     return out
 
 
@@ -252,9 +249,7 @@ def both_backends(tiny_folder, tmp_path_factory):
     stores = {}
     for fmt in ("webdataset", "zarr"):
         stores[fmt] = tmp / fmt
-        build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                          root=str(root), split="train", out=str(stores[fmt]), variants=2, crop=64,
-                          shard_size=2, format=fmt), progress=False)
+        tiny_store(root, stores[fmt], variants=2, shard_size=2, format=fmt)
     return stores
 
 

@@ -3,15 +3,14 @@ import pytest
 from torch.utils.data import DataLoader
 
 from latentstore import open_store
-from latentstore.build import BuildConfig, build
+
+from conftest import tiny_store
 
 
 @pytest.fixture(scope="module")
 def store(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=3, crop=64,
-                      shard_size=1), progress=False)
+    tiny_store(tiny_folder, out, variants=3, shard_size=1)
     return out
 
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from latentstore.build import BuildConfig, build
+from latentstore.build import build
 from latentstore.errors import ConfigError
 from latentstore.train import DISTANCES, TrainConfig, parse_config, transfer_loss
 from latentstore.train import checkpoint as ckpt
+
+from conftest import tiny_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +35,7 @@ segment = load_script("segment")
 @pytest.fixture(scope="module")
 def store(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("train-store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=2, crop=64, shard_size=2),
-          progress=False)
+    tiny_store(tiny_folder, out, variants=2, shard_size=2)
     return out
 
 
@@ -200,10 +200,8 @@ def test_two_process_gloo_run_of_classify_finishes(store, tmp_path):
 @pytest.fixture(scope="module")
 def teacher_store(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher-store")
-    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      root=str(tiny_folder), split="train", out=str(out), variants=1, crop=64, shard_size=3,
-                      teacher="resnet18", teacher_weights="untrained", teacher_strides=(8, 16, 32)),
-          progress=False)
+    tiny_store(tiny_folder, out, shard_size=3, teacher="resnet18", teacher_weights="untrained",
+               teacher_strides=(8, 16, 32))
     return out
 
 
