@@ -16,7 +16,8 @@ timed window, not a whole dataset:
     decodes the strings to the stored ŷ, on both stores.
 (b) pure step rate: resnet50-aa at batch 256 on random latents on the GPU (SGD step, no data), fp32
     and bf16 autocast + channels_last, the trainer's own settings (latentstore.train.speed).
-(c) trainer: train/classify.py, fp32 and bf16, on a store of 4,096 samples built with all encoders
+(c) trainer: train/classify.py, fp32 and bf16, on a store of 8,192 samples (shards of 1,000, the
+    default, so 12 workers share every shard as on ImageNet; 32 steps per epoch) built with all encoders
     (--device cuda where there is a GPU) with bmshj2018-hyperprior q3, a coder without the serial
     loop, so it takes seconds; samples/s and data wait per logged quarter epoch (checkpoint saves
     at epoch ends excluded), the first epoch dropped: pooled over whole epochs, and within epochs
@@ -333,17 +334,17 @@ def main(argv=None) -> int:
     has_gpu = torch.cuda.is_available()
     if a.smoke:
         a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 64, "resnet18-aa", 4, 2.0, 1, 2
-        a.images, a.encoders, a.per_encoder, a.train_images, a.shard = 16, [1, 2], 8, 16, 4
+        a.images, a.encoders, a.per_encoder, a.train_images, a.shard, a.train_shard = 16, [1, 2], 8, 16, 4, 4
         a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 300, 300, 300, 2
         a.loader_epochs = 2
     else:
         a.crop, a.model, a.batch, a.window, a.warmup, a.workers = 224, "resnet50-aa", 256, 15.0, 15, min(12, cores)
         a.encoders = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= cores]
-        a.per_encoder, a.train_images, a.shard = 12, 4096, 32
+        a.per_encoder, a.train_images, a.shard, a.train_shard = 12, 8192, 32, 1000
         a.images = max(a.train_images, a.per_encoder * a.encoders[-1])
         # 16 encoder processes took over 50 s to start and seal 192 samples (2026-11-30): 120 s each
         a.build_timeout, a.gpu_build_timeout, a.train_timeout, a.decode = 120, 120, 100, 16
-        a.loader_epochs = 4
+        a.loader_epochs = 3
     a.device = "cuda" if has_gpu else "cpu"
     padded = -(-a.crop // 64) * 64
     a.latent = a.crop // 16
@@ -386,10 +387,10 @@ def main(argv=None) -> int:
     else:
         log("no GPU: the --device cuda build is skipped")
     r["verify"].append(verify(cpu_store, a.decode, 60))
-    # The trainer's store (>= 4,096 samples): a coder without the serial loop, so it is built in
+    # The trainer's store (8,192 samples): a coder without the serial loop, so it is built in
     # seconds; the trainer and its reader see only ŷ [C, 16, 16] and labels.
     train_store = work / "train-store"
-    r["train_build"] = build_rate(a, images, train_store, n, a.train_images, a.device, a.shard,
+    r["train_build"] = build_rate(a, images, train_store, n, a.train_images, a.device, a.train_shard,
                                   timeout=a.gpu_build_timeout, coder=TRAIN_CODER)
     r["verify"].append(verify(train_store, 4, 60))
     r["train_samples"] = a.train_images
