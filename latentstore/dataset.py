@@ -25,6 +25,12 @@ How one epoch is read (docs/reliability.md §8-§11):
    ``batch_size=None``) takes one item from each worker in turn, so the
    sequence of batches is the same for 0, 1 or 8 workers. Without
    ``batch_size`` samples are dealt out the same way.
+6. ``set_epoch(e, start, until=u)`` makes one pass read epochs e, e+1, ...,
+   u-1 back to back, each exactly as a pass of its own would (item i of the
+   pass goes to worker i mod workers), so a trainer's workers read on into
+   the next epoch instead of starting cold at every epoch. Strict reads
+   only: a lenient epoch may yield fewer items, and the epochs could then
+   not be told apart.
 
 Trade-off: tar shards cannot be read at random cheaply, so shuffling is
 "shard order + in-memory window", not a full permutation of the split. A
@@ -223,23 +229,30 @@ class LatentDataset(IterableDataset):
             self._keys = SplitKeys(self.path, self.manifest, self.split)
         return self._keys
 
-    def set_epoch(self, epoch: int, start: int | None = None) -> None:
-        """Read epoch `epoch` next, from per-rank sample offset `start`.
+    def set_epoch(self, epoch: int, start: int | None = None, until: int | None = None) -> None:
+        """Read epoch `epoch` next, from per-rank sample offset `start`; with `until`, the same pass
+        goes on through epochs epoch+1 ... until-1 (module docstring, 6).
 
         ``start=None`` keeps the ``start`` given to ``open_store`` for the first
         epoch set (the resumed one) and means 0 after that. Also reaches
         DataLoader workers that persist across epochs (``persistent_workers=True``):
-        they hold a copy of this dataset made when they started, and read epoch
-        and start from memory shared with it.
+        they hold a copy of this dataset made when they started, and read epoch,
+        start and until from memory shared with it.
         """
         if start is None:
             start, self._resume_start = self._resume_start, 0
         else:
             self._resume_start = 0
-        self.epoch, self.start = epoch, start
+        until = epoch + 1 if until is None else until
+        if until <= epoch:
+            raise ConfigError(f"until={until} must be after epoch {epoch}")
+        if until > epoch + 1 and self.max_skips:
+            raise ConfigError("one pass through several epochs needs strict reads (max_skips=0): a lenient "
+                              "epoch may yield fewer items, and the epochs could not be told apart")
+        self.epoch, self.start, self.until = epoch, start, until
         self._dist = rank_and_world()
 
-    # epoch and start live in shared memory (_shared_position): a persistent worker's
+    # epoch, start and until live in shared memory (_shared_position): a persistent worker's
     # copy of the dataset sees every set_epoch of the main process.
     @property
     def epoch(self) -> int:
@@ -258,23 +271,42 @@ class LatentDataset(IterableDataset):
         self._position[1] = value
 
     @property
-    def current_variant(self) -> int:
-        return self.variant if self.variant is not None else self.epoch % self.info["variants"]
+    def until(self) -> int:
+        return max(int(self._position[2]), self.epoch + 1)
 
-    def shards(self) -> list:
-        return [s for s in self.info["shards"] if s["variant"] == self.current_variant]
+    @until.setter
+    def until(self, value: int) -> None:
+        self._position[2] = value
+
+    @property
+    def current_variant(self) -> int:
+        return self._variant(self.epoch)
+
+    def _variant(self, epoch: int) -> int:
+        return self.variant if self.variant is not None else epoch % self.info["variants"]
+
+    def shards(self, epoch: int | None = None) -> list:
+        """The shard records epoch `epoch` reads (None: the current epoch)."""
+        variant = self._variant(self.epoch if epoch is None else epoch)
+        return [s for s in self.info["shards"] if s["variant"] == variant]
 
     def _rank_world(self) -> tuple[int, int]:
         rank, world = self._dist if get_worker_info() else rank_and_world()
         return (rank if self.rank is None else self.rank), (world if self.world is None else self.world)
 
-    def samples_per_rank(self) -> int:
+    def samples_per_rank(self, epoch: int | None = None) -> int:
+        """Samples this rank reads in epoch `epoch` (None: the current epoch), from its first."""
         rank, world = self._rank_world()
-        return len(rank_slice(sum(s["samples"] for s in self.shards()), rank, world, self.remainder))
+        return len(rank_slice(sum(s["samples"] for s in self.shards(epoch)), rank, world, self.remainder))
 
     def __len__(self) -> int:
-        """Items this rank yields from the current start: samples, or batches with batch_size."""
-        n = max(self.samples_per_rank() - self.start, 0)
+        """Items this rank yields in a pass: samples, or batches with batch_size (the current epoch
+        from its start, and the epochs up to `until` where set_epoch gave one)."""
+        return sum(self.items(e, self.start if e == self.epoch else 0) for e in range(self.epoch, self.until))
+
+    def items(self, epoch: int, start: int = 0) -> int:
+        """Items this rank yields in epoch `epoch` from per-rank sample offset `start`."""
+        n = max(self.samples_per_rank(epoch) - start, 0)
         if self.batch_size is None:
             return n
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -282,18 +314,17 @@ class LatentDataset(IterableDataset):
     def order(self) -> list[tuple]:
         """The epoch's global order G as (shard path, sample index) pairs."""
         shards = self.shards()
-        return [(shards[s]["path"], i) for s, i in self._order(shards)]
+        return [(shards[s]["path"], i) for s, i in self._order(shards, self.epoch)]
 
-    def _order(self, shards) -> list[tuple]:
-        return epoch_order([s["samples"] for s in shards], self.seed, self.epoch, self.shuffle,
-                           self.shuffle_window)
+    def _order(self, shards, epoch: int) -> list[tuple]:
+        return epoch_order([s["samples"] for s in shards], self.seed, epoch, self.shuffle, self.shuffle_window)
 
-    def _units(self, shards) -> list[list[tuple]]:
-        """This rank's items from `start` on, each a list of (shard, index) pairs."""
-        order = self._order(shards)
+    def _units(self, shards, epoch: int, start: int) -> list[list[tuple]]:
+        """This rank's items of `epoch` from `start` on, each a list of (shard, index) pairs."""
+        order = self._order(shards, epoch)
         rank, world = self._rank_world()
         mine = [order[p % len(order)] for p in rank_slice(len(order), rank, world, self.remainder)]
-        mine = mine[self.start:]
+        mine = mine[start:]
         if self.batch_size is None:
             return [[pair] for pair in mine]
         b = self.batch_size
@@ -303,12 +334,20 @@ class LatentDataset(IterableDataset):
         return units
 
     def __iter__(self):
-        self.skipped = []  # max_skips is a budget per pass: a damaged epoch does not fail the clean ones
-        shards = self.shards()
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
-        units = self._units(shards)[wid::nworkers]
-        window_of = self._windows(shards)
+        first, start = self.epoch, self.start
+        before = 0  # items of this pass before `epoch`: item i of the pass goes to worker i mod nworkers
+        for epoch in range(first, self.until):
+            shards = self.shards(epoch)
+            units = self._units(shards, epoch, start if epoch == first else 0)
+            yield from self._read(shards, epoch, units[(wid - before) % nworkers::nworkers])
+            before += len(units)
+
+    def _read(self, shards, epoch: int, units: list):
+        """The items of `units` (this worker's share of one epoch), read window by window."""
+        self.skipped = []  # max_skips is a budget per epoch: a damaged epoch does not fail the clean ones
+        window_of = self._windows(shards, epoch)
         uses: dict[tuple, int] = {}
         mine: dict[int, set] = {}  # shard index -> this worker's sample indices in it
         for unit in units:
@@ -354,11 +393,11 @@ class LatentDataset(IterableDataset):
                              + "\n  ".join(self.skipped[:20]) + "\nRun `latentstore verify` and rebuild the "
                              "damaged shards.")
 
-    def _windows(self, shards) -> dict[int, list[int]]:
+    def _windows(self, shards, epoch: int) -> dict[int, list[int]]:
         """Shard index -> the shards read together with it (its shuffle window)."""
         if not self.shuffle:
             return {s: [s] for s in range(len(shards))}
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, epoch])
         perm = [int(s) for s in rng.permutation(len(shards))]  # same first draw as epoch_order
         groups = [perm[w:w + self.shuffle_window] for w in range(0, len(perm), self.shuffle_window)]
         return {s: g for g in groups for s in g}
@@ -401,9 +440,9 @@ class LatentDataset(IterableDataset):
 
 
 def _shared_position() -> torch.Tensor:
-    """[epoch, start] in shared memory: forked and spawned DataLoader workers alike get the
-    same storage (torch pickles a shared tensor as a handle to it), not a copy."""
-    return torch.zeros(2, dtype=torch.int64).share_memory_()
+    """[epoch, start, until] in shared memory: forked and spawned DataLoader workers alike get
+    the same storage (torch pickles a shared tensor as a handle to it), not a copy."""
+    return torch.zeros(3, dtype=torch.int64).share_memory_()
 
 
 def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant: int | None = None,

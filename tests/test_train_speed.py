@@ -109,3 +109,22 @@ def test_batches_travel_as_stored_in_shared_memory_and_widen_on_the_device(store
         assert b["y_hat"].is_shared() and b["label"].is_shared()      # no copy into shared memory after
         x, = model_inputs(b, ("y_hat",), region, "cpu")
         assert x.dtype == torch.float32 and torch.equal(x, a["y_hat"][..., 1:3, 0:4])
+
+
+@pytest.mark.parametrize("max_skips, passes", [(0, 1), (1, 3)])
+def test_strict_runs_read_all_epochs_in_one_loader_pass(store, tmp_path, monkeypatch, max_skips, passes):
+    """Strict reads: one pass for the run, so the loader's workers read on into the next epoch
+    instead of starting each epoch cold; lenient reads (epochs of unknown length) take one per epoch."""
+    from latentstore.dataset import LatentDataset
+
+    calls = []
+    original = LatentDataset.__iter__
+
+    def counted(self):
+        calls.append((self.epoch, self.until))
+        return original(self)
+    monkeypatch.setattr(LatentDataset, "__iter__", counted)
+    classify.main(args(store, tmp_path / "run", "--epochs", "3", "--max-skips", str(max_skips)))
+    assert len(calls) == passes and calls[0] == (0, 3 if passes == 1 else 1)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert max(int(r["step"]) for r in csv.DictReader(f)) == 3 * 3     # 3 epochs of 3 batches each

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..compat import store_summary
 from ..dataset import open_store
 from . import checkpoint as ckpt
@@ -90,13 +90,23 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
                 "offset": p.offset, "world": d.world, "per_rank_batch": per_rank, **(extra_state or {})})
         barrier(d)
 
+    # Strict reads (the default) give every epoch exactly len(data) batches, so one pass of the
+    # loader runs through all the remaining epochs and its workers read on into the next epoch
+    # while this one ends (latentstore.dataset, 6). Lenient reads take one pass per epoch.
+    one_pass = cfg.max_skips == 0
+    batches = None
     try:
         while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
-            if _epoch(cfg, d, net, opt, loss_fn, data, loader, pos, per_rank, log, save):
+            if batches is None or not one_pass:
+                data.set_epoch(pos.epoch, start=pos.offset, until=cfg.epochs if one_pass else None)
+                batches = iter(loader)
+            count = data.items(pos.epoch, pos.offset) if one_pass else None
+            if _epoch(cfg, d, net, opt, loss_fn, data, batches, count, pos, per_rank, log, save):
                 pos.epoch, pos.offset = pos.epoch + 1, 0
                 sched.step()
                 save(pos)
     finally:
+        del batches   # stops the loader's workers (reading ahead) before the run returns
         log.close()
     if data.skipped:
         log.message(f"{len(data.skipped)} damaged samples skipped (rank {d.rank})")
@@ -105,8 +115,10 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     return pos
 
 
-def _epoch(cfg, d, net, opt, loss_fn, data, loader, pos: Position, per_rank: int, log: RunLog, save) -> bool:
-    """Run the rest of epoch pos.epoch (from pos.offset); False if cfg.max_steps stopped it first.
+def _epoch(cfg, d, net, opt, loss_fn, data, batches, count: int | None, pos: Position, per_rank: int,
+           log: RunLog, save) -> bool:
+    """Run the rest of epoch pos.epoch (from pos.offset): `count` batches from `batches`, or all it
+    yields where `count` is None; False if cfg.max_steps stopped it first.
 
     The step path never waits for the GPU: logged values stay on the device
     (StepMeter) until a log step, and ranks agree on the end of the epoch by an
@@ -114,19 +126,20 @@ def _epoch(cfg, d, net, opt, loss_fn, data, loader, pos: Position, per_rank: int
     strict reads give every rank len(data) batches.
     """
     net.train()
-    data.set_epoch(pos.epoch, start=pos.offset)   # reaches the loader's persistent workers too
     dtype = autocast_dtype(cfg.precision, d.device.type)
     meter, t_wait, t_start, skipped = StepMeter(), 0.0, time.perf_counter(), 0
     lenient = cfg.max_skips > 0
     shown = (0.0, float("nan"))   # (samples/s, loss) on the progress bar, as of the last log step
-    epoch_end = data.samples_per_rank() // per_rank * per_rank   # offset after the epoch's last batch
-    batches = iter(loader)
-    while True:
+    epoch_end = data.samples_per_rank(pos.epoch) // per_rank * per_rank   # offset after the epoch's last batch
+    while count is None or count > 0:
         t0 = time.perf_counter()
         batch = next(batches, None)
         t_wait += time.perf_counter() - t0
         if (not all_true(batch is not None, d)) if lenient else batch is None:   # stop together
+            if count is not None:
+                raise StoreError(f"the loader ended {count} batches before the end of epoch {pos.epoch}")
             break
+        count = None if count is None else count - 1
         torch.manual_seed(cfg.seed * 1_000_003 + pos.step * 7_919 + d.rank)   # per-step randomness
         with autocast(d.device.type, dtype):
             loss, parts = loss_fn(net, batch)

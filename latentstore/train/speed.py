@@ -8,9 +8,12 @@ is testable on the CPU (the device type is an argument, not a probe):
   step rates) and plain fp32 on the CPU, where autocast brings nothing and the
   exact-resume tests run. ``--precision fp32`` opts out.
 * ``--compile`` wraps the model in ``torch.compile`` (first steps compile).
-* One DataLoader for the whole run: workers persist across epochs (the
-  dataset's epoch and start are shared with them, latentstore.dataset) and
-  copy batches into pinned memory so the host-to-GPU copy is non-blocking.
+* One DataLoader for the whole run, read in one pass through all epochs
+  (strict reads; latentstore.dataset, 6), so its workers read on into the
+  next epoch while this one ends. Lenient reads take a pass per epoch, and
+  the workers persist across them (the dataset's epoch and start are shared
+  with them). Batches come in pinned memory, so the host-to-GPU copy is
+  non-blocking, and carry ŷ as stored (float16: half the bytes of float32).
 * ``StepMeter`` sums the logged values on the device; the host reads them
   (one sync) only at log steps.
 """
@@ -66,7 +69,7 @@ def maybe_compile(net: nn.Module, compile: bool) -> nn.Module:
 
 def make_loader(data, workers: int, device: torch.device, persistent: bool = True) -> DataLoader:
     """The run's DataLoader over a batching dataset: one for all epochs (set_epoch reaches its
-    persistent workers), pinned batches on CUDA."""
+    persistent workers where a run takes a pass per epoch), pinned batches on CUDA."""
     return DataLoader(data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=persistent and workers > 0,
                       prefetch_factor=4 if workers > 0 else None)
