@@ -22,7 +22,9 @@ timed window, not a whole dataset:
     loop, so it takes seconds; samples/s and data wait per logged quarter epoch (checkpoint saves
     at epoch ends excluded), the first epoch dropped: pooled over whole epochs, and within epochs
     (each epoch's first window dropped too). Before it, the trainer's DataLoader alone (no model,
-    each batch copied to the device), ŷ as stored and widened to float32 in the workers.
+    each batch copied to the device; then also sleeping the pure bf16 step time per batch, as the host
+    waits for the GPU), ŷ as stored or widened to float32 in the workers, one pass through all
+    epochs or a pass per epoch.
 (d) (c) / (b).
 """
 from __future__ import annotations
@@ -175,10 +177,18 @@ def step_rate(a, channels: int, classes: int, precision: str) -> dict:
 
 # --------------------------------------------------------------------------- (c) loader alone, trainer
 
-def loader_rate(a, store: Path, y_hat_dtype: str) -> dict:
-    """The trainer's DataLoader (same workers, pinning, batch) alone, each batch copied to the device:
-    the most samples/s the data path can feed. ŷ as stored (the trainer's way) or widened to float32
-    in the workers (the way before), so the bytes a batch costs show side by side."""
+LOADER_MODES = (  # (ŷ in the batches, one pass through all epochs, at the bf16 step time)
+    ("stored", True, False),     # what the loader can feed at most
+    ("stored", True, True),      # the trainer now
+    ("stored", False, True),     # a pass per epoch: the workers start each epoch cold
+    ("float32", False, True),    # the trainer before 2026-11-30: also twice the bytes per batch
+)
+
+
+def loader_rate(a, store: Path, y_hat_dtype: str, one_pass: bool, step_s: float) -> dict:
+    """The trainer's DataLoader (same workers, pinning, batch) without the model: each batch is copied
+    to the device and widened, then the host sleeps `step_s` (0: not at all) as it would wait for a GPU
+    step. Samples/s and data wait (time in next(batch)) over the epochs after the first."""
     import torch
 
     from latentstore.dataset import open_store
@@ -188,21 +198,33 @@ def loader_rate(a, store: Path, y_hat_dtype: str) -> dict:
     data = open_store(store, fields=("y_hat", "label"), seed=0, shuffle=True, batch_size=a.batch,
                       drop_last=True, y_hat_dtype=None if y_hat_dtype == "stored" else torch.float32)
     loader = make_loader(data, a.workers, device)
-    times = []
-    for epoch in range(a.loader_epochs + 1):    # the first epoch starts the workers: dropped
-        data.set_epoch(epoch)
-        started, n = time.perf_counter(), 0
-        for batch in loader:
-            x = batch["y_hat"].to(device, non_blocking=True).float()
-            n += x.shape[0]
+    epochs, batches = a.loader_epochs + 1, None     # the first epoch starts the workers: dropped
+    if one_pass:
+        data.set_epoch(0, until=epochs)
+        batches = iter(loader)
+    per_epoch = []
+    for epoch in range(epochs):
+        if not one_pass:
+            data.set_epoch(epoch)
+            batches = iter(loader)
+        started, wait, n = time.perf_counter(), 0.0, 0
+        for _ in range(data.items(epoch)):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t0
+            n += batch["y_hat"].to(device, non_blocking=True).float().shape[0]
+            if step_s:
+                time.sleep(step_s)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append((n, time.perf_counter() - started))
-    n, seconds = map(sum, zip(*times[1:]))
-    rate, first = n / seconds, times[0][0] / times[0][1]
-    log(f"loader alone, y_hat {y_hat_dtype}: {rate:,.0f} samples/s ({a.loader_epochs} epochs; first {first:,.0f})")
-    del loader
-    return {"y_hat": y_hat_dtype, "samples_s": rate, "first_epoch_samples_s": first, "epochs": a.loader_epochs}
+        per_epoch.append((n, time.perf_counter() - started, wait))
+    n, seconds, wait = map(sum, zip(*per_epoch[1:]))
+    res = {"y_hat": y_hat_dtype, "one_pass": one_pass, "step_ms": 1000 * step_s, "samples_s": n / seconds,
+           "data_wait": wait / seconds, "epochs": a.loader_epochs}
+    log(f"loader alone, y_hat {y_hat_dtype}, {'one pass' if one_pass else 'a pass per epoch'}, step "
+        f"{1000 * step_s:.1f} ms: {res['samples_s']:,.0f} samples/s, data wait {100 * res['data_wait']:.1f}%")
+    del batches, loader
+    return res
 
 
 def _windows(rows: list) -> dict:
@@ -295,8 +317,14 @@ def table(r: dict) -> str:
     lines.append(f"(c) trainer train/classify.py on a {tb.get('coder', '?')} store built on {tb.get('device', '?')} "
                  f"({r['train_samples']} samples/epoch, {_rate(tb) or 0:.0f} img/s, {r['workers']} workers), "
                  "(d) = (c)/(b):")
-    for ld in r.get("loader", []):
-        lines.append(f"    loader alone, y_hat {ld['y_hat']:<8}{ld['samples_s']:>10,.0f} samples/s")
+    if r.get("loader"):
+        lines.append(f"    the trainer's DataLoader alone (batches copied to the device; 'at step' sleeps the pure "
+                     f"bf16 step time, {r['loader'][-1]['step_ms']:.1f} ms, per batch):")
+        lines.append(f"    {'y_hat':<9}{'epochs':<18}{'step':<9}{'samples/s':>10}{'data wait':>11}")
+        for ld in r["loader"]:
+            lines.append(f"    {ld['y_hat']:<9}{'one pass' if ld['one_pass'] else 'a pass per epoch':<18}"
+                         f"{'at step' if ld['step_ms'] else 'none':<9}{ld['samples_s']:>10,.0f}"
+                         f"{100 * ld['data_wait']:>10.1f}%")
     lines.append(f"    {'':<6}{'whole epochs':-^34}   {'within epochs':-^34}")
     lines.append((f"    {'':<6}" + f"{'samples/s':>10}{'data wait':>11}{'(d) of pure':>13}   " * 2).rstrip())
     for t in sorted(r["trainer"], key=lambda t: t["precision"] != "fp32"):
@@ -404,7 +432,9 @@ def main(argv=None) -> int:
         r["pure"].append(step_rate(a, channels, 10, precision))
         save()
     if manifest:
-        r["loader"] = [loader_rate(a, train_store, dtype) for dtype in ("stored", "float32")]
+        step_s = a.batch / r["pure"][-1]["img_s"]     # the bf16 step
+        r["loader"] = [loader_rate(a, train_store, dtype, one_pass, step_s if at_step else 0.0)
+                       for dtype, one_pass, at_step in LOADER_MODES]
         save()
         # bf16 first: the default on CUDA and the target's figure, so a run cut by --budget keeps it
         for precision, pure in reversed(list(zip(("fp32", "bf16"), r["pure"]))):
