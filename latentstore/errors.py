@@ -22,3 +22,8 @@ class StoreError(LatentstoreError):
 
     Messages name the shard (and the sample key where there is one).
     """
+
+
+class BuildError(LatentstoreError):
+    """A build stopped part-way for a reason outside its inputs (an encoder process killed, e.g. out of
+    memory). Committed groups are kept: a rerun of the same command resumes."""
