@@ -6,7 +6,8 @@ resnet50-aa, and the trainer's samples/s and data wait on a store it builds itse
 
 Everything runs from the source tree (``python -m latentstore.cli``, ``train/classify.py``), with
 generated images and untrained seeded weights: nothing is downloaded. Each measurement is a short
-timed window, not a whole dataset:
+timed window, not a whole dataset. It runs (b) and (c) first, then (a), so a run cut by --budget
+loses build rows rather than the trainer's:
 
 (a) build img/s: cheng2020-anchor q3, 224 crops (padded to 256), --encoders 1, 2, 4, ... on the CPU
     (12 samples per encoder, so every run lasts about as long), then the same work as the largest
@@ -281,6 +282,61 @@ def trainer(a, store: Path, out: Path, precision: str, pure: float, samples: int
     return res
 
 
+def training(a, r: dict, images: Path, train_store: Path, encoders: int, save) -> None:
+    """(b) pure step rate, (c) loader alone and trainer, on a store built here; (d) is the table's."""
+    # The trainer's store (8,192 samples): a coder without the serial loop, so it is built in
+    # seconds; the trainer and its reader see only ŷ [C, 16, 16] and labels.
+    r["train_build"] = build_rate(a, images, train_store, encoders, a.train_images, a.device, a.train_shard,
+                                  timeout=a.gpu_build_timeout, coder=TRAIN_CODER)
+    r["verify"].append(verify(train_store, 4, 60))
+    r["train_samples"] = a.train_images
+    save()
+    manifest = json.loads((train_store / "manifest.json").read_text()) if (train_store / "manifest.json").exists() else None
+    channels = manifest["coder"]["channels"] if manifest else 192
+    for precision in ("fp32", "bf16"):
+        r["pure"].append(step_rate(a, channels, 10, precision))
+        save()
+    if not manifest:
+        return
+    step_s = a.batch / r["pure"][-1]["img_s"]     # the bf16 step
+    r["loader"] = [loader_rate(a, train_store, dtype, one_pass, step_s if at_step else 0.0)
+                   for dtype, one_pass, at_step in LOADER_MODES]
+    save()
+    # bf16 first: the default on CUDA and the target's figure, so a run cut by --budget keeps it
+    for precision, pure in reversed(list(zip(("fp32", "bf16"), r["pure"]))):
+        if DEADLINE[0] - time.perf_counter() < 20:
+            log(f"trainer {precision}: skipped, out of time (--budget {a.budget:.0f} s)")
+            continue
+        r["trainer"].append(trainer(a, train_store, train_store.parent / f"train-{precision}", precision,
+                                    pure["img_s"], a.train_images))
+        save()
+
+
+def builds(a, r: dict, images: Path, work: Path, most: int, has_gpu: bool, save) -> None:
+    """(a) CPU-only scaling and the --device cuda build of the largest run's work, with verify --decode.
+
+    Samples are proportional to encoders, so each run lasts about as long, with 4 groups per process:
+    a steady window after every process has committed its first. 1 and `most` encoders and the cuda
+    build come first (the targets' figures), the series between them after.
+    """
+    order = [1, most] + [n for n in a.encoders if n not in (1, most)]
+    for n in dict.fromkeys(order):
+        r["builds"].append(build_rate(a, images, work / f"cpu-e{n}", n, a.per_encoder * n, "cpu",
+                                      max(1, a.per_encoder // 4)))
+        save()
+        if n == most and has_gpu:   # the same work with g_a/h_a on the GPU
+            gpu_store = work / f"cuda-e{n}"
+            r["builds"].append(build_rate(a, images, gpu_store, n, a.per_encoder * n, "cuda",
+                                          max(1, a.per_encoder // 4), timeout=a.gpu_build_timeout))
+            save()
+            if r["builds"][-1]["rc"] == 0:
+                r["verify"].append(verify(gpu_store, a.decode, 60))
+            r["verify"].append(verify(work / f"cpu-e{n}", a.decode, 60))
+        elif n == most:
+            log("no GPU: the --device cuda build is skipped")
+            r["verify"].append(verify(work / f"cpu-e{n}", a.decode, 60))
+
+
 # --------------------------------------------------------------------------- report
 
 def _rate(b: dict):
@@ -293,7 +349,7 @@ def table(r: dict) -> str:
     lines.append("(a) build, cheng2020-anchor q3 untrained, %d px crops padded to %d:" % (r["crop"], r["padded"]))
     lines.append(f"    {'mode':<22}{'samples':>8}{'wall s':>9}{'img/s wall':>12}{'img/s steady':>14}{'vs 1 enc':>10}")
     one = next((_rate(b) for b in r["builds"] if b["encoders"] == 1 and b["device"] == "cpu" and _rate(b)), None)
-    for b in r["builds"]:
+    for b in sorted(r["builds"], key=lambda b: (b["device"] != "cpu", b["encoders"])):
         rate = b.get("steady_img_s") or b.get("wall_img_s")
         vs = f"{rate / one:.2f}x" if rate and one else "-"
         lines.append(f"    {b['device'] + ' --encoders ' + str(b['encoders']):<22}{b['samples']:>8}{b['wall_s']:>9.1f}"
@@ -301,7 +357,8 @@ def table(r: dict) -> str:
                      + ("" if b["rc"] == 0 else f"  FAILED rc {b['rc']}"))
     for v in r["verify"]:
         lines.append(f"    verify --decode {v['decode']} {v['store']}: {'exact' if v['ok'] else 'FAILED rc %d' % v['rc']}")
-    cpu_all = next((b for b in reversed(r["builds"]) if b["device"] == "cpu" and _rate(b)), None)
+    cpu_all = max((b for b in r["builds"] if b["device"] == "cpu" and _rate(b)), key=lambda b: b["encoders"],
+                  default=None)
     gpu = next((b for b in r["builds"] if b["device"] == "cuda" and _rate(b)), None)
     if cpu_all and one:
         lines.append(f"    cpu --encoders {cpu_all['encoders']} / 1: {_rate(cpu_all) / one:.2f}x (target >= 12x at 16)")
@@ -324,7 +381,7 @@ def table(r: dict) -> str:
         for ld in r["loader"]:
             lines.append(f"    {ld['y_hat']:<9}{'one pass' if ld['one_pass'] else 'a pass per epoch':<18}"
                          f"{'at step' if ld['step_ms'] else 'none':<9}{ld['samples_s']:>10,.0f}"
-                         f"{100 * ld['data_wait']:>10.1f}%")
+                         + (f"{100 * ld['data_wait']:>10.1f}%" if ld["step_ms"] else f"{'-':>11}"))
     lines.append(f"    {'':<6}{'whole epochs':-^34}   {'within epochs':-^34}")
     lines.append((f"    {'':<6}" + f"{'samples/s':>10}{'data wait':>11}{'(d) of pure':>13}   " * 2).rstrip())
     for t in sorted(r["trainer"], key=lambda t: t["precision"] != "fp32"):
@@ -397,53 +454,11 @@ def main(argv=None) -> int:
     log(f"{r['machine']}; generating {a.images} images")
     images = make_images(work / "images", a.images, max(a.crop + 32, 256 if not a.smoke else 96), classes=10)
 
-    # (a) CPU-only scaling: samples proportional to encoders, so each run lasts about as long.
-    for n in a.encoders:
-        # 4 groups per process: a steady window after every process has committed its first
-        r["builds"].append(build_rate(a, images, work / f"cpu-e{n}", n, a.per_encoder * n, "cpu",
-                                      max(1, a.per_encoder // 4)))
-        save()
-    cpu_store = work / f"cpu-e{a.encoders[-1]}"
+    # The trainer first (the issue's least certain target), then the builds, so a run cut by --budget
+    # loses the middle of the encoder scaling series, not the trainer.
     n = a.encoders[-1]
-    if has_gpu:   # the same work as the last CPU run, with g_a/h_a on the GPU
-        gpu_store = work / f"cuda-e{n}"
-        r["builds"].append(build_rate(a, images, gpu_store, n, a.per_encoder * n, "cuda",
-                                      max(1, a.per_encoder // 4), timeout=a.gpu_build_timeout))
-        save()
-        if r["builds"][-1]["rc"] == 0:
-            r["verify"].append(verify(gpu_store, a.decode, 60))
-    else:
-        log("no GPU: the --device cuda build is skipped")
-    r["verify"].append(verify(cpu_store, a.decode, 60))
-    # The trainer's store (8,192 samples): a coder without the serial loop, so it is built in
-    # seconds; the trainer and its reader see only ŷ [C, 16, 16] and labels.
-    train_store = work / "train-store"
-    r["train_build"] = build_rate(a, images, train_store, n, a.train_images, a.device, a.train_shard,
-                                  timeout=a.gpu_build_timeout, coder=TRAIN_CODER)
-    r["verify"].append(verify(train_store, 4, 60))
-    r["train_samples"] = a.train_images
-    save()
-
-    # (b) pure step rate, (c) trainer, (d) ratio
-    manifest = json.loads((train_store / "manifest.json").read_text()) if (train_store / "manifest.json").exists() else None
-    channels = manifest["coder"]["channels"] if manifest else 192
-    for precision in ("fp32", "bf16"):
-        a.window = min(a.window, max(2.0, (DEADLINE[0] - time.perf_counter() - 60) / 4))
-        r["pure"].append(step_rate(a, channels, 10, precision))
-        save()
-    if manifest:
-        step_s = a.batch / r["pure"][-1]["img_s"]     # the bf16 step
-        r["loader"] = [loader_rate(a, train_store, dtype, one_pass, step_s if at_step else 0.0)
-                       for dtype, one_pass, at_step in LOADER_MODES]
-        save()
-        # bf16 first: the default on CUDA and the target's figure, so a run cut by --budget keeps it
-        for precision, pure in reversed(list(zip(("fp32", "bf16"), r["pure"]))):
-            if DEADLINE[0] - time.perf_counter() < 20:
-                log(f"trainer {precision}: skipped, out of time (--budget {a.budget:.0f} s)")
-                continue
-            r["trainer"].append(trainer(a, train_store, work / f"train-{precision}", precision, pure["img_s"],
-                                        a.train_images))
-            save()
+    training(a, r, images, work / "train-store", n, save)
+    builds(a, r, images, work, n, has_gpu, save)
     text = table(r)
     (out / "bench_gpu.txt").write_text(text + "\n")
     logs = out / "logs"
