@@ -84,9 +84,8 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
         if cfg.encoders > 1:
             setup = (cfg, coder.weights["sha256"], teacher.weights["sha256"] if teacher else None, prof is not None)
             pieces = _pieces(todo, groups, cfg.encoders, cfg.batch_size)
-            # The parent's torch thread count: it changes the coder's float bits (docs/benchmarks.md).
             done = run_in_processes(_encode_piece, _encoder_process, setup, [items for _, items in pieces],
-                                    cfg.encoders, torch.get_num_threads(), bar.update)
+                                    cfg.encoders, bar.update)
             for j in todo:
                 records[j] = _commit_pieces(committer, j, groups[j], done, sum(g == j for g, _ in pieces))
         else:

@@ -5,9 +5,9 @@ Why processes and not threads: everything stored runs at one intra-op thread
 not use more anyway. One encoder keeps about one core busy, so the way to use
 N cores is N encoders in N processes.
 
-Each process runs torch at the parent's thread count for whatever is not
-stored; everything stored runs at threads.STORE_THREADS (the thread count
-changes a convolution's last bits), so no process can change the store. A
+Each process runs torch at one thread; everything stored runs at
+threads.STORE_THREADS anyway (the thread count changes a convolution's last
+bits), so no process can change the store. A
 group's bytes depend only on its images and the build arguments, never on
 which process made it or in which order groups finish, so the store is
 byte-identical to a single-process build.
@@ -93,20 +93,18 @@ def _portable(exc: Exception) -> Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _encoder_process(conn, job, setup, setup_args, threads: int, parent: int) -> None:
+def _encoder_process(conn, job, setup, setup_args, parent: int) -> None:
     """One encoder process: set up, then run the tasks the parent sends until it sends None (or goes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # already, unless started from another thread than main's
     die_with_parent(parent)
-    # Setup (load_coder's entropy tables) runs at the parent's thread count: the tables'
-    # floats depend on it. The jobs' stored work runs at threads.STORE_THREADS whatever is
-    # set, and the rest is elementwise, so afterwards one thread each keeps N processes
-    # from running N x threads OpenMP threads on N cores.
-    torch.set_num_threads(threads)
+    # One thread from the start: N processes at the parent's count would run N x cores OpenMP
+    # threads while they load. The coder's entropy tables do not depend on the thread count
+    # (tests/test_coders.py), and the jobs' stored work runs at threads.STORE_THREADS.
+    torch.set_num_threads(1)
     try:
         state, failed = setup(*setup_args), None
     except Exception as exc:  # raised from each job, so the parent raises it in task order
         state, failed = None, exc
-    torch.set_num_threads(1)
     progress = _Progress(conn)
     while True:
         try:
@@ -193,7 +191,7 @@ def _stop(workers: list, politely: bool) -> None:
         w.conn.close()
 
 
-def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int, threads: int,
+def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
                      on_progress=None):
     """Yield ``job(state, task, progress)`` for each task, in order, run in `processes` spawned processes.
 
@@ -254,7 +252,7 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
             for number in range(1, min(processes, len(tasks)) + 1):
                 here, there = ctx.Pipe()
                 process = ctx.Process(target=_encoder_process, name=f"latentstore-encoder-{number}", daemon=True,
-                                      args=(there, job, setup, setup_args, threads, os.getpid()))
+                                      args=(there, job, setup, setup_args, os.getpid()))
                 try:
                     process.start()
                 finally:

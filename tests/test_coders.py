@@ -80,3 +80,26 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "cheng2020-anchor"])
+def test_entropy_tables_do_not_depend_on_the_thread_count(name):
+    """Encoder processes load the coder at one thread while the parent has more: the tables must not
+    differ (if they did, each process's weights check against the parent's sha256 would fail)."""
+    def weights(threads: int) -> str:
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            torch.manual_seed(0)
+            model = get_spec(name).zoo_fn(3, pretrained=False)
+            g = torch.Generator().manual_seed(1)
+            with torch.no_grad():  # trained-like parameters, not the constant initial ones
+                for p in model.entropy_bottleneck.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * 0.3 * (p.abs().mean() + 0.1))
+            torch.set_num_threads(threads)
+            model.update(force=True)
+            return state_dict_sha256(model.state_dict())
+        finally:
+            torch.set_num_threads(before)
+
+    assert weights(1) == weights(4) == weights(16)
