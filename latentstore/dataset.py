@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
@@ -98,22 +98,15 @@ def to_tensors(sample: dict, y_hat_dtype: torch.dtype | None = torch.float32) ->
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors of equal shape; keep everything else (keys, meta dicts) as lists."""
+    """Stack tensors of equal shape; keep everything else (keys, meta dicts) as lists.
+
+    Tensors go through torch's default_collate: in a DataLoader worker it stacks straight into
+    shared memory, so handing the batch to the main process costs no second copy."""
     out = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
-        out[name] = _stack(values) if isinstance(values[0], torch.Tensor) else values
+        out[name] = default_collate(values) if isinstance(values[0], torch.Tensor) else values
     return out
-
-
-def _stack(values: list) -> torch.Tensor:
-    """torch.stack; in a DataLoader worker straight into shared memory, as torch's default_collate
-    does, so handing the batch to the main process costs no second copy."""
-    if get_worker_info() is None:
-        return torch.stack(values)
-    first = values[0]
-    storage = first._typed_storage()._new_shared(len(values) * first.numel(), device=first.device)
-    return torch.stack(values, out=first.new(storage).resize_(len(values), *first.shape))
 
 
 # --------------------------------------------------------------------------- order
@@ -215,7 +208,7 @@ class LatentDataset(IterableDataset):
             key = self._key_index().key_at(self.current_variant, int(key))
         shard, index = self._key_index().locate(key)
         fields = self.teacher.read_fields(self.fields)
-        if self.manifest["backend"] == "zarr":
+        if self.backend == "zarr":
             from .readers.zarr import KeyIndex
             if self._zarr_keys is None:
                 self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)

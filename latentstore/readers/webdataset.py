@@ -171,7 +171,7 @@ def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Ite
     lenient: an error per sample, with its key (so skip lists name them)."""
     why = ("bytes differ from the manifest's checksum (a damaged or replaced shard), so none of its samples can be "
            "trusted. Run `latentstore verify` and rebuild it (delete its group record, rerun the build command)")
-    keys = [key for key, _ in iter_raw(path, shard)]  # names only; a damaged header raises here
+    keys = [key for key, _ in iter_raw(path, shard, wanted=())]  # headers only; a damaged one raises here
     if not lenient:
         listed = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         raise StoreError(f"shard {shard}: {why}. Its keys: {listed or 'none'}")
