@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checksum import file_problem
-from .format import commit_record_name, get_field, member_size, recorded_files
+from .format import commit_record_name, recorded_files
 from .sample import Sample
 from .writers import WRITERS
 
@@ -55,16 +55,15 @@ class GroupCommit:
         return self
 
     def write(self, sample: Sample) -> None:
-        self._writer.write(sample)
+        written = self._writer.write(sample)   # {member suffix: bytes}, as tar members for every backend
         h, w = sample.meta.image_size
         self._stats["samples"] += 1
         self._stats["bits"] += sample.meta.bits
         self._stats["pixels"] += h * w
         self._stats.setdefault("image_size", [h, w])  # seg-val: the split's size comes from its images
-        sizes = self._stats["field_bytes"]  # as tar members: the same figures for every backend
-        for name, value in sample.values().items():
-            ext = get_field(name).ext
-            sizes[ext] = sizes.get(ext, 0) + member_size(name, value)
+        sizes = self._stats["field_bytes"]
+        for ext, n in written.items():
+            sizes[ext] = sizes.get(ext, 0) + n
 
     def finish_variant(self, variant: int) -> None:
         """No more samples of `variant` will come (lets the Zarr writer flush that variant's chunks)."""

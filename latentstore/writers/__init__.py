@@ -1,5 +1,6 @@
 """Store writers, one module per backend, each driven by commit.GroupCommit for one item group:
-``open()``, ``write(sample)``, ``finish_variant(v)``, then ``commit(record) -> record`` or ``discard()``."""
+``open()``, ``write(sample) -> {member suffix: bytes as a tar member}``, ``finish_variant(v)``, then
+``commit(record) -> record`` or ``discard()``."""
 from .webdataset import ShardGroupWriter
 from .zarr import ZarrGroupWriter
 

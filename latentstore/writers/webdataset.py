@@ -77,10 +77,11 @@ class ShardGroupWriter:
             self._tars.append(wds.TarWriter(f, encoder=False, mtime=0, user="latentstore",
                                             group="latentstore", mode=0o644))
 
-    def write(self, sample: Sample) -> None:
+    def write(self, sample: Sample) -> dict:
         members = {get_field(name).ext: encode_field(name, value) for name, value in sample.values().items()}
         self._tars[sample.variant].write({"__key__": sample.key, **members})
         self._counts[sample.variant] += 1
+        return {ext: len(data) for ext, data in members.items()}
 
     def finish_variant(self, variant: int) -> None:
         """No more samples of `variant` will come (a hint the Zarr writer uses; shards need none)."""

@@ -43,7 +43,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from ..checksum import file_record
 from ..errors import StoreError
 from ..format import (ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name, encode_field,
-                      fsync_dir, write_json_atomic)
+                      fsync_dir, get_field, member_size, write_json_atomic)
 from ..sample import Sample
 
 ROW_CAPACITY = 2 ** 40        # length of a bytes row; only written chunks exist on disk
@@ -183,8 +183,10 @@ class ZarrGroupWriter:
         for stale in self.staging.parent.glob(f"{ZARR_TEMP_PREFIX}{self.group:06d}-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def write(self, sample: Sample) -> None:
+    def write(self, sample: Sample) -> dict:
         values, variant = sample.values(), sample.variant
+        sizes = {get_field(name).ext: member_size(name, value) for name, value in values.items()
+                 if name not in ZARR_VLEN_FIELDS}
         item = sample.meta.item
         if item not in self.slot:
             raise StoreError(f"internal error: sample {sample.key} is not an item of group {self.group}")
@@ -199,6 +201,7 @@ class ZarrGroupWriter:
                 written, buf = self._rows.setdefault((variant, name), [0, bytearray()])
                 start = written + len(buf)
                 buf += encode_field(name, values[name])  # the exact bytes a tar member would hold
+                sizes[get_field(name).ext] = written + len(buf) - start
                 values[name] = np.array([start, written + len(buf)], dtype=np.int64)
                 self._write_row(variant, name, final=False)
         chunk = slot // self._c
@@ -206,6 +209,7 @@ class ZarrGroupWriter:
             self._flush(*pending)  # items arrive in order: earlier chunks are complete
         self._pending.setdefault((variant, chunk), {})[slot] = values
         self._counts[variant] += 1
+        return sizes
 
     def finish_variant(self, variant: int) -> None:
         """No more samples of `variant` will come: write its pending chunks now (add-teacher
