@@ -25,7 +25,7 @@ from .build_config import BuildConfig, check_device_present, device_entry
 from .coders import load_coder
 from .commit import GroupCommit, GroupLayout
 from .crops_to_samples import encode_samples
-from .datasets import fingerprint, listing_digest, open_source
+from .datasets import listing_digest, open_source
 from .encode import Encoder
 from .threads import STORE_THREADS
 from .errors import InputError, WeightsError
@@ -161,27 +161,28 @@ def _pieces(todo: list, groups: list, encoders: int, batch_size: int = 1) -> lis
 
 
 def _encode_piece(state, items, bar):
-    """One piece in an encoder process: decode, augment, encode; (samples, rejects, timings)."""
+    """One piece in an encoder process: decode, augment, encode; (samples, rejects, the items' source
+    fingerprints, timings)."""
     cfg, coder, teacher, profile = state
     prof = Profiler(enabled=profile)
     prepared = list(prepared_stream(items, cfg, None, 0, prof))
     ok = [p for p in prepared if not p.reject]
     samples = list(encode_samples(cfg, ok, Encoder(coder, prof, analysis_device=_analysis_device(cfg)), bar,
                                    teacher, prof))
-    return samples, _rejects(prepared), prof.snapshot()
+    return samples, _rejects(prepared), [p.fingerprint for p in prepared], prof.snapshot()
 
 
 def _commit_pieces(committer: "_Committer", group: int, items: list, done, count: int) -> dict:
     """Write the next `count` pieces of `done` (group `group`, in source order) and commit the group."""
-    rejects = []
-    sources = [fingerprint(it) for it in items]  # before its pieces are consumed: a later change shows on rerun
+    rejects, sources = [], []   # filled as the pieces come, read at the commit
 
     def samples():
         for _ in range(count):
-            piece, piece_rejects, timings = next(done)
+            piece, piece_rejects, piece_sources, timings = next(done)
             if committer.prof is not None:
                 committer.prof.merge(timings, where="encoders")
             rejects.extend(committer.add_rejects(piece_rejects))  # raises before the commit: nothing is claimed
+            sources.extend(piece_sources)   # taken in the encoder process before decoding, as in one process
             yield from piece
 
     return committer.commit(group, [it.key for it in items], samples(), rejects, sources)
@@ -221,9 +222,9 @@ class _Committer:
         return new
 
     def commit(self, group: int, item_keys: list, samples, rejects: list, sources: list) -> dict:
-        """Write `samples` (in source order) as group `group` and commit it with `rejects`, read at the
-        commit (the --encoders path fills it while `samples` runs), and the items' `sources`
-        fingerprints (datasets.fingerprint), which a rerun compares with the dataset."""
+        """Write `samples` (in source order) as group `group` and commit it with `rejects` and the items'
+        `sources` fingerprints (datasets.fingerprint, which a rerun compares with the dataset), both
+        read at the commit (the --encoders path fills them while `samples` runs)."""
         cfg = self.cfg
         layout = GroupLayout(cfg.split, group, cfg.variants, tuple(item_keys), cfg.shard_size, self.total_items)
         with GroupCommit(self.out, cfg.format, layout) as writer:
