@@ -30,6 +30,7 @@ from ..threads import store_threads
 from ..weights import (check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, state_dict_sha256,
                        torch_hub_file)
 from .dtypes import TEACHER_DTYPES
+from .fingerprint import expected_fingerprint
 
 DEFAULT_STRIDES = (8, 16, 32)
 SEGMENTATION_TEACHERS = {"pspnet50"}  # latentstore.models.PSPNet, layers by name, weights from a file
@@ -70,12 +71,9 @@ class Teacher:
     def fingerprint(self, height: int, width: int) -> dict:
         """The manifest entry: what a trainer checks (check_teacher) and the feature shapes at this crop."""
         feats = self.features(np.zeros((height, width, 3), np.uint8))
-        return {"name": self.name, "weights": self.weights, "weights_sha256": self.weights["sha256"],
-                "mean": list(self.mean), "std": list(self.std), "dtype": self.dtype,
+        return {**expected_fingerprint(self), "weights": self.weights, "dtype": self.dtype,
                 "input": "unpadded uint8 crop / 255, then (x - mean) / std per channel",
                 **{k: list(v) for k, v in self.selection.items()},
-                "taps": [{"field": t.field, "layer": t.layer, "stride": t.stride, "channels": t.channels}
-                         for t in self.taps],
                 "feature_shapes": {k: list(v.shape) for k, v in feats.items()}}
 
 
