@@ -41,7 +41,6 @@ from .build_config import BuildConfig
 from .checksum import audit
 from .coders import load_coder
 from .commit import GroupCommit, GroupLayout
-from .crops_to_samples import teacher_fields
 from .encode import to_input
 from .errors import ConfigError, InputError, StoreError
 from .format import TEACHER_PREFIX, check_recorded_files, commit_record_name, get_field, read_manifest, write_json_atomic
@@ -120,8 +119,7 @@ def add_teacher(store, teacher: str, weights: str = "pretrained", strides=(8, 16
         if old.get("teacher") is not None and old != cfg.identity():
             raise ConfigError(f"split {split!r} already holds features of teacher {old['teacher']} "
                               f"({old.get('teacher_dtype')}); build a new store for another teacher")
-        loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
-                              cfg.teacher_dtype, seed=cfg.seed)
+        loaded = cfg.load_teacher()
         check = SourceCheck(manifest, old) if verify_sources else None
         _check_resume_or_start(store, cfg, manifest, loaded, old)
         _add_to_split(store, split, cfg, loaded, check, progress, manifest["splits"][split]["images_found"])
@@ -189,7 +187,7 @@ def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted,
                 if check is not None:
                     check(crop, sample.fields["y_hat"], where)
                 kept = {name: value for name, value in sample.fields.items() if name not in ours}
-                group.write(Sample(sample.key, sample.variant, {**kept, **teacher_fields(teacher, crop)},
+                group.write(Sample(sample.key, sample.variant, {**kept, **teacher.stored_fields(crop)},
                                    sample.meta))
                 bar.update(1)
             group.finish_variant(shard["variant"])

@@ -35,7 +35,7 @@ from .prepare import prepared_stream
 from .profile import Profiler, stage as _stage
 from .resume import build_lock, check_parts, check_resume, current_records
 from .seal import part_file, seal
-from .teacher.load import load_teacher, teacher_entry
+from .teacher.load import teacher_entry
 
 # --------------------------------------------------------------------------- driver
 
@@ -55,8 +55,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     if not source.items:
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
     coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
-    teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
-                           cfg.teacher_dtype, seed=cfg.seed) if cfg.teacher else None
+    teacher = cfg.load_teacher()
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, cfg.split, part, parts):
         check_parts(out, cfg.split, part, parts)
@@ -119,8 +118,7 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
 def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str | None, profile: bool):
     """Setup of one --encoders process (parallel.py): load the parent's coder and teacher, checked by sha256."""
     coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
-    teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
-                           cfg.teacher_dtype, seed=cfg.seed) if cfg.teacher else None
+    teacher = cfg.load_teacher()
     if coder.weights["sha256"] != weights_sha256 or (teacher and teacher.weights["sha256"] != teacher_sha256):
         raise WeightsError(f"The weights of {cfg.coder} (or the teacher) changed on disk while the build "
                            "started its encoder processes: rerun the command (it resumes)")
@@ -133,8 +131,7 @@ def _device_teacher(cfg: BuildConfig, teacher):
         return teacher
     from .device_teacher import BatchedTeacher
 
-    return BatchedTeacher(load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
-                                       cfg.teacher_dtype, seed=cfg.seed), _analysis_device(cfg))
+    return BatchedTeacher(cfg.load_teacher(), _analysis_device(cfg))  # a copy of its own: moved to the GPU
 
 
 #: Pieces per encoder process when groups are cut: enough that processes finishing at different

@@ -16,7 +16,7 @@ from .datasets import SEGMENTATION
 from .errors import ConfigError
 from .format import OPTIONAL_FIELDS
 from .teacher.dtypes import TEACHER_DTYPES
-from .teacher.load import TEACHER_ARGS, resolve_teacher_args
+from .teacher.load import TEACHER_ARGS, Teacher, load_teacher, resolve_teacher_args
 from .writers import WRITERS
 
 Y_HAT_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -110,6 +110,13 @@ class BuildConfig:
             elif isinstance(d[k], tuple):
                 d[k] = list(d[k])
         return d
+
+    def load_teacher(self) -> Teacher | None:
+        """The teacher this build names, loaded (None without one)."""
+        if self.teacher is None:
+            return None
+        return load_teacher(self.teacher, self.teacher_weights, self.teacher_strides, self.teacher_layers,
+                            self.teacher_dtype, seed=self.seed)
 
 
 #: Where the analysis transforms (g_a, h_a) run. Everything the decoder recomputes stays on the CPU

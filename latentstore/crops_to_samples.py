@@ -19,7 +19,6 @@ from .format import Padding, sample_key, smallest_int_dtype
 from .prepare import Prepared
 from .profile import stage as _stage
 from .sample import Sample, SampleMeta
-from .teacher.dtypes import quantize
 
 
 def batches(prepared, batch_size: int):
@@ -55,28 +54,19 @@ def make_sample(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg:
     return Sample(key, variant, fields, meta)
 
 
-def teacher_fields(teacher, crop: np.ndarray) -> dict:
-    """{field name: stored array} of the teacher's maps of one uint8 crop, in its storage dtype."""
-    return {f"{name}{suffix}": array for name, value in teacher.features(crop).items()
-            for suffix, array in quantize(value, teacher.dtype).items()}
-
-
 def encode_samples(cfg: BuildConfig, ok: list, encoder: Encoder, bar, teacher=None, prof=None):
-    """The Samples of every crop of the prepared images `ok`, image-major (source order)."""
-    batched = hasattr(teacher, "batch_fields")   # --device cuda: device_teacher.BatchedTeacher
+    """The Samples of every crop of the prepared images `ok`, image-major (source order). `teacher`: a
+    teacher.load.Teacher, or a device_teacher.BatchedTeacher (--device cuda), or None."""
     for chunk in batches(ok, cfg.batch_size):
         crops = [p.crops[v][1] for p, v in chunk]
         x, pad = to_input(crops)
-        if batched:
+        teacher_maps = [{}] * len(crops)
+        if teacher is not None:
             with _stage(prof, "teacher"):
                 teacher_maps = teacher.batch_fields(crops)
-        for i, ((p, v), enc) in enumerate(zip(chunk, encoder.encode(x))):
+        for (p, v), enc, maps in zip(chunk, encoder.encode(x), teacher_maps):
             with _stage(prof, "serialize"):
                 sample = make_sample(p, v, enc, pad, cfg)
-            if batched:
-                sample.fields.update(teacher_maps[i])
-            elif teacher is not None:
-                with _stage(prof, "teacher"):
-                    sample.fields.update(teacher_fields(teacher, crops[i]))
+            sample.fields.update(maps)
             yield sample
         bar.update(len(chunk))

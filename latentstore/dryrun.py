@@ -25,14 +25,13 @@ from dataclasses import replace
 
 from .build_config import BuildConfig
 from .coders import load_coder
-from .crops_to_samples import make_sample, teacher_fields
+from .crops_to_samples import make_sample
 from .datasets import open_source
 from .encode import Encoder, to_input
 from .errors import InputError
 from .format import get_field, member_size
 from .prepare import prepare
 from .profile import Profiler
-from .teacher.load import load_teacher
 
 TAR_BLOCK, TAR_RECORD, TAR_END = 512, 10240, 1024
 TIMING_BATCH = 16  # crops encoded to time the coder: the per-crop cost barely falls past 16
@@ -66,11 +65,10 @@ def project(cfg: BuildConfig) -> dict:
     # --device cuda moves g_a (and h_a, inside "hyper": not counted off) off the CPU.
     g_a = prof.totals.get("g_a", [0.0])[0] / batch
     if cfg.teacher:
-        teacher = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_strides, cfg.teacher_layers,
-                               cfg.teacher_dtype, seed=cfg.seed)
-        teacher_fields(teacher, crop)  # untimed: first-call set-up
+        teacher = cfg.load_teacher()
+        teacher.stored_fields(crop)  # untimed: first-call set-up
         started = time.perf_counter()
-        fields.update(teacher_fields(teacher, crop))
+        fields.update(teacher.stored_fields(crop))
         taken = time.perf_counter() - started
         seconds += taken
         g_a += taken   # --device cuda runs the teacher on the GPU too

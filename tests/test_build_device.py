@@ -54,7 +54,6 @@ def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
     values within float rounding of the per-image maps."""
     import numpy as np
 
-    from latentstore.crops_to_samples import teacher_fields
     from latentstore.device_teacher import BatchedTeacher
     from latentstore.teacher.load import load_teacher
 
@@ -65,7 +64,7 @@ def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
     batched = BatchedTeacher(load_teacher(*args), "cpu").batch_fields(crops)
     assert len(batched) == 3
     for crop, fields in zip(crops, batched):
-        expected = teacher_fields(reference, crop)
+        expected = reference.stored_fields(crop)
         assert sorted(fields) == sorted(expected) == ["teacher_s16", "teacher_s32", "teacher_s8"]
         for name in fields:
             assert fields[name].dtype == expected[name].dtype == np.float16

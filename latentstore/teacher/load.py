@@ -29,7 +29,7 @@ from ..format import LATENT_STRIDE, TEACHER_PREFIX, file_sha256
 from ..threads import store_threads
 from ..weights import (check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, state_dict_sha256,
                        torch_hub_file)
-from .dtypes import TEACHER_DTYPES
+from .dtypes import TEACHER_DTYPES, quantize
 from .fingerprint import expected_fingerprint
 
 DEFAULT_STRIDES = (8, 16, 32)
@@ -67,6 +67,16 @@ class Teacher:
         with store_threads():  # the stored bits depend on the thread count (threads.py)
             maps = self._run((x - mean) / std)
         return {t.field: m[0].float().numpy() for t, m in zip(self.taps, maps)}
+
+    def stored_fields(self, crop: np.ndarray) -> dict:
+        """{field name: stored array} of one uint8 crop's maps, in the storage dtype (int8 adds a scale field)."""
+        return {f"{name}{suffix}": array for name, value in self.features(crop).items()
+                for suffix, array in quantize(value, self.dtype).items()}
+
+    def batch_fields(self, crops: list) -> list[dict]:
+        """`stored_fields` of each crop, one forward each (module doc); on a GPU, device_teacher.BatchedTeacher
+        runs a batch in one forward instead."""
+        return [self.stored_fields(crop) for crop in crops]
 
     def fingerprint(self, height: int, width: int) -> dict:
         """The manifest entry: what a trainer checks (check_teacher) and the feature shapes at this crop."""
