@@ -76,6 +76,23 @@ def read_check(path, record: dict) -> bool:
         return h.hexdigest() == record["sha256"]
 
 
+#: (path, size, mtime_ns, sha256) of the files whose digest matched in this process
+_CHECKED: set = set()
+
+
+def check_once(path, record: dict) -> bool:
+    """`read_check`, once per process and file: a file that matched is remembered by path, size and
+    mtime, so later epochs read it without a second pass; a changed file gets a new mtime, and the
+    check then runs again."""
+    st = os.stat(path)
+    memo = (str(path), st.st_size, st.st_mtime_ns, record["sha256"])
+    if memo not in _CHECKED:
+        if not read_check(path, record):
+            return False
+        _CHECKED.add(memo)
+    return True
+
+
 def audit(path, record: dict) -> bool:
     """Whether a file has its recorded size and every digest recorded for it (sha256, crc32c)."""
     actual = file_record(path)

@@ -41,9 +41,9 @@ tar headers k times. The digest check before a process's first use of a
 shard is the exception: it reads the whole file, once per process. Memory per
 worker: its share of about one window of decoded samples.
 
-Backends: ``readers.read_shard`` yields the Samples of one shard record
-(``info["shards"][i]``) in stored order, for either backend; the dataset hands
-them out as dicts of tensors. Strict reads raise StoreError naming shard and
+Backends: ``readers.read_dicts`` yields the samples of one shard record
+(``info["shards"][i]``) in stored order, for either backend, as dicts of
+decoded arrays; the dataset hands them out as dicts of tensors. Strict reads raise StoreError naming shard and
 key; with ``max_skips > 0`` damaged samples are skipped, listed in
 ``dataset.skipped`` and in the ``__skipped__`` entry of the next item, and the
 read fails once more than ``max_skips`` were skipped.
@@ -60,8 +60,7 @@ from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
 from .lookup import SplitKeys, check_fields, read_tar_sample
 from .ranks import rank_and_world
-from .readers import BACKENDS, read_shard
-from .sample import Damaged
+from .readers import BACKENDS, read_dicts
 from .teacher.decode import TeacherDecoder
 
 DEFAULT_FIELDS = ("y_hat", "label")
@@ -402,22 +401,22 @@ class LatentDataset(IterableDataset):
         for s in window:
             shard = shards[s]
             seen, damage = 0, "the shard holds fewer samples than the manifest records"
-            samples = read_shard(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
+            samples = read_dicts(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
                                  self.max_skips > 0, wanted=mine.get(s, ()))
             for index, sample in enumerate(samples):
                 seen = index + 1
                 if sample is None:
                     continue
-                if isinstance(sample, Damaged):
-                    if sample.key is None:  # damage to the shard itself: none of its samples is kept
-                        seen, damage = 0, sample.error
+                if "__error__" in sample:
+                    if sample["__key__"] is None:  # damage to the shard itself: none of its samples is kept
+                        seen, damage = 0, sample["__error__"]
                         break
                     if uses.get((s, index)):
-                        skipped.append(sample.error)
+                        skipped.append(sample["__error__"])
                         cache[(s, index)] = None
                     continue
                 if uses.get((s, index)):
-                    cache[(s, index)] = to_tensors(self.teacher.decode(sample.to_dict()), self.y_hat_dtype)
+                    cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
             for index in range(seen, shard["samples"]):
                 if uses.get((s, index)) and not ((s, index) in cache and cache[(s, index)] is None):
                     known = cache.get((s, index))  # read before the shard's damage showed: not trusted

@@ -1,4 +1,4 @@
-"""The sample every stage hands on: encoder -> writers, readers -> dataset, convert, add-teacher.
+"""The sample the stages hand on: encoder -> writers, readers -> convert, add-teacher, verify.
 
 A Sample holds decoded values, never member bytes. Each backend serialises it
 its own way (writers/webdataset.py as tar members, writers/zarr.py as array
@@ -71,11 +71,3 @@ class Sample:
     def to_dict(self) -> dict:
         """The dict a user of the dataset gets: fields, meta as its JSON dict, "__key__", "__shard__"."""
         return {"__key__": self.key, "__shard__": self.shard, **self.values()}
-
-
-@dataclass(frozen=True)
-class Damaged:
-    """What a lenient read yields in place of a sample it could not trust: where, and why."""
-    key: str | None            # None: damage to the shard itself (cut, unreadable, wrong count)
-    shard: str
-    error: str

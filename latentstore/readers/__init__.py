@@ -1,9 +1,12 @@
-"""Store readers, one module per backend, both yielding the same decoded sample dicts; `read_shard`
-is the entry point the stages use, and hands out typed Samples."""
+"""Store readers, one module per backend, both yielding the same decoded sample dicts.
+
+`read_dicts` hands those dicts on as they are (the dataset's path: it makes tensors of them);
+`read_shard` gives the stages that rewrite a store (convert, add-teacher, verify) typed Samples.
+"""
 from pathlib import Path
 
 from ..errors import StoreError
-from ..sample import Damaged, Sample
+from ..sample import Sample
 from .webdataset import iter_shard
 from .zarr import iter_unit
 
@@ -11,26 +14,27 @@ from .zarr import iter_unit
 BACKENDS = ("webdataset", "zarr")
 
 
-def read_shard(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
+def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
                check_digest: bool = True):
-    """The Samples of one manifest shard (a tar shard or a Zarr unit) in stored order, its files
-    checked against their record first (a tar shard's digest only with `check_digest`); None for
-    an index not in `wanted` (left undecoded). Strict reads raise StoreError naming shard and key;
-    with ``lenient=True`` a sample that cannot be trusted comes as a Damaged instead."""
+    """The samples of one manifest shard (a tar shard or a Zarr unit) in stored order, as dicts
+    {field: decoded value, "meta": its JSON dict, "__key__", "__shard__"}, its files checked against
+    their record first (a tar shard's digest only with `check_digest`); None for an index not in
+    `wanted` (left undecoded). Strict reads raise StoreError naming shard and key; with
+    ``lenient=True`` a sample that cannot be trusted comes as {"__key__", "__shard__", "__error__"}
+    instead (``__key__`` None: damage to the shard itself, after which nothing more comes)."""
     if backend == "webdataset":
-        read = iter_shard(Path(store) / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
+        return iter_shard(Path(store) / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
                           wanted=wanted, record=shard if check_digest else None)
-    elif backend == "zarr":
-        read = iter_unit(Path(store), shard, fields, lenient, wanted=wanted)
-    else:
-        raise StoreError(f"{store} uses backend {backend!r}; this latentstore reads {', '.join(BACKENDS)}")
-    for sample in read:
-        if sample is None:
-            yield None
-        elif "__error__" in sample:
-            yield Damaged(sample["__key__"], sample["__shard__"], sample["__error__"])
-        else:
-            yield Sample.from_read(sample, shard["variant"])
+    if backend == "zarr":
+        return iter_unit(Path(store), shard, fields, lenient, wanted=wanted)
+    raise StoreError(f"{store} uses backend {backend!r}; this latentstore reads {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "iter_shard", "iter_unit", "read_shard"]
+def read_shard(store, backend: str, shard: dict, check_digest: bool = True):
+    """The Samples of one manifest shard in stored order, every field decoded (strict: StoreError
+    naming shard and key on any damage)."""
+    for read in read_dicts(store, backend, shard, check_digest=check_digest):
+        yield Sample.from_read(read, shard["variant"])
+
+
+__all__ = ["BACKENDS", "iter_shard", "iter_unit", "read_dicts", "read_shard"]

@@ -18,14 +18,13 @@ import os
 from pathlib import Path
 from typing import Container, Iterator
 
-from ..checksum import read_check
+from ..checksum import check_once
 from ..errors import StoreError
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 
 
 _BLOCK = 512
 _END = bytes(_BLOCK)
-_VERIFIED: set = set()  # (path, size, mtime_ns, sha256) of shards whose digest matched in this process
 
 
 def _octal(field: bytes) -> int:
@@ -133,12 +132,9 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
         if record is not None and st.st_size != record["bytes"]:
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
-        memo = (str(path), st.st_size, st.st_mtime_ns, record and record["sha256"])
-        if record is not None and memo not in _VERIFIED:
-            if not read_check(path, record):
-                yield from _damaged(Path(path), shard, expected_samples, lenient)
-                return
-            _VERIFIED.add(memo)
+        if record is not None and not check_once(path, record):
+            yield from _damaged(Path(path), shard, expected_samples, lenient)
+            return
         for key, raw in _groups(Path(path), shard, wanted):
             count += 1
             if wanted is not None and count - 1 not in wanted:

@@ -14,14 +14,13 @@ them from a tar shard of the same build: same keys, dtypes and values
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Container, Iterator
 
 import numpy as np
 import zarr
 
-from ..checksum import file_problem, read_check
+from ..checksum import check_once, file_problem
 from ..errors import ConfigError, StoreError
 from ..format import (ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name, read_manifest,
                       smallest_int_dtype)
@@ -32,9 +31,6 @@ def _split_group(store: Path, split: str) -> zarr.Group:
         return zarr.open_group(str(store), mode="r")[split]
     except (KeyError, ValueError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
-
-
-_CHECKED: set = set()  # (path, size, mtime_ns) of files whose digest matched in this process
 
 
 def _array_of(path: str) -> str:
@@ -51,15 +47,10 @@ def check_files(store: Path, unit: dict, arrays=None) -> None:
         if problem:  # Zarr would read a missing chunk as zeros
             raise StoreError(f"shard {unit['path']}: chunk file {f['path']} {problem}. Run `latentstore verify` "
                              "and rebuild the group (rerun the build command).")
-        if arrays is not None and _array_of(f["path"]) in arrays:
-            st = os.stat(path)
-            memo = (str(path), st.st_size, st.st_mtime_ns)
-            if memo not in _CHECKED:
-                if not read_check(path, f):
-                    raise StoreError(f"shard {unit['path']}: chunk file {f['path']} differs from its record "
-                                     "(checksum): its samples cannot be trusted. Run `latentstore verify` and "
-                                     "rebuild the group (rerun the build command)")
-                _CHECKED.add(memo)
+        if arrays is not None and _array_of(f["path"]) in arrays and not check_once(path, f):
+            raise StoreError(f"shard {unit['path']}: chunk file {f['path']} differs from its record "
+                             "(checksum): its samples cannot be trusted. Run `latentstore verify` and "
+                             "rebuild the group (rerun the build command)")
 
 
 def _convert(name: str, value):
