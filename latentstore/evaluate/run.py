@@ -1,8 +1,10 @@
 """Evaluating a checkpoint: rebuild its model, run it over this rank's batches, reduce the counts.
 
-Under torchrun the process group is joined with the trainers' ``setup`` (nccl on CUDA, gloo
-on CPU); each rank reads its share of the variant (``batches``), and the integer counts are
-summed once at the end, so the numbers equal a single-process run exactly.
+One loop (``evaluate``) serves both tasks; the task's scorer (``SCORERS``) turns logits into
+integer counts and the counts into the record's metrics. Under torchrun the process group is
+joined with the trainers' ``setup`` (nccl on CUDA, gloo on CPU); each rank reads its share of
+the variant (``batches``), and the integer counts are summed once at the end, so the numbers
+equal a single-process run exactly.
 """
 from __future__ import annotations
 
@@ -92,45 +94,76 @@ def _batches(cfg: EvalConfig, split: str, fields: tuple, rank: int, world: int):
     return with_progress(loader, data, split, cfg.progress and rank == 0)
 
 
+# A scorer: update(logits, batch) adds one batch's counts, all_reduce() sums them over ranks, and
+# metrics(rate) gives the record's task-specific entries, in the order eval.json has always listed them.
+class _Classification:
+    """Classification: top-1/top-5 hits against each sample's label."""
+
+    def __init__(self, ckpt: CheckpointView, info: dict, region):
+        self.num_classes, self.acc = ckpt.num_classes, TopK((1, 5))
+
+    def update(self, logits: torch.Tensor, batch: dict) -> None:
+        self.acc.update(logits, batch["label"])
+
+    def all_reduce(self) -> None:
+        self.acc.all_reduce()
+
+    def metrics(self, rate: BitCounter) -> dict:
+        return {**self.acc.compute(), "correct": self.acc.correct(), "num_classes": self.num_classes}
+
+
+class _Segmentation:
+    """Segmentation: each label map against its logits upsampled and cut to the unpadded image."""
+
+    def __init__(self, ckpt: CheckpointView, info: dict, region):
+        self.classes = info.get("classes") or [str(i) for i in range(ckpt.num_classes)]
+        self.region, self.cm = region, ConfusionMatrix(ckpt.num_classes, IGNORE_INDEX)
+
+    def update(self, logits: torch.Tensor, batch: dict) -> None:
+        for i, meta in enumerate(batch["meta"]):
+            self.cm.update(predict_labels(logits[i], meta, self.region), batch["label_map"][i])
+
+    def all_reduce(self) -> None:
+        self.cm.all_reduce()
+
+    def metrics(self, rate: BitCounter) -> dict:
+        cm, classes, iou = self.cm, self.classes, self.cm.iou()
+        # "samples" comes from the rate: the matrix counts pixels, not samples.
+        return {"miou": 100 * cm.miou(), "pixel_accuracy": 100 * cm.pixel_accuracy(),
+                "classes": list(classes),  # class order (JSON objects are written with sorted keys)
+                "per_class_iou": {name: (None if math.isnan(v) else 100 * float(v)) for name, v in zip(classes, iou)},
+                "labeled_pixels": cm.pixels, "num_classes": cm.num_classes,
+                "confusion_matrix": cm.matrix.tolist(), "samples": int(rate.counts[2])}
+
+
+SCORERS = {"classification": _Classification, "segmentation": _Segmentation}
+
+
 @torch.no_grad()
+def evaluate(cfg: EvalConfig, task: str) -> dict:
+    """The eval record of a ``task`` checkpoint on one stored split: its ``SCORERS`` metrics and the bpp."""
+    start = time.perf_counter()
+    manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, task)
+    score, rate = SCORERS[task](ckpt, manifest["splits"][split], region), BitCounter()
+    # Asked here, not taken from run()'s setup: callers that joined the process group themselves
+    # evaluate too, and the group gives the same answer either way.
+    rank, world = rank_and_world()
+    for batch in _batches(cfg, split, fields, rank, world):
+        score.update(_forward(model, batch, inputs, region, cfg), batch)
+        rate.update(batch)
+    score.all_reduce()
+    rate.all_reduce()
+    return make_record(cfg, task, manifest, split, ckpt, model, score.metrics(rate), rate, world, start)
+
+
 def evaluate_classification(cfg: EvalConfig) -> dict:
     """Top-1/top-5 (percent) and bpp of a classification checkpoint on one stored split."""
-    start = time.perf_counter()
-    manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "classification")
-    rank, world = rank_and_world()
-    acc, rate = TopK((1, 5)), BitCounter()
-    for batch in _batches(cfg, split, fields, rank, world):
-        logits = _forward(model, batch, inputs, region, cfg)
-        acc.update(logits, batch["label"])
-        rate.update(batch)
-    acc.all_reduce()
-    rate.all_reduce()
-    metrics = {**acc.compute(), "correct": acc.correct(), "num_classes": ckpt.num_classes}
-    return make_record(cfg, "classification", manifest, split, ckpt, model, metrics, rate, world, start)
+    return evaluate(cfg, "classification")
 
 
-@torch.no_grad()
 def evaluate_segmentation(cfg: EvalConfig) -> dict:
     """mIoU (percent) over the classes, per-class IoU and bpp of a segmentation checkpoint."""
-    start = time.perf_counter()
-    manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, "segmentation")
-    classes = manifest["splits"][split].get("classes") or [str(i) for i in range(ckpt.num_classes)]
-    rank, world = rank_and_world()
-    cm, rate = ConfusionMatrix(ckpt.num_classes, IGNORE_INDEX), BitCounter()
-    for batch in _batches(cfg, split, fields, rank, world):
-        logits = _forward(model, batch, inputs, region, cfg)
-        for i, meta in enumerate(batch["meta"]):
-            cm.update(predict_labels(logits[i], meta, region), batch["label_map"][i])
-        rate.update(batch)
-    cm.all_reduce()
-    rate.all_reduce()
-    iou = cm.iou()
-    metrics = {"miou": 100 * cm.miou(), "pixel_accuracy": 100 * cm.pixel_accuracy(),
-               "classes": list(classes),  # class order (JSON objects are written with sorted keys)
-               "per_class_iou": {name: (None if math.isnan(v) else 100 * float(v)) for name, v in zip(classes, iou)},
-               "labeled_pixels": cm.pixels, "num_classes": ckpt.num_classes,
-               "confusion_matrix": cm.matrix.tolist(), "samples": int(rate.counts[2])}
-    return make_record(cfg, "segmentation", manifest, split, ckpt, model, metrics, rate, world, start)
+    return evaluate(cfg, "segmentation")
 
 
 def predict_labels(logits: torch.Tensor, meta: dict, region=None) -> torch.Tensor:
@@ -164,7 +197,7 @@ def run(cfg: EvalConfig, task: str) -> dict:
     d = setup(cfg.device)
     try:
         cfg = replace(cfg, device=str(d.device))
-        record = (evaluate_classification if task == "classification" else evaluate_segmentation)(cfg)
+        record = evaluate(cfg, task)
         if d.main:
             md = write_outputs(record, cfg.out_path())
             print(md)
