@@ -11,7 +11,8 @@ loses build rows rather than the trainer's:
 
 (a) build img/s: cheng2020-anchor q3, 224 crops (padded to 256), --encoders 1, 2, 4, ... on the CPU
     (12 samples per encoder, so every run lasts about as long), then the same work as the largest
-    run with --device cuda. Two rates per run: wall (command start to end, process start-up
+    run with --device cuda; then CPU-only and --device cuda for bmshj2018-hyperprior q3 (no serial
+    loop: what moving g_a to the GPU gives where it is most of the work). Two rates per run: wall (command start to end, process start-up
     included) and steady (from the commit by which every process has finished one group to the
     last commit, from the commit records' times). ``verify --decode`` checks that CompressAI
     decodes the strings to the stored ŷ, on both stores.
@@ -332,6 +333,12 @@ def builds(a, r: dict, images: Path, work: Path, most: int, has_gpu: bool, save)
             if r["builds"][-1]["rc"] == 0:
                 r["verify"].append(verify(gpu_store, a.decode, 60))
             r["verify"].append(verify(work / f"cpu-e{n}", a.decode, 60))
+            # The pair again for a coder without cheng2020's serial loop, whose CPU share the GPU cannot
+            # take: 4x the samples (its g_a is cheaper), so the steady window is as long.
+            for device in ("cpu", "cuda"):
+                r["builds"].append(build_rate(a, images, work / f"{device}-e{n}-hyper", n, 4 * a.per_encoder * n,
+                                              device, a.per_encoder, timeout=a.gpu_build_timeout, coder=TRAIN_CODER))
+                save()
         elif n == most:
             log("no GPU: the --device cuda build is skipped")
             r["verify"].append(verify(work / f"cpu-e{n}", a.decode, 60))
@@ -346,26 +353,30 @@ def _rate(b: dict):
 
 def table(r: dict) -> str:
     lines = [f"bench_gpu {r['date']}  {r['machine']}  ({'SMOKE' if r['smoke'] else 'full'})", ""]
-    lines.append("(a) build, cheng2020-anchor q3 untrained, %d px crops padded to %d:" % (r["crop"], r["padded"]))
+    lines.append("(a) build, untrained weights, %d px crops padded to %d:" % (r["crop"], r["padded"]))
     lines.append(f"    {'mode':<22}{'samples':>8}{'wall s':>9}{'img/s wall':>12}{'img/s steady':>14}{'vs 1 enc':>10}")
-    one = next((_rate(b) for b in r["builds"] if b["encoders"] == 1 and b["device"] == "cpu" and _rate(b)), None)
-    for b in sorted(r["builds"], key=lambda b: (b["device"] != "cpu", b["encoders"])):
-        rate = b.get("steady_img_s") or b.get("wall_img_s")
-        vs = f"{rate / one:.2f}x" if rate and one else "-"
-        lines.append(f"    {b['device'] + ' --encoders ' + str(b['encoders']):<22}{b['samples']:>8}{b['wall_s']:>9.1f}"
-                     f"{b.get('wall_img_s') or 0:>12.1f}{b.get('steady_img_s') or 0:>14.1f}{vs:>10}"
-                     + ("" if b["rc"] == 0 else f"  FAILED rc {b['rc']}"))
+    by_coder, ratios = {}, []
+    for b in r["builds"]:
+        by_coder.setdefault(b.get("coder", "%s q%d" % BUILD_CODER), []).append(b)
+    for coder, runs in by_coder.items():
+        lines.append(f"  {coder}:")
+        one = next((_rate(b) for b in runs if b["encoders"] == 1 and b["device"] == "cpu" and _rate(b)), None)
+        for b in sorted(runs, key=lambda b: (b["device"] != "cpu", b["encoders"])):
+            vs = f"{_rate(b) / one:.2f}x" if _rate(b) and one else "-"
+            lines.append(f"    {b['device'] + ' --encoders ' + str(b['encoders']):<22}{b['samples']:>8}"
+                         f"{b['wall_s']:>9.1f}{b.get('wall_img_s') or 0:>12.1f}{b.get('steady_img_s') or 0:>14.1f}"
+                         f"{vs:>10}" + ("" if b["rc"] == 0 else f"  FAILED rc {b['rc']}"))
+        cpu_all = max((b for b in runs if b["device"] == "cpu" and _rate(b)), key=lambda b: b["encoders"], default=None)
+        gpu = next((b for b in runs if b["device"] == "cuda" and _rate(b)), None)
+        if cpu_all and one and cpu_all["encoders"] > 1:
+            ratios.append(f"    {coder}: cpu --encoders {cpu_all['encoders']} / 1: {_rate(cpu_all) / one:.2f}x "
+                          "(target >= 12x at 16)")
+        if cpu_all and gpu:
+            ratios.append(f"    {coder}: --device cuda / cpu --encoders {cpu_all['encoders']}: "
+                          f"{_rate(gpu) / _rate(cpu_all):.2f}x (target >= 4x)")
     for v in r["verify"]:
         lines.append(f"    verify --decode {v['decode']} {v['store']}: {'exact' if v['ok'] else 'FAILED rc %d' % v['rc']}")
-    cpu_all = max((b for b in r["builds"] if b["device"] == "cpu" and _rate(b)), key=lambda b: b["encoders"],
-                  default=None)
-    gpu = next((b for b in r["builds"] if b["device"] == "cuda" and _rate(b)), None)
-    if cpu_all and one:
-        lines.append(f"    cpu --encoders {cpu_all['encoders']} / 1: {_rate(cpu_all) / one:.2f}x (target >= 12x at 16)")
-    if cpu_all and gpu:
-        lines.append(f"    --device cuda / cpu --encoders {cpu_all['encoders']}: {_rate(gpu) / _rate(cpu_all):.2f}x "
-                     "(target >= 4x)")
-    lines.append("")
+    lines += ratios + [""]
     lines.append(f"(b) pure step rate, {r['model']} batch {r['batch']}, random {r['latent']}x{r['latent']} latents, "
                  f"SGD, {r['device']}:")
     for p in r["pure"]:

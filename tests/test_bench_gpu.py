@@ -20,7 +20,10 @@ def test_the_report_puts_every_figure_side_by_side():
     r = {"date": "2026-11-30 06:00 UTC", "machine": "test", "smoke": False, "crop": 224, "padded": 256,
          "model": "resnet50-aa", "batch": 256, "latent": 14, "device": "cuda", "workers": 12,
          "builds": [dict(build, encoders=16, samples=192, steady_img_s=28.0),
-                    dict(build, encoders=1), dict(build, device="cuda", encoders=16, rc=124, wall_img_s=None)],
+                    dict(build, encoders=1), dict(build, device="cuda", encoders=16, rc=124, wall_img_s=None),
+                    dict(build, coder="bmshj2018-hyperprior q3", encoders=16, samples=768, steady_img_s=100.0),
+                    dict(build, coder="bmshj2018-hyperprior q3", device="cuda", encoders=16, samples=768,
+                         steady_img_s=450.0)],
          "verify": [{"store": "cuda-e16", "decode": 16, "ok": True, "rc": 0}],
          "pure": [{"precision": "fp32", "img_s": 2400.0}, {"precision": "bf16", "img_s": 5000.0}],
          "train_build": dict(build, coder="bmshj2018-hyperprior q3"), "train_samples": 8192,
@@ -32,8 +35,13 @@ def test_the_report_puts_every_figure_side_by_side():
     lines = bench_gpu.table(r).splitlines()
     rows = [line.split() for line in lines]
     assert ["cpu", "--encoders", "1"] == rows[next(i for i, l in enumerate(lines) if "cpu --encoders 1 " in l)][:3]
-    assert any("cpu --encoders 16 / 1: 14.00x" in line for line in lines)
+    assert "    cheng2020-anchor q3: cpu --encoders 16 / 1: 14.00x (target >= 12x at 16)" in lines
     assert any("cuda --encoders 16" in line and "FAILED rc 124" in line for line in lines)
+    # the hyperprior pair: rows under its own heading, and its own cuda/cpu ratio (no 1-encoder run: no scaling)
+    hyper = lines.index("  bmshj2018-hyperprior q3:")
+    assert rows[hyper + 1][:3] == ["cpu", "--encoders", "16"] and rows[hyper + 2][:3] == ["cuda", "--encoders", "16"]
+    assert "    bmshj2018-hyperprior q3: --device cuda / cpu --encoders 16: 4.50x (target >= 4x)" in lines
+    assert not any("hyperprior q3: cpu --encoders" in line for line in lines)
     assert any(row[:4] == ["float32", "a", "pass", "per"] and "20.0%" in row for row in rows)
     assert ["stored", "one", "pass", "none", "9,000", "-"] in rows      # no step: no data wait to speak of
     bf16 = next(row for row in rows if row and row[0] == "bf16" and len(row) > 3)
