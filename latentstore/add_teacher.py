@@ -163,12 +163,14 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
 
 
 def stored_samples(store: Path, backend: str, shard: dict):
-    """The Samples of one tar shard or Zarr unit, every field decoded, in stored order. A tar shard
-    is read without its recorded digest: a crashed add-teacher run may have replaced it already."""
+    """The Samples of one tar shard or Zarr unit, every field decoded, in stored order, read without
+    digests: `_rewrite_group` has just checked them (a tar shard its own way: a crashed add-teacher
+    run may have replaced it already)."""
     return read_shard(store, backend, shard, check_digest=False)
 
 
 def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted, bar) -> dict:
+    # The digests first, as stored_samples reads without them: a unit's here, a tar shard's below (pristine).
     if backend != "webdataset":  # a unit's record lists its old fields, whose files a rerun rewrites byte for byte
         for shard in record["shards"]:
             check_recorded_files(store, shard, "add-teacher")
@@ -217,7 +219,7 @@ def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:
         stored_err = {t.field: 0.0 for t in teacher.taps}
         n = 0
         for shard in entry["shards"]:
-            for sample in stored_samples(Path(store), manifest["backend"], shard):
+            for sample in read_shard(Path(store), manifest["backend"], shard):
                 where = f"shard {shard['path']}, key {sample.key}"
                 live = teacher.features(replay_crop(Path(cfg["root"]), sample.meta, where))
                 for name, x in live.items():

@@ -5,6 +5,7 @@ digests, taken as it is written:
 
 - ``sha256``: what `verify`, `convert` and `add-teacher` check. No edit can
   keep it, so a store that passes them holds exactly the bytes its build wrote.
+  They then read the file with ``check_digest=False``: one digest pass per file.
 - ``crc32c``: what readers check the first time a process reads a file. The
   Castagnoli CRC catches every burst of damage up to 32 bits long and any other
   random damage with probability 1 - 2^-32, which is the reader's threat

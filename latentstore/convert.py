@@ -1,11 +1,12 @@
 """`latentstore convert`: rewrite a store in the other backend, without re-encoding.
 
 Samples are read group by group with the source backend's strict reader (after
-the source files' sha256 are checked: a conversion must not launder damage)
-and handed, as Samples, to a GroupCommit of the target backend. Every group is
-committed atomically, so a killed conversion resumes where it stopped; the
-target is sealed (manifest written) last. Converting back gives the original
-bytes: each backend serialises with the store's own deterministic encoders.
+the source files' sha256 are checked: a conversion must not launder damage; the
+reader then skips its own digest pass) and handed, as Samples, to a GroupCommit
+of the target backend. Every group is committed atomically, so a killed
+conversion resumes where it stopped; the target is sealed (manifest written)
+last. Converting back gives the original bytes: each backend serialises with
+the store's own deterministic encoders.
 """
 from __future__ import annotations
 

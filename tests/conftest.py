@@ -64,3 +64,32 @@ def checkpoint_factory(tmp_path_factory):
         return path
 
     return make
+
+
+def count_digest_passes(monkeypatch, store):
+    """A Counter, filled as the test goes on, of the passes that digest each file of `store` (path
+    relative to it): every checksum.file_record (sha256 + CRC-32C) and checksum.read_check (the
+    reader's check). The reader's per-process memo starts empty, so no earlier read hides a pass."""
+    from collections import Counter
+
+    from latentstore import checksum
+
+    store, passes = Path(store).resolve(), Counter()
+    monkeypatch.setattr(checksum, "_CHECKED", set())
+    for name in ("file_record", "read_check"):
+        def counted(path, *args, _digest=getattr(checksum, name)):
+            where = Path(path).resolve()
+            if where.is_relative_to(store):
+                passes[where.relative_to(store).as_posix()] += 1
+            return _digest(path, *args)
+        monkeypatch.setattr(checksum, name, counted)
+    return passes
+
+
+def recorded_files(store):
+    """{path: 1} for every file the manifest of `store` records (tar shards, Zarr chunk files)."""
+    import json
+
+    manifest = json.loads((Path(store) / "manifest.json").read_text())
+    return {f["path"]: 1 for split in manifest["splits"].values() for shard in split["shards"]
+            for f in shard.get("files", [shard])}

@@ -9,8 +9,12 @@ import pytest
 
 from latentstore import open_store
 from latentstore.build import BuildConfig, build
+from latentstore.convert import convert
 from latentstore.errors import StoreError
 from latentstore.format import MANIFEST
+from latentstore.verify import verify
+
+from conftest import count_digest_passes, recorded_files
 
 ARGS = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
             split="train", variants=1, crop=64, shard_size=2)
@@ -184,3 +188,21 @@ def test_start_given_to_open_store_survives_the_first_set_epoch(stores):
                                                                            shuffle=False)][4:]
     ds.set_epoch(1)
     assert len(list(ds)) == len(ds) == 6
+
+
+@pytest.mark.parametrize("backend", ["webdataset", "zarr"])
+def test_verify_digests_every_file_once(stores, monkeypatch, backend):
+    """verify checks each file's digests itself, then reads its samples without the reader's check."""
+    passes = count_digest_passes(monkeypatch, stores[backend])
+    report = verify(stores[backend])
+    assert report.ok and report.samples == 6, report.problems
+    assert passes == recorded_files(stores[backend])
+
+
+@pytest.mark.parametrize("backend", ["webdataset", "zarr"])
+def test_convert_digests_every_source_file_once(stores, monkeypatch, tmp_path, backend):
+    passes = count_digest_passes(monkeypatch, stores[backend])
+    other = "zarr" if backend == "webdataset" else "webdataset"
+    convert(stores[backend], tmp_path / other, other, progress=False)
+    assert passes == recorded_files(stores[backend])
+    assert verify(tmp_path / other).ok

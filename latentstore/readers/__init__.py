@@ -18,21 +18,23 @@ def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = Fa
                check_digest: bool = True):
     """The samples of one manifest shard (a tar shard or a Zarr unit) in stored order, as dicts
     {field: decoded value, "meta": its JSON dict, "__key__", "__shard__"}, its files checked against
-    their record first (a tar shard's digest only with `check_digest`); None for an index not in
-    `wanted` (left undecoded). Strict reads raise StoreError naming shard and key; with
-    ``lenient=True`` a sample that cannot be trusted comes as {"__key__", "__shard__", "__error__"}
-    instead (``__key__`` None: damage to the shard itself, after which nothing more comes)."""
+    their record first: digests only with `check_digest`, which a caller turns off only right after
+    checking them itself (a Zarr unit's sizes are checked either way: Zarr reads a missing chunk as
+    zeros); None for an index not in `wanted` (left undecoded). Strict reads raise StoreError naming
+    shard and key; with ``lenient=True`` a sample that cannot be trusted comes as {"__key__",
+    "__shard__", "__error__"} instead (``__key__`` None: damage to the shard itself, after which
+    nothing more comes)."""
     if backend == "webdataset":
         return iter_shard(Path(store) / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
                           wanted=wanted, record=shard if check_digest else None)
     if backend == "zarr":
-        return iter_unit(Path(store), shard, fields, lenient, wanted=wanted)
+        return iter_unit(Path(store), shard, fields, lenient, wanted=wanted, check_digest=check_digest)
     raise StoreError(f"{store} uses backend {backend!r}; this latentstore reads {', '.join(BACKENDS)}")
 
 
 def read_shard(store, backend: str, shard: dict, check_digest: bool = True):
     """The Samples of one manifest shard in stored order, every field decoded (strict: StoreError
-    naming shard and key on any damage)."""
+    naming shard and key on any damage; digests as in `read_dicts`)."""
     for read in read_dicts(store, backend, shard, check_digest=check_digest):
         yield Sample.from_read(read, shard["variant"])
 

@@ -5,7 +5,8 @@ no checksum (a flipped byte decodes to other numbers), so nothing is read
 before the unit's files of the arrays being read (listed with size and digests
 in the manifest) are checked: size always, the digest once per process and file
 (latentstore/checksum.py; memoized by path, size and mtime, so later epochs do
-not check again).
+not check again), unless the caller has just checked it itself (verify,
+convert and add-teacher pass ``check_digest=False``).
 ``verify`` also looks for chunks no commit record claims and for leftover
 temporary files. Every error is a StoreError naming the unit (and key). Samples come out exactly as ``iter_shard`` gives
 them from a tar shard of the same build: same keys, dtypes and values
@@ -81,18 +82,20 @@ def _block(group, names, variant: int, lo: int, hi: int, row: int) -> dict:
 
 
 def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = False,
-              wanted: Container[int] | None = None) -> Iterator[dict | None]:
+              wanted: Container[int] | None = None, check_digest: bool = True) -> Iterator[dict | None]:
     """Yield the samples of one (variant, group) unit, as ``iter_shard`` does for a tar shard
     (None in place of samples whose index is not in `wanted`).
 
     Raises StoreError naming the unit (and key) when a chunk file is missing or
-    resized, or the unit's sample count is not the recorded one. With
-    ``lenient=True`` such damage comes as one {"__key__": None, "__error__"} dict.
+    resized, differs from its digest (only with `check_digest`: off for a caller
+    that has just checked the digests itself), or the unit's sample count is not
+    the recorded one. With ``lenient=True`` such damage comes as one
+    {"__key__": None, "__error__"} dict.
     """
     store, name = Path(store), unit["path"]
     try:
         names = [n for n in unit["fields"] if fields is None or n in fields or n == "meta"]
-        check_files(store, unit, {*names, "present"})
+        check_files(store, unit, {*names, "present"} if check_digest else None)  # sizes always
         group = _split_group(store, unit["split"])
         lo, hi = unit["items"]
         present = group["present"][unit["variant"], lo:hi]
