@@ -36,10 +36,10 @@ Trade-off: tar shards cannot be read at random cheaply, so shuffling is
 "shard order + in-memory window", not a full permutation of the split. A
 worker walks every shard that holds one of its samples (sequentially) but
 reads and decodes only its own samples' bytes: a tar shard's other members
-are seeked over, so k workers read each sample once between them, plus the
-tar headers k times. The digest check before a process's first use of a
-shard is the exception: it reads the whole file, once per process. Memory per
-worker: its share of about one window of decoded samples.
+are seeked over, so k workers read each sample once between them, and check
+each against its CRC-32C in the shard's sample index (a store without one:
+the whole shard's CRC, once per process). Memory per worker: its share of
+about one window of decoded samples.
 
 Backends: ``readers.read_dicts`` yields the samples of one shard record
 (``info["shards"][i]``) in stored order, for either backend, as dicts of
@@ -200,8 +200,8 @@ class LatentDataset(IterableDataset):
     def __getitem__(self, key: str | int) -> dict:
         """One sample by key, or by position in ``keys()``, with the fields and dtypes of iteration.
 
-        A Zarr sample is read alone; a tar sample reads its whole shard (tar has no index), so
-        iterate to read many, or convert the store to --format zarr.
+        A sample is read alone: a Zarr sample as a slice of its chunks, a tar sample as one read of
+        its span in the shard's sample index (stores written before the index: its whole shard).
         """
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = self._key_index().key_at(self.current_variant, int(key))

@@ -110,8 +110,12 @@ def check_recorded_files(store, shard: dict, action: str) -> None:
 
 
 def recorded_files(record: dict):
-    """The files a commit record (or a manifest's shard list) lists: tar shards, or Zarr units' chunk files."""
-    return (f for shard in record["shards"] for f in shard.get("files", [shard]))
+    """The files a commit record (or a manifest's shard list) lists: tar shards and their sample
+    indexes, or Zarr units' chunk files."""
+    for shard in record["shards"]:
+        yield from shard.get("files", [shard])
+        if "index" in shard:
+            yield shard["index"]
 
 
 def encode_npy(a: np.ndarray) -> bytes:

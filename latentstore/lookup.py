@@ -11,9 +11,9 @@ that order, each under the key ``<item>_v<v:03d>``. The count is checked
 against the manifest, so a record that disagrees with its shard is an error,
 never a wrong answer.
 
-Costs differ by backend: a Zarr sample is one slice of its chunks; a tar shard
-has no index, so reading one sample reads its whole shard (and decodes only
-that sample). Iterate, or convert the store to Zarr, to read many.
+Costs: a Zarr sample is one slice of its chunks; a tar sample is one read of
+its span in the shard's sample index (a store written before the index reads
+its shard up to it, and checks the whole shard first).
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def _group_of(shard: dict) -> int:
 
 
 def read_tar_sample(store, shard: dict, index: int, key: str, fields: tuple) -> dict:
-    """Sample number `index` of a tar shard, checked to be `key` (reads the shard up to it)."""
+    """Sample number `index` of a tar shard, checked to be `key` (through the shard's sample index)."""
     for i, sample in enumerate(iter_shard(Path(store) / shard["path"], shard["path"], None, fields,
                                           wanted={index}, record=shard)):
         if i == index:

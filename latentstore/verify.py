@@ -50,11 +50,14 @@ def _declared_fields(manifest: dict, split: dict) -> set:
 
 
 def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
-    """A tar shard exists with the recorded size and digests."""
-    problem = file_problem(store / shard["path"], shard, digests=True)
-    if problem:
-        report.problems.append(f"shard {shard['path']}: {problem} (damaged or replaced)")
-    return problem is None
+    """A tar shard and its sample index (where the store has them) exist with their recorded sizes and digests."""
+    for f in (shard, shard.get("index")):
+        problem = f and file_problem(store / f["path"], f, digests=True)
+        if problem:
+            name = "" if f is shard else f"its index {f['path']} "
+            report.problems.append(f"shard {shard['path']}: {name}{problem} (damaged or replaced)")
+            return False
+    return True
 
 
 def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: dict, report: Report,
@@ -110,6 +113,7 @@ def _stray_files(store: Path, manifest: dict) -> list:
 
     splits, zarr = manifest["splits"], manifest["backend"] == "zarr"
     known = {s["path"] for split in splits.values() for s in split["shards"]}
+    known |= {s["index"]["path"] for split in splits.values() for s in split["shards"] if "index" in s}
     known |= {"manifest.json", *(f"build-{s}.json" for s in splits)}
     known |= {part_file(s, i, n) for s, (i, n) in _parts(store, splits)}
     if zarr:
@@ -271,7 +275,9 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
                 continue  # already reported by the chunk file check
             keep = {i for path, i in chosen if path == shard["path"]}
             # Its digests were checked just above (the shard) or by verify_zarr (every chunk file of the unit).
-            samples = read_shard(store, backend, shard, check_digest=False)
+            # A tar shard with a sample index is read through it all the same: each sample's CRC in the
+            # index checked against its bytes is what proves the index describes the shard.
+            samples = read_shard(store, backend, shard, check_digest="index" in shard)
             candidates += _check_samples(samples, shard["path"], declared, split["latent_shape"], seen, report, keep)
     if candidates:
         from .coders import load_coder_from_manifest

@@ -86,10 +86,11 @@ def count_digest_passes(monkeypatch, store):
     return passes
 
 
-def recorded_files(store):
-    """{path: 1} for every file the manifest of `store` records (tar shards, Zarr chunk files)."""
+def recorded_files(store, indexes: bool = False):
+    """{path: 1} for every data file the manifest of `store` records (tar shards, Zarr chunk files),
+    and with `indexes` the tar shards' sample indexes too."""
     import json
 
     manifest = json.loads((Path(store) / "manifest.json").read_text())
     return {f["path"]: 1 for split in manifest["splits"].values() for shard in split["shards"]
-            for f in shard.get("files", [shard])}
+            for f in [*shard.get("files", [shard]), *([shard["index"]] if indexes and "index" in shard else [])]}

@@ -35,23 +35,51 @@ def copy(store, tmp_path):
     return shutil.copytree(store, tmp_path / "s")
 
 
+def without_sample_index(store):
+    """The store as one written before tar shards had a sample index: readers check whole shards."""
+    manifest = json.loads((store / MANIFEST).read_text())
+    for shard in manifest["splits"]["train"]["shards"]:
+        (store / shard.pop("index")["path"]).unlink()
+    (store / MANIFEST).write_text(json.dumps(manifest))
+    return store
+
+
 def read_all(store, **kw):
     return list(open_store(store, fields=FIELDS, **kw))
 
 
-def flip_in_member(shard, suffix):
+def flip_in_member(shard, suffix, every=False):
+    """Flip a byte in the first member named *suffix (in every such member: every sample of the shard)."""
     with tarfile.open(shard) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+        members = [m for m in tar.getmembers() if m.name.endswith(suffix)]
     data = bytearray(shard.read_bytes())
-    data[member.offset_data + member.size // 2] ^= 0x02  # ".cls" "0" -> "2": still a valid label
+    for member in members if every else members[:1]:
+        data[member.offset_data + member.size // 2] ^= 0x02  # ".cls" "0" -> "2": still a valid label
     shard.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("suffix", [".y_hat.npy", ".cls", ".y_string.bin"])
-def test_a_flipped_payload_byte_in_a_tar_is_an_error_naming_the_shard(stores, tmp_path, suffix):
+def test_a_flipped_payload_byte_in_a_tar_is_an_error_naming_the_shard_and_key(stores, tmp_path, suffix):
     store = copy(stores["webdataset"], tmp_path)
     flip_in_member(store / "train" / "v000-000001.tar", suffix)
-    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar: bytes differ from the manifest's checksum .* Its keys: train_class0_img2_v000"):
+    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar, key train_class0_img2_v000: bytes differ "
+                                         r"from the shard index's checksum"):
+        read_all(store)
+    # a store without sample index: the whole shard is checked, and none of its samples is trusted
+    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar: bytes differ from the manifest's checksum "
+                                         r".* Its keys: train_class0_img2_v000, train_class1_img0_v000"):
+        read_all(without_sample_index(store))
+
+
+def test_a_damaged_sample_index_is_an_error_naming_it(stores, tmp_path):
+    store = copy(stores["webdataset"], tmp_path)
+    index = store / "train" / "v000-000001.idx.json"
+    index.write_text(index.read_text().replace('"keys"', '"keyz"'))
+    with pytest.raises(StoreError, match=r"shard train/v000-000001.tar: its index train/v000-000001.idx.json "
+                                         r"differs from its record \(checksum\)"):
+        read_all(store)
+    index.unlink()
+    with pytest.raises(StoreError, match=r"its index train/v000-000001.idx.json is unreadable"):
         read_all(store)
 
 
@@ -60,6 +88,8 @@ def test_the_read_check_is_the_crc32c_and_stores_without_one_fall_back_to_sha256
     """New stores record a CRC-32C per file and readers check it; a record without one (a store
     written before it) is checked by its sha256, so damage is caught either way."""
     store = copy(stores[backend], tmp_path)
+    if backend == "webdataset":  # with a sample index, readers check the samples' CRCs instead (above)
+        without_sample_index(store)
     manifest = json.loads((store / MANIFEST).read_text())
     files = [f for shard in manifest["splits"]["train"]["shards"] for f in shard.get("files", [shard])]
     assert all(len(f["crc32c"]) == 8 for f in files)
@@ -85,8 +115,19 @@ def test_the_read_check_is_the_crc32c_and_stores_without_one_fall_back_to_sha256
         read_all(store)
 
 
-def test_max_skips_skips_every_sample_of_a_damaged_tar_shard_and_names_them(stores, tmp_path):
+def test_max_skips_skips_exactly_the_damaged_sample_of_a_tar_shard_and_names_it(stores, tmp_path):
     store = copy(stores["webdataset"], tmp_path)
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls")
+    ds = open_store(store, fields=FIELDS, max_skips=1)
+    keys = [s["__key__"] for s in ds]
+    assert len(keys) == 5 and "train_class1_img0_v000" in keys  # the shard's undamaged sample is read
+    assert ds.skipped == [next(s for s in ds.skipped if "train/v000-000001.tar, key train_class0_img2_v000" in s)]
+    with pytest.raises(StoreError, match="more than max_skips=0|train_class0_img2_v000"):
+        read_all(store)
+
+
+def test_max_skips_skips_every_sample_of_a_damaged_tar_shard_without_index(stores, tmp_path):
+    store = without_sample_index(copy(stores["webdataset"], tmp_path))
     flip_in_member(store / "train" / "v000-000001.tar", ".cls")
     ds = open_store(store, fields=FIELDS, max_skips=2)
     keys = [s["__key__"] for s in ds]
@@ -155,7 +196,7 @@ def test_a_truncated_manifest_is_a_clear_error(stores, tmp_path):
 def test_a_clean_epoch_after_one_over_the_skip_budget_reads(tiny_folder, tmp_path):
     store = tmp_path / "s"
     build(BuildConfig(root=str(tiny_folder), out=str(store), **{**ARGS, "variants": 2}), progress=False)
-    flip_in_member(store / "train" / "v000-000001.tar", ".cls")  # variant 0 only: epochs 0, 2, ...
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls", every=True)  # variant 0 only: epochs 0, 2, ...
     ds = open_store(store, fields=FIELDS, max_skips=1)
     with pytest.raises(StoreError, match="more than max_skips=1"):
         list(ds)
@@ -168,7 +209,7 @@ def test_ranks_yield_len_items_each_under_max_skips(stores, tmp_path):
     (repeating one it read), and a rank left with nothing readable says so instead of yielding
     fewer (which would hang the other ranks' collectives)."""
     store = copy(stores["webdataset"], tmp_path)
-    flip_in_member(store / "train" / "v000-000001.tar", ".cls")  # samples 2 and 3 of 6
+    flip_in_member(store / "train" / "v000-000001.tar", ".cls", every=True)  # samples 2 and 3 of 6
     for rank in range(2):
         ds = open_store(store, fields=FIELDS, shuffle=False, rank=rank, world=2, max_skips=2)
         items = list(ds)
@@ -192,11 +233,12 @@ def test_start_given_to_open_store_survives_the_first_set_epoch(stores):
 
 @pytest.mark.parametrize("backend", ["webdataset", "zarr"])
 def test_verify_digests_every_file_once(stores, monkeypatch, backend):
-    """verify checks each file's digests itself, then reads its samples without the reader's check."""
+    """verify checks each file's digests itself (a tar shard's sample index too), then reads its samples
+    without the reader's whole-file check."""
     passes = count_digest_passes(monkeypatch, stores[backend])
     report = verify(stores[backend])
     assert report.ok and report.samples == 6, report.problems
-    assert passes == recorded_files(stores[backend])
+    assert passes == recorded_files(stores[backend], indexes=True)
 
 
 @pytest.mark.parametrize("backend", ["webdataset", "zarr"])
@@ -206,3 +248,15 @@ def test_convert_digests_every_source_file_once(stores, monkeypatch, tmp_path, b
     convert(stores[backend], tmp_path / other, other, progress=False)
     assert passes == recorded_files(stores[backend])
     assert verify(tmp_path / other).ok
+
+
+def test_verify_names_a_damaged_or_stray_sample_index(stores, tmp_path):
+    store = copy(stores["webdataset"], tmp_path)
+    index = store / "train" / "v000-000001.idx.json"
+    index.write_text(index.read_text().replace('"keys"', '"keyz"'))
+    (store / "train" / "v000-000009.idx.json").write_text("{}")
+    problems = verify(store).problems
+    assert any(p.startswith("shard train/v000-000001.tar: its index train/v000-000001.idx.json differs from its "
+                            "record (checksum)") for p in problems), problems
+    assert any(p.startswith("train/v000-000009.idx.json: stray file") for p in problems), problems
+    assert len(problems) == 2, problems

@@ -125,7 +125,11 @@ def test_verify_decode_catches_a_y_hat_that_does_not_match_the_strings(reference
             tar.addfile(m, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
     from latentstore.checksum import file_record
+    from latentstore.readers.webdataset import build_index
     shard.update(file_record(path))
+    index = store / shard["index"]["path"]  # a consistent index too: only CompressAI can tell
+    index.write_text(json.dumps(build_index(path, shard["path"])))
+    shard["index"].update(file_record(index))
     (store / MANIFEST).write_text(json.dumps(manifest))
     report = verify(store, decode=12)
     assert len(report.problems) == 1

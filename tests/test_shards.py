@@ -141,15 +141,41 @@ def test_unwanted_samples_are_seeked_over_not_read(tmp_path):
         shard = group.commit()["shards"][0]
     path = tmp_path / shard["path"]
 
-    def read(wanted):
+    def read(wanted, record=None):
         before = _bytes_read()
-        got = list(iter_shard(path, shard["path"], shard["samples"], wanted=wanted))
+        got = list(iter_shard(path, shard["path"], shard["samples"], wanted=wanted, record=record))
         return _bytes_read() - before, got
 
     everything, _ = read(None)
     one, got = read({2})
     assert everything > 5 * 200_000 and one < 2 * 200_000, (everything, one)
     assert got[2]["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
+    # Checked against the record: through the sample index, only the wanted sample's bytes are read
+    # and checked (the whole-file digest would read all five).
+    one_checked, got = read({2}, record=shard)
+    assert one_checked < 2 * 200_000, one_checked
+    assert got[2]["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
+
+
+def test_the_sample_index_gives_each_sample_with_its_own_checksum(tmp_path):
+    """Reading through the index gives what reading the whole tar gives; each span is one sample."""
+    from latentstore.readers.webdataset import build_index
+
+    shard = write_group(tmp_path)["shards"][0]
+    path = tmp_path / shard["path"]
+    assert shard["index"]["path"] == "train/v000-000000.idx.json"
+    index = json.loads((tmp_path / shard["index"]["path"]).read_text())
+    assert index == build_index(path, shard["path"]) and index["keys"] == [f"img{i:03d}_v000" for i in range(5)]
+    assert index["offsets"][0] == 0 and all(o + n == nxt for o, n, nxt in
+                                           zip(index["offsets"], index["bytes"], index["offsets"][1:]))
+    data = path.read_bytes()
+    for o, n, crc in zip(index["offsets"], index["bytes"], index["crc32c"]):
+        assert f"{google_crc32c.value(data[o:o + n]):08x}" == crc
+    plain = list(iter_shard(path, shard["path"], 5))
+    indexed = list(iter_shard(path, shard["path"], 5, record=shard))
+    assert [s["__key__"] for s in indexed] == [s["__key__"] for s in plain]
+    for a, b in zip(plain, indexed):
+        assert a.keys() == b.keys() and a["y_string"] == b["y_string"] and np.array_equal(a["y_hat"], b["y_hat"])
 
 
 def test_damaged_header_is_caught_by_its_checksum(tmp_path):

@@ -1,24 +1,30 @@
-"""Strict reading of latentstore tar shards.
+"""Strict reading of latentstore tar shards, and their sample index.
 
 A tar file has no trailer, so a shard cut at a member boundary reads back
 without any error from tarfile or webdataset. The strict reader therefore
-checks every shard against the manifest: its size, and its digest before
-reading (CRC-32C, or sha256 for stores that predate it: one C-speed pass over
-a read-only map of the file, latentstore/checksum.py), so a flipped payload
-byte is caught before any sample is handed out; then the sample count, the
-required fields of every sample, and that each field decodes. Every error
-names the shard and, where there is one, the sample key. A shard whose digest
-matched is remembered for the life of the process (by path, size and mtime),
-so later epochs read it without checking again: a changed file gets a new
-mtime, and the check then runs again.
+checks every shard against the manifest: its size, then its bytes before any
+sample is handed out, then the sample count, the required fields of every
+sample, and that each field decodes. Every error names the shard and, where
+there is one, the sample key.
+
+The bytes are checked through the shard's sample index (``build_index``, made
+by the writer at commit; docs/FORMAT.md "Shards"): each sample the caller
+wants is one read of its span, checked against its own CRC-32C, and the other
+samples are not read at all. A store written before the index has its whole
+shard checked first (CRC-32C, or sha256 for stores that predate it;
+latentstore/checksum.py), once per process.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 from pathlib import Path
-from typing import Container, Iterator
+from typing import BinaryIO, Container, Iterator
 
-from ..checksum import check_once
+import google_crc32c
+
+from ..checksum import CRC32C_IS_FAST, check_once
 from ..errors import StoreError
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 
@@ -43,11 +49,10 @@ def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
     return name, _octal(block[124:136]), block[156:157]
 
 
-def _members(path: Path, shard: str, wanted: Container[int] | None = None) -> Iterator[tuple[str, str, bytes | None]]:
-    """(key, member suffix, bytes) for each member, in tar order; bytes None for the members of a
-    sample whose index is not in `wanted` (None: all), which are seeked over, not read: a
-    DataLoader worker wants only its share of a shard, and reading the rest k times over is
-    what k workers would otherwise cost.
+def _walk(f: BinaryIO, shard: str) -> Iterator[tuple[int, str, str, int]]:
+    """(start, key, member suffix, size) for each member of an open tar, in order, with `f` left at
+    the member's data for the caller to read or not; `start` is the offset of the member's first
+    header block (a PAX or GNU long-name header before it included).
 
     A small tar parser instead of ``tarfile``: its header objects cost more than
     everything else the reader does per sample. It verifies every header's
@@ -56,45 +61,56 @@ def _members(path: Path, shard: str, wanted: Container[int] | None = None) -> It
     extracted, but no name may point elsewhere). EOF at a member boundary ends
     the iteration quietly, like tarfile: the caller's sample count decides.
     """
+    offset, long_name, start = f.tell(), None, None
+    while True:
+        block = f.read(_BLOCK)
+        if len(block) < _BLOCK or block == _END:
+            if block and block != _END:
+                raise StoreError(f"shard {shard}: truncated tar header at byte {offset}")
+            return
+        name, size, kind = _header(block, shard, offset)
+        start = offset if start is None else start
+        next_offset = offset + _BLOCK + size + (-size % _BLOCK)
+        if kind in (b"x", b"L", b"g"):  # PAX record, GNU long name, PAX global header
+            data = _read(f, size, shard, name)
+            if kind == b"x":  # the next member's name
+                long_name = _pax_path(data)
+            elif kind == b"L":
+                long_name = data.rstrip(b"\0")
+        else:
+            name, long_name = (long_name or name), None
+            text = name.decode("utf-8", errors="replace")
+            if kind not in (b"0", b"\0") or "/" in text or "\\" in text or text.startswith("."):
+                raise StoreError(f"shard {shard}: unexpected member {text!r} "
+                                 f"(only plain files named <key>.<suffix> belong in a shard)")
+            key, _, ext = text.partition(".")
+            yield start, key, ext, size
+            start = None
+        offset = next_offset
+        f.seek(offset)
+
+
+def _members(path: Path, shard: str, wanted: Container[int] | None = None) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, member suffix, bytes) for each member, in tar order; bytes None for the members of a
+    sample whose index is not in `wanted` (None: all), which are seeked over, not read: a
+    DataLoader worker wants only its share of a shard, and reading the rest k times over is
+    what k workers would otherwise cost."""
     try:
         with open(path, "rb") as f:
-            offset, long_name, current, index = 0, None, None, -1
-            while True:
-                block = f.read(_BLOCK)
-                if len(block) < _BLOCK or block == _END:
-                    if block and block != _END:
-                        raise StoreError(f"shard {shard}: truncated tar header at byte {offset}")
-                    return
-                name, size, kind = _header(block, shard, offset)
-                extension = kind in (b"x", b"L", b"g")  # PAX record, GNU long name, PAX global header
-                if not extension:
-                    name, long_name = (long_name or name), None
-                    text = name.decode("utf-8", errors="replace")
-                    if kind not in (b"0", b"\0") or "/" in text or "\\" in text or text.startswith("."):
-                        raise StoreError(f"shard {shard}: unexpected member {text!r} "
-                                         f"(only plain files named <key>.<suffix> belong in a shard)")
-                    key, _, ext = text.partition(".")
-                    if key != current:
-                        current, index = key, index + 1
-                wanted_here = extension or wanted is None or index in wanted
-                data = _read(f, size, shard, name) if wanted_here else None
-                offset += _BLOCK + size + (-size % _BLOCK)
-                f.seek(offset)
-                if kind == b"x":  # the next member's name
-                    long_name = _pax_path(data)
-                elif kind == b"L":
-                    long_name = data.rstrip(b"\0")
-                elif not extension:  # a PAX global header holds nothing a latentstore shard needs
-                    yield key, ext, data
+            current, index = None, -1
+            for _, key, ext, size in _walk(f, shard):
+                if key != current:
+                    current, index = key, index + 1
+                yield key, ext, (_read(f, size, shard, key + "." + ext) if wanted is None or index in wanted else None)
     except OSError as exc:
         raise StoreError(f"shard {shard}: unreadable tar ({exc})") from exc
 
 
-def _read(f, size: int, shard: str, name: bytes) -> bytes:
+def _read(f, size: int, shard: str, name: bytes | str) -> bytes:
     data = f.read(size)
     if len(data) < size:
-        raise StoreError(f"shard {shard}: member {name.decode(errors='replace')!r} is truncated "
-                         f"({len(data)} of {size} bytes)")
+        name = name.decode(errors="replace") if isinstance(name, bytes) else name
+        raise StoreError(f"shard {shard}: member {name!r} is truncated ({len(data)} of {size} bytes)")
     return data
 
 
@@ -107,6 +123,98 @@ def _pax_path(data: bytes) -> bytes | None:
         if key == b"path":
             return value[:-1]
     return None
+
+
+# --------------------------------------------------------------------------- the sample index
+
+#: A tar shard's sample index is a JSON file beside it: train/v000-000001.tar -> train/v000-000001.idx.json
+INDEX_SUFFIX = ".idx.json"
+_INDEXES: dict = {}  # (path, size, mtime_ns, crc32c) -> index, for the life of the process
+
+
+def index_name(shard_path: str) -> str:
+    return shard_path.removesuffix(".tar") + INDEX_SUFFIX
+
+
+def build_index(path, shard: str) -> dict:
+    """The sample index of a tar shard: per sample in tar order, its key, byte span (from its first
+    header block to the next sample's) and the CRC-32C of those bytes, as JSON columns. The writer
+    makes it with this module's parser (writers/webdataset.py), so reader and writer agree on spans."""
+    keys, offsets, ends = [], [], []
+    with open(path, "rb") as f:
+        for start, key, _, size in _walk(f, shard):
+            if not keys or keys[-1] != key:
+                keys.append(key), offsets.append(start), ends.append(None)
+            ends[-1] = f.tell() + size + (-size % _BLOCK)
+        crcs = []
+        for start, end in zip(offsets, ends):
+            f.seek(start)
+            crcs.append(f"{google_crc32c.value(f.read(end - start)):08x}")
+    return {"keys": keys, "offsets": offsets, "bytes": [e - s for s, e in zip(offsets, ends)], "crc32c": crcs}
+
+
+def _index(path: Path, shard: str, record: dict, size: int) -> dict:
+    """The shard's sample index, checked against its record entry (size, CRC-32C) and the shard
+    (sample count, spans inside the file); once per process and index file."""
+    entry = record["index"]
+    where = f"shard {shard}: its index {entry['path']}"
+    index_file = path.with_name(Path(entry["path"]).name)
+    try:
+        st = os.stat(index_file)
+        memo = (str(index_file), st.st_size, st.st_mtime_ns, entry["crc32c"])
+        if memo in _INDEXES:
+            return _INDEXES[memo]
+        data = index_file.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"{where} is unreadable ({exc}); run `latentstore verify` and rebuild the shard") from exc
+    if len(data) != entry["bytes"] or f"{google_crc32c.value(data):08x}" != entry["crc32c"]:
+        raise StoreError(f"{where} differs from its record (checksum); run `latentstore verify` and rebuild "
+                         "the shard (delete its group record, rerun the build command)")
+    index = json.loads(data)
+    n = len(index["keys"])
+    if n != record["samples"] or any(len(index[c]) != n for c in ("offsets", "bytes", "crc32c")) or \
+            (n and index["offsets"][-1] + index["bytes"][-1] > size):
+        raise StoreError(f"{where} does not describe the {record['samples']} samples of the shard's "
+                         f"{size} bytes; run `latentstore verify`")
+    _INDEXES[memo] = index
+    return index
+
+
+def _indexed(path: Path, shard: str, record: dict, size: int, fields, required, lenient: bool,
+             wanted: Container[int] | None) -> Iterator[dict | None]:
+    """iter_shard through the sample index: each wanted sample is one read of its span, checked
+    against its own CRC-32C; the others are not read at all."""
+    index = _index(path, shard, record, size)
+    with open(path, "rb") as f:
+        for i, (key, start, length, crc) in enumerate(zip(*(index[c] for c in ("keys", "offsets", "bytes", "crc32c")))):
+            if wanted is not None and i not in wanted:
+                yield None
+                continue
+            try:
+                f.seek(start)
+                data = f.read(length)
+                if len(data) != length or f"{google_crc32c.value(data):08x}" != crc:
+                    raise StoreError(f"shard {shard}, key {key}: bytes differ from the shard index's checksum (a "
+                                     "damaged or replaced shard), so this sample cannot be trusted. Run `latentstore "
+                                     "verify` and rebuild the shard (delete its group record, rerun the build command)")
+                yield _decode(shard, key, _span_fields(data, shard, key), fields, required)
+            except StoreError as exc:
+                if not lenient:
+                    raise
+                yield {"__key__": key, "__shard__": shard, "__error__": str(exc)}
+
+
+def _span_fields(data: bytes, shard: str, key: str) -> dict:
+    """{field name: bytes} of the one sample whose tar bytes are `data` (its index span)."""
+    f, members = io.BytesIO(data), {}
+    for _, got, ext, size in _walk(f, shard):
+        if got != key:
+            raise StoreError(f"shard {shard}, key {key}: its index span holds member {got}.{ext}; the index "
+                             "and the shard disagree (run `latentstore verify`)")
+        if ext in members:
+            raise StoreError(f"shard {shard}, key {key}: duplicate member {key}.{ext}")
+        members[ext] = _read(f, size, shard, f"{key}.{ext}")
+    return _field_names(shard, key, members)
 
 
 def iter_shard(path, shard: str, expected_samples: int | None = None,
@@ -132,7 +240,10 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
         if record is not None and st.st_size != record["bytes"]:
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
-        if record is not None and not check_once(path, record):
+        if record is not None and record.get("index") and CRC32C_IS_FAST:
+            yield from _indexed(Path(path), shard, record, st.st_size, fields, required, lenient, wanted)
+            return
+        if record is not None and not check_once(path, record):  # a store without sample index
             yield from _damaged(Path(path), shard, expected_samples, lenient)
             return
         for key, raw in _groups(Path(path), shard, wanted):
@@ -196,13 +307,18 @@ def iter_raw(path, shard: str, wanted: Container[int] | None = None) -> Iterator
 def _groups(path: Path, shard: str, wanted: Container[int] | None = None) -> Iterator[tuple[str, dict]]:
     """(key, {field name: bytes}) per sample, in tar order (bytes None outside `wanted`)."""
     for key, members in iter_raw(path, shard, wanted):
-        raw = {}
-        for ext, data in members.items():
-            field = field_for_member(ext)
-            if field is None:
-                raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
-            raw[field.name] = data
-        yield key, raw
+        yield key, _field_names(shard, key, members)
+
+
+def _field_names(shard: str, key: str, members: dict) -> dict:
+    """{member suffix: bytes} -> {field name: bytes}."""
+    raw = {}
+    for ext, data in members.items():
+        field = field_for_member(ext)
+        if field is None:
+            raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
+        raw[field.name] = data
+    return raw
 
 
 def _decode(shard: str, key: str, raw: dict, fields, required) -> dict:

@@ -7,6 +7,12 @@ record (``train/group-00000j.json``) with each shard's digests and sample count
 is renamed last. A shard without a matching record is not part of the store.
 Tar headers are fixed (mtime 0, fixed owner, sorted members), so the bytes
 depend on the samples only.
+
+Beside each shard goes its sample index (``train/v000-00000j.idx.json``: each
+sample's key, byte span and CRC-32C, readers/webdataset.py), listed in the
+record with its own digests: a reader that wants some samples of a shard
+reads and checks those alone, where without it every reader of the shard had
+to check the whole file.
 """
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from pathlib import Path
 
 import webdataset as wds
 
-from ..checksum import Digests
+from ..checksum import Digests, file_record
 from ..format import commit_record_name, encode_field, fsync_dir, get_field, shard_name, write_json_atomic
+from ..readers.webdataset import build_index, index_name
 from ..sample import Sample
 
 
@@ -59,6 +66,7 @@ class ShardGroupWriter:
         self.store, self.layout = store, layout
         self.split, self.group = layout.split, layout.group
         self._finals = [store / shard_name(self.split, v, self.group) for v in range(layout.variants)]
+        self._indexes = [store / index_name(shard_name(self.split, v, self.group)) for v in range(layout.variants)]
         self._temps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in self._finals]
         self._files, self._tars, self._counts = [], [], [0] * layout.variants
         self._renamed = 0  # shards of this group already renamed into place by commit()
@@ -68,7 +76,7 @@ class ShardGroupWriter:
         # A killed earlier attempt at this group may have left temporaries; parts own
         # disjoint groups, so whatever is named after this group's shards is stale.
         record = self.store / commit_record_name(self.split, self.group)
-        for final in self._finals + [record]:
+        for final in self._finals + self._indexes + [record]:
             for stale in final.parent.glob(f".{final.name}.tmp-*"):
                 stale.unlink(missing_ok=True)
         for tmp in self._temps:
@@ -93,19 +101,22 @@ class ShardGroupWriter:
             f.discard()
         for tmp in self._temps:
             tmp.unlink(missing_ok=True)
-        for final in self._finals[:self._renamed]:
+        for final in self._finals[:self._renamed] + self._indexes[:self._renamed]:
             final.unlink(missing_ok=True)
 
     def commit(self, record: dict) -> dict:
-        """Rename every shard into place, then write `record` (with the shards' entries) last."""
+        """Put every shard and its index into place, then write `record` (with their entries) last."""
         shards = []
-        for v, (tar, f, tmp, final) in enumerate(zip(self._tars, self._files, self._temps, self._finals)):
+        for v, (tar, f, tmp, final, index) in enumerate(zip(self._tars, self._files, self._temps, self._finals,
+                                                            self._indexes)):
             tar.tarstream.close()  # writes the end-of-archive blocks through our wrapper
             f.close_synced()
+            name = shard_name(self.split, v, self.group)
+            self._renamed = v + 1  # from here on, discard() removes this variant's index and shard
+            write_json_atomic(index, build_index(tmp, name))
             os.replace(tmp, final)
-            self._renamed = v + 1
-            shards.append({"path": shard_name(self.split, v, self.group), "variant": v,
-                           "samples": self._counts[v], **f.digests.record()})
+            shards.append({"path": name, "variant": v, "samples": self._counts[v], **f.digests.record(),
+                           "index": {"path": index_name(name), **file_record(index)}})
         fsync_dir(self.store / self.split)
         record = {"group": self.group, "shards": shards, **record}
         write_json_atomic(self.store / commit_record_name(self.split, self.group), record)
