@@ -40,7 +40,7 @@ from .augment import apply
 from .build_config import BuildConfig
 from .checksum import audit
 from .coders import load_coder
-from .commit import GroupCommit, GroupLayout
+from .commit import GroupLayout, rewrite_group
 from .encode import to_input
 from .errors import ConfigError, InputError, StoreError
 from .format import TEACHER_PREFIX, check_recorded_files, commit_record_name, get_field, read_manifest, write_json_atomic
@@ -162,38 +162,31 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
         bar.close()
 
 
-def stored_samples(store: Path, backend: str, shard: dict):
-    """The Samples of one tar shard or Zarr unit, every field decoded, in stored order, read without
-    digests: `_rewrite_group` has just checked them (a tar shard its own way: a crashed add-teacher
-    run may have replaced it already)."""
-    return read_shard(store, backend, shard, check_digest=False)
-
-
 def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted, bar) -> dict:
-    # The digests first, as stored_samples reads without them: a unit's here, a tar shard's below (pristine).
-    if backend != "webdataset":  # a unit's record lists its old fields, whose files a rerun rewrites byte for byte
+    # The digests first (rewrite_group reads without them). A tar shard that differs from its record may have
+    # been rewritten by a crashed run, and must then hold exactly our teacher fields; a Zarr unit's record lists
+    # only its old fields, whose files a rerun rewrites byte for byte, so they must match.
+    if backend == "webdataset":
+        rewritten = {shard["path"] for shard in record["shards"] if not audit(store / shard["path"], shard)}
+    else:
+        rewritten = set()
         for shard in record["shards"]:
             check_recorded_files(store, shard, "add-teacher")
-    with GroupCommit(store, backend, layout) as group:
-        for shard in record["shards"]:
-            # A tar shard rewritten by a crashed run already holds teacher fields (a Zarr unit's
-            # record lists only its old fields, so it never shows them).
-            pristine = backend != "webdataset" or audit(store / shard["path"], shard)
-            for sample in stored_samples(store, backend, shard):
-                where = f"shard {shard['path']}, key {sample.key}"
-                ours = {name for name in sample.fields if name.startswith(TEACHER_PREFIX)}
-                if not pristine and ours != wanted:
-                    raise StoreError(f"{where}: the shard differs from its commit record (checksum) and was not "
-                                     f"written by an earlier add-teacher run: run `latentstore verify`")
-                crop = replay_crop(root, sample.meta, where)
-                if check is not None:
-                    check(crop, sample.fields["y_hat"], where)
-                kept = {name: value for name, value in sample.fields.items() if name not in ours}
-                group.write(Sample(sample.key, sample.variant, {**kept, **teacher.stored_fields(crop)},
-                                   sample.meta))
-                bar.update(1)
-            group.finish_variant(shard["variant"])
-        return group.commit(record["rejects"], record.get("sources"))
+
+    def with_teacher(sample: Sample) -> Sample:
+        where = f"shard {sample.shard}, key {sample.key}"
+        ours = {name for name in sample.fields if name.startswith(TEACHER_PREFIX)}
+        if sample.shard in rewritten and ours != wanted:
+            raise StoreError(f"{where}: the shard differs from its commit record (checksum) and was not "
+                             f"written by an earlier add-teacher run: run `latentstore verify`")
+        crop = replay_crop(root, sample.meta, where)
+        if check is not None:
+            check(crop, sample.fields["y_hat"], where)
+        kept = {name: value for name, value in sample.fields.items() if name not in ours}
+        bar.update(1)
+        return Sample(sample.key, sample.variant, {**kept, **teacher.stored_fields(crop)}, sample.meta)
+
+    return rewrite_group(store, backend, record, store, backend, layout, with_teacher)
 
 
 def teacher_error(store, samples: int = 8, split: str | None = None) -> dict:

@@ -12,15 +12,20 @@ The backend writer (writers/) makes the group's files under temporary names;
 ``commit`` renames them into place, writes the group's record last and returns
 it (docs/reliability.md §1). Leaving the block without a commit, by an
 exception or otherwise, removes everything the group wrote (§2).
+
+convert and add-teacher write a committed group again, sample by sample, with
+``rewrite_group``; what differs between them is the edit each sample gets.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checksum import file_problem
 from .format import commit_record_name, recorded_files
+from .readers import read_shard
 from .sample import Sample
 from .writers import WRITERS
 
@@ -81,6 +86,22 @@ class GroupCommit:
         if not self._committed:
             self._writer.discard()
         return False
+
+
+def rewrite_group(src, src_backend: str, record: dict, dst, backend: str, layout: GroupLayout,
+                  edit: Callable[[Sample], Sample] | None = None) -> dict:
+    """Write committed group `record` of store `src` again, as group `layout` of store `dst` in
+    `backend`, each Sample as `edit` returns it (None: as read); return the new record. `dst` may be
+    `src`: the new files replace the old ones at commit.
+
+    The shards are read without their digests: the caller has just checked them, so each byte is
+    digested once."""
+    with GroupCommit(dst, backend, layout) as group:
+        for shard in record["shards"]:
+            for sample in read_shard(src, src_backend, shard, check_digest=False):  # the caller checked them
+                group.write(sample if edit is None else edit(sample))
+            group.finish_variant(shard["variant"])
+        return group.commit(record["rejects"], record.get("sources"))
 
 
 def read_record(store: Path, split: str, group: int) -> dict | None:

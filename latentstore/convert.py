@@ -3,10 +3,10 @@
 Samples are read group by group with the source backend's strict reader (after
 the source files' sha256 are checked: a conversion must not launder damage; the
 reader then skips its own digest pass) and handed, as Samples, to a GroupCommit
-of the target backend. Every group is committed atomically, so a killed
-conversion resumes where it stopped; the target is sealed (manifest written)
-last. Converting back gives the original bytes: each backend serialises with
-the store's own deterministic encoders.
+of the target backend (commit.rewrite_group). Every group is committed
+atomically, so a killed conversion resumes where it stopped; the target is
+sealed (manifest written) last. Converting back gives the original bytes: each
+backend serialises with the store's own deterministic encoders.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .commit import GroupCommit, GroupLayout, read_record
+from .commit import GroupLayout, read_record, rewrite_group
 from .errors import ConfigError, StoreError
 from .format import check_recorded_files, read_manifest, write_json_atomic
 from .seal import part_file, read_parts, seal
-from .readers import read_shard
 from .writers import WRITERS
 
 
@@ -50,18 +49,15 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
             if done is not None:
                 new_records.append(done)
                 continue
-            for shard in r["shards"]:  # the source's checksums first: convert must not launder damage
+            # The source's digests first (rewrite_group reads without them): convert must not launder damage.
+            for shard in r["shards"]:
                 if listed.get(shard["path"]) != shard:
                     raise StoreError(f"{src} shard {shard['path']}: its group record and the manifest disagree; "
                                      "run `latentstore verify` on the source")
                 check_recorded_files(src, shard, "convert")
             layout = GroupLayout(split, r["group"], entry["variants"], tuple(r["items"]),
                                  entry["config"]["shard_size"], entry["images_found"])
-            with GroupCommit(dst, fmt, layout) as group:
-                for shard in r["shards"]:
-                    for sample in read_shard(src, manifest["backend"], shard, check_digest=False):  # checked above
-                        group.write(sample)
-                new_records.append(group.commit(r["rejects"], r.get("sources")))
+            new_records.append(rewrite_group(src, manifest["backend"], r, dst, fmt, layout))
         # One part manifest per split carries the split-level facts over; seal does the rest.
         first = next(iter(parts[split].values()))
         config = {**first["config"], "format": fmt}
