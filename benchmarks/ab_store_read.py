@@ -1,16 +1,20 @@
-"""What the read check costs: the store loader's samples/s with no check, sha256 and CRC-32C, side by side.
+"""What the read check costs: the store loader's samples/s with no check, sha256, CRC-32C of
+whole shards and the per-sample CRC-32C of the sample index, side by side.
 
-    python benchmarks/ab_store_read.py STORE [--trials 15]
+    python benchmarks/ab_store_read.py STORE [--trials 15] [--workers 2]
 
 The check runs the first time a process reads a file (later epochs find it memoized), so every
 measured epoch here starts with the memo cleared: each epoch is a "first epoch" as far as the
 check goes. One process runs them all, after one warm-up epoch, with the modes interleaved, so
 the process's own speed (memory layout, clock, the machine's other load) is the same for all:
   none     the check skipped (the reader without integrity on read)
-  sha256   the record's sha256 (what stores without a crc32c get)
-  crc32c   the record's CRC-32C (what stores that record one get; the default)
-Each epoch is open_store(ŷ+label, shuffle, batch 32, 0 workers) over the whole split. A store
-built before crc32c was recorded gets one computed in memory for the crc32c mode.
+  sha256   each whole shard's sha256 (what stores without a crc32c get)
+  crc32c   each whole shard's CRC-32C (stores without a sample index)
+  index    each sample's CRC-32C from its shard's sample index (tar stores that have one: the default)
+Each epoch is open_store(ŷ+label, shuffle, batch 32) over the whole split, read with --workers
+DataLoader workers (forked: they inherit the mode). With k workers, the whole-shard modes check
+every shard in every worker that reads one of its samples; the index mode checks each sample once.
+A store built before crc32c was recorded gets one computed in memory for the crc32c mode.
 """
 from __future__ import annotations
 
@@ -18,20 +22,23 @@ import argparse
 import statistics
 import time
 
+from torch.utils.data import DataLoader
+
 from latentstore import checksum, open_store
 from latentstore.checksum import file_record
 
-MODES = ("none", "sha256", "crc32c")
+MODES = ("none", "sha256", "crc32c", "index")
 CHECK = checksum.read_check
 
 
-def epoch(store: str, mode: str, seed: int) -> float:
-    """samples/s of one epoch read in `mode`, the per-process memo of checked files cleared first."""
+def epoch(store: str, mode: str, seed: int, workers: int) -> float:
+    """samples/s of one epoch read in `mode`, the per-process memos of checked files cleared first."""
     checksum._CHECKED.clear()
-    check = (lambda path, record: True) if mode == "none" else CHECK
-    checksum.read_check = check  # what checksum.check_once calls
+    checksum.read_check = (lambda path, record: True) if mode == "none" else CHECK  # what check_once calls
     ds = open_store(store, fields=("y_hat", "label"), shuffle=True, batch_size=32)
     for shard in ds.info["shards"]:
+        if mode != "index":
+            shard.pop("index", None)  # the reader falls back to the whole shard's digest
         for f in shard.get("files", [shard]):
             if mode == "sha256":
                 f.pop("crc32c", None)
@@ -39,7 +46,7 @@ def epoch(store: str, mode: str, seed: int) -> float:
                 f.update(file_record(f"{store}/{f['path']}"))
     ds.set_epoch(seed)
     start = time.perf_counter()
-    n = sum(len(batch["label"]) for batch in ds)
+    n = sum(len(batch["label"]) for batch in DataLoader(ds, batch_size=None, num_workers=workers))
     return n / (time.perf_counter() - start)
 
 
@@ -47,16 +54,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store")
     p.add_argument("--trials", type=int, default=15, help="epochs per mode")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     a = p.parse_args()
-    epoch(a.store, "none", 0)  # warm-up: imports, first allocations, the page cache
-    rates = {mode: [] for mode in MODES}
+    modes = [m for m in MODES if m != "index" or "index" in open_store(a.store).info["shards"][0]]
+    epoch(a.store, "none", 0, a.workers)  # warm-up: imports, first allocations, the page cache
+    rates = {mode: [] for mode in modes}
     for t in range(a.trials):
-        for mode in MODES:
-            rates[mode].append(epoch(a.store, mode, t))
+        for mode in modes:
+            rates[mode].append(epoch(a.store, mode, t, a.workers))
     base = statistics.median(rates["none"])
-    print(f"store {a.store}: {a.trials} epochs per mode, interleaved, each with the check's memo cleared")
+    print(f"store {a.store}: {a.trials} epochs per mode, interleaved, each with the check's memo cleared, "
+          f"{a.workers} workers")
     print(f"{'check':8} {'median samples/s':>17} {'vs none':>8} {'quartiles':>20}")
-    for mode in MODES:
+    for mode in modes:
         q = statistics.quantiles(rates[mode], n=4)
         med = statistics.median(rates[mode])
         print(f"{mode:8} {med:17,.0f} {med / base - 1:+8.1%} {q[0]:>9,.0f} - {q[2]:,.0f}")
