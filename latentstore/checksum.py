@@ -12,7 +12,9 @@ digests, taken as it is written:
   (a flipped byte, a torn copy), not a deliberate edit. With the SSE4.2 / ARMv8
   CRC instructions (google-crc32c's C build) it runs at about 5x sha256's
   speed, so checking every byte costs a first epoch only a few percent
-  (docs/benchmarks.md, "Integrity on read").
+  (docs/benchmarks.md, "Integrity on read"). A tar shard's sample index
+  holds a CRC-32C per sample as well, which readers check instead of the
+  whole file's (readers/webdataset.py).
 
 Stores written before ``crc32c`` was recorded, or a machine where google-crc32c
 has only its pure-Python fallback, check the sha256 instead: slower, never less

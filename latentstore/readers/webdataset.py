@@ -129,6 +129,7 @@ def _pax_path(data: bytes) -> bytes | None:
 
 #: A tar shard's sample index is a JSON file beside it: train/v000-000001.tar -> train/v000-000001.idx.json
 INDEX_SUFFIX = ".idx.json"
+INDEX_COLUMNS = ("keys", "offsets", "bytes", "crc32c")
 
 
 def index_name(shard_path: str) -> str:
@@ -168,7 +169,7 @@ def _index(path: Path, shard: str, record: dict, size: int) -> dict:
                          "the shard (delete its group record, rerun the build command)")
     index = json.loads(data)
     n = len(index["keys"])
-    if n != record["samples"] or any(len(index[c]) != n for c in ("offsets", "bytes", "crc32c")) or \
+    if n != record["samples"] or any(len(index[c]) != n for c in INDEX_COLUMNS) or \
             (n and index["offsets"][-1] + index["bytes"][-1] > size):
         raise StoreError(f"{where} does not describe the {record['samples']} samples of the shard's "
                          f"{size} bytes; run `latentstore verify`")
@@ -181,7 +182,7 @@ def _indexed(path: Path, shard: str, record: dict, size: int, fields, required, 
     against its own CRC-32C; the others are not read at all."""
     index = _index(path, shard, record, size)
     with open(path, "rb") as f:
-        for i, (key, start, length, crc) in enumerate(zip(*(index[c] for c in ("keys", "offsets", "bytes", "crc32c")))):
+        for i, (key, start, length, crc) in enumerate(zip(*(index[c] for c in INDEX_COLUMNS))):
             if wanted is not None and i not in wanted:
                 yield None
                 continue

@@ -95,8 +95,8 @@ class ShardGroupWriter:
         """No more samples of `variant` will come (a hint the Zarr writer uses; shards need none)."""
 
     def discard(self) -> None:
-        """Remove this group's temporary files (and, after a failed commit, the shards it renamed:
-        without their record they are no part of the store, and the rerun rewrites them)."""
+        """Remove this group's temporary files (and, after a failed commit, the shards it renamed and
+        their indexes: without their record they are no part of the store, and the rerun rewrites them)."""
         for f in self._files:
             f.discard()
         for tmp in self._temps:
@@ -112,9 +112,9 @@ class ShardGroupWriter:
             tar.tarstream.close()  # writes the end-of-archive blocks through our wrapper
             f.close_synced()
             name = shard_name(self.split, v, self.group)
-            self._renamed = v + 1  # from here on, discard() removes this variant's index and shard
-            write_json_atomic(index, build_index(tmp, name))
             os.replace(tmp, final)
+            self._renamed = v + 1
+            write_json_atomic(index, build_index(final, name))
             shards.append({"path": name, "variant": v, "samples": self._counts[v], **f.digests.record(),
                            "index": {"path": index_name(name), **file_record(index)}})
         fsync_dir(self.store / self.split)
