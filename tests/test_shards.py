@@ -217,3 +217,17 @@ def test_write_json_atomic_leaves_no_temporary_file_on_failure(tmp_path):
     with pytest.raises(TypeError):
         write_json_atomic(tmp_path / "x.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sample_checked_once_is_checked_again_when_its_shard_changes(tmp_path):
+    """Later epochs skip a sample whose CRC matched (memoized by path, size and mtime), but damage
+    written since, which gives the file a new mtime, is caught."""
+    shard = write_group(tmp_path)["shards"][0]
+    path = tmp_path / shard["path"]
+    assert len(list(iter_shard(path, shard["path"], 5, record=shard))) == 5
+    data = bytearray(path.read_bytes())
+    data[data.find(b"img003_v000.y_string.bin") + 512 + 5] ^= 0x01   # a byte of that member's data
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # a coarse clock: still a new mtime
+    with pytest.raises(StoreError, match="v000-000000.tar, key img003_v000: bytes differ from the shard index"):
+        list(iter_shard(path, shard["path"], 5, record=shard))

@@ -12,7 +12,9 @@ by the writer at commit; docs/FORMAT.md "Shards"): each sample the caller
 wants is one read of its span, checked against its own CRC-32C, and the other
 samples are not read at all. A store written before the index has its whole
 shard checked first (CRC-32C, or sha256 for stores that predate it;
-latentstore/checksum.py), once per process.
+latentstore/checksum.py). Either check runs once per process and sample (or
+shard), remembered by path, size and mtime: later epochs over the same shard
+skip it, and a changed file gets a new mtime, so the check runs again.
 """
 from __future__ import annotations
 
@@ -130,6 +132,9 @@ def _pax_path(data: bytes) -> bytes | None:
 #: A tar shard's sample index is a JSON file beside it: train/v000-000001.tar -> train/v000-000001.idx.json
 INDEX_SUFFIX = ".idx.json"
 INDEX_COLUMNS = ("keys", "offsets", "bytes", "crc32c")
+#: (shard path, size, mtime_ns, its index's crc32c) -> one byte per sample, 1 once its CRC matched in
+#: this process: later epochs over the same shard skip the check (a changed file gets a new mtime).
+_CHECKED_SAMPLES: dict = {}
 
 
 def index_name(shard_path: str) -> str:
@@ -176,11 +181,13 @@ def _index(path: Path, shard: str, record: dict, size: int) -> dict:
     return index
 
 
-def _indexed(path: Path, shard: str, record: dict, size: int, fields, required, lenient: bool,
+def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, required, lenient: bool,
              wanted: Container[int] | None) -> Iterator[dict | None]:
     """iter_shard through the sample index: each wanted sample is one read of its span, checked
-    against its own CRC-32C; the others are not read at all."""
-    index = _index(path, shard, record, size)
+    against its own CRC-32C (once per process); the others are not read at all."""
+    index = _index(path, shard, record, st.st_size)
+    checked = _CHECKED_SAMPLES.setdefault((str(path), st.st_size, st.st_mtime_ns, record["index"]["crc32c"]),
+                                          bytearray(len(index["keys"])))
     with open(path, "rb") as f:
         for i, (key, start, length, crc) in enumerate(zip(*(index[c] for c in INDEX_COLUMNS))):
             if wanted is not None and i not in wanted:
@@ -189,10 +196,11 @@ def _indexed(path: Path, shard: str, record: dict, size: int, fields, required, 
             try:
                 f.seek(start)
                 data = f.read(length)
-                if len(data) != length or f"{google_crc32c.value(data):08x}" != crc:
+                if not checked[i] and (len(data) != length or f"{google_crc32c.value(data):08x}" != crc):
                     raise StoreError(f"shard {shard}, key {key}: bytes differ from the shard index's checksum (a "
                                      "damaged or replaced shard), so this sample cannot be trusted. Run `latentstore "
                                      "verify` and rebuild the shard (delete its group record, rerun the build command)")
+                checked[i] = 1
                 yield _decode(shard, key, _span_fields(data, shard, key), fields, required)
             except StoreError as exc:
                 if not lenient:
@@ -237,7 +245,7 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
         if record is not None and record.get("index") and CRC32C_IS_FAST:
-            yield from _indexed(Path(path), shard, record, st.st_size, fields, required, lenient, wanted)
+            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted)
             return
         if record is not None and not check_once(path, record):  # a store without sample index
             yield from _damaged(Path(path), shard, expected_samples, lenient)
