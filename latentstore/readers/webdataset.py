@@ -134,6 +134,7 @@ INDEX_SUFFIX = ".idx.json"
 INDEX_COLUMNS = ("keys", "offsets", "bytes", "crc32c")
 #: (shard path, size, mtime_ns, its index's crc32c) -> one byte per sample, 1 once its CRC matched in
 #: this process: later epochs over the same shard skip the check (a changed file gets a new mtime).
+#: About 1 kB per shard of 1,000 samples: an ImageNet run with 16 variants keeps ~25 MB per worker.
 _CHECKED_SAMPLES: dict = {}
 
 
