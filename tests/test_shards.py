@@ -199,6 +199,8 @@ def test_long_keys_round_trip_through_pax_headers(tmp_path):
         shard = group.commit()["shards"][0]
     (got,) = iter_shard(tmp_path / shard["path"], shard["path"], 1)
     assert got["__key__"] == key and got["y_string"] == sample.fields["y_string"]
+    (indexed,) = iter_shard(tmp_path / shard["path"], shard["path"], 1, record=shard)  # the span holds the PAX header
+    assert indexed["__key__"] == key and indexed["y_string"] == sample.fields["y_string"]
 
 
 def test_a_failed_commit_leaves_no_temporary_or_orphan_file(tmp_path):
