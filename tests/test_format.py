@@ -37,6 +37,37 @@ def test_npy_round_trip_and_no_pickle():
         encode_npy(np.array([{"a": 1}], dtype=object))
 
 
+def _saved(a, **kw) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, a, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("a", [
+    np.random.default_rng(0).normal(size=(128, 16, 16)).astype(np.float16),   # ŷ
+    np.random.default_rng(1).integers(-300, 300, (8, 4, 4)).astype(np.int16),  # symbols
+    np.array(7, np.int64), np.zeros((0, 3), np.float32), np.array([True, False]),
+    np.arange(6, dtype=">f4").reshape(2, 3),                                   # big-endian
+    np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),           # np.load's path
+    np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),                           # np.load's path
+], ids=["y_hat", "symbols", "0-d", "empty", "bool", "big-endian", "fortran", "structured"])
+def test_decode_npy_gives_what_np_load_gives(a):
+    import io
+    data = _saved(a)
+    got, ref = decode_npy(data), np.load(io.BytesIO(data), allow_pickle=False)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and np.array_equal(got, ref)
+    assert got.flags.writeable and got.flags.c_contiguous == ref.flags.c_contiguous
+
+
+def test_decode_npy_refuses_pickles_and_truncated_data():
+    with pytest.raises(ValueError):                                  # an object array is a pickle
+        decode_npy(_saved(np.array([{"a": 1}], dtype=object), allow_pickle=True))
+    data = _saved(np.arange(10, dtype=np.float32))
+    with pytest.raises(ValueError):                                  # cut inside the data
+        decode_npy(data[:-4])
+
+
 def test_keys_and_shard_names():
     assert sample_key("n01440764_10026", 3) == "n01440764_10026_v003"
     with pytest.raises(ValueError):
