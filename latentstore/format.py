@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def decode_npy(data: bytes) -> np.ndarray:
         if header:
             dtype = np.dtype(header[1])
             shape = tuple(int(n) for n in header[2].split(",") if n.strip())
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
             if not dtype.hasobject and len(data) >= end + count * dtype.itemsize:
                 return np.frombuffer(data, dtype, count, end).reshape(shape).copy()  # a writable array, as np.load's
     return np.load(io.BytesIO(data), allow_pickle=False)

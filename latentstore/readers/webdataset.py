@@ -40,10 +40,9 @@ def _octal(field: bytes) -> int:
     return int(field, 8) if field else 0
 
 
-def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
-    """(name, size, type flag) of one 512-byte tar header, its checksum verified."""
-    stored = _octal(block[148:156])
-    if stored != sum(block[:148]) + 256 + sum(block[156:]):  # the 8 checksum bytes count as spaces
+def _header(block: bytes, shard: str, offset: int, verify: bool = True) -> tuple[bytes, int, bytes]:
+    """(name, size, type flag) of one 512-byte tar header, its checksum verified (with `verify`)."""
+    if verify and _octal(block[148:156]) != sum(block[:148]) + 256 + sum(block[156:]):  # checksum bytes count as spaces
         raise StoreError(f"shard {shard}: damaged tar header at byte {offset} (checksum)")
     name = block[:100].split(b"\0", 1)[0]
     if block[257:262] == b"ustar" and block[345] != 0:  # ustar's name prefix: a path, refused below
@@ -51,7 +50,7 @@ def _header(block: bytes, shard: str, offset: int) -> tuple[bytes, int, bytes]:
     return name, _octal(block[124:136]), block[156:157]
 
 
-def _walk(f: BinaryIO, shard: str) -> Iterator[tuple[int, str, str, int]]:
+def _walk(f: BinaryIO, shard: str, verify: bool = True) -> Iterator[tuple[int, str, str, int]]:
     """(start, key, member suffix, size) for each member of an open tar, in order, with `f` left at
     the member's data for the caller to read or not; `start` is the offset of the member's first
     header block (a PAX or GNU long-name header before it included).
@@ -61,7 +60,8 @@ def _walk(f: BinaryIO, shard: str) -> Iterator[tuple[int, str, str, int]]:
     checksum, follows PAX and GNU long names, and refuses anything but plain
     files named "<key>.<suffix>" (members are read into memory, never
     extracted, but no name may point elsewhere). EOF at a member boundary ends
-    the iteration quietly, like tarfile: the caller's sample count decides.
+    the iteration quietly, like tarfile: the caller's sample count decides. `verify` False skips the
+    header checksums, for bytes whose CRC-32C has matched already.
     """
     offset, long_name, start = f.tell(), None, None
     while True:
@@ -70,7 +70,7 @@ def _walk(f: BinaryIO, shard: str) -> Iterator[tuple[int, str, str, int]]:
             if block and block != _END:
                 raise StoreError(f"shard {shard}: truncated tar header at byte {offset}")
             return
-        name, size, kind = _header(block, shard, offset)
+        name, size, kind = _header(block, shard, offset, verify)
         start = offset if start is None else start
         next_offset = offset + _BLOCK + size + (-size % _BLOCK)
         if kind in (b"x", b"L", b"g"):  # PAX record, GNU long name, PAX global header
@@ -212,7 +212,7 @@ def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, r
 def _span_fields(data: bytes, shard: str, key: str) -> dict:
     """{field name: bytes} of the one sample whose tar bytes are `data` (its index span)."""
     f, members = io.BytesIO(data), {}
-    for _, got, ext, size in _walk(f, shard):
+    for _, got, ext, size in _walk(f, shard, verify=False):  # the span's CRC-32C matched: headers as written
         if got != key:
             raise StoreError(f"shard {shard}, key {key}: its index span holds member {got}.{ext}; the index "
                              "and the shard disagree (run `latentstore verify`)")
