@@ -149,9 +149,11 @@ def build_index(path, shard: str) -> dict:
     keys, offsets, ends = [], [], []
     with open(path, "rb") as f:
         for start, key, _, size in _walk(f, shard):
-            if not keys or keys[-1] != key:
-                keys.append(key), offsets.append(start), ends.append(None)
-            ends[-1] = f.tell() + size + (-size % _BLOCK)
+            if not keys or keys[-1] != key:  # a sample's first member
+                keys.append(key)
+                offsets.append(start)
+                ends.append(None)
+            ends[-1] = f.tell() + size + (-size % _BLOCK)  # its span so far: to this member's padded end
         crcs = []
         for start, end in zip(offsets, ends):
             f.seek(start)
