@@ -67,7 +67,3 @@ class Sample:
         fields = {name: v for name, v in read.items() if name != "meta" and not name.startswith("__")}
         meta = SampleMeta.from_dict(read["meta"], f"shard {shard}, key {key}") if "meta" in read else None
         return cls(key, variant, fields, meta, shard)
-
-    def to_dict(self) -> dict:
-        """The dict a user of the dataset gets: fields, meta as its JSON dict, "__key__", "__shard__"."""
-        return {"__key__": self.key, "__shard__": self.shard, **self.values()}

@@ -76,7 +76,7 @@ def reference(model, crop: Image.Image):
 def stored(store: Path, split: str):
     manifest = json.loads((store / "manifest.json").read_text())
     for shard in manifest["splits"][split]["shards"]:
-        yield from iter_shard(store / shard["path"], shard["path"], shard["samples"])
+        yield from iter_shard(store / shard["path"], shard["path"], shard["samples"], record=shard)  # as trainers read
 
 
 def zoo_model(name: str, quality: int, checkpoint: Path):

@@ -181,12 +181,11 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
 
 def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path, monkeypatch):
     from latentstore.readers.zarr import verify as verify_zarr
-    from latentstore.readers import read_shard
+    from latentstore.readers import read_dicts
 
     def samples(store):
         manifest = read_manifest(store)
-        return [s.to_dict() for unit in manifest["splits"]["train"]["shards"]
-                for s in read_shard(store, "zarr", unit)]
+        return [s for unit in manifest["splits"]["train"]["shards"] for s in read_dicts(store, "zarr", unit)]
 
     plain, built = tmp_path / "plain", tmp_path / "built"
     build(config(tiny_folder, plain, variants=2, format="zarr"), progress=False)
