@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     echo ">> creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import latentstore, compressai, timm, webdataset, zarr, google_crc32c, tensorboard, pytest, matplotlib" 2>/dev/null; then
+if ! .venv/bin/python -c "import latentstore, compressai, timm, webdataset, zarr, google_crc32c, tensorboard, pytest, xdist, matplotlib" 2>/dev/null; then
     echo ">> installing latentstore and its dependencies (torch, compressai, timm, ...; a few minutes)"
     # Some pip configurations list local indexes that do not exist here; hide those warnings only.
     .venv/bin/pip install --quiet -e '.[encode,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
