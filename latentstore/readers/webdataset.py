@@ -74,7 +74,7 @@ def _walk(f: BinaryIO, shard: str, verify: bool = True) -> Iterator[tuple[int, s
         start = offset if start is None else start
         next_offset = offset + _BLOCK + size + (-size % _BLOCK)
         if kind in (b"x", b"L", b"g"):  # PAX record, GNU long name, PAX global header
-            data = _read(f, size, shard, name)
+            data = _read(f, size, shard, name.decode("utf-8", errors="replace"))
             if kind == b"x":  # the next member's name
                 long_name = _pax_path(data)
             elif kind == b"L":
@@ -108,10 +108,9 @@ def _members(path: Path, shard: str, wanted: Container[int] | None = None) -> It
         raise StoreError(f"shard {shard}: unreadable tar ({exc})") from exc
 
 
-def _read(f, size: int, shard: str, name: bytes | str) -> bytes:
+def _read(f, size: int, shard: str, name: str) -> bytes:
     data = f.read(size)
     if len(data) < size:
-        name = name.decode(errors="replace") if isinstance(name, bytes) else name
         raise StoreError(f"shard {shard}: member {name!r} is truncated ({len(data)} of {size} bytes)")
     return data
 
