@@ -28,6 +28,8 @@ loses build rows rather than the trainer's:
     waits for the GPU), ŷ as stored or widened to float32 in the workers, one pass through all
     epochs or a pass per epoch.
 (d) (c) / (b).
+(e) what --device cuda leaves on the CPU: benchmarks/profile_context_loop.py (the build's coder per
+    image at one thread, by stage, and its serial loop by operator), last, if the budget allows.
 """
 from __future__ import annotations
 
@@ -82,14 +84,15 @@ def make_images(root: Path, count: int, size: int, classes: int) -> Path:
 DEADLINE = [float("inf")]   # perf_counter() by which every command must have ended (--budget)
 
 
-def run(cmd: list, logfile: Path, timeout: float, env=None) -> tuple[int, float]:
-    """Run cmd (killed at `timeout` or at the run's deadline, whichever is first): (returncode, seconds)."""
+def run(cmd: list, logfile: Path, timeout: float, env=None, errfile: Path | None = None) -> tuple[int, float]:
+    """Run cmd (killed at `timeout` or at the run's deadline, whichever is first): (returncode, seconds).
+    Its output goes to `logfile`, its stderr too unless `errfile` is given."""
     started = time.perf_counter()
     timeout = max(1.0, min(timeout, DEADLINE[0] - started))
-    with open(logfile, "w") as f:
+    with open(logfile, "w") as f, open(errfile or os.devnull, "w") as err:
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
-                                env=env).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=err if errfile else subprocess.STDOUT, timeout=timeout,
+                                cwd=ROOT, env=env).returncode
         except subprocess.TimeoutExpired:
             rc = 124
     return rc, time.perf_counter() - started
@@ -403,7 +406,22 @@ def table(r: dict) -> str:
                       f"{(100 * d if d else 0):>12.1f}%   ")
         lines.append(f"    {t['precision']:<6}{cells.rstrip()}" + ("" if t["rc"] == 0 else f"  FAILED rc {t['rc']}"))
     lines.append("    targets: bf16 trainer >= 90% of pure bf16, data wait < 5%")
+    share = r.get("cpu_share")
+    if share:
+        lines.append("(e) what --device cuda leaves on the CPU (benchmarks/profile_context_loop.py):")
+        lines += [line and "    " + line for line in share["text"].splitlines()] if share["rc"] == 0 else \
+            [f"    FAILED rc {share['rc']}"]
     return "\n".join(lines)
+
+
+def cpu_share(a, r: dict, work: Path) -> None:
+    """(e) The build coder's per-image stages and loop operators on this node's CPU, one thread."""
+    logfile = work / "profile_context_loop.log"
+    rc, wall = run([PY, str(ROOT / "benchmarks" / "profile_context_loop.py"), "--coder", BUILD_CODER[0],
+                    "--quality", str(BUILD_CODER[1]), "--images", "2" if a.smoke else "4"], logfile, 120,
+                   errfile=logfile.with_suffix(".err"))
+    r["cpu_share"] = {"rc": rc, "text": logfile.read_text()}
+    log(f"CPU share per image: rc {rc} ({wall:.1f} s)")
 
 
 def machine(device: str) -> str:
@@ -470,6 +488,8 @@ def main(argv=None) -> int:
     n = a.encoders[-1]
     training(a, r, images, work / "train-store", n, save)
     builds(a, r, images, work, n, has_gpu, save)
+    cpu_share(a, r, work)
+    save()
     text = table(r)
     (out / "bench_gpu.txt").write_text(text + "\n")
     logs = out / "logs"
