@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import numerics
 from .augment import apply
 from .build_config import BuildConfig
 from .checksum import audit
@@ -111,6 +112,9 @@ def add_teacher(store, teacher: str, weights: str = "pretrained", strides=(8, 16
     """Add teacher features to `splits` (default: all) of a finished store; returns the manifest."""
     store = Path(store)
     manifest = read_manifest(store)
+    # The teacher maps (and the replay check's g_a) are computed in the store's numerics; the CLI restarts
+    # in them.
+    numerics.require(numerics.dispatch(manifest["created_by"])["mode"])
     for split in splits or sorted(manifest["splits"]):
         if split not in manifest["splits"]:
             raise ConfigError(f"{store} has no split {split!r}: it holds {', '.join(sorted(manifest['splits']))}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, numerics
 from .build_config import BuildConfig, check_device_present, device_entry
 from .coders import load_coder
 from .commit import GroupCommit, GroupLayout
@@ -48,6 +48,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     ``profiler`` (latentstore.profile) collects the time per stage, from every process.
     """
     cfg = cfg.resolved()
+    numerics.require(cfg.numerics)  # before anything is computed: the CLI reruns the command pinned
     check_device_present(cfg.device)
     out = Path(cfg.out)
     part, parts = cfg.part
@@ -110,7 +111,8 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
         "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
         "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
-        "created_by": {**_versions(), **device_entry(cfg.device)}, "records": [records[j] for j in mine],
+        "created_by": {**_versions(), **device_entry(cfg.device), "numerics": numerics.describe(cfg.numerics)},
+        "records": [records[j] for j in mine],
     })
     return seal(out, splits=[cfg.split]) if parts == 1 else None
 

@@ -15,6 +15,7 @@ from .coders import get_spec
 from .datasets import SEGMENTATION
 from .errors import ConfigError
 from .format import OPTIONAL_FIELDS
+from .numerics import MODES
 from .teacher.dtypes import TEACHER_DTYPES
 from .teacher.load import TEACHER_ARGS, Teacher, load_teacher, resolve_teacher_args
 from .writers import WRITERS
@@ -50,6 +51,7 @@ class BuildConfig:
     teacher_strides: tuple = (8, 16, 32)
     teacher_layers: tuple = ()        # module names; replace the strides (segmentation backbones)
     teacher_dtype: str = "float16"
+    numerics: str = "portable"        # numerics.MODES: CPU dispatch pinned to a baseline (portable) or not
     # These change speed or the share of the work, never bytes.
     batch_size: int = 32
     workers: int = 0
@@ -88,6 +90,8 @@ class BuildConfig:
             raise ConfigError(f"--workers {self.workers} with --encoders {self.encoders}: each encoder process "
                               "decodes its own item groups (decoding is ~1% of encoding time); drop --workers")
         _check_device(self.device)
+        if self.numerics not in MODES:
+            raise ConfigError(f"Invalid --numerics {self.numerics!r}: choose {' or '.join(MODES)}")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ConfigError(f"Invalid --teacher-dtype {self.teacher_dtype!r}: choose {', '.join(TEACHER_DTYPES)}")
         if self.y_hat_dtype not in Y_HAT_DTYPES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -125,6 +126,12 @@ def teacher_options(required: bool):
               help="Where g_a and h_a run. cuda: batched on the GPU, the rest (what the decoder recomputes) "
                    "on the CPU, so strings still decode exactly; the store is then not byte-identical to a "
                    "cpu build, and its device and GPU model are recorded (docs/benchmarks.md).")
+@click.option("--numerics", default="portable", show_default=True, type=click.Choice(["portable", "native"]),
+              help="portable: every stored value is computed with the CPU dispatch of torch, oneDNN and MKL "
+                   "pinned to AVX2 and MKL's COMPATIBLE branch, so the store is the same on any x86-64 CPU with "
+                   "AVX2 (about 10% slower; the command restarts itself with the pins set). native: this "
+                   "machine's own kernels; another CPU family then computes other float last bits "
+                   "(docs/FORMAT.md, \"What is exact\").")
 @click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
                                               "autoregressive loop, rANS, teacher, write) at the end.")
 @click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
@@ -315,8 +322,17 @@ def add_teacher(store, teacher, teacher_weights, teacher_strides, teacher_layers
 
 def main(argv=None):
     """Console entry point: user errors print one clear message and exit 2, not a traceback."""
+    from .numerics import WrongNumerics
+
     try:
         cli.main(args=argv, prog_name="latentstore", standalone_mode=False)
+    except WrongNumerics as wrong:
+        if os.environ.get(RERUN_MARK):  # the rerun did not get its numerics: say so, do not loop
+            click.echo(f"Error: {wrong}", err=True)
+            sys.exit(2)
+        status = _rerun(argv, wrong.environment())
+        if status:
+            sys.exit(status)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -333,6 +349,24 @@ def main(argv=None):
                    "was committed: free space (or fix the permissions, or pick another --out) and rerun the "
                    "same command; it resumes where it stopped.", err=True)
         sys.exit(3)
+
+
+RERUN_MARK = "LATENTSTORE_NUMERICS_RERUN"
+
+
+def _rerun(argv, env: dict) -> int:
+    """Run this command again in a fresh interpreter with `env`: the numeric libraries read their
+    dispatch variables when they first run, so a process cannot switch once torch has computed."""
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command, env = [sys.executable, "-m", "latentstore.cli", *args], {**env, RERUN_MARK: "1"}
+    if argv is None:  # the console command itself: become the rerun (same pid for schedulers and signals)
+        sys.stdout.flush()
+        os.execve(sys.executable, command, env)
+    child = subprocess.Popen(command, env=env)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # the terminal sent it to the child too: let it stop as it does
+        return child.wait()
 
 
 if __name__ == "__main__":

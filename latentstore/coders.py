@@ -26,7 +26,7 @@ from compressai.zoo.pretrained import load_pretrained
 
 from .errors import ConfigError, WeightsError
 from .format import file_sha256
-from .weights import fetch, load_state, state_dict_sha256
+from .weights import fetch, load_state, recipe_sha256, state_dict_sha256
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,11 @@ def _pretrained_url(spec: CoderSpec, quality: int) -> str:
     return model_urls[spec.name]["mse"][quality]
 
 
-def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 32.0):
+#: untrained_coder's scale of the last analysis layer.
+UNTRAINED_GAIN = 32.0
+
+
+def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = UNTRAINED_GAIN):
     """A seeded random-init coder whose symbols are not all zero.
 
     A freshly initialized CompressAI coder maps every image to ŷ ≈ 0, which
@@ -136,39 +140,48 @@ def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int =
     spec = get_spec(name)
     check_quality(spec, quality)
 
+    # The weights' identity (provenance["sha256"]) hashes what defines them: the file's tensors, or
+    # the recipe of seeded ones. Never tensors computed here: the tables update() derives and even a
+    # seeded init run through ATen and MKL, whose dispatch gives other last bits on another CPU.
     if weights == "untrained":
         model = untrained_coder(spec, quality, seed=seed)
+        recipe = {"untrained": spec.name, "quality": quality, "seed": seed, "gain": UNTRAINED_GAIN}
+        identity = recipe_sha256(recipe)
         provenance = {"source": "untrained", "trained": False, "seed": seed,
                       "note": "RANDOM WEIGHTS (seeded init, analysis gain 32) - for demos and tests only"}
-    elif weights == "pretrained":
-        url = _pretrained_url(spec, quality)
-        what = f"the pretrained {spec.name} q{quality}"
-        # The cache is checked against the hash in the URL's file name before torch.load(weights_only=True).
-        cached = fetch(url, what, f"pass the checkpoint file directly: --weights /path/to/{os.path.basename(url)} "
-                                  f"(or run `latentstore fetch-weights --coder {spec.name} --quality {quality}` "
-                                  "where there is internet and copy $TORCH_HOME/hub here)")
-        model = _from_state_dict(spec, load_state(cached, what), source=str(cached))
-        provenance = {"source": "pretrained", "trained": True, "url": url, "file_sha256": file_sha256(cached)}
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(
-                f"--weights {weights!r} is neither 'pretrained', 'untrained' nor an existing file"
-            )
-        state = load_state(path, f"checkpoint for {spec.name}")
-        if isinstance(state, dict) and "state_dict" in state:
+        if weights == "pretrained":
+            url = _pretrained_url(spec, quality)
+            what = f"the pretrained {spec.name} q{quality}"
+            # The cache is checked against the hash in the URL's file name before torch.load(weights_only=True).
+            path = fetch(url, what, f"pass the checkpoint file directly: --weights /path/to/{os.path.basename(url)} "
+                                    f"(or run `latentstore fetch-weights --coder {spec.name} --quality {quality}` "
+                                    "where there is internet and copy $TORCH_HOME/hub here)")
+            provenance = {"source": "pretrained", "trained": True, "url": url, "file_sha256": file_sha256(path)}
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise WeightsError(
+                    f"--weights {weights!r} is neither 'pretrained', 'untrained' nor an existing file"
+                )
+            what = f"checkpoint for {spec.name}"
+            provenance = {"source": "file", "trained": True, "path": str(path.resolve()),
+                          "file_sha256": file_sha256(path)}
+        state = load_state(path, what)
+        if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint
             state = state["state_dict"]
-        model = _from_state_dict(spec, state, source=str(path))
-        provenance = {"source": "file", "trained": True, "path": str(path.resolve()),
-                      "file_sha256": file_sha256(path)}
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsError(f"{path} holds no state_dict of tensors ({what})")
+        state = load_pretrained(state)  # CompressAI's renaming of older checkpoints' keys
+        model, identity = _from_state_dict(spec, state, source=str(path)), state_dict_sha256(state)
 
-    provenance["sha256"] = state_dict_sha256(model.state_dict())
+    provenance["sha256"] = identity
     return LoadedCoder(model=model.eval(), spec=spec, quality=quality, weights=provenance)
 
 
 def _from_state_dict(spec: CoderSpec, state: dict, source: str) -> torch.nn.Module:
     try:
-        model = spec.model_class.from_state_dict(load_pretrained(state))
+        model = spec.model_class.from_state_dict(state)
     except Exception as exc:
         raise WeightsError(f"{source} is not a {spec.name} checkpoint: {exc}") from exc
     if type(model) is not spec.model_class:

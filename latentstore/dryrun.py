@@ -30,6 +30,7 @@ from .datasets import open_source
 from .encode import Encoder, to_input
 from .errors import InputError
 from .format import get_field, member_size
+from . import numerics
 from .prepare import prepare
 from .profile import Profiler
 
@@ -44,6 +45,7 @@ def _tar_member(n: int) -> int:
 def project(cfg: BuildConfig) -> dict:
     """{"samples", "per_field": {member suffix: bytes}, "bytes_per_sample", "total_bytes", ...} for `cfg`."""
     cfg = cfg.resolved()
+    numerics.require(cfg.numerics)  # time the encoder as the build will run it
     source = open_source(cfg.dataset, cfg.root, cfg.split, limit=cfg.limit, label_file=cfg.label_file)
     if not source.items:
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")

@@ -31,11 +31,22 @@ def summarize(store) -> dict:
 
 
 def _device_line(summary: dict) -> str:
-    """Where g_a/h_a ran: a cuda store decodes exactly but is not byte-identical to a cpu build."""
+    """Where g_a/h_a ran, and on which CPUs a rebuild gives the same bytes (docs/FORMAT.md, "What is exact")."""
+    recorded = summary["created_by"].get("numerics") or {"mode": "native"}
+    if recorded["mode"] == "portable":
+        cpu = ("on the CPU, numerics portable (CPU dispatch pinned to AVX2, MKL COMPATIBLE): a rebuild at the "
+               "recorded versions gives the same bytes on any x86-64 CPU with AVX2")
+    else:
+        cpu = (f"on the CPU, numerics native ({recorded.get('cpu', 'CPU not recorded')}: ATen "
+               f"{recorded.get('torch_cpu_capability', '?')}, oneDNN {recorded.get('onednn_isa', '?')}, MKL branch "
+               f"{recorded.get('mkl_cbwr', '?')}): floats are this CPU family's; another family computes other "
+               "last bits")
+    if set_vars := recorded.get("env"):
+        cpu += "\n          set: " + " ".join(f"{k}={v}" for k, v in set_vars.items())
     if summary.get("device", "cpu") == "cpu":
-        return "on the CPU (reproducible byte for byte on any CPU at the recorded versions)"
-    return (f"g_a/h_a on {summary['device']} ({summary.get('gpu') or 'GPU model not recorded'}), the rest on "
-            "the CPU: strings decode exactly; a rebuild matches only on the same GPU model and versions")
+        return cpu
+    return (f"g_a/h_a on {summary['device']} ({summary.get('gpu') or 'GPU model not recorded'}), the rest {cpu}; "
+            "a rebuild matches only on the same GPU model and versions")
 
 
 def store_keys(store) -> dict:

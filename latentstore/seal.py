@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import numerics
 from .checksum import file_problem
 from .errors import ConfigError, StoreError
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, recorded_files, write_json_atomic
@@ -113,6 +114,7 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
     kept = {s: e for s, e in (previous or {}).get("splits", {}).items() if s not in parts_by_split}
     problems, entries = [], {}
     coder = previous["coder"] if previous and kept else None
+    created_by = previous["created_by"] if previous and kept else None
     for split, parts in sorted(parts_by_split.items()):
         first = next(iter(parts.values()))
         n = first["parts"]
@@ -126,6 +128,11 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
             if p["parts"] != n or _bytes_config(p) != _bytes_config(first) or p["coder"] != first["coder"]:
                 problems.append(f"split {split!r}: part {i}/{p['parts']} was built with other arguments than "
                                 f"part {first['part']}/{n}")
+            elif numerics.dispatch(p["created_by"]) != numerics.dispatch(first["created_by"]):
+                problems.append(f"split {split!r}: part {i}/{n} was encoded with other CPU numerics than part "
+                                f"{first['part']}/{n} ({numerics.dispatch(p['created_by'])} vs "
+                                f"{numerics.dispatch(first['created_by'])}): rebuild it on the machine type of the "
+                                "others, or build every part with --numerics portable")
             elif p.get("listing") != first.get("listing") or p["images"] != first["images"]:
                 problems.append(f"split {split!r}: part {i}/{n} listed other images ({p['images']}) than part "
                                 f"{first['part']}/{n} ({first['images']}): the dataset changed between them. "
@@ -140,6 +147,9 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
         bar.close()
         if coder is not None and coder != first["coder"]:
             problems.append(f"split {split!r} was encoded with another coder or weights than the other splits")
+        if created_by is not None and numerics.dispatch(created_by) != numerics.dispatch(first["created_by"]):
+            problems.append(f"split {split!r} was encoded with other CPU numerics than the other splits: build "
+                            "every split of a store with the same --numerics (and, native, on one machine type)")
         coder, created_by, backend = first["coder"], first["created_by"], first["backend"]
         if problems:
             continue

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import numerics
 from .checksum import file_problem
 from .errors import LatentstoreError
 from .format import ENCODER_REVISION, read_manifest
@@ -84,7 +85,7 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
     return kept
 
 
-def _check_decode(coder, name: str, key: str, s: Sample, created_by: dict) -> str | None:
+def _check_decode(coder, name: str, key: str, s: Sample, created_by: dict, numerics_changed: bool) -> str | None:
     from .encode import EncodedImage, decode_y_hat  # CompressAI: only where a sample is decoded
     from .threads import STORE_THREADS
 
@@ -92,18 +93,26 @@ def _check_decode(coder, name: str, key: str, s: Sample, created_by: dict) -> st
     enc = EncodedImage(symbols=None, y_hat=None, y_string=s.fields["y_string"], z_string=s.fields.get("z_string"),
                        z_symbols=None, means=None, scales=None, y_shape=tuple(meta.y_shape),
                        z_shape=tuple(meta.z_shape) if meta.z_shape else None)
-    decoded = decode_y_hat(coder, enc, threads=created_by.get("torch_threads", STORE_THREADS))
-    if np.array_equal(decoded.astype(stored.dtype), stored):
+    # Compared in the stored dtype: a float16 store holds the decode after one rounding, so only values
+    # whose rounding differs count (comparing the float32 decode would measure float16's step).
+    decoded = decode_y_hat(coder, enc, threads=created_by.get("torch_threads", STORE_THREADS)).astype(stored.dtype)
+    differ = decoded != stored
+    if not differ.any():
         return None
-    diff = np.abs(decoded.astype(np.float64) - stored.astype(np.float64)).max()
-    problem = f"shard {name}, key {key}: CompressAI decodes a different ŷ from the stored strings (max |Δ| {diff:g})"
+    worst = np.abs(decoded[differ].astype(np.float64) - stored[differ].astype(np.float64)).max()
+    problem = (f"shard {name}, key {key}: CompressAI decodes a different ŷ from the stored strings "
+               f"({int(differ.sum())} of {differ.size} {stored.dtype} values, max |Δ| {worst:g})")
     revision = created_by.get("encoder_revision", 1)
     if revision < ENCODER_REVISION:
         return (f"{problem}. The store was built by encoder revision {revision} (latentstore "
                 f"{created_by.get('latentstore', '?')}), whose ŷ can be an ulp off CompressAI's: rebuild it "
                 f"with the same command into a new --out")
-    return (f"{problem}. Decode on the machine type and torch {created_by.get('torch', '?')} the store was "
-            f"built with (docs/FORMAT.md, \"What is exact\"); if it fails there too, rebuild")
+    if numerics_changed:
+        return (f"{problem}. This machine's numerics differ from the build's (NOTE above), which changes float "
+                "last bits: decode on the machine type the store was built on, or build "
+                "it with --numerics portable (docs/FORMAT.md, \"What is exact\")")
+    return (f"{problem}, with the numerics and torch {created_by.get('torch', '?')} it was built with: the "
+            "sample is damaged or was written by other code; rebuild the store")
 
 
 def _stray_files(store: Path, manifest: dict) -> list:
@@ -248,6 +257,9 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
     except LatentstoreError as exc:
         report.problems.append(str(exc))
         return report
+    mode = numerics.dispatch(manifest["created_by"])["mode"]
+    if decode:  # before any work: decoding must run in the store's numerics (the CLI restarts in them)
+        numerics.require(mode)
     backend = manifest["backend"]
     report.problems += _stray_files(store, manifest)
     if backend == "zarr":  # chunk files and array descriptions against the commit records (readers/zarr.py)
@@ -282,8 +294,12 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
         from .coders import load_coder_from_manifest
 
         coder = load_coder_from_manifest(manifest["coder"], weights)
+        changed = numerics.differences(manifest["created_by"].get("numerics"), numerics.describe(mode))
+        if changed:
+            report.notes.append("this machine's numerics differ from the build's, so decoded floats may differ "
+                                "in their last bits: " + "; ".join(changed))
         for name, key, s in tqdm(candidates, desc="decode", unit="sample", disable=not progress):
-            problem = _check_decode(coder, name, key, s, manifest["created_by"])
+            problem = _check_decode(coder, name, key, s, manifest["created_by"], bool(changed))
             if problem:
                 report.problems.append(problem)
             report.decoded += 1

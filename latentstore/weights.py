@@ -18,6 +18,7 @@ a minute of download retries.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -151,6 +152,12 @@ def hf_cached_file(repo_id: str) -> Path | None:
             check_file(path, blob if _SHA256.fullmatch(blob) else None, f"Hugging Face repo {repo}")
             return path
     return None
+
+
+def recipe_sha256(recipe: dict) -> str:
+    """The identity of seeded ("untrained") weights: their recipe, not their tensors, whose last bits
+    a seeded init computes through ATen's CPU-dispatched kernels."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
 def state_dict_sha256(state_dict) -> str:

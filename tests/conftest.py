@@ -1,8 +1,17 @@
 """Tiny real fixtures: photos from the bundled demo set, downscaled, and coder checkpoints."""
+import os
 from pathlib import Path
 
-import pytest
-import torch
+from latentstore.numerics import PORTABLE_ENV
+
+# The tests run with the portable pins in place before torch loads, as a portable build's processes
+# do: in-process builds (the default, portable) then need no restart, and CompressAI's reference
+# compress()/decompress() compute with the same kernels as the stores they check. Tests of the
+# native mode restart the command without them (latentstore.cli.main does).
+os.environ.update(PORTABLE_ENV)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image
 
 DEMO = Path(__file__).resolve().parents[1] / "latentstore" / "data" / "demo-imagenet"

@@ -27,8 +27,8 @@ from torch import nn
 from ..errors import ConfigError, WeightsError
 from ..format import LATENT_STRIDE, TEACHER_PREFIX, file_sha256
 from ..threads import store_threads
-from ..weights import (check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, state_dict_sha256,
-                       torch_hub_file)
+from ..weights import (check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, recipe_sha256,
+                       state_dict_sha256, torch_hub_file)
 from .dtypes import TEACHER_DTYPES, quantize
 from .fingerprint import expected_fingerprint
 
@@ -274,7 +274,9 @@ def load_teacher(name: str, weights: str = "pretrained", strides=DEFAULT_STRIDES
         raise ConfigError(f"Teacher taps {[t.field for t in taps]} repeat a field: list each stride/layer once")
     for p in model.parameters():
         p.requires_grad_(False)
-    prov["sha256"] = state_dict_sha256(model.state_dict())
+    untrained = prov["source"] == "untrained"  # identified by its recipe, as the coder's (weights.recipe_sha256)
+    prov["sha256"] = (recipe_sha256({"untrained": name, "seed": seed}) if untrained
+                      else state_dict_sha256(model.state_dict()))
     selection = {"layers": list(layers)} if layers else {"strides": list(strides)}
     return Teacher(name, model, taps, mean, std, prov, dtype, selection, run)
 
