@@ -86,7 +86,7 @@ def check_portable_cpu() -> None:
     missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
     if missing:
         raise ConfigError(f"This CPU lacks {', '.join(missing).upper()}, the baseline of a portable store: "
-                          "build with --native (the store's floats are then this CPU family's)")
+                          "build with --numerics native (the store's floats are then this CPU family's)")
 
 
 def describe(mode: str) -> dict:
