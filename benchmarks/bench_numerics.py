@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from latentstore.numerics import PORTABLE_ENV  # noqa: E402  (no torch: the parent stays unpinned)
+from latentstore.numerics import PORTABLE_ENV, cpu_model  # noqa: E402  (no torch: the parent stays unpinned)
 
 MODES = ("native", "portable")
 
@@ -76,8 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.images)
-    import platform
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.images} crops of 224 "
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, {args.images} crops of 224 "
           f"(padded to 256), 1 thread, best of {args.repeats} interleaved rounds\n")
     print(f"{'coder':18} {'native ms/crop':>15} {'portable ms/crop':>17} {'cost wall':>10} {'cost cpu':>9}  "
           "same ŷ  same strings")

@@ -129,7 +129,8 @@ def teacher_options(required: bool):
 @click.option("--numerics", default="portable", show_default=True, type=click.Choice(["portable", "native"]),
               help="portable: every stored value is computed with the CPU dispatch of torch, oneDNN and MKL "
                    "pinned to AVX2 and MKL's COMPATIBLE branch, so the store is the same on any x86-64 CPU with "
-                   "AVX2 (about 10% slower; the command restarts itself with the pins set). native: this "
+                   "AVX2 (the encoder 3-18% slower on an AVX-512 CPU; the command restarts itself with the pins "
+                   "set). native: this "
                    "machine's own kernels; another CPU family then computes other float last bits "
                    "(docs/FORMAT.md, \"What is exact\").")
 @click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from . import numerics
 from .build_config import BuildConfig
 from .coders import load_coder
 from .crops_to_samples import make_sample
@@ -30,7 +31,6 @@ from .datasets import open_source
 from .encode import Encoder, to_input
 from .errors import InputError
 from .format import get_field, member_size
-from . import numerics
 from .prepare import prepare
 from .profile import Profiler
 
