@@ -85,8 +85,9 @@ def require(mode: str) -> None:
 def check_portable_cpu() -> None:
     missing = [f for f in REQUIRED_FLAGS if f not in cpu_flags()]
     if missing:
-        raise ConfigError(f"This CPU lacks {', '.join(missing).upper()}, the baseline of a portable store: "
-                          "build with --numerics native (the store's floats are then this CPU family's)")
+        raise ConfigError(f"This CPU lacks {', '.join(missing).upper()}, the baseline of portable numerics: build "
+                          "here with --numerics native (the floats are then this CPU family's), and decode or "
+                          "add to portable stores on a CPU with AVX2")
 
 
 def describe(mode: str) -> dict:
