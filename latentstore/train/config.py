@@ -17,6 +17,12 @@ from ..errors import ConfigError
 TRANSFERS = ("none", "mse", "mae", "cos")
 
 
+#: Fields that steer a run without changing what it computes: a resume may change them freely.
+#: Every other field (a subclass's too) is a hyperparameter, compared with the checkpoint's on resume.
+RUN_CONTROLS = frozenset({"store", "out", "resume", "device", "workers", "progress", "log_every", "save_every",
+                          "max_steps", "epochs", "compile", "max_skips", "resume_with_new_hparams"})
+
+
 def opt(default, help: str = "", choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -55,6 +61,8 @@ class TrainConfig:
                          ("auto", "bf16", "fp32"))
     compile: bool = opt(False, "torch.compile the model (the first steps compile; CUDA mostly)")
     progress: bool = opt(True, "show a progress bar (rank 0)")
+    resume_with_new_hparams: bool = opt(False, "resume although hyperparameters differ from the checkpoint's "
+                                               "(a deliberate change: the new values apply from the resumed step)")
 
     def validate(self) -> None:
         if not self.store or not self.out:
@@ -70,6 +78,23 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def changed_hparams(self, saved: dict) -> list[str]:
+        """'--name old → new' for each hyperparameter that differs from `saved` (a checkpoint's config);
+        fields `saved` does not record (an older checkpoint) are not compared."""
+        mine = self.as_dict()
+        return [f"--{k.replace('_', '-')} {_shown(saved[k])} → {_shown(v)}" for k, v in mine.items()
+                if k not in RUN_CONTROLS and k in saved and _comparable(saved[k]) != _comparable(v)]
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) or "(none)"
+    return repr(value) if value == "" else str(value)
 
 
 def _parser_type(tp):
@@ -92,10 +117,62 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _yaml_values(path: str, cls, hints: dict) -> dict:
+    """The flags FILE.yaml sets ({field: value}), typed as the flags would be; an unknown key or a
+    value of the wrong type is a ConfigError naming the file and the key."""
+    import yaml   # only where --config is given: --help stays fast
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    names = {f.name for f in dataclasses.fields(cls)}
+    typed = {}
+    for key, value in values.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"--config {path}: unknown key {key!r} (keys are flag names, e.g. lr or batch-size)")
+        tp = hints[name]
+        try:
+            if tp is tuple or typing.get_origin(tp) is tuple:
+                value = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) \
+                    else _parser_type(tp)(str(value))
+            elif tp is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(value)
+            elif value is not None:
+                value = _parser_type(tp)(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"--config {path}: {key}: {value!r} is not a valid {getattr(tp, '__name__', tp)}") \
+                from exc
+        typed[name] = value
+    return typed
+
+
+def write_args(cfg, out) -> None:
+    """Write the resolved config to OUT/args.yaml: `--config OUT/args.yaml` reruns the same run."""
+    import yaml
+    from pathlib import Path
+
+    text = yaml.safe_dump(cfg.as_dict(), sort_keys=False, default_flow_style=None)
+    path = Path(out) / "args.yaml"
+    tmp = path.with_name(".args.yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def parse_config(cls, argv=None):
-    """Parse `argv` (None: sys.argv) into `cls`; unknown flags and bad values exit with a usage error."""
+    """Parse `argv` (None: sys.argv) into `cls`; unknown flags and bad values exit with a usage error.
+    `--config FILE.yaml` sets any flag (keys are flag names); flags given on the command line override it."""
     parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip(), allow_abbrev=False,
                                      formatter_class=_HelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", default="",
+                        help="YAML file of flag values (e.g. a run's args.yaml); flags given here override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -107,8 +184,22 @@ def parse_config(cls, argv=None):
             parser.add_argument(flag, type=_parser_type(hints[f.name]), default=f.default,
                                 choices=meta.get("choices"), help=meta.get("help"),
                                 required=f.default is None)   # --store, --out
-    args = parser.parse_args(argv)  # unknown flag: argparse prints usage and exits with status 2
-    cfg = cls(**vars(args))
+    # --config first, on its own: required flags (--store, --out) may come from the file
+    pre_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre_parser.add_argument("--config", default="")
+    pre, _ = pre_parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            values = _yaml_values(pre.config, cls, hints)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        parser.set_defaults(**values)
+        for action in parser._actions:       # a required flag the file sets is no longer required
+            if action.dest in values:
+                action.required = False
+    args = vars(parser.parse_args(argv))  # unknown flag: argparse prints usage and exits with status 2
+    args.pop("config")
+    cfg = cls(**args)
     try:
         cfg.validate()
     except ConfigError as exc:
@@ -121,10 +212,14 @@ def run_script(main) -> int:
     import sys
 
     from ..errors import LatentstoreError
+    from .stop import Stopped
 
     try:
         main()
     except LatentstoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
     return 0

@@ -19,11 +19,14 @@ class RunLog:
         if main:
             path = Path(out) / "metrics.csv"
             new = not path.is_file()
+            if not new:
+                _drop_rows_after(path, first_step)
             self.csv_file = open(path, "a", newline="")
             self.csv = csv.writer(self.csv_file)
             if new:
                 self.csv.writerow(["step", "epoch", "name", "value"])
-            self.events = SummaryWriter(out)
+            # purge_step: TensorBoard hides what an earlier run logged after the step this one resumes from
+            self.events = SummaryWriter(out, purge_step=first_step + 1 if first_step else None)
 
     def step(self, samples_per_s: float, loss: float) -> None:
         self.bar.update(1)
@@ -47,6 +50,20 @@ class RunLog:
         if self.main:
             self.csv_file.close()
             self.events.close()
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Remove the rows of steps after `step`, logged by a run stopped before it saved them in a
+    checkpoint: the resumed run logs those steps again, and metrics.csv holds each step once."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    tmp.replace(path)
 
 
 def last_metrics(out) -> tuple[int, int, dict] | None:

@@ -8,6 +8,7 @@ with the same randomness as an uninterrupted one: same losses, same weights.
 """
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ from ..compat import store_summary
 from ..dataset import open_store
 from . import checkpoint as ckpt
 from .ddp import Dist, all_true, barrier, mean_over_ranks
+from .config import write_args
 from .log import RunLog, finished, headline, summary as run_summary
 from .speed import StepMeter, autocast, autocast_dtype, make_loader, maybe_compile, prepare_model
+from .stop import StopRequest
 
 #: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
 LossFn = Callable[[nn.Module, dict], tuple]
@@ -74,6 +77,7 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     out = Path(cfg.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+        write_args(cfg, out)
     barrier(d)
     total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     log = RunLog(out, d.main, total, pos.step, cfg.progress)
@@ -96,15 +100,20 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     one_pass = cfg.max_skips == 0
     batches = None
     try:
-        while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
-            if batches is None or not one_pass:
-                data.set_epoch(pos.epoch, start=pos.offset, until=cfg.epochs if one_pass else None)
-                batches = iter(loader)
-            count = data.items(pos.epoch, pos.offset) if one_pass else None
-            if _epoch(cfg, d, net, opt, loss_fn, data, batches, count, pos, per_rank, log, save):
-                pos.epoch, pos.offset = pos.epoch + 1, 0
-                sched.step()
-                save(pos)
+        with StopRequest() as stop:
+            while pos.epoch < cfg.epochs and not (cfg.max_steps and pos.step >= cfg.max_steps):
+                if batches is None or not one_pass:
+                    data.set_epoch(pos.epoch, start=pos.offset, until=cfg.epochs if one_pass else None)
+                    batches = iter(loader)
+                count = data.items(pos.epoch, pos.offset) if one_pass else None
+                if _epoch(cfg, d, net, opt, loss_fn, data, batches, count, pos, per_rank, log, save, stop):
+                    pos.epoch, pos.offset = pos.epoch + 1, 0
+                    sched.step()
+                    save(pos)
+                    if d.distributed and not all_true(stop.signal is None, d):   # ranks stop together
+                        stop.signal = stop.signal or signal.SIGTERM
+                if stop.signal is not None and not finished(cfg, pos.step, pos.epoch):
+                    raise stop.stopped(pos.step, out / ckpt.LAST)
     finally:
         del batches   # stops the loader's workers (reading ahead) before the run returns
         log.close()
@@ -116,9 +125,14 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
 
 
 def _epoch(cfg, d, net, opt, loss_fn, data, batches, count: int | None, pos: Position, per_rank: int,
-           log: RunLog, save) -> bool:
+           log: RunLog, save, stop: StopRequest) -> bool:
     """Run the rest of epoch pos.epoch (from pos.offset): `count` batches from `batches`, or all it
-    yields where `count` is None; False if cfg.max_steps stopped it first.
+    yields where `count` is None; False if cfg.max_steps or a stop signal ended it first (after
+    saving). A step that ends the epoch returns True whatever stops the run, so the caller saves
+    the checkpoint as end-of-epoch (offset 0 of the next epoch).
+
+    A stop signal is honoured after the step it arrived in; under DDP the ranks agree on it at
+    log and save steps, where they synchronise anyway.
 
     The step path never waits for the GPU: logged values stay on the device
     (StepMeter) until a log step, and ranks agree on the end of the epoch by an
@@ -149,8 +163,13 @@ def _epoch(cfg, d, net, opt, loss_fn, data, batches, count: int | None, pos: Pos
         pos.step, pos.offset = pos.step + 1, pos.offset + per_rank
         skipped += len(batch.get("__skipped__", ()))
         meter.add({"loss": loss, **parts})
-        stop = bool(cfg.max_steps) and pos.step >= cfg.max_steps
-        if pos.step % cfg.log_every == 0 or stop or pos.epoch == cfg.epochs - 1 and pos.offset >= epoch_end:
+        epoch_done = count == 0 if count is not None else pos.offset >= epoch_end
+        at_max = bool(cfg.max_steps) and pos.step >= cfg.max_steps
+        sync_step = pos.step % cfg.log_every == 0 or pos.step % cfg.save_every == 0
+        if d.distributed and sync_step and not all_true(stop.signal is None, d):
+            stop.signal = stop.signal or signal.SIGTERM      # a stop on any rank stops all of them
+        halt = at_max or (stop.signal is not None and (sync_step or not d.distributed))
+        if pos.step % cfg.log_every == 0 or halt or pos.epoch == cfg.epochs - 1 and epoch_done:
             values = mean_over_ranks(meter.means(), d)       # the step path's only host sync
             elapsed = time.perf_counter() - t_start
             rate = meter.steps * per_rank * d.world / max(elapsed, 1e-9)
@@ -161,9 +180,11 @@ def _epoch(cfg, d, net, opt, loss_fn, data, batches, count: int | None, pos: Pos
             meter.reset()
             t_wait, t_start = 0.0, time.perf_counter()
         log.step(*shown)
-        if pos.step % cfg.save_every == 0 or stop:
+        if epoch_done:
+            return True    # the caller saves it as end-of-epoch, then stops if halted
+        if pos.step % cfg.save_every == 0 or halt:
             save(Position(pos.step, pos.epoch, pos.offset))
-        if stop:
+        if halt:
             return False
     return True
 
@@ -176,6 +197,11 @@ def _resume(cfg, d: Dist, model, opt, sched, summary: dict, per_rank: int) -> Po
     ckpt.check_same_store(state["store"], summary, path)
     if state["config"]["model"] != cfg.model:
         raise ConfigError(f"Checkpoint {path} trains {state['config']['model']}, not --model {cfg.model}")
+    changed = cfg.changed_hparams(state["config"])
+    if changed and not cfg.resume_with_new_hparams:
+        raise ConfigError(f"Checkpoint {path} was trained with other hyperparameters: {'; '.join(changed)}. "
+                          "Rerun with the checkpoint's values, add --resume-with-new-hparams to change them "
+                          "from this step on, or pass a new --out to start over")
     if state["offset"] and (state["world"], state["per_rank_batch"]) != (d.world, per_rank):
         raise ConfigError(
             f"Checkpoint {path} stopped mid-epoch with {state['world']} ranks x batch {state['per_rank_batch']}; "
@@ -184,4 +210,12 @@ def _resume(cfg, d: Dist, model, opt, sched, summary: dict, per_rank: int) -> Po
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    if changed:   # deliberate (--resume-with-new-hparams): the new values replace the saved ones
+        sched.base_lrs = [cfg.lr] * len(opt.param_groups)
+        for group in opt.param_groups:
+            group.update(momentum=cfg.momentum, weight_decay=cfg.weight_decay, initial_lr=cfg.lr,
+                         lr=cfg.lr * sched.lr_lambdas[0](sched.last_epoch))
+        sched._last_lr = [group["lr"] for group in opt.param_groups]
+        if d.main:
+            print(f"resuming {path} with new hyperparameters: {'; '.join(changed)}", flush=True)
     return Position(state["step"], state["epoch"], state["offset"])
