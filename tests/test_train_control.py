@@ -1,0 +1,149 @@
+"""Trainer run control on a tiny store: --config and args.yaml, honest resume, epoch boundaries, clean stops."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from latentstore.train import checkpoint as ckpt
+from latentstore.train import run_script
+
+from conftest import tiny_store
+from test_train import ROOT, args, classify, losses
+
+
+@pytest.fixture(scope="module")
+def store(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("control-store")
+    tiny_store(tiny_folder, out, variants=2, shard_size=2)   # 6 train images: 3 steps of 2 per epoch
+    return out
+
+
+# ---------------------------------------------------------------- --config and args.yaml
+
+def test_config_file_sets_any_flag_and_flags_override_it(store, tmp_path):
+    conf = tmp_path / "run.yaml"
+    conf.write_text(yaml.safe_dump({"store": str(store), "out": str(tmp_path / "o"), "lr": 0.05,
+                                    "batch-size": 4, "milestones": [2], "progress": False, "label_smoothing": 0.1}))
+    cfg = classify.parse_config(classify.Config, ["--config", str(conf), "--lr", "0.2"])
+    assert (cfg.store, cfg.lr, cfg.batch_size, cfg.milestones, cfg.progress, cfg.label_smoothing) == \
+        (str(store), 0.2, 4, (2,), False, 0.1)
+
+
+def test_config_file_errors_name_the_key(tmp_path, capsys):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("lerning_rate: 0.1\n")
+    with pytest.raises(SystemExit) as exc:
+        classify.parse_config(classify.Config, ["--config", str(conf), "--store", "s", "--out", "o"])
+    assert exc.value.code == 2 and "unknown key 'lerning_rate'" in capsys.readouterr().err
+    conf.write_text("epochs: many\n")
+    with pytest.raises(SystemExit):
+        classify.parse_config(classify.Config, ["--config", str(conf), "--store", "s", "--out", "o"])
+    assert "epochs: 'many' is not a valid int" in capsys.readouterr().err
+
+
+def test_every_run_writes_args_yaml_that_reruns_it(store, tmp_path):
+    run = tmp_path / "run"
+    argv = args(store, run, "--epochs", "1", "--lr", "0.03")
+    classify.main(argv)
+    written = yaml.safe_load((run / "args.yaml").read_text())
+    cfg = classify.parse_config(classify.Config, argv)
+    assert written == cfg.as_dict() and written["lr"] == 0.03 and written["label_smoothing"] == 0.0
+    assert classify.parse_config(classify.Config, ["--config", str(run / "args.yaml")]) == cfg
+
+
+# ---------------------------------------------------------------- resume honesty
+
+def test_resume_refuses_changed_hyperparameters_in_one_line_naming_each(store, tmp_path, capsys):
+    run = tmp_path / "r"
+    classify.main(args(store, run, "--max-steps", "2"))
+    before = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert run_script(lambda: classify.main(args(store, run, "--lr", "0.1", "--momentum", "0.5",
+                                                 "--max-steps", "8"))) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "--lr 0.01 → 0.1" in err and "--momentum 0.9 → 0.5" in err and "--resume-with-new-hparams" in err
+    assert "max-steps" not in err                              # run controls may change
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_resume_with_new_hparams_applies_them(store, tmp_path, capsys):
+    run = tmp_path / "r"
+    classify.main(args(store, run, "--max-steps", "2"))
+    classify.main(args(store, run, "--lr", "0.1", "--weight-decay", "0", "--max-steps", "4",
+                       "--resume-with-new-hparams"))
+    assert "resuming" in capsys.readouterr().out
+    state = ckpt.load(run / ckpt.LAST)
+    group = state["optimizer"]["param_groups"][0]
+    assert state["step"] == 4 and (group["lr"], group["weight_decay"]) == (0.1, 0)
+    assert state["config"]["lr"] == 0.1 and yaml.safe_load((run / "args.yaml").read_text())["lr"] == 0.1
+    assert [s for s, _ in losses(run)] == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- epoch boundary
+
+def test_a_run_stopped_at_an_epoch_boundary_counts_the_epoch_and_saves_it_as_its_end(store, tmp_path, capsys):
+    run = tmp_path / "b"
+    classify.main(args(store, run, "--epochs", "2", "--max-steps", "3"))          # exactly epoch 0
+    assert "stopped at --max-steps 3 (3 steps, 1 of 2 epochs)" in capsys.readouterr().out
+    state = ckpt.load(run / ckpt.LAST)
+    assert (state["step"], state["epoch"], state["offset"]) == (3, 1, 0)
+    assert state["scheduler"]["last_epoch"] == 1
+    # an end-of-epoch checkpoint takes another batch size (a deliberate change), with no advice about ranks
+    classify.main(args(store, run, "--epochs", "2", "--batch-size", "3", "--resume-with-new-hparams"))
+    assert "finished: 5 steps, 2 of 2 epochs" in capsys.readouterr().out
+    one = tmp_path / "one"
+    classify.main(args(store, one, "--epochs", "1", "--max-steps", "3"))         # the last step of the run
+    assert "finished: 3 steps, 1 of 1 epochs" in capsys.readouterr().out
+    assert (ckpt.load(one / ckpt.LAST)["epoch"], ckpt.load(one / ckpt.LAST)["offset"]) == (1, 0)
+
+
+def test_max_steps_one_short_of_the_boundary_stays_mid_epoch(store, tmp_path, capsys):
+    run = tmp_path / "m"
+    classify.main(args(store, run, "--epochs", "2", "--max-steps", "2"))
+    assert "(2 steps, 0 of 2 epochs)" in capsys.readouterr().out
+    state = ckpt.load(run / ckpt.LAST)
+    assert (state["step"], state["epoch"], state["offset"]) == (2, 0, 4)
+
+
+# ---------------------------------------------------------------- clean stops (real process, real signals)
+
+def _steps(run: Path) -> list:
+    if not (run / "metrics.csv").is_file():
+        return []
+    with open(run / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r["name"] == "loss"]
+
+
+@pytest.mark.slow
+def test_signals_stop_cleanly_and_metrics_hold_each_step_once(store, tmp_path):
+    run = tmp_path / "sig"
+    argv = [sys.executable, str(ROOT / "train" / "classify.py"), *args(store, run, "--epochs", "15",
+                                                                        "--save-every", "5")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1, signal.SIGINT):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = len(_steps(run))
+        deadline = time.monotonic() + 120
+        while len(_steps(run)) < seen + 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        if sig == signal.SIGKILL:    # no chance to save: steps logged after last.pt are logged again on resume
+            assert proc.returncode == -sig
+            continue
+        assert proc.returncode == 128 + sig, err
+        last = err.strip().splitlines()[-1]
+        assert f"stopped by {signal.Signals(sig).name} after step" in last and "Traceback" not in err, err
+        assert "to resume, rerun the same command:" in last and "classify.py" in last
+        state = ckpt.load(run / ckpt.LAST)
+        assert state["step"] == _steps(run)[-1]                # the stop saved the step it finished
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert _steps(run) == list(range(1, 46))                  # each step once, in order
