@@ -147,3 +147,20 @@ def test_signals_stop_cleanly_and_metrics_hold_each_step_once(store, tmp_path):
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert _steps(run) == list(range(1, 46))                  # each step once, in order
+
+
+# ---------------------------------------------------------------- errors from DataLoader workers
+
+def test_a_damaged_shard_read_by_a_worker_is_the_store_s_one_line_message(store, tmp_path, capsys):
+    import shutil
+
+    from test_integrity import flip_in_member
+
+    damaged = tmp_path / "store"
+    shutil.copytree(store, damaged)
+    flip_in_member(sorted((damaged / "train").glob("*.tar"))[0], ".y_hat.npy")
+    run = tmp_path / "run"
+    assert run_script(lambda: classify.main(args(damaged, run, "--workers", "1"))) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Caught" not in err and "Traceback" not in err, err
+    assert err.startswith("error: shard train/") and "bytes differ from the shard index's checksum" in err
