@@ -20,7 +20,7 @@ STAGES = [
     (2, "base", {"writers", "writers.webdataset", "writers.zarr", "readers", "readers.webdataset",
                  "readers.zarr", "commit", "seal", "lookup"}),
     (3, "reader", {"dataset", "info", "compat", "checkpoint_view", "train", "train.checkpoint", "train.config",
-                   "train.ddp", "train.log", "train.loop", "train.model", "train.speed", "train.stop", "train.student",
+                   "train.ddp", "train.log", "train.loop", "train.model", "train.speed", "train.stop", "train.student", "train.validate",
                    "train.transfer", "evaluate", "evaluate.batches", "evaluate.options", "evaluate.rate",
                    "evaluate.record", "evaluate.run"}),
     (3, "codec", {"coders", "encode", "teacher.load", "device_teacher", "complexity", "build_config", "prepare",

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from latentstore.train import checkpoint as ckpt
@@ -164,3 +165,64 @@ def test_a_damaged_shard_read_by_a_worker_is_the_store_s_one_line_message(store,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Caught" not in err and "Traceback" not in err, err
     assert err.startswith("error: shard train/") and "bytes differ from the shard index's checksum" in err
+
+
+# ---------------------------------------------------------------- validation and best.pt
+
+def _val_rows(run):
+    with open(Path(run) / "metrics.csv") as f:
+        return [(int(r["step"]), r["epoch"], r["name"], r["value"]) for r in csv.DictReader(f)
+                if r["name"].startswith("val_")]
+
+
+def _same_state(a, b):
+    assert a["best"] == b["best"] and a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_validation_logs_top1_and_keeps_best_pt_exact_across_resume(store, tmp_path, capsys):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    argv = ("--epochs", "3", "--val-split", "train", "--lr", "0.05")
+    classify.main(args(store, full, *argv))
+    assert "best.pt" in capsys.readouterr().out
+    rows = _val_rows(full)
+    assert [(s, e, n) for s, e, n, _ in rows] == [(s, str(e), n) for s, e in ((3, 0), (6, 1), (9, 2))
+                                                  for n in ("val_top1", "val_top5")]
+    top1 = [(s, float(v)) for s, _, n, v in rows if n == "val_top1"]
+    best_step, best_value = max(top1, key=lambda sv: (sv[1], -sv[0]))      # the first best on a tie
+    best, last = ckpt.load(full / "best.pt"), ckpt.load(full / ckpt.LAST)
+    assert best["best"] == last["best"] == {"metric": "top1", "value": best_value, "step": best_step,
+                                            "epoch": best_step // 3, "split": "train"}
+    assert best["step"] == best_step and best["val"]["val_top1"] == best_value
+    for stop in ("3", "4"):                    # at the epoch boundary (just validated) and mid-epoch
+        classify.main(args(store, cut / stop, *argv, "--max-steps", stop))
+        classify.main(args(store, cut / stop, *argv))
+        assert _val_rows(cut / stop) == rows
+        _same_state(ckpt.load(cut / stop / "best.pt"), best)
+        _same_state(ckpt.load(cut / stop / ckpt.LAST), last)
+
+
+def test_val_split_none_auto_and_unknown(store, tmp_path, capsys):
+    for flag in ("none", "auto"):                               # the tiny store has no 'val' split
+        classify.main(args(store, tmp_path / flag, "--epochs", "1", "--val-split", flag))
+        assert _val_rows(tmp_path / flag) == [] and not (tmp_path / flag / "best.pt").exists()
+    capsys.readouterr()
+    assert run_script(lambda: classify.main(args(store, tmp_path / "x", "--val-split", "vall"))) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--val-split vall" in err and "holds splits train" in err
+
+
+def test_segment_validates_miou(tmp_path):
+    from test_train import segment
+    from test_cityscapes import make_cityscapes, seg_config
+    from latentstore.build import build
+
+    build(seg_config(make_cityscapes(tmp_path / "cityscapes"), tmp_path / "cs", coder="bmshj2018-hyperprior",
+                     variants=1), progress=False)
+    run = tmp_path / "run"
+    segment.main(["--store", str(tmp_path / "cs"), "--out", str(run), "--epochs", "1", "--batch-size", "2",
+                  "--workers", "0", "--no-progress", "--val-split", "train", "--model", "pspnet50-aa"])
+    names = [n for _, _, n, _ in _val_rows(run)]
+    assert names == ["val_miou", "val_pixel_accuracy"]
+    assert ckpt.load(run / "best.pt")["best"]["metric"] == "miou"

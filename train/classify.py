@@ -48,7 +48,7 @@ def main(argv=None):
             return ce + cfg.beta * kt, {"ce": ce.detach(), "transfer": kt.detach()}
 
         fit(cfg, d, model, loss_fn, fields=student.inputs + ("label",) + transfer.fields,
-            milestones=cfg.milestones or recipe_milestones(cfg.epochs))
+            milestones=cfg.milestones or recipe_milestones(cfg.epochs), task="classification", student=student)
     finally:
         cleanup()
 

@@ -62,7 +62,7 @@ def main(argv=None):
             return seg + cfg.beta * kt, {"seg": seg.detach(), "transfer": kt.detach()}
 
         fit(cfg, d, model, loss_fn, fields=student.inputs + ("label_map",) + transfer.fields,
-            milestones=cfg.milestones or recipe_milestones(cfg.epochs))
+            milestones=cfg.milestones or recipe_milestones(cfg.epochs), task="segmentation", student=student)
     finally:
         cleanup()
 

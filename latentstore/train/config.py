@@ -20,7 +20,8 @@ TRANSFERS = ("none", "mse", "mae", "cos")
 #: Fields that steer a run without changing what it computes: a resume may change them freely.
 #: Every other field (a subclass's too) is a hyperparameter, compared with the checkpoint's on resume.
 RUN_CONTROLS = frozenset({"store", "out", "resume", "device", "workers", "progress", "log_every", "save_every",
-                          "max_steps", "epochs", "compile", "max_skips", "resume_with_new_hparams"})
+                          "max_steps", "epochs", "compile", "max_skips", "resume_with_new_hparams",
+                          "val_split", "val_every"})
 
 
 def opt(default, help: str = "", choices=None):
@@ -61,13 +62,16 @@ class TrainConfig:
                          ("auto", "bf16", "fp32"))
     compile: bool = opt(False, "torch.compile the model (the first steps compile; CUDA mostly)")
     progress: bool = opt(True, "show a progress bar (rank 0)")
+    val_split: str = opt("auto", "split to validate on after epochs (top-1 or mIoU; best.pt keeps the best): "
+                                 "auto = the store's 'val' split if it has one | NAME | none")
+    val_every: int = opt(1, "validate every N epochs (and after the last)")
     resume_with_new_hparams: bool = opt(False, "resume although hyperparameters differ from the checkpoint's "
                                                "(a deliberate change: the new values apply from the resumed step)")
 
     def validate(self) -> None:
         if not self.store or not self.out:
             raise ConfigError("--store and --out are required")
-        for name in ("epochs", "batch_size", "shuffle_window", "save_every", "log_every"):
+        for name in ("epochs", "batch_size", "shuffle_window", "save_every", "log_every", "val_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.transfer != "none" and self.beta <= 0:

@@ -90,7 +90,8 @@ def summary(out, headline: str) -> str:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k not in ("skipped", "data_wait"))
         lines.append(f"  last step {step}: {shown}")
     events = sorted(out.glob("events.out.tfevents.*"))
-    for label, path in (("checkpoint", out / "last.pt"), ("metrics", out / "metrics.csv"),
+    for label, path in (("checkpoint", out / "last.pt"), ("best", out / "best.pt"), ("config", out / "args.yaml"),
+                        ("metrics", out / "metrics.csv"),
                         ("tensorboard", out if events else None)):
         if path is not None and path.exists():
             lines.append(f"  {label:<12} {path}" + ("  (tensorboard --logdir this folder)" if label == "tensorboard"

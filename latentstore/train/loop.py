@@ -27,6 +27,7 @@ from .config import write_args
 from .log import RunLog, finished, headline, summary as run_summary
 from .speed import StepMeter, autocast, autocast_dtype, make_loader, maybe_compile, prepare_model
 from .stop import StopRequest
+from .validate import BEST, Validator, val_split
 
 #: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
 LossFn = Callable[[nn.Module, dict], tuple]
@@ -48,8 +49,9 @@ class Position:
 
 
 def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, milestones,
-        extra_state: dict | None = None) -> Position:
-    """Train `model` on cfg.store with `loss_fn`; returns where it stopped (all epochs, or cfg.max_steps)."""
+        extra_state: dict | None = None, task: str | None = None, student=None) -> Position:
+    """Train `model` on cfg.store with `loss_fn`; returns where it stopped (all epochs, or cfg.max_steps).
+    With `task` and `student` (latentstore.train.Student) it validates on --val-split and keeps best.pt."""
     if cfg.batch_size % d.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} does not divide over {d.world} ranks")
     per_rank = cfg.batch_size // d.world
@@ -68,7 +70,10 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     gamma_pow = lr_factor(milestones)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
     summary = store_summary(data.manifest, data.split)
-    pos = _resume(cfg, d, model, opt, sched, summary, per_rank)
+    split_for_val = val_split(cfg, data.manifest) if task else None
+    validator = Validator(cfg, d, task, split_for_val, student.inputs, student.region, summary["num_classes"],
+                          per_rank) if split_for_val else None
+    pos = _resume(cfg, d, model, opt, sched, summary, per_rank, validator)
     if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
         if d.main:
             print(run_summary(cfg.out, headline(cfg, pos.step, pos.epoch, rerun=True)), flush=True)
@@ -86,12 +91,20 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     net = maybe_compile(net, cfg.compile)
     loader = make_loader(data, cfg.workers, d.device)
 
-    def save(p: Position) -> None:
+    def save(p: Position, val: dict | None = None) -> None:
+        """last.pt at `p`; after a validation (`val`) that improved on the best, best.pt first."""
         if d.main:
-            ckpt.save(out / ckpt.LAST, {
+            state = {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "config": cfg.as_dict(), "store": summary, "step": p.step, "epoch": p.epoch,
-                "offset": p.offset, "world": d.world, "per_rank_batch": per_rank, **(extra_state or {})})
+                "offset": p.offset, "world": d.world, "per_rank_batch": per_rank, **(extra_state or {})}
+            if validator is not None:
+                state["best"] = validator.best
+                if val is not None:
+                    state["val"] = val
+                    if validator.best is not None and validator.best["step"] == p.step:
+                        ckpt.save(out / BEST, state)
+            ckpt.save(out / ckpt.LAST, state)
         barrier(d)
 
     # Strict reads (the default) give every epoch exactly len(data) batches, so one pass of the
@@ -109,7 +122,12 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
                 if _epoch(cfg, d, net, opt, loss_fn, data, batches, count, pos, per_rank, log, save, stop):
                     pos.epoch, pos.offset = pos.epoch + 1, 0
                     sched.step()
-                    save(pos)
+                    val = None
+                    if validator is not None and validator.due(pos.epoch):
+                        val = validator.run(model)
+                        validator.improved(val, pos.step, pos.epoch)
+                        log.scalars(pos.step, pos.epoch - 1, val)
+                    save(pos, val)
                     if d.distributed and not all_true(stop.signal is None, d):   # ranks stop together
                         stop.signal = stop.signal or signal.SIGTERM
                 if stop.signal is not None and not finished(cfg, pos.step, pos.epoch):
@@ -189,7 +207,7 @@ def _epoch(cfg, d, net, opt, loss_fn, data, batches, count: int | None, pos: Pos
     return True
 
 
-def _resume(cfg, d: Dist, model, opt, sched, summary: dict, per_rank: int) -> Position:
+def _resume(cfg, d: Dist, model, opt, sched, summary: dict, per_rank: int, validator=None) -> Position:
     path = ckpt.find_resume(cfg.resume, cfg.out)
     if path is None:
         return Position()
@@ -210,6 +228,8 @@ def _resume(cfg, d: Dist, model, opt, sched, summary: dict, per_rank: int) -> Po
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    if validator is not None:
+        validator.best = state.get("best")
     if changed:   # deliberate (--resume-with-new-hparams): the new values replace the saved ones
         sched.base_lrs = [cfg.lr] * len(opt.param_groups)
         for group in opt.param_groups:
