@@ -90,5 +90,5 @@ def read_checkpoint(path) -> CheckpointView:
     transfer = _first(config, "transfer")
     return CheckpointView(str(path), name, int(num_classes), state, config, trained_on,
                           transfer=None if transfer in (None, "none") else str(transfer),
-                          task=_first(config, "task"),
+                          task=_first(config, "task") or _first(raw, "task"),
                           step=_first(raw, "step"), epoch=_first(raw, "epoch"), sha256=file_sha256(path))

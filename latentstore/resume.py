@@ -22,6 +22,7 @@ from .datasets import source_changes
 from .errors import ConfigError, InputError
 from .format import ENCODER_REVISION, recorded_files, write_json_atomic
 from .seal import PARTS_DIR, RESUME_FREE, read_parts
+from .teacher.info import teacher_flags
 
 
 @contextlib.contextmanager
@@ -110,6 +111,20 @@ def _check_zarr_items(out: Path, split: str, count: int) -> None:
                          "--out (or build --format webdataset, which re-encodes only the changed groups).")
 
 
+def _teacher_diffs(started: dict, current: dict, cfg: BuildConfig) -> list:
+    """What differs about the teacher: maps the command does not ask for (naming the flags to add),
+    or, with the same teacher arguments, other weights. Argument changes are listed with the others."""
+    flags = teacher_flags(started["config"])
+    if flags and cfg.teacher is None:
+        return [f"the store holds teacher maps (from add-teacher or --teacher): add {flags}"]
+    if not flags or cfg.teacher is None:
+        return []   # a teacher the store was started without: the --teacher lines above name it
+    same_args = all(started["config"].get(k) == v for k, v in current["config"].items() if k.startswith("teacher"))
+    if same_args and started.get("teacher_sha256") != current.get("teacher_sha256"):
+        return ["teacher weights differ (sha256): the file behind --teacher-weights changed since the build"]
+    return []
+
+
 def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
     """Refuse to continue a build that was started with other arguments."""
     path = out / f"build-{cfg.split}.json"
@@ -123,8 +138,7 @@ def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> No
                  for k, v in current["config"].items() if started["config"].get(k) != v and k not in RESUME_FREE]
         if started["weights_sha256"] != current["weights_sha256"]:
             diffs.append("coder weights differ (sha256)")
-        if started.get("teacher_sha256") != current.get("teacher_sha256"):
-            diffs.append("teacher weights differ (sha256)")
+        diffs += _teacher_diffs(started, current, cfg)
         if started.get("encoder_revision", 1) != ENCODER_REVISION:
             diffs.append(f"encoded by encoder revision {started.get('encoder_revision', 1)} (this latentstore: "
                          f"{ENCODER_REVISION}), whose ŷ is not exact: start again in a new --out")

@@ -28,6 +28,7 @@ from .errors import LatentstoreError
 from .format import ENCODER_REVISION, read_manifest
 from .readers import read_shard
 from .sample import Sample
+from .teacher.info import teacher_flags
 
 
 @dataclass
@@ -224,7 +225,9 @@ def _check_sources(store: Path, manifest: dict, root, report: Report) -> None:
         except LatentstoreError as exc:
             report.problems.append(f"split {split_name!r}: cannot list its dataset at {where} ({exc})")
             continue
-        stale = "(rerun the build command: it re-encodes the changed groups)"
+        flags = teacher_flags(cfg)
+        stale = ("(rerun the build command" + (f" with {flags}" if flags else "") +
+                 ": it re-encodes the changed groups)")
         if len(items) != split["images_found"]:
             report.problems.append(f"split {split_name!r}: {where} now lists {len(items)} images, the store was "
                                    f"built from {split['images_found']} {stale}")

@@ -34,3 +34,18 @@ def render_teacher(t: dict | None, errors: dict | None = None) -> list:
         worst = max(errors["stored_vs_live"].values(), default=0.0)
         lines.append(f"    stored vs live teacher (after {errors['dtype']} rounding): {worst:.2e}")
     return lines
+
+
+def teacher_flags(identity: dict) -> str:
+    """The teacher arguments of a recorded build identity as flags ('' without a teacher): what a
+    rerun of a store's build command must add once add-teacher (or --teacher) put teacher maps in it."""
+    if not identity.get("teacher"):
+        return ""
+    flags = []
+    for name in ("teacher", "teacher_weights", "teacher_strides", "teacher_layers", "teacher_dtype"):
+        value = identity.get(name)
+        if value is None or value == [] or value == ():
+            continue
+        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        flags.append(f"--{name.replace('_', '-')} {text}")
+    return " ".join(flags)

@@ -97,7 +97,8 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
             state = {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "config": cfg.as_dict(), "store": summary, "step": p.step, "epoch": p.epoch,
-                "offset": p.offset, "world": d.world, "per_rank_batch": per_rank, **(extra_state or {})}
+                "offset": p.offset, "world": d.world, "per_rank_batch": per_rank, "task": task,
+                **(extra_state or {})}
             if validator is not None:
                 state["best"] = validator.best
                 if val is not None:
