@@ -58,6 +58,7 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
+from .location import local_root
 from .lookup import SplitKeys, check_fields, read_tar_sample
 from .ranks import rank_and_world
 from .readers import BACKENDS, read_dicts
@@ -153,8 +154,10 @@ class LatentDataset(IterableDataset):
                  seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
                  batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
                  start: int = 0, rank: int | None = None, world: int | None = None, max_skips: int = 0,
-                 teacher_dtype: torch.dtype | None = torch.float32):
-        self.path = Path(path)
+                 teacher_dtype: torch.dtype | None = torch.float32, storage_options: dict | None = None,
+                 cache_dir=None):
+        # A store at a URL is read through a local mirror, each shard fetched whole on first use.
+        self.path, self.remote = local_root(path, storage_options, cache_dir)
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]
@@ -206,6 +209,8 @@ class LatentDataset(IterableDataset):
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = self._key_index().key_at(self.current_variant, int(key))
         shard, index = self._key_index().locate(key)
+        if self.remote:
+            self.remote.fetch_shard(shard)
         fields = self.teacher.read_fields(self.fields)
         if self.backend == "zarr":
             from .readers.zarr import KeyIndex
@@ -400,6 +405,8 @@ class LatentDataset(IterableDataset):
         skipped = []
         for s in window:
             shard = shards[s]
+            if self.remote:
+                self.remote.fetch_shard(shard)
             seen, damage = 0, "the shard holds fewer samples than the manifest records"
             samples = read_dicts(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
                                  self.max_skips > 0, wanted=mine.get(s, ()))
@@ -442,11 +449,12 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
                seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
                batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
                start: int = 0, rank: int | None = None, world: int | None = None,
-               max_skips: int = 0) -> LatentDataset:
+               max_skips: int = 0, storage_options: dict | None = None, cache_dir=None) -> LatentDataset:
     """Open one split of a store for reading, as a torch IterableDataset of sample dicts.
 
     Args:
-        path: the store folder (it holds manifest.json).
+        path: the store folder (it holds manifest.json), or its URL: any protocol fsspec reads
+            (``s3://bucket/prefix``, ``gs://``, ``az://``, ``https://``, ``hf://``).
         split: the split to read; None if the store holds only one.
         fields: the fields each sample carries, a tuple of names or one name: y_hat, symbols,
             y_string, z_string, label, meta, and what the store was built with (means, scales,
@@ -463,6 +471,9 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
         start: per-rank sample offset to resume an epoch from.
         rank, world: override torch.distributed (or RANK / WORLD_SIZE).
         max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
+        storage_options: passed to fsspec for a URL (e.g. ``{"endpoint_url": ..., "anon": True}``).
+        cache_dir: where a remote store's shards are mirrored (default ``$LATENTSTORE_CACHE``, else
+            ``~/.cache/latentstore``); see latentstore/location.py.
 
     Each sample is a dict of tensors plus ``__key__`` and ``__shard__``. ŷ is padded to a
     multiple of 64 pixels: ``ds.info["valid_region"]`` (rows r0:r1, cols c0:c1) are the latent
@@ -472,4 +483,4 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
     return LatentDataset(path, split, variant, fields, y_hat_dtype, seed=seed, shuffle=shuffle,
                          shuffle_window=shuffle_window, batch_size=batch_size, drop_last=drop_last,
                          remainder=remainder, start=start, rank=rank, world=world, max_skips=max_skips,
-                         teacher_dtype=teacher_dtype)
+                         teacher_dtype=teacher_dtype, storage_options=storage_options, cache_dir=cache_dir)
