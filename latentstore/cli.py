@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
 
@@ -210,11 +212,12 @@ def verify(store, decode, weights, seed, root, no_sources, quiet):
     from .location import is_url, local_root
 
     checked, shown = store, str(store)
-    if is_url(store):  # verify reads every byte: the whole store is mirrored first, each file checked on arrival
-        remote = local_root(store)[1]
-        checked, shown = remote.mirror_all(), remote.shown
-    report = run_verify(checked, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
-                        weights=weights, progress=not quiet, root=root, sources=not no_sources)
+    with tempfile.TemporaryDirectory(prefix="latentstore-verify-") as scratch:
+        if is_url(store):  # verify reads every byte: the whole store is downloaded as it is, then checked
+            remote = local_root(store)[1]
+            checked, shown = remote.download_all(Path(scratch)), remote.shown
+        report = run_verify(checked, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
+                            weights=weights, progress=not quiet, root=root, sources=not no_sources)
     for note in report.notes:
         click.echo(f"NOTE {note}".replace(str(checked), shown), err=True)
     for problem in report.problems:

@@ -219,3 +219,37 @@ def test_an_epoch_through_a_faulty_proxy_reads_every_sample_exactly_once(publish
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_zarr_store_reads_from_s3_as_the_local_one(s3, tiny_folder, tmp_path):
+    local = tiny_store(tiny_folder, tmp_path / "zarr", variants=1, shard_size=2, format="zarr")
+    copy_store(str(local), "s3://bucket/stores/zarr")
+    got = open_store("s3://bucket/stores/zarr", cache_dir=tmp_path / "cache")
+    assert_same(samples(got), samples(open_store(local)))
+    assert torch.equal(got[got.keys()[2]]["y_hat"], open_store(local)[2]["y_hat"])
+
+
+def test_a_shard_damaged_in_the_bucket_is_refused_on_fill_naming_its_url(published, s3, tmp_path, capsys):
+    import s3fs
+    fs = s3fs.S3FileSystem()
+    fs.cp("bucket/stores/tiny", "bucket/stores/damaged", recursive=True)
+    shard = sorted(p for p in fs.find("bucket/stores/damaged") if p.endswith(".tar"))[0]
+    data = bytearray(fs.cat_file(shard))
+    data[700] ^= 1
+    fs.pipe_file(shard, bytes(data))
+    with pytest.raises(StoreError) as caught:
+        samples(open_store("s3://bucket/stores/damaged", cache_dir=tmp_path))
+    assert f"s3://{shard}: CRC-32C differs" in str(caught.value)
+    with pytest.raises(SystemExit) as verdict:
+        cli_main(["verify", "s3://bucket/stores/damaged", "--no-sources", "--quiet"])
+    assert verdict.value.code == 1
+    assert f"BAD  shard {shard.removeprefix('bucket/stores/damaged/')}" in capsys.readouterr().err
+
+
+def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch):
+    shard_bytes = max(p.stat().st_size for p in Path(local).rglob("*.tar"))
+    monkeypatch.setenv("LATENTSTORE_CACHE_GB", str(2.5 * shard_bytes / 2**30))
+    cache = tmp_path / "cache"
+    assert_same(samples(open_store(published, cache_dir=cache)), samples(open_store(local)))
+    held = sum(p.stat().st_size for p in cache.rglob("*.tar"))
+    assert 0 < held <= 2.5 * shard_bytes
