@@ -353,6 +353,9 @@ class LatentDataset(IterableDataset):
                 mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
+        if self.remote:  # each window's shards are fetched while the one before it is read
+            windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
+            self._next_window = dict(zip(windows, windows[1:]))
         # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
         # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
         # the last item read (or the first one, where none was read yet). A single process
@@ -403,6 +406,8 @@ class LatentDataset(IterableDataset):
         """Read the shards of one window into `cache` (only samples still to be used); return skips.
         Only this worker's samples (`mine`) are decoded: the rest are other workers' work."""
         skipped = []
+        if self.remote:
+            self.remote.prefetch([shards[s] for s in self._next_window.get(tuple(window), ())])
         for s in window:
             shard = shards[s]
             if self.remote:

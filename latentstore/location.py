@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +35,7 @@ MANIFEST = "manifest.json"
 #: pip extra that brings each protocol's fsspec backend
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http",
           "az": "azure", "abfs": "azure", "abfss": "azure", "hf": "hf"}
+PREFETCH_THREADS = 2
 ATTEMPTS = 6
 RETRY_SECONDS = 60.0
 _SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]*@|(?P<query>\?[^\s'\"]*)", re.IGNORECASE)
@@ -188,6 +190,10 @@ class Remote(Location):
         digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]
         self.mirror = self.cache / digest
         self._put(MANIFEST, manifest)
+        self._pool, self._pending, self._pool_pid = None, {}, None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None}
 
     def fetch(self, rel: str, record: dict | None = None) -> Path:
         """The local copy of file `rel`, downloaded (and checked against `record`) unless present."""
@@ -204,8 +210,24 @@ class Remote(Location):
         self._evict(keep=local)
         return local
 
+    def prefetch(self, shards: list) -> None:
+        """Start fetching `shards` in the background, PREFETCH_THREADS at a time: the next window's shards
+        arrive while the current one is read."""
+        if self._pool_pid != os.getpid():  # a forked worker: the parent's threads are not here
+            self._pool, self._pending, self._pool_pid = ThreadPoolExecutor(PREFETCH_THREADS), {}, os.getpid()
+        for shard in shards:
+            if shard["path"] not in self._pending:
+                self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard)
+
     def fetch_shard(self, shard: dict) -> None:
-        """The files of one manifest shard (a tar shard and its index, or a Zarr unit's chunk files)."""
+        """The files of one manifest shard (a tar shard and its index, or a Zarr unit's chunk files); waits
+        for its prefetch where one runs (a prefetch's error is raised here, where the shard is needed)."""
+        pending = self._pending.pop(shard["path"], None) if self._pool_pid == os.getpid() else None
+        if pending is not None:
+            pending.result()
+        self._fetch_shard(shard)  # present already after a prefetch: a stat per file
+
+    def _fetch_shard(self, shard: dict) -> None:
         for f in shard.get("files", [shard]):
             self.fetch(f["path"], f)
         if shard.get("index"):

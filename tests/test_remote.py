@@ -253,3 +253,14 @@ def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch
     assert_same(samples(open_store(published, cache_dir=cache)), samples(open_store(local)))
     held = sum(p.stat().st_size for p in cache.rglob("*.tar"))
     assert 0 < held <= 2.5 * shard_bytes
+
+
+def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path):
+    ds = open_store(published, cache_dir=tmp_path)  # no shuffle: a window is one shard, in store order
+    shards = ds.shards()
+    it = iter(ds)
+    next(it)  # the first shard is read; the second is on its way, the third not yet asked for
+    for future in list(ds.remote._pending.values()):
+        future.result()
+    assert [(ds.path / s["path"]).is_file() for s in shards[:3]] == [True, True, False]
+    assert len(list(it)) == sum(s["samples"] for s in shards) - 1
