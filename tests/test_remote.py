@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from latentstore import open_store
 from latentstore.cli import main as cli_main
 from latentstore.copy import copy_store
-from latentstore.errors import StoreError
+from latentstore.errors import ConfigError, StoreError
 
 from conftest import tiny_store
 
@@ -115,10 +115,25 @@ def test_a_missing_store_gives_one_line_naming_the_url_without_credentials(s3, t
         assert secret not in message and secret not in str(caught.value)
 
 
+def test_a_trainer_refuses_credentials_in_the_store_url_without_showing_them(tmp_path, capsys):
+    from test_train import args, classify
+    url = f"s3://{KEY_ID}:{SECRET}@bucket/stores/tiny"
+    with pytest.raises(SystemExit):
+        classify.main(args(url, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert "s3://bucket/stores/tiny" in err and KEY_ID not in err and SECRET not in err
+
+
 def test_a_missing_protocol_package_names_the_extra(tmp_path):
-    with pytest.raises(Exception) as caught:
-        open_store("gs://bucket/store", cache_dir=tmp_path)
-    assert "latentstore[gcs]" in str(caught.value) or "gcsfs" not in str(caught.value)
+    import importlib.util
+    missing = [(url, extra) for url, extra, package in (("gs://bucket/store", "gcs", "gcsfs"),
+                                                       ("az://container/store", "azure", "adlfs"))
+               if importlib.util.find_spec(package) is None]
+    assert missing, "install neither gcsfs nor adlfs in the test environment, or add a protocol here"
+    for url, extra in missing:
+        with pytest.raises(ConfigError) as caught:
+            open_store(url, cache_dir=tmp_path)
+        assert f"pip install 'latentstore[{extra}]'" in str(caught.value) and "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------- HTTP with Range
