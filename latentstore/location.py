@@ -18,6 +18,7 @@ texts are scrubbed the same way, so credentials never reach an error, a log or a
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -196,19 +197,36 @@ class Remote(Location):
         return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None}
 
     def fetch(self, rel: str, record: dict | None = None) -> Path:
-        """The local copy of file `rel`, downloaded (and checked against `record`) unless present."""
+        """The local copy of file `rel`, downloaded (and checked against `record`) unless present. A lock
+        file makes the DataLoader workers that need the same shard download it once between them."""
         local = self.mirror / rel
-        if local.is_file() and (record is None or local.stat().st_size == record.get("bytes", local.stat().st_size)):
-            os.utime(local)  # recently used: evicted last
+        if self._present(local, record):
             return local
-        data = self.read(rel)
-        problem = check_bytes(data, record)
-        if problem:
-            raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
-                             f"`latentstore verify {self.shown}`")
-        self._put(rel, data)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local.with_name(f".{local.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self._present(local, record):  # another worker fetched it meanwhile
+                return local
+            data = self.read(rel)
+            problem = check_bytes(data, record)
+            if problem:
+                raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
+                                 f"`latentstore verify {self.shown}`")
+            self._put(rel, data)
         self._evict(keep=local)
         return local
+
+    @staticmethod
+    def _present(local: Path, record: dict | None) -> bool:
+        """A complete copy is there (it was checked on arrival; the readers check its samples again)."""
+        try:
+            size = local.stat().st_size
+        except FileNotFoundError:
+            return False
+        if record is not None and size != record.get("bytes", size):
+            return False
+        os.utime(local)  # recently used: evicted last
+        return True
 
     def prefetch(self, shards: list) -> None:
         """Start fetching `shards` in the background, PREFETCH_THREADS at a time: the next window's shards
@@ -276,7 +294,7 @@ class Remote(Location):
         if total <= self.limit:
             return
         for p in sorted(files, key=lambda p: p.stat().st_mtime):
-            if p == keep or p.name == MANIFEST or p.parent == self.mirror and p.suffix == ".json":
+            if p == keep or p.suffix in (".json", ".lock"):  # the small files stay: readers open them any time
                 continue
             total -= p.stat().st_size
             p.unlink(missing_ok=True)
