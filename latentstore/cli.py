@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
 
@@ -179,8 +181,17 @@ def _encoders(value: str) -> int:
         raise click.BadParameter(f"{value!r} is neither a number nor 'auto'") from None
 
 
+class StoreArg(click.ParamType):
+    """A store folder that exists, or a store URL (s3://, gs://, https://, ...: latentstore/location.py)."""
+    name = "STORE"
+
+    def convert(self, value, param, ctx):
+        from .location import is_url
+        return value if is_url(value) else click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+
+
 @cli.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=StoreArg())
 @click.option("--decode", default="0", show_default=True, metavar="N|all",
               help="Also decode N random samples (or all) with CompressAI's decompress() and compare ŷ "
                    "bit for bit (needs the coder's weights; runs at the store's torch thread count).")
@@ -198,12 +209,19 @@ def verify(store, decode, weights, seed, root, no_sources, quiet):
 
     if decode != "all" and not decode.isdigit():
         raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
-    report = run_verify(store, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
-                        weights=weights, progress=not quiet, root=root, sources=not no_sources)
+    from .location import is_url, local_root
+
+    checked, shown = store, str(store)
+    with tempfile.TemporaryDirectory(prefix="latentstore-verify-") as scratch:
+        if is_url(store):  # verify reads every byte: the whole store is downloaded as it is, then checked
+            remote = local_root(store)[1]
+            checked, shown = remote.download_all(Path(scratch)), remote.shown
+        report = run_verify(checked, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
+                            weights=weights, progress=not quiet, root=root, sources=not no_sources)
     for note in report.notes:
-        click.echo(f"NOTE {note}", err=True)
+        click.echo(f"NOTE {note}".replace(str(checked), shown), err=True)
     for problem in report.problems:
-        click.echo(f"BAD  {problem}", err=True)
+        click.echo(f"BAD  {problem}".replace(str(checked), shown), err=True)
     click.echo(f"{report.shards} shards, {report.samples} samples checked, {report.decoded} decoded "
                f"by CompressAI: {'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
     if not report.ok:
@@ -277,7 +295,7 @@ def fetch_weights(coder, qualities):
 
 
 @cli.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=StoreArg())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @click.option("--teacher-error", default=0, type=int, metavar="N",
               help="Also measure each teacher dtype's relative error vs float32 on N samples (runs the teacher).")
@@ -297,6 +315,22 @@ def info(store, as_json, teacher_error, list_keys):
         from .add_teacher import teacher_error as measure
         summary["teacher_error"] = measure(store, teacher_error)
     click.echo(json.dumps(summary, indent=1) if as_json else render(summary))
+
+
+@cli.command("copy")
+@click.argument("src", type=StoreArg())
+@click.argument("dst")
+@click.option("--quiet", is_flag=True, help="No per-file lines.")
+def copy_command(src, dst, quiet):
+    """Copy store SRC to DST (folders or URLs: s3://bucket/prefix, gs://, ...), each file's digest checked on
+    arrival; rerun to resume (files already there with the right digest are skipped); manifest.json last.
+
+    Credentials come from the backend's usual places (environment, config files); an S3-compatible
+    service is reached through AWS_ENDPOINT_URL."""
+    from .copy import copy_store
+
+    done = copy_store(src, dst, progress=None if quiet else lambda rel, what: click.echo(f"{what:8} {rel}"))
+    click.echo(f"{done['copied']} file(s) copied ({done['bytes']:,} bytes), {done['skipped']} already present")
 
 
 @cli.command("add-teacher")

@@ -50,6 +50,7 @@ read fails once more than ``max_skips`` were skipped.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from .errors import ConfigError, StoreError
 from .format import FIELDS, read_manifest
+from .location import local_root
 from .lookup import SplitKeys, check_fields, read_tar_sample
 from .ranks import rank_and_world
 from .readers import BACKENDS, read_dicts
@@ -97,15 +99,38 @@ def to_tensors(sample: dict, y_hat_dtype: torch.dtype | None = torch.float32) ->
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors of equal shape; keep everything else (keys, meta dicts) as lists.
-
-    Tensors go through torch's default_collate: in a DataLoader worker it stacks straight into
-    shared memory, so handing the batch to the main process costs no second copy."""
+    """Stack tensors of equal shape; keep everything else (keys, meta dicts) as lists."""
     out = {}
     for name in samples[0]:
         values = [s[name] for s in samples]
-        out[name] = default_collate(values) if isinstance(values[0], torch.Tensor) else values
+        out[name] = stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
+
+
+#: Below this many elements a batch is stacked by torch.stack (labels, scalars): no thread pool at that size.
+_COPY_FROM = 1 << 16
+
+
+def stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack of equal-shaped tensors, written sample by sample into one preallocated batch.
+
+    torch.stack of a large float16 batch runs on torch's thread pool and costs ~15x a plain copy per
+    sample when the cores are shared (a 0-worker loader in the trainer's process). In a DataLoader
+    worker the batch is allocated in shared memory, as default_collate does, so handing it to the
+    main process costs no second copy."""
+    first = values[0]
+    if first.numel() * len(values) < _COPY_FROM or any(v.shape != first.shape or v.dtype != first.dtype
+                                                       for v in values):
+        return default_collate(values)  # small, or unequal shapes: torch's own error names them
+    shape = (len(values), *first.shape)
+    if get_worker_info() is not None:
+        storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
+        batch = first.new(storage).view(shape)
+    else:
+        batch = torch.empty(shape, dtype=first.dtype)
+    for row, value in zip(batch, values):
+        row.copy_(value)
+    return batch
 
 
 # --------------------------------------------------------------------------- order
@@ -153,8 +178,10 @@ class LatentDataset(IterableDataset):
                  seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
                  batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
                  start: int = 0, rank: int | None = None, world: int | None = None, max_skips: int = 0,
-                 teacher_dtype: torch.dtype | None = torch.float32):
-        self.path = Path(path)
+                 teacher_dtype: torch.dtype | None = torch.float32, storage_options: dict | None = None,
+                 cache_dir=None):
+        # A store at a URL is read through a local mirror, each shard fetched whole on first use.
+        self.path, self.remote = local_root(path, storage_options, cache_dir)
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]
@@ -206,6 +233,8 @@ class LatentDataset(IterableDataset):
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = self._key_index().key_at(self.current_variant, int(key))
         shard, index = self._key_index().locate(key)
+        if self.remote:
+            self.remote.fetch_shard(shard)
         fields = self.teacher.read_fields(self.fields)
         if self.backend == "zarr":
             from .readers.zarr import KeyIndex
@@ -348,6 +377,9 @@ class LatentDataset(IterableDataset):
                 mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
+        if self.remote:  # each window's shards are fetched while the one before it is read
+            windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
+            self._next_window = dict(zip(windows, windows[1:]))
         # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
         # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
         # the last item read (or the first one, where none was read yet). A single process
@@ -398,8 +430,12 @@ class LatentDataset(IterableDataset):
         """Read the shards of one window into `cache` (only samples still to be used); return skips.
         Only this worker's samples (`mine`) are decoded: the rest are other workers' work."""
         skipped = []
+        if self.remote:
+            self.remote.prefetch([shards[s] for s in self._next_window.get(tuple(window), ())])
         for s in window:
             shard = shards[s]
+            if self.remote:
+                self.remote.fetch_shard(shard)
             seen, damage = 0, "the shard holds fewer samples than the manifest records"
             samples = read_dicts(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
                                  self.max_skips > 0, wanted=mine.get(s, ()))
@@ -442,11 +478,12 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
                seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
                batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
                start: int = 0, rank: int | None = None, world: int | None = None,
-               max_skips: int = 0) -> LatentDataset:
+               max_skips: int = 0, storage_options: dict | None = None, cache_dir=None) -> LatentDataset:
     """Open one split of a store for reading, as a torch IterableDataset of sample dicts.
 
     Args:
-        path: the store folder (it holds manifest.json).
+        path: the store folder (it holds manifest.json), or its URL: any protocol fsspec reads
+            (``s3://bucket/prefix``, ``gs://``, ``az://``, ``https://``, ``hf://``).
         split: the split to read; None if the store holds only one.
         fields: the fields each sample carries, a tuple of names or one name: y_hat, symbols,
             y_string, z_string, label, meta, and what the store was built with (means, scales,
@@ -463,6 +500,9 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
         start: per-rank sample offset to resume an epoch from.
         rank, world: override torch.distributed (or RANK / WORLD_SIZE).
         max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
+        storage_options: passed to fsspec for a URL (e.g. ``{"endpoint_url": ..., "anon": True}``).
+        cache_dir: where a remote store's shards are mirrored (default ``$LATENTSTORE_CACHE``, else
+            ``~/.cache/latentstore``); see latentstore/location.py.
 
     Each sample is a dict of tensors plus ``__key__`` and ``__shard__``. ŷ is padded to a
     multiple of 64 pixels: ``ds.info["valid_region"]`` (rows r0:r1, cols c0:c1) are the latent
@@ -472,4 +512,4 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
     return LatentDataset(path, split, variant, fields, y_hat_dtype, seed=seed, shuffle=shuffle,
                          shuffle_window=shuffle_window, batch_size=batch_size, drop_last=drop_last,
                          remainder=remainder, start=start, rank=rank, world=world, max_skips=max_skips,
-                         teacher_dtype=teacher_dtype)
+                         teacher_dtype=teacher_dtype, storage_options=storage_options, cache_dir=cache_dir)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .checksum import file_problem
 from .errors import StoreError
+from .location import is_url, local_root
 
 FORMAT_NAME = "latentstore"
 FORMAT_VERSION = 1
@@ -276,6 +277,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def read_manifest(store) -> dict:
+    """The manifest of a store folder, or of a store at a URL (latentstore/location.py mirrors it)."""
+    if is_url(store):
+        store = local_root(store)[0]
     path = Path(store) / MANIFEST
     if not path.is_file():
         raise StoreError(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .format import ENCODER_REVISION, read_manifest
+from .location import is_url, local_root, shown
 from .teacher.info import render_teacher, summarize_teacher
 
 
@@ -23,7 +24,7 @@ def summarize(store) -> dict:
             "rejects": s["rejects"], "augment": s["config"]["augment"], "seed": s["config"]["seed"],
             "teacher": summarize_teacher(s),
         }
-    return {"store": str(store), "format_version": m["format_version"], "backend": m["backend"],
+    return {"store": shown(store) if is_url(store) else str(store), "format_version": m["format_version"], "backend": m["backend"],
             "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
             "weights": weights, "trained_weights": weights["trained"], "splits": splits,
             "created_by": m["created_by"], "device": m["created_by"].get("device", "cpu"),
@@ -54,7 +55,7 @@ def store_keys(store) -> dict:
     from .lookup import SplitKeys
 
     m = read_manifest(store)
-    return {split: SplitKeys(store, m, split).keys() for split in sorted(m["splits"])}
+    return {split: SplitKeys(local_root(store)[0], m, split).keys() for split in sorted(m["splits"])}
 
 
 def render(summary: dict) -> str:

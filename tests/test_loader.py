@@ -54,3 +54,16 @@ def test_two_gloo_ranks_all_reduce_every_step_on_a_prime_store(store5, tmp_path)
     keys = [r[1:] for r in results]
     assert steps == [2, 2]                                 # 5 // 2 = 2 samples per rank: one batch per epoch
     assert len(keys[0]) == len(keys[1]) == 4 and not set(keys[0]) & set(keys[1])
+
+
+def test_collate_stacks_as_torch_does_into_one_preallocated_batch():
+    from latentstore.dataset import collate
+    g = torch.Generator().manual_seed(0)
+    samples = [{"y_hat": torch.randn(192, 16, 16, generator=g).half(), "label": torch.tensor(i), "__key__": f"k{i}"}
+               for i in range(32)]
+    batch = collate(samples)
+    assert torch.equal(batch["y_hat"], torch.stack([s["y_hat"] for s in samples]))
+    assert batch["y_hat"].dtype == torch.float16 and torch.equal(batch["label"], torch.arange(32))
+    assert batch["__key__"] == [f"k{i}" for i in range(32)]
+    with pytest.raises(RuntimeError):  # unequal shapes: torch's own error
+        collate([{"y_hat": torch.zeros(192, 16, 16)}, {"y_hat": torch.zeros(192, 16, 15)}])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..location import is_url, shown
 from .rate import check_rate
 
 RECORD_KIND, RECORD_VERSION = "latentstore-eval", 1
@@ -24,7 +25,7 @@ def make_record(cfg, task: str, manifest: dict, split: str, ckpt, model, metrics
         "coder": coder["name"], "quality": coder["quality"],
         "coder_weights": {k: coder["weights"].get(k) for k in ("source", "trained", "sha256")},
         **{k: v for k, v in rate_summary.items() if k != "samples"}, **check, **metrics,
-        "store": {"path": str(Path(cfg.store).resolve()), "split": split, "variant": cfg.variant,
+        "store": {"path": shown(cfg.store) if is_url(cfg.store) else str(Path(cfg.store).resolve()), "split": split, "variant": cfg.variant,
                   "latent_shape": manifest["splits"][split]["latent_shape"]},
         "checkpoint": {"path": str(Path(cfg.checkpoint).resolve()), "sha256": ckpt.sha256,
                        "step": ckpt.step, "epoch": ckpt.epoch},

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..location import is_url, shown
 
 TRANSFERS = ("none", "mse", "mae", "cos")
 
@@ -71,6 +72,9 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.store or not self.out:
             raise ConfigError("--store and --out are required")
+        if is_url(self.store) and shown(self.store) != self.store.rstrip("/"):  # it is saved in checkpoints
+            raise ConfigError(f"--store {shown(self.store)}: give credentials through the backend's environment "
+                              "or config files (e.g. AWS_ACCESS_KEY_ID), not in the URL: checkpoints record it")
         for name in ("epochs", "batch_size", "shuffle_window", "save_every", "log_every", "val_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

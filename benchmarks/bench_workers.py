@@ -1,0 +1,198 @@
+"""Loader workers vs the DataLoader's own floor, locally and through object storage (issue 27), in one run.
+
+    python benchmarks/bench_workers.py --work /tmp/bench-workers            # 1,024 samples (64 images x 16 variants)
+    python benchmarks/bench_workers.py --work /tmp/bw --images 512          # 8,192 samples (~15 min to build)
+
+Store: bmshj2018-hyperprior q1, seeded untrained weights, 224 crops (ŷ 192x16x16 float16), ``--images``
+resized demo photos x 16 variants, 64 images per shard; built once into ``--work`` and reused. It is data
+for the loader, not a codec test. Every pass reads all 16 variants (``set_epoch(e, until=e + 16)``).
+
+Side by side, batch 32, ŷ as stored (float16), ``DataLoader(batch_size=None, persistent_workers=True)``:
+  store     open_store(fields=y_hat,label, shuffle=True, batch_size=32, drop_last=True, y_hat_dtype=None)
+  floor     an IterableDataset yielding ready batches of the same shapes, dtypes and key lists, dealt to the
+            workers as the store deals them: what the DataLoader itself allows
+  remote    the store in moto's S3 server on 127.0.0.1, read through a proxy adding ``--latency`` ms per
+            request, a fresh cache each pass (every shard fetched again)
+Printed per pass: samples/s, the first batch's time and a steady batch's time. Best of ``--passes``:
+other jobs on a shared machine slow every pipeline; the load average is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import http.server
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "latentstore" / "data" / "demo-imagenet"
+VARIANTS = 16
+
+
+def build_store(work: Path, images: int) -> Path:
+    from PIL import Image
+    from latentstore.build import BuildConfig, build
+    out = work / f"store-{images}"
+    if (out / "manifest.json").is_file():
+        return out
+    root = work / f"images-{images}"
+    photos = sorted(DEMO.rglob("*.JPEG"))
+    for i in range(images):
+        folder = root / "train" / f"c{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.open(photos[i % len(photos)]).convert("RGB").resize((240 + i % 50, 236 + i % 30)).save(folder / f"{i}.png")
+    build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
+                      split="train", variants=VARIANTS, crop=224, root=str(root), out=str(out), shard_size=64),
+          progress=False)
+    return out
+
+
+class Floor(IterableDataset):
+    """Ready batches of the store's shapes, dtypes and key lists; batch i to worker i mod workers."""
+
+    def __init__(self, batches: int, y_shape, y_dtype):
+        self.batches, self.y_shape, self.y_dtype = batches, y_shape, y_dtype
+
+    def __iter__(self):
+        w = get_worker_info()
+        wid, k = (w.id, w.num_workers) if w else (0, 1)
+        for _ in range(wid, self.batches, k):
+            yield {"y_hat": torch.zeros(self.y_shape, dtype=self.y_dtype), "label": torch.zeros(32, dtype=torch.int64),
+                   "__key__": [f"train_c0_{j:05d}_v000" for j in range(32)], "__shard__": ["train/v000-000000.tar"] * 32}
+
+
+def passes(name: str, make, workers: int, n: int) -> list[dict]:
+    data = make()
+    loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    rows = []
+    for p in range(n):
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(VARIANTS * p, until=VARIANTS * (p + 1))
+        began, first, count, batches = time.perf_counter(), None, 0, 0
+        for batch in loader:
+            count, batches = count + len(batch["label"]), batches + 1
+            first = first if first is not None else time.perf_counter() - began
+        wall = time.perf_counter() - began
+        rows.append({"name": name, "workers": workers, "rate": count / wall, "first_ms": first * 1e3,
+                     "steady_ms": (wall - first) / max(batches - 1, 1) * 1e3})
+        print(f"  {name:7} {workers} workers, pass {p}: {rows[-1]['rate']:8,.0f} samples/s, first batch "
+              f"{rows[-1]['first_ms']:6.1f} ms, steady batch {rows[-1]['steady_ms']:5.1f} ms", flush=True)
+    return rows
+
+
+class LatencyProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to the S3 server after `delay` seconds."""
+    protocol_version = "HTTP/1.1"
+    upstream, delay = ("127.0.0.1", 0), 0.0
+
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        time.sleep(self.delay)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
+        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+        reply = conn.getresponse()
+        data = reply.read()
+        self.send_response(reply.status)
+        for k, v in reply.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = _forward
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "latentstore-bench-workers")
+    ap.add_argument("--images", type=int, default=64, help="images; samples = images x 16 variants")
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--latency", type=float, default=20.0, help="ms added per request by the proxy")
+    ap.add_argument("--no-remote", action="store_true")
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO / "tests"))
+    import conftest  # noqa: F401  the portable numerics pins, as the tests build
+    from latentstore import open_store
+    from latentstore.copy import copy_store
+
+    store = build_store(a.work, a.images)
+    probe = open_store(store, fields=("y_hat", "label"), y_hat_dtype=None, batch_size=32, drop_last=True)
+    y = next(iter(probe))["y_hat"]
+    probe.set_epoch(0, until=VARIANTS)
+    batches = len(probe)
+    print(f"store {store}: {batches * 32:,} samples per pass, y_hat {tuple(y.shape)} {y.dtype}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+    def local():
+        return open_store(store, fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True, batch_size=32,
+                          drop_last=True)
+    rows = []
+    for workers in (0, 2):
+        rows += passes("store", local, workers, a.passes)
+        rows += passes("floor", lambda: Floor(batches, y.shape, y.dtype), workers, a.passes)
+    if not a.no_remote:
+        from moto.server import ThreadedMotoServer
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server.start()
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{server._port}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        import s3fs
+        s3fs.S3FileSystem().mkdir("bench")
+        copy_store(str(store), "s3://bench/store")
+        LatencyProxy.upstream, LatencyProxy.delay = ("127.0.0.1", server._port), a.latency / 1e3
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LatencyProxy)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        cache = a.work / "cache"
+
+        fresh = iter(range(10**6))
+
+        def remote():
+            return open_store("s3://bench/store", fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True,
+                              batch_size=32, drop_last=True, cache_dir=cache / str(next(fresh)),
+                              storage_options={"endpoint_url": f"http://127.0.0.1:{proxy.server_address[1]}"})
+        for p in range(a.passes):  # a cold cache every pass: each shard comes through the proxy
+            rows += passes("remote", remote, 2, 1)
+        proxy.shutdown()
+        server.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+    best = {}
+    for r in rows:
+        key = (r["name"], r["workers"])
+        best[key] = max(best.get(key, 0), r["rate"])
+    print("\nbest of passes, samples/s:")
+    for (name, workers), rate in best.items():
+        print(f"  {name:7} {workers} workers: {rate:8,.0f}")
+    print(f"store / floor, 2 workers: {best[('store', 2)] / best[('floor', 2)]:.0%} (target 70%)")
+    if ("remote", 2) in best:
+        print(f"remote ({a.latency:.0f} ms/request) / local, 2 workers: "
+              f"{best[('remote', 2)] / best[('store', 2)]:.0%} (target 50%)")
+    steady = min(r["steady_ms"] for r in rows if r["name"] == "store" and r["workers"] == 2)
+    first = min(r["first_ms"] for r in rows if r["name"] == "store" and r["workers"] == 2)
+    print(f"store, 2 workers: first batch {first:.1f} ms = {first / steady:.1f}x a steady batch (target 2x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Remote stores through fsspec, against real servers on 127.0.0.1: moto's S3 server, an HTTP server with
+Range support, and a fault-injecting proxy in front of the S3 server (latentstore/location.py, copy.py)."""
+import http.client
+import http.server
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from latentstore import open_store
+from latentstore.cli import main as cli_main
+from latentstore.copy import copy_store
+from latentstore.errors import ConfigError, StoreError
+
+from conftest import tiny_store
+
+moto_server = pytest.importorskip("moto.server", reason="tests need moto[server] (pip install 'moto[server]')")
+pytest.importorskip("s3fs", reason="tests need s3fs (pip install 'latentstore[s3]')")
+
+KEY_ID, SECRET = "AKIATESTKEYID0000001", "test-secret-key-do-not-show"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on a free loopback port, reached through AWS_ENDPOINT_URL; yields its URL."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{server._port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
+                      AWS_DEFAULT_REGION="us-east-1")
+    import s3fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("bucket")
+    yield url
+    server.stop()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_folder, tmp_path_factory):
+    return tiny_store(tiny_folder, tmp_path_factory.mktemp("remote") / "store", variants=2, shard_size=2)
+
+
+@pytest.fixture(scope="module")
+def published(s3, local):
+    copy_store(str(local), "s3://bucket/stores/tiny")
+    return "s3://bucket/stores/tiny"
+
+
+def samples(ds, workers=0):
+    return list(DataLoader(ds, batch_size=None, num_workers=workers))
+
+
+def assert_same(got, want):
+    assert [s["__key__"] for s in got] == [s["__key__"] for s in want]
+    for a, b in zip(got, want):
+        assert torch.equal(a["y_hat"], b["y_hat"]) and torch.equal(a["label"], b["label"])
+
+
+def test_a_store_copied_to_s3_reads_sample_for_sample_as_the_local_one(published, local, tmp_path):
+    for epoch in (0, 1):  # both variants
+        want = open_store(local, shuffle=True, seed=3)
+        got = open_store(published, shuffle=True, seed=3, cache_dir=tmp_path / "cache")
+        want.set_epoch(epoch), got.set_epoch(epoch)
+        assert_same(samples(got, workers=2), samples(want))
+    ds = open_store(published, cache_dir=tmp_path / "cache2")
+    assert torch.equal(ds[ds.keys()[1]]["y_hat"], open_store(local)[1]["y_hat"])
+
+
+def test_copy_checks_every_file_and_resumes_where_it_stopped(published, local, s3):
+    import s3fs
+    fs = s3fs.S3FileSystem()
+    shard = next(p for p in fs.find("bucket/stores/tiny") if p.endswith(".tar"))
+    fs.rm(shard)
+    done = copy_store(str(local), published)
+    assert done["copied"] == 2 and done["skipped"] == len(fs.find("bucket/stores/tiny")) - 2  # the shard, manifest
+
+
+def test_verify_and_info_read_a_store_url(published, capsys):
+    assert cli_main(["verify", published, "--no-sources", "--quiet"]) in (0, None)
+    assert "OK" in capsys.readouterr().out
+    assert cli_main(["info", published]) in (0, None)
+    assert published in capsys.readouterr().out
+
+
+def test_classify_trains_a_few_steps_from_s3(published, tmp_path, monkeypatch):
+    from test_train import args, classify
+    monkeypatch.setenv("LATENTSTORE_CACHE", str(tmp_path / "cache"))
+    classify.main(args(published, tmp_path / "run", "--epochs", "1", "--max-steps", "2", "--workers", "2"))
+    assert (tmp_path / "run").is_dir()
+
+
+def test_a_missing_store_gives_one_line_naming_the_url_without_credentials(s3, tmp_path):
+    with pytest.raises(StoreError) as caught:
+        open_store("s3://bucket/nothing-here", cache_dir=tmp_path, storage_options={"secret": SECRET, "key": KEY_ID})
+    message = str(caught.value)
+    assert "\n" not in message and "s3://bucket/nothing-here/manifest.json: not found" in message
+    with pytest.raises(StoreError) as caught:  # credentials in the URL itself: refused, and not shown
+        open_store(f"s3://{KEY_ID}:{SECRET}@bucket/nothing-here?X-Amz-Signature=sig0123456789", cache_dir=tmp_path)
+    assert "\n" not in str(caught.value) and "s3://bucket/nothing-here/manifest.json" in str(caught.value)
+    for secret in (KEY_ID, SECRET, "sig0123456789"):
+        assert secret not in message and secret not in str(caught.value)
+
+
+def test_a_trainer_refuses_credentials_in_the_store_url_without_showing_them(tmp_path, capsys):
+    from test_train import args, classify
+    url = f"s3://{KEY_ID}:{SECRET}@bucket/stores/tiny"
+    with pytest.raises(SystemExit):
+        classify.main(args(url, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert "s3://bucket/stores/tiny" in err and KEY_ID not in err and SECRET not in err
+
+
+def test_a_missing_protocol_package_names_the_extra(tmp_path):
+    import importlib.util
+    missing = [(url, extra) for url, extra, package in (("gs://bucket/store", "gcs", "gcsfs"),
+                                                       ("az://container/store", "azure", "adlfs"))
+               if importlib.util.find_spec(package) is None]
+    assert missing, "install neither gcsfs nor adlfs in the test environment, or add a protocol here"
+    for url, extra in missing:
+        with pytest.raises(ConfigError) as caught:
+            open_store(url, cache_dir=tmp_path)
+        assert f"pip install 'latentstore[{extra}]'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- HTTP with Range
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, honouring single byte ranges (206) as object storage does."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        spec = self.headers.get("Range")
+        if not path.is_file() or not spec:
+            return super().send_head()
+        data = path.read_bytes()
+        first, _, last = spec.removeprefix("bytes=").partition("-")
+        first, last = int(first or 0), min(int(last) if last else len(data) - 1, len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        import io
+        return io.BytesIO(data[first:last + 1])
+
+
+@pytest.fixture
+def http_store(local):
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(local), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_store_served_over_http_reads_as_the_local_one(http_store, local, tmp_path):
+    got = open_store(http_store, cache_dir=tmp_path)
+    assert_same(samples(got), samples(open_store(local)))
+    with pytest.raises(StoreError, match=r"not found") as caught:
+        open_store(http_store + "/elsewhere", cache_dir=tmp_path)
+    assert "\n" not in str(caught.value) and f"{http_store}/elsewhere/manifest.json" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- faults
+
+class FaultProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the S3 server; request n fails when n % 3 == 1: alternately a 503 and a dropped connection."""
+    protocol_version = "HTTP/1.1"
+    upstream: tuple = ()
+    count = [0]
+    faults = [0]
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        with self.lock:
+            n = self.count[0] = self.count[0] + 1
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if n % 3 == 1:
+            with self.lock:
+                self.faults[0] += 1
+            if n % 2:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
+        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+        reply = conn.getresponse()
+        data = reply.read()
+        self.send_response(reply.status)
+        for k, v in reply.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+
+def test_an_epoch_through_a_faulty_proxy_reads_every_sample_exactly_once(published, local, s3, tmp_path):
+    FaultProxy.upstream = ("127.0.0.1", int(s3.rsplit(":", 1)[1]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FaultProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        options = {"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}", "skip_instance_cache": True}
+        got = open_store(published, storage_options=options, cache_dir=tmp_path)
+        assert_same(samples(got), samples(open_store(local)))
+        assert FaultProxy.faults[0] >= 3  # faults were injected, and survived
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_zarr_store_reads_from_s3_as_the_local_one(s3, tiny_folder, tmp_path):
+    local = tiny_store(tiny_folder, tmp_path / "zarr", variants=1, shard_size=2, format="zarr")
+    copy_store(str(local), "s3://bucket/stores/zarr")
+    got = open_store("s3://bucket/stores/zarr", cache_dir=tmp_path / "cache")
+    assert_same(samples(got), samples(open_store(local)))
+    assert torch.equal(got[got.keys()[2]]["y_hat"], open_store(local)[2]["y_hat"])
+
+
+def test_a_shard_damaged_in_the_bucket_is_refused_on_fill_naming_its_url(published, s3, tmp_path, capsys):
+    import s3fs
+    fs = s3fs.S3FileSystem()
+    fs.cp("bucket/stores/tiny", "bucket/stores/damaged", recursive=True)
+    shard = sorted(p for p in fs.find("bucket/stores/damaged") if p.endswith(".tar"))[0]
+    data = bytearray(fs.cat_file(shard))
+    data[700] ^= 1
+    fs.pipe_file(shard, bytes(data))
+    with pytest.raises(StoreError) as caught:
+        samples(open_store("s3://bucket/stores/damaged", cache_dir=tmp_path))
+    assert f"s3://{shard}: CRC-32C differs" in str(caught.value)
+    with pytest.raises(SystemExit) as verdict:
+        cli_main(["verify", "s3://bucket/stores/damaged", "--no-sources", "--quiet"])
+    assert verdict.value.code == 1
+    assert f"BAD  shard {shard.removeprefix('bucket/stores/damaged/')}" in capsys.readouterr().err
+
+
+def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch):
+    shard_bytes = max(p.stat().st_size for p in Path(local).rglob("*.tar"))
+    monkeypatch.setenv("LATENTSTORE_CACHE_GB", str(2.5 * shard_bytes / 2**30))
+    cache = tmp_path / "cache"
+    assert_same(samples(open_store(published, cache_dir=cache)), samples(open_store(local)))
+    held = sum(p.stat().st_size for p in cache.rglob("*.tar"))
+    assert 0 < held <= 2.5 * shard_bytes
+
+
+def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path):
+    ds = open_store(published, cache_dir=tmp_path)  # no shuffle: a window is one shard, in store order
+    shards = ds.shards()
+    it = iter(ds)
+    next(it)  # the first shard is read; the second is on its way, the third not yet asked for
+    for future in list(ds.remote._pending.values()):
+        future.result()
+    assert [(ds.path / s["path"]).is_file() for s in shards[:3]] == [True, True, False]
+    assert len(list(it)) == sum(s["samples"] for s in shards) - 1
