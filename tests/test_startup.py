@@ -30,3 +30,37 @@ def heavy_imports(argv, how="path", target=None) -> str:
 def test_trainer_help_and_flag_errors_import_no_torch(script):
     assert heavy_imports([script, "--help"]) == ""
     assert heavy_imports([script, "--store", "s", "--out", "o", "--lerning-rate", "1"]) == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["latentstore", "build", "--help"],
+    ["latentstore", "build", "--coder", "nope", "--quality", "3", "--dataset", "imagefolder", "--root", ".",
+     "--out", "never-made"],
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "9", "--dataset", "imagefolder", "--root", ".",
+     "--out", "never-made"],
+    ["latentstore", "models"],
+])
+def test_cli_help_argument_errors_and_model_listing_import_no_codec(argv):
+    assert heavy_imports(argv, how="module", target="latentstore.cli") == ""
+    assert not (ROOT / "never-made").exists()
+
+
+def test_light_name_tables_agree_with_the_registries():
+    from latentstore.coder_names import ALIASES, QUALITIES
+    from latentstore.coders import ALIASES as CODER_ALIASES, CODERS
+    from latentstore.model_names import AA_FAMILIES, NAMES
+    from latentstore.models import REGISTRY
+    from latentstore.models.adapt import AA_RULES
+
+    assert {name: tuple(spec.qualities) for name, spec in CODERS.items()} == \
+        {name: tuple(q) for name, q in QUALITIES.items()} and CODER_ALIASES is ALIASES
+    assert [e.pattern for e in REGISTRY] == list(NAMES) and tuple(sorted(AA_RULES)) == AA_FAMILIES
+    assert all((e.task, e.description) == NAMES[e.pattern] for e in REGISTRY)
+
+
+def test_models_lists_names_and_counts_on_request(capsys):
+    from latentstore.cli import main
+
+    main(["models"])
+    out = capsys.readouterr().out
+    assert "resnet50-aa" in out and "pspnet50-aa" in out and "`--all`" in out and "MACs |" not in out
