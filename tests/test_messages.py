@@ -78,3 +78,13 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     rc = _load_script("plot").main([str(_record(tmp_path / "a" / "eval.json")), "--out", str(tmp_path / "f.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'latentstore[plot]'" in err, err
+
+
+def test_zarr_info_names_fields_not_tar_members(tiny_folder, tmp_path):
+    from latentstore.info import render, summarize
+
+    tar_text = render(summarize(tiny_store(tiny_folder, tmp_path / "t")))
+    zarr_text = render(summarize(tiny_store(tiny_folder, tmp_path / "z", format="zarr")))
+    assert "    y_hat.npy " in tar_text
+    section = zarr_text.split("bytes per sample, by field:")[1].split("rejects")[0]
+    assert "    y_hat " in section and ".npy" not in section and ".cls" not in section, section
