@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from latentstore.errors import LatentstoreError
-from latentstore.report import METRIC, load_complexity, load_records, plot, results_table
+from latentstore.report import METRIC, load_complexity, load_records, plot, results_table, without_latency
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ def main(argv=None) -> int:
         records = load_records(cfg.records)
         complexity = load_complexity(cfg.complexity) if cfg.complexity else {}
         out = plot(records, cfg.out, cfg.paper, cfg.latency, complexity, cfg.latency_device)
+        dropped = without_latency(records, complexity, cfg.latency_device) if cfg.latency else []
+        if dropped:
+            print(f"--latency: left out of the latency panel, without a {cfg.latency_device} latency "
+                  "(eval --complexity, or --complexity FILE.json): " + "; ".join(dropped), file=sys.stderr)
         if cfg.table:
             tasks = [t for t in METRIC if any(r["task"] == t for r in records)]
             with open(cfg.table, "w") as f:

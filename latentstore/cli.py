@@ -38,9 +38,9 @@ class LazyHelpOption(click.Option):
 
 
 def _coder_help() -> str:
-    from .coders import ALIASES, CODERS
+    from .coder_names import coder_help
 
-    return "CompressAI coder: " + ", ".join(list(CODERS) + [f"{a} (= {c})" for a, c in ALIASES.items()])
+    return coder_help()
 
 
 def _fields_help() -> str:
@@ -150,6 +150,11 @@ def build(quiet, fields, part, dry_run, profile, **kwargs):
 
     Rerunning the same command after a crash finishes only what is missing.
     """
+    from .coder_names import check_coder_quality
+
+    check_coder_quality(kwargs["coder"], kwargs["quality"])   # at once: what follows imports the codec (seconds)
+    if dry_run:
+        click.echo("importing the codec and timing a batch on this machine (about half a minute) ...", err=True)
     from .build import BuildConfig, build as run_build
     from .info import render, summarize
     from .seal import parse_part
@@ -234,21 +239,27 @@ def verify(store, decode, weights, seed, root, no_sources, quiet):
 @click.option("--quality", default=3, show_default=True, type=int)
 @click.option("--image-size", default=224, show_default=True, type=int,
               help="Pixel size the latent comes from (latent side = size / 16).")
-@click.option("--names-only", is_flag=True, help="Only list the names (fast; counting builds every model).")
+@click.option("--all", "count_all", is_flag=True, help="Count params and MACs of every named model "
+                                                         "(builds each one: about half a minute).")
+@click.option("--names-only", is_flag=True, help="Only list the names (what no NAMES and no --all do).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def models(names, coder, quality, image_size, names_only, quiet):
-    """Params and MACs of compressed-domain models at a latent shape (default: the whole zoo).
+def models(names, coder, quality, image_size, count_all, names_only, quiet):
+    """List the model names, or count params and MACs of NAMES (or --all) at a latent shape.
 
     \b
-    latentstore models                                  # every named model, cheng2020 q3, 224 px
+    latentstore models                                  # the names, at once
     latentstore models resnet50-aa cresnet51 --quality 5
+    latentstore models --all                            # every named model, cheng2020 q3, 224 px
     """
-    from .complexity import markdown_table, model_table
-    from .models import EXAMPLES, model_names, name_listing
+    from .model_names import EXAMPLES, model_names, name_listing   # no torch: the listing is instant
 
-    if names_only:
+    if names_only or not (names or count_all):
         click.echo(name_listing())
+        if not names_only:
+            click.echo("\nParams and MACs: `latentstore models NAME ...`, or `--all` for every named model.")
         return
+    from .complexity import markdown_table, model_table
+
     if not names:
         patterns = [n for n in model_names() if "{timm}" in n]
         click.echo(f"Patterns ({{timm}} is any timm CNN): {', '.join(patterns)}\n")

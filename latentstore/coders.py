@@ -24,6 +24,7 @@ from compressai.models import (
 from compressai.zoo.image import model_urls
 from compressai.zoo.pretrained import load_pretrained
 
+from .coder_names import ALIASES, canonical_coder, check_coder_quality
 from .errors import ConfigError, WeightsError
 from .format import file_sha256
 from .weights import fetch, load_state, recipe_sha256, state_dict_sha256
@@ -70,21 +71,14 @@ CODERS = {
                   {q: 128 if q <= 3 else 192 for q in range(1, 7)}, "context"),
     )
 }
-ALIASES = {"cheng2020": "cheng2020-anchor"}
 
 
 def get_spec(name: str) -> CoderSpec:
-    canonical = ALIASES.get(name, name)
-    if canonical not in CODERS:
-        valid = ", ".join(sorted(CODERS) + sorted(ALIASES))
-        raise ConfigError(f"Unknown coder {name!r}: choose one of {valid}")
-    return CODERS[canonical]
+    return CODERS[canonical_coder(name)]
 
 
 def check_quality(spec: CoderSpec, quality: int) -> None:
-    if quality not in spec.channels:
-        q = spec.qualities
-        raise ConfigError(f"Invalid quality {quality} for {spec.name}: choose {q[0]}-{q[-1]}")
+    check_coder_quality(spec.name, quality)
 
 
 @dataclass(frozen=True)

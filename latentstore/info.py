@@ -1,7 +1,7 @@
 """What `latentstore info` reports: a machine summary of a manifest, and its human rendering."""
 from __future__ import annotations
 
-from .format import ENCODER_REVISION, read_manifest
+from .format import ENCODER_REVISION, field_for_member, read_manifest
 from .location import is_url, local_root, shown
 from .teacher.info import render_teacher, summarize_teacher
 
@@ -84,13 +84,21 @@ def render(summary: dict) -> str:
             f"  latent    {c}x{h}x{wd}, valid rows {r0}..{r1 - 1}, cols {c0}..{c1 - 1}",
             f"  mean bpp  {s['mean_bpp']:.4f}" if s["mean_bpp"] is not None else "  mean bpp  -",
             f"  shards    {s['shards']}, {s['bytes'] / 1e6:.2f} MB",
-            "  bytes per sample:",
+            "  bytes per sample:" if summary["backend"] != "zarr" else "  bytes per sample, by field:",
         ]
-        lines += [f"    {ext:<22} {n:>12,.0f}" for ext, n in s["bytes_per_sample"].items()]
+        lines += [f"    {_label(ext, summary['backend']):<22} {n:>12,.0f}" for ext, n in s["bytes_per_sample"].items()]
         lines += render_teacher(s["teacher"], summary.get("teacher_error", {}).get(name))
         lines.append(f"  rejects   {len(s['rejects'])}")
         lines += [f"    {r['source']}: {r['reason']}" for r in s["rejects"]]
     return "\n".join(lines)
+
+
+def _label(ext: str, backend: str) -> str:
+    """A tar store lists its member suffixes (y_hat.npy); a Zarr store has arrays, named by field."""
+    if backend != "zarr":
+        return ext
+    field = field_for_member(ext)
+    return field.name if field is not None else ext.removesuffix(".npy")
 
 
 def _encoder_line(created_by: dict) -> str:

@@ -113,6 +113,12 @@ def latency_of(record: dict, complexity: dict, device: str = "cpu"):
     return row.get(f"{device}_ms")
 
 
+def without_latency(records: list[dict], complexity: dict, device: str = "cpu") -> list[str]:
+    """The classification records the latency panel leaves out (no latency figure), each named by its file."""
+    return [f"{r.get('_path', r['model'])} ({r['method']}, {r['model']})" for r in records
+            if r["task"] == "classification" and latency_of(r, complexity, device) is None]
+
+
 def load_complexity(path) -> dict:
     """{model name: row} from a complexity JSON (``eval/complexity.py --json``: a list of rows with 'model')."""
     data = json.loads(Path(path).read_text())
@@ -136,7 +142,11 @@ def complexity_row(c) -> dict:
 def plot(records: list[dict], out, paper: bool = False, latency: bool = False,
          complexity: dict | None = None, latency_device: str = "cpu") -> Path:
     """Write a PNG: rate–accuracy and/or rate–mIoU panels (+ an accuracy–latency panel with ``latency``)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:   # not in the base install: the [plot] extra brings it
+        raise ConfigError("plotting needs matplotlib, which the base install leaves out: "
+                          "pip install 'latentstore[plot]' (or pip install matplotlib)") from exc
     matplotlib.use("Agg")  # files only: no display on cluster nodes
     import matplotlib.pyplot as plt
 

@@ -47,3 +47,44 @@ def test_eval_with_the_other_task_s_script_names_the_right_one(tiny_folder, tmp_
                                         "--device", "cpu"])
         err = capsys.readouterr().err.strip()
         assert rc != 0 and len(err.splitlines()) == 1 and advice in err and "num_classes" not in err, err
+
+
+def _record(path, **kw):
+    import json
+
+    rec = {"kind": "latentstore-eval", "task": "classification", "method": "ResNet-18-aa", "model": "resnet18-aa",
+           "coder": "cheng2020-anchor", "quality": 1, "bpp": 0.2, "top1": 50.0, "top5": 80.0, **kw}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_plot_latency_names_the_records_it_leaves_out(tmp_path, capsys):
+    from test_eval import _load_script
+
+    timed = _record(tmp_path / "a" / "eval.json", complexity={"cpu_ms": 3.0})
+    untimed = _record(tmp_path / "b" / "eval.json", bpp=0.4, top1=60.0)
+    rc = _load_script("plot").main([str(timed), str(untimed), "--out", str(tmp_path / "f.png"), "--latency"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "left out of the latency panel" in err and str(untimed) in err and str(timed) not in err
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from test_eval import _load_script
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)         # import matplotlib raises ImportError
+    rc = _load_script("plot").main([str(_record(tmp_path / "a" / "eval.json")), "--out", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'latentstore[plot]'" in err, err
+
+
+def test_zarr_info_names_fields_not_tar_members(tiny_folder, tmp_path):
+    from latentstore.info import render, summarize
+
+    tar_text = render(summarize(tiny_store(tiny_folder, tmp_path / "t")))
+    zarr_text = render(summarize(tiny_store(tiny_folder, tmp_path / "z", format="zarr")))
+    assert "    y_hat.npy " in tar_text
+    section = zarr_text.split("bytes per sample, by field:")[1].split("rejects")[0]
+    assert "    y_hat " in section and ".npy" not in section and ".cls" not in section, section

@@ -13,9 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from latentstore.train import TrainConfig, cleanup, fit, opt, parse_config, prepare_student, run_script, setup
+from latentstore.train import TrainConfig, opt, parse_config, run_script
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,11 @@ def recipe_milestones(epochs: int) -> tuple:
 
 
 def main(argv=None):
-    cfg = parse_config(Config, argv)
+    cfg = parse_config(Config, argv)   # before torch is imported: --help and flag errors come at once
+    import torch.nn.functional as F
+
+    from latentstore.train import cleanup, fit, prepare_student, setup
+
     d = setup(cfg.device)
     try:
         student = prepare_student(cfg, task="classification")   # refuses a mismatched teacher

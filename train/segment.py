@@ -13,9 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from latentstore.train import TrainConfig, cleanup, fit, opt, parse_config, prepare_student, run_script, setup
+from latentstore.train import TrainConfig, opt, parse_config, run_script
 
 IGNORE = 255
 
@@ -37,6 +35,8 @@ def recipe_milestones(epochs: int) -> tuple:
 
 def seg_loss(logits, aux, label, aux_weight: float):
     """Cross-entropy (ignore 255) of the main and auxiliary logits, resized to the label map if they differ."""
+    import torch.nn.functional as F
+
     if logits.shape[-2:] != label.shape[-2:]:
         logits = F.interpolate(logits, label.shape[-2:], mode="bilinear", align_corners=False)
         aux = F.interpolate(aux, label.shape[-2:], mode="bilinear", align_corners=False)
@@ -45,7 +45,11 @@ def seg_loss(logits, aux, label, aux_weight: float):
 
 
 def main(argv=None):
-    cfg = parse_config(Config, argv)
+    cfg = parse_config(Config, argv)   # before torch is imported: --help and flag errors come at once
+    import torch.nn.functional as F
+
+    from latentstore.train import cleanup, fit, prepare_student, setup
+
     d = setup(cfg.device)
     try:
         student = prepare_student(cfg, task="segmentation")   # refuses a mismatched teacher

@@ -28,6 +28,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
+from ..model_names import EXAMPLES, NAMES, model_names, name_listing
 from .adapt import TapClassifier, load_into, read_state_dict, timm_classifier
 from .baselines import TwoInputCResNet, cresnet, decode_classifier, reshape_classifier
 from .pspnet import BACKBONE, PSPNet
@@ -52,72 +53,41 @@ def _stem_prefix(net) -> str:
     return net.aa_edits["stem"] + "."
 
 
+def _entry(pattern: str, inputs: tuple, build, pixel_source, weights_target) -> ModelEntry:
+    """A registry entry; its task and description come from the light name table (model_names.NAMES)."""
+    task, description = NAMES[pattern]
+    return ModelEntry(pattern, task, inputs, build, pixel_source, weights_target, description)
+
+
 REGISTRY = [
-    ModelEntry("pspnet50", "segmentation", ("image",),
-               lambda t, c, n, coder, **kw: PSPNet(n, None),
-               lambda t: BACKBONE, lambda m: (m.backbone, (), ("fc.",)),
-               "PSPNet-50 (deep-stem dilated ResNet-50, OS 8, PPM, aux head) on pixels"),
-    ModelEntry("pspnet50-aa", "segmentation", ("y_hat",),
-               lambda t, c, n, coder, **kw: PSPNet(n, c),
-               lambda t: BACKBONE,
-               lambda m: (m.backbone, (_stem_prefix(m.backbone),), ("fc.", _stem_prefix(m.backbone))),
-               "PSPNet-50 with the -aa backbone, on ŷ"),
-    ModelEntry("cresnet51", "classification", ("y_hat",),
-               lambda t, c, n, coder, **kw: cresnet(c, n, 51),
-               lambda t: "resnet50", lambda m: (m.net, "*", "*"),
-               "cResNet-51 (Torfason et al.): ResNet-50 minus root and conv2_x, conv4_x ×10, on ŷ"),
-    ModelEntry("cresnet39", "classification", ("y_hat", "sigma_hat"),
-               lambda t, c, n, coder, **kw: TwoInputCResNet(c, n),
-               lambda t: "resnet50", lambda m: (m.body, "*", "*"),
-               "Deng & Karam style cResNet-39 on ŷ and σ̂"),
-    ModelEntry("reshape+resnet50", "classification", ("y_hat",),
-               lambda t, c, n, coder, **kw: reshape_classifier(timm_classifier("resnet50", n, **kw), c),
-               lambda t: "resnet50", lambda m: (m.net.pixel, (), ()),
-               "zero-pad ŷ channels, pixel-shuffle to 3 channels, ResNet-50"),
-    ModelEntry("decode+{timm}", "classification", ("y_hat",),
-               lambda t, c, n, coder, **kw: decode_classifier(timm_classifier(t, n, **kw), coder),
-               lambda t: t, lambda m: (m.net.pixel, (), ()),
-               "the coder's g_s (frozen), then the pixel model"),
-    ModelEntry("{timm}-aa", "classification", ("y_hat",),
-               lambda t, c, n, coder, **kw: timm_classifier(t, n, latent_channels=c, **kw),
-               lambda t: t,
-               lambda m: (m.net, (_stem_prefix(m.net),), (_stem_prefix(m.net),)),
-               "architecture adaptation of a timm CNN (docs/method.md §4)"),
-    ModelEntry("{timm}", "classification", ("image",),
-               lambda t, c, n, coder, **kw: timm_classifier(t, n, **kw),
-               lambda t: t, lambda m: (m.net, (), ()),
-               "the timm pixel model (teacher)"),
+    _entry("pspnet50", ("image",),
+           lambda t, c, n, coder, **kw: PSPNet(n, None),
+           lambda t: BACKBONE, lambda m: (m.backbone, (), ("fc.",))),
+    _entry("pspnet50-aa", ("y_hat",),
+           lambda t, c, n, coder, **kw: PSPNet(n, c),
+           lambda t: BACKBONE,
+           lambda m: (m.backbone, (_stem_prefix(m.backbone),), ("fc.", _stem_prefix(m.backbone)))),
+    _entry("cresnet51", ("y_hat",),
+           lambda t, c, n, coder, **kw: cresnet(c, n, 51),
+           lambda t: "resnet50", lambda m: (m.net, "*", "*")),
+    _entry("cresnet39", ("y_hat", "sigma_hat"),
+           lambda t, c, n, coder, **kw: TwoInputCResNet(c, n),
+           lambda t: "resnet50", lambda m: (m.body, "*", "*")),
+    _entry("reshape+resnet50", ("y_hat",),
+           lambda t, c, n, coder, **kw: reshape_classifier(timm_classifier("resnet50", n, **kw), c),
+           lambda t: "resnet50", lambda m: (m.net.pixel, (), ())),
+    _entry("decode+{timm}", ("y_hat",),
+           lambda t, c, n, coder, **kw: decode_classifier(timm_classifier(t, n, **kw), coder),
+           lambda t: t, lambda m: (m.net.pixel, (), ())),
+    _entry("{timm}-aa", ("y_hat",),
+           lambda t, c, n, coder, **kw: timm_classifier(t, n, latent_channels=c, **kw),
+           lambda t: t,
+           lambda m: (m.net, (_stem_prefix(m.net),), (_stem_prefix(m.net),))),
+    _entry("{timm}", ("image",),
+           lambda t, c, n, coder, **kw: timm_classifier(t, n, **kw),
+           lambda t: t, lambda m: (m.net, (), ())),
 ]
 
-EXAMPLES = ["resnet50", "resnet50-aa", "vgg11-aa", "vgg11_bn-aa", "efficientnet_b0-aa", "cresnet51",
-            "cresnet39", "reshape+resnet50", "decode+resnet50", "pspnet50", "pspnet50-aa"]
-
-
-#: pattern -> concrete names it stands for in the docs and tests (any timm CNN of an -aa family works)
-INSTANCES = {"{timm}-aa": ["resnet18-aa", "resnet50-aa", "vgg11-aa", "vgg11_bn-aa", "efficientnet_b0-aa",
-                           "mobilenetv3_large_100-aa"],
-             "decode+{timm}": ["decode+resnet18", "decode+resnet50"],
-             "{timm}": ["resnet18", "resnet50", "vgg11", "efficientnet_b0"]}
-
-
-def name_listing() -> str:
-    """Concrete model names, one per line with what each is, then the patterns they come from."""
-    from .adapt import AA_RULES
-
-    rows = []
-    for e in REGISTRY:
-        for name in INSTANCES.get(e.pattern, [e.pattern]):
-            rows.append(f"  {name:<26} {e.task}: {e.description}")
-    return ("Model names (for --model, create_model and `latentstore models NAME`):\n" + "\n".join(rows)
-            + "\n\nPatterns: " + ", ".join(e.pattern for e in REGISTRY if "{timm}" in e.pattern)
-            + f", where {{timm}} is any timm CNN of the families {', '.join(sorted(AA_RULES))} "
-            "(e.g. resnet101-aa, regnety_016-aa).")
-
-
-def model_names() -> list[str]:
-    """The registry's names, with {timm} patterns shown as such, and common instances."""
-    patterns = [e.pattern for e in REGISTRY]
-    return patterns + [n for n in EXAMPLES if n not in patterns]
 
 
 def _is_timm_cnn(name: str) -> bool:

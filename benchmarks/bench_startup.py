@@ -1,0 +1,56 @@
+"""How long commands that only parse arguments or list names take: wall time per command, side by side.
+
+    python benchmarks/bench_startup.py [--trials 3] [--baseline /path/to/other/checkout]
+
+Each command runs in a fresh interpreter (`python -m latentstore.cli ...`, `python train/classify.py ...`),
+as a user types it; the median of --trials runs is shown. With --baseline, the same commands also run
+against another checkout's latentstore (PYTHONPATH), interleaved, so both columns see the same machine load.
+The target (issue 28): each under 1.5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_ERROR = ["--dataset", "imagefolder", "--root", ".", "--out", "/nonexistent/never-made"]
+COMMANDS = {
+    "latentstore build --help": ["-m", "latentstore.cli", "build", "--help"],
+    "build: unknown coder": ["-m", "latentstore.cli", "build", "--coder", "nope", "--quality", "3", *BUILD_ERROR],
+    "build: bad quality": ["-m", "latentstore.cli", "build", "--coder", "cheng2020", "--quality", "9", *BUILD_ERROR],
+    "latentstore models": ["-m", "latentstore.cli", "models"],
+    "train/classify.py --help": ["train/classify.py", "--help"],
+    "train/segment.py --help": ["train/segment.py", "--help"],
+}
+
+
+def wall(argv: list, tree: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *argv], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="another checkout to time the same commands in")
+    args = parser.parse_args()
+    trees = {"this tree": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    print(f"{'command':<28}" + "".join(f"{name:>12}" for name in trees) + "   (median of "
+          f"{args.trials}, seconds)", flush=True)
+    for label, argv in COMMANDS.items():
+        times = {name: [] for name in trees}
+        for _ in range(args.trials):
+            for name, tree in trees.items():
+                times[name].append(wall(argv, tree))
+        print(f"{label:<28}" + "".join(f"{statistics.median(t):>12.2f}" for t in times.values()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

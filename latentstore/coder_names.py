@@ -1,0 +1,37 @@
+"""The coders' names, aliases and qualities as plain data: `build --help` and argument errors need no CompressAI.
+
+latentstore.coders builds its CoderSpec table from these qualities (tests/test_startup.py checks both agree).
+"""
+from __future__ import annotations
+
+from .errors import ConfigError
+
+#: coder name (compressai.zoo) -> qualities of its released weights
+QUALITIES = {
+    "bmshj2018-factorized": range(1, 9),
+    "bmshj2018-hyperprior": range(1, 9),
+    "mbt2018-mean": range(1, 9),
+    "mbt2018": range(1, 9),
+    "cheng2020-anchor": range(1, 7),
+    "cheng2020-attn": range(1, 7),
+}
+ALIASES = {"cheng2020": "cheng2020-anchor"}
+
+
+def canonical_coder(name: str) -> str:
+    """The coder's zoo name (an alias resolved); ConfigError listing the valid names otherwise."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in QUALITIES:
+        raise ConfigError(f"Unknown coder {name!r}: choose one of {', '.join(sorted(QUALITIES) + sorted(ALIASES))}")
+    return canonical
+
+
+def check_coder_quality(name: str, quality: int) -> None:
+    qualities = QUALITIES[canonical_coder(name)]
+    if quality not in qualities:
+        raise ConfigError(f"Invalid quality {quality} for {canonical_coder(name)}: "
+                          f"choose {qualities[0]}-{qualities[-1]}")
+
+
+def coder_help() -> str:
+    return "CompressAI coder: " + ", ".join(list(QUALITIES) + [f"{a} (= {c})" for a, c in ALIASES.items()])

@@ -1,0 +1,66 @@
+"""Commands that only parse arguments or list names import no torch/CompressAI/timm, so they answer at once
+(benchmarks/bench_startup.py measures the wall time)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import runpy, sys
+sys.argv = {argv!r}
+try:
+    runpy.run_{how}({target!r}, run_name="__main__")
+except SystemExit:
+    pass
+heavy = [m for m in ("torch", "compressai", "timm") if m in sys.modules]
+print("HEAVY", ",".join(heavy))
+"""
+
+
+def heavy_imports(argv, how="path", target=None) -> str:
+    code = PROBE.format(argv=argv, how=how, target=target or argv[0])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
+    return out.strip().splitlines()[-1].removeprefix("HEAVY").strip()
+
+
+@pytest.mark.parametrize("script", ["train/classify.py", "train/segment.py"])
+def test_trainer_help_and_flag_errors_import_no_torch(script):
+    assert heavy_imports([script, "--help"]) == ""
+    assert heavy_imports([script, "--store", "s", "--out", "o", "--lerning-rate", "1"]) == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["latentstore", "build", "--help"],
+    ["latentstore", "build", "--coder", "nope", "--quality", "3", "--dataset", "imagefolder", "--root", ".",
+     "--out", "never-made"],
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "9", "--dataset", "imagefolder", "--root", ".",
+     "--out", "never-made"],
+    ["latentstore", "models"],
+])
+def test_cli_help_argument_errors_and_model_listing_import_no_codec(argv):
+    assert heavy_imports(argv, how="module", target="latentstore.cli") == ""
+    assert not (ROOT / "never-made").exists()
+
+
+def test_light_name_tables_agree_with_the_registries():
+    from latentstore.coder_names import ALIASES, QUALITIES
+    from latentstore.coders import ALIASES as CODER_ALIASES, CODERS
+    from latentstore.model_names import AA_FAMILIES, NAMES
+    from latentstore.models import REGISTRY
+    from latentstore.models.adapt import AA_RULES
+
+    assert {name: tuple(spec.qualities) for name, spec in CODERS.items()} == \
+        {name: tuple(q) for name, q in QUALITIES.items()} and CODER_ALIASES is ALIASES
+    assert [e.pattern for e in REGISTRY] == list(NAMES) and tuple(sorted(AA_RULES)) == AA_FAMILIES
+    assert all((e.task, e.description) == NAMES[e.pattern] for e in REGISTRY)
+
+
+def test_models_lists_names_and_counts_on_request(capsys):
+    from latentstore.cli import main
+
+    main(["models"])
+    out = capsys.readouterr().out
+    assert "resnet50-aa" in out and "pspnet50-aa" in out and "`--all`" in out and "MACs |" not in out
