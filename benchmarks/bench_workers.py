@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import http.server
-import logging
+import multiprocessing
 import os
 import shutil
+import subprocess
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -117,6 +117,22 @@ class LatencyProxy(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = _forward
 
 
+def serve_proxy(port: int, upstream: tuple, delay: float) -> None:
+    LatencyProxy.upstream, LatencyProxy.delay = upstream, delay
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), LatencyProxy).serve_forever()
+
+
+def wait_for(port: int, timeout: float = 60.0) -> None:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,30 +168,32 @@ def main(argv=None) -> int:
         rows += passes("store", local, workers, a.passes)
         rows += passes("floor", lambda: Floor(batches, y.shape, y.dtype), workers, a.passes)
     if not a.no_remote:
-        from moto.server import ThreadedMotoServer
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server.start()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{server._port}", AWS_ACCESS_KEY_ID="bench",
+        # The S3 server and the proxy run in processes of their own: in this one they would hold the GIL
+        # against the loader's main loop, which a real object store does not.
+        port, proxy_port = free_port(), free_port()
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proxy = multiprocessing.get_context("spawn").Process(
+            target=serve_proxy, args=(proxy_port, ("127.0.0.1", port), a.latency / 1e3), daemon=True)
+        proxy.start()
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
                           AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        wait_for(port), wait_for(proxy_port)
         import s3fs
         s3fs.S3FileSystem().mkdir("bench")
         copy_store(str(store), "s3://bench/store")
-        LatencyProxy.upstream, LatencyProxy.delay = ("127.0.0.1", server._port), a.latency / 1e3
-        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LatencyProxy)
-        threading.Thread(target=proxy.serve_forever, daemon=True).start()
         cache = a.work / "cache"
-
         fresh = iter(range(10**6))
 
         def remote():
             return open_store("s3://bench/store", fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True,
                               batch_size=32, drop_last=True, cache_dir=cache / str(next(fresh)),
-                              storage_options={"endpoint_url": f"http://127.0.0.1:{proxy.server_address[1]}"})
+                              storage_options={"endpoint_url": f"http://127.0.0.1:{proxy_port}"})
         for p in range(a.passes):  # a cold cache every pass: each shard comes through the proxy
             rows += passes("remote", remote, 2, 1)
-        proxy.shutdown()
-        server.stop()
+        proxy.terminate()
+        server.terminate()
+        server.wait()
         shutil.rmtree(cache, ignore_errors=True)
     best = {}
     for r in rows:

@@ -379,7 +379,9 @@ class LatentDataset(IterableDataset):
         pending: list[str] = []
         if self.remote:  # each window's shards are fetched while the one before it is read
             windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
-            self._next_window = dict(zip(windows, windows[1:]))
+            self._next_window = {w: [shards[s] for s in nxt] for w, nxt in zip(windows, windows[1:])}
+            if windows and epoch + 1 < self.until:  # a pass through several epochs: the next one's first
+                self._next_window[windows[-1]] = self._first_window(epoch + 1)
         # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
         # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
         # the last item read (or the first one, where none was read yet). A single process
@@ -417,6 +419,15 @@ class LatentDataset(IterableDataset):
                              + "\n  ".join(self.skipped[:20]) + "\nRun `latentstore verify` and rebuild the "
                              "damaged shards.")
 
+    def _first_window(self, epoch: int) -> list[dict]:
+        """The shard records of the window this rank's slice of `epoch` starts in (what to prefetch)."""
+        shards = self.shards(epoch)
+        order = self._order(shards, epoch)
+        positions = rank_slice(len(order), *self._rank_world(), self.remainder)
+        if not order or not positions:
+            return []
+        return [shards[s] for s in self._windows(shards, epoch)[order[positions[0] % len(order)][0]]]
+
     def _windows(self, shards, epoch: int) -> dict[int, list[int]]:
         """Shard index -> the shards read together with it (its shuffle window)."""
         if not self.shuffle:
@@ -431,7 +442,7 @@ class LatentDataset(IterableDataset):
         Only this worker's samples (`mine`) are decoded: the rest are other workers' work."""
         skipped = []
         if self.remote:
-            self.remote.prefetch([shards[s] for s in self._next_window.get(tuple(window), ())])
+            self.remote.prefetch(self._next_window.get(tuple(window), []))
         for s in window:
             shard = shards[s]
             if self.remote:
