@@ -76,6 +76,9 @@ def test_a_store_copied_to_s3_reads_sample_for_sample_as_the_local_one(published
         got = open_store(published, shuffle=True, seed=3, cache_dir=tmp_path / "cache")
         want.set_epoch(epoch), got.set_epoch(epoch)
         assert_same(samples(got, workers=2), samples(want))
+    want, got = open_store(local, shuffle=True, seed=3), open_store(published, shuffle=True, seed=3, cache_dir=tmp_path)
+    want.set_epoch(1, start=3), got.set_epoch(1, start=3)  # a mid-epoch resume starts where the local one does
+    assert_same(samples(got, workers=2), samples(want))
     ds = open_store(published, cache_dir=tmp_path / "cache2")
     assert torch.equal(ds[ds.keys()[1]]["y_hat"], open_store(local)[1]["y_hat"])
 
