@@ -282,3 +282,20 @@ def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(publ
         future.result()
     assert [(ds.path / s["path"]).is_file() for s in shards[:3]] == [True, True, False]
     assert len(list(it)) == sum(s["samples"] for s in shards) - 1
+
+
+def test_eval_reads_a_store_url_as_the_local_store(s3, tmp_path, tiny_folder, tmp_path_factory):
+    import json
+    import test_eval
+    local = test_eval.cls_store.__wrapped__(tiny_folder, tmp_path_factory)
+    ckpt = test_eval.make_checkpoint(tmp_path / "run" / "last.pt", local)
+    copy_store(str(local), "s3://bucket/stores/eval")
+    records = []
+    for store in (str(local), "s3://bucket/stores/eval"):
+        out = tmp_path / f"eval{len(records)}.json"
+        assert test_eval._load_script("classify").main(["--store", store, "--checkpoint", str(ckpt), "--out", str(out),
+                                                        "--device", "cpu", "--batch-size", "4", "--quiet"]) == 0
+        records.append(json.loads(out.read_text()))
+    assert records[1]["store"]["path"] == "s3://bucket/stores/eval"
+    for name in ("samples", "top1", "bits", "pixels", "matches_manifest"):
+        assert records[0][name] == records[1][name]
