@@ -67,6 +67,8 @@ from .teacher.decode import TeacherDecoder
 
 DEFAULT_FIELDS = ("y_hat", "label")
 REMAINDERS = ("drop", "pad", "keep")
+#: Windows of shards a remote store's reader fetches ahead of the one it reads.
+PREFETCH_WINDOWS = 2
 
 
 def pick_split(manifest: dict, split: str | None, store) -> str:
@@ -377,11 +379,13 @@ class LatentDataset(IterableDataset):
                 mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
-        if self.remote:  # each window's shards are fetched while the one before it is read
+        if self.remote:  # the next PREFETCH_WINDOWS windows' shards are fetched while one window is read
             windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
-            self._next_window = {w: [shards[s] for s in nxt] for w, nxt in zip(windows, windows[1:])}
-            if windows and epoch + 1 < self.until:  # a pass through several epochs: the next one's first
-                self._next_window[windows[-1]] = self._first_window(epoch + 1)
+            ahead = [[shards[s] for s in w] for w in windows[1:]]
+            # a pass through several epochs goes on into the next epochs' first windows
+            ahead += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, self.until))]
+            self._next_window = {w: [shard for nxt in ahead[i:i + PREFETCH_WINDOWS] for shard in nxt]
+                                 for i, w in enumerate(windows)}
         # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
         # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
         # the last item read (or the first one, where none was read yet). A single process

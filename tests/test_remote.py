@@ -273,7 +273,8 @@ def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch
     assert 0 < held <= 2.5 * shard_bytes
 
 
-def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path):
+def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path, monkeypatch):
+    monkeypatch.setattr("latentstore.dataset.PREFETCH_WINDOWS", 1)  # the lookahead is bounded: one window here
     ds = open_store(published, cache_dir=tmp_path)  # no shuffle: a window is one shard, in store order
     shards = ds.shards()
     it = iter(ds)
