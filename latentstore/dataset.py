@@ -517,7 +517,7 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
         max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
         storage_options: passed to fsspec for a URL (e.g. ``{"endpoint_url": ..., "anon": True}``).
         cache_dir: where a remote store's shards are mirrored (default ``$LATENTSTORE_CACHE``, else
-            ``~/.cache/latentstore``); see latentstore/location.py.
+            ``~/.cache/latentstore/stores``); see latentstore/location.py.
 
     Each sample is a dict of tensors plus ``__key__`` and ``__shard__``. ŷ is padded to a
     multiple of 64 pixels: ``ds.info["valid_region"]`` (rows r0:r1, cols c0:c1) are the latent

@@ -7,7 +7,7 @@ it. So every reader keeps reading local files with its own checks (per-sample CR
 fields), and object storage sees few large requests instead of one per sample. A file is checked
 against its manifest record (size, CRC-32C or sha256) before it enters the mirror.
 
-The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore``), one folder per
+The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore/stores``), one folder per
 (URL, manifest digest), so a republished store never reads a stale file; least recently used files
 are evicted above ``$LATENTSTORE_CACHE_GB`` (default 50).
 
@@ -186,7 +186,7 @@ class Remote(Location):
 
     def __init__(self, url: str, storage_options: dict | None = None, cache_dir=None):
         super().__init__(url, storage_options)
-        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or Path.home() / ".cache" / "latentstore")
+        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or Path.home() / ".cache" / "latentstore" / "stores")
         self.limit = int(float(os.environ.get("LATENTSTORE_CACHE_GB", "50")) * 2**30)
         manifest = self.read(MANIFEST)
         digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]

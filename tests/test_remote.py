@@ -37,9 +37,9 @@ def s3(tmp_path_factory):
     server.start()
     url = f"http://127.0.0.1:{server._port}"
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                           "AWS_DEFAULT_REGION")}
+                                           "AWS_DEFAULT_REGION", "LATENTSTORE_CACHE")}
     os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
-                      AWS_DEFAULT_REGION="us-east-1")
+                      AWS_DEFAULT_REGION="us-east-1", LATENTSTORE_CACHE=str(tmp_path_factory.mktemp("cache")))
     import s3fs
     s3fs.S3FileSystem.clear_instance_cache()
     s3fs.S3FileSystem().mkdir("bucket")
