@@ -50,7 +50,8 @@ def build_store(work: Path, images: int) -> Path:
     for i in range(images):
         folder = root / "train" / f"c{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.open(photos[i % len(photos)]).convert("RGB").resize((240 + i % 50, 236 + i % 30)).save(folder / f"{i}.png")
+        photo = Image.open(photos[i % len(photos)]).convert("RGB")
+        photo.resize((240 + i % 50, 236 + i % 30)).save(folder / f"{i}.png")
     build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
                       split="train", variants=VARIANTS, crop=224, root=str(root), out=str(out), shard_size=64),
           progress=False)
@@ -68,7 +69,8 @@ class Floor(IterableDataset):
         wid, k = (w.id, w.num_workers) if w else (0, 1)
         for _ in range(wid, self.batches, k):
             yield {"y_hat": torch.zeros(self.y_shape, dtype=self.y_dtype), "label": torch.zeros(32, dtype=torch.int64),
-                   "__key__": [f"train_c0_{j:05d}_v000" for j in range(32)], "__shard__": ["train/v000-000000.tar"] * 32}
+                   "__key__": [f"train_c0_{j:05d}_v000" for j in range(32)],
+                   "__shard__": ["train/v000-000000.tar"] * 32}
 
 
 def passes(name: str, make, workers: int, n: int) -> list[dict]:

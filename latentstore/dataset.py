@@ -51,7 +51,6 @@ read fails once more than ``max_skips`` were skipped.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -186,7 +186,8 @@ class Remote(Location):
 
     def __init__(self, url: str, storage_options: dict | None = None, cache_dir=None):
         super().__init__(url, storage_options)
-        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or Path.home() / ".cache" / "latentstore" / "stores")
+        default = Path.home() / ".cache" / "latentstore" / "stores"
+        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or default)
         self.limit = int(float(os.environ.get("LATENTSTORE_CACHE_GB", "50")) * 2**30)
         manifest = self.read(MANIFEST)
         digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]
