@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import http.server
-import logging
+import multiprocessing
 import os
 import shutil
+import subprocess
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -50,7 +50,8 @@ def build_store(work: Path, images: int) -> Path:
     for i in range(images):
         folder = root / "train" / f"c{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.open(photos[i % len(photos)]).convert("RGB").resize((240 + i % 50, 236 + i % 30)).save(folder / f"{i}.png")
+        photo = Image.open(photos[i % len(photos)]).convert("RGB")
+        photo.resize((240 + i % 50, 236 + i % 30)).save(folder / f"{i}.png")
     build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
                       split="train", variants=VARIANTS, crop=224, root=str(root), out=str(out), shard_size=64),
           progress=False)
@@ -68,7 +69,8 @@ class Floor(IterableDataset):
         wid, k = (w.id, w.num_workers) if w else (0, 1)
         for _ in range(wid, self.batches, k):
             yield {"y_hat": torch.zeros(self.y_shape, dtype=self.y_dtype), "label": torch.zeros(32, dtype=torch.int64),
-                   "__key__": [f"train_c0_{j:05d}_v000" for j in range(32)], "__shard__": ["train/v000-000000.tar"] * 32}
+                   "__key__": [f"train_c0_{j:05d}_v000" for j in range(32)],
+                   "__shard__": ["train/v000-000000.tar"] * 32}
 
 
 def passes(name: str, make, workers: int, n: int) -> list[dict]:
@@ -117,6 +119,22 @@ class LatencyProxy(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = _forward
 
 
+def serve_proxy(port: int, upstream: tuple, delay: float) -> None:
+    LatencyProxy.upstream, LatencyProxy.delay = upstream, delay
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), LatencyProxy).serve_forever()
+
+
+def wait_for(port: int, timeout: float = 60.0) -> None:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,30 +170,32 @@ def main(argv=None) -> int:
         rows += passes("store", local, workers, a.passes)
         rows += passes("floor", lambda: Floor(batches, y.shape, y.dtype), workers, a.passes)
     if not a.no_remote:
-        from moto.server import ThreadedMotoServer
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server.start()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{server._port}", AWS_ACCESS_KEY_ID="bench",
+        # The S3 server and the proxy run in processes of their own: in this one they would hold the GIL
+        # against the loader's main loop, which a real object store does not.
+        port, proxy_port = free_port(), free_port()
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proxy = multiprocessing.get_context("spawn").Process(
+            target=serve_proxy, args=(proxy_port, ("127.0.0.1", port), a.latency / 1e3), daemon=True)
+        proxy.start()
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
                           AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        wait_for(port), wait_for(proxy_port)
         import s3fs
         s3fs.S3FileSystem().mkdir("bench")
         copy_store(str(store), "s3://bench/store")
-        LatencyProxy.upstream, LatencyProxy.delay = ("127.0.0.1", server._port), a.latency / 1e3
-        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LatencyProxy)
-        threading.Thread(target=proxy.serve_forever, daemon=True).start()
         cache = a.work / "cache"
-
         fresh = iter(range(10**6))
 
         def remote():
             return open_store("s3://bench/store", fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True,
                               batch_size=32, drop_last=True, cache_dir=cache / str(next(fresh)),
-                              storage_options={"endpoint_url": f"http://127.0.0.1:{proxy.server_address[1]}"})
+                              storage_options={"endpoint_url": f"http://127.0.0.1:{proxy_port}"})
         for p in range(a.passes):  # a cold cache every pass: each shard comes through the proxy
             rows += passes("remote", remote, 2, 1)
-        proxy.shutdown()
-        server.stop()
+        proxy.terminate()
+        server.terminate()
+        server.wait()
         shutil.rmtree(cache, ignore_errors=True)
     best = {}
     for r in rows:

@@ -51,7 +51,6 @@ read fails once more than ``max_skips`` were skipped.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,6 +66,8 @@ from .teacher.decode import TeacherDecoder
 
 DEFAULT_FIELDS = ("y_hat", "label")
 REMAINDERS = ("drop", "pad", "keep")
+#: Windows of shards a remote store's reader fetches ahead of the one it reads.
+PREFETCH_WINDOWS = 2
 
 
 def pick_split(manifest: dict, split: str | None, store) -> str:
@@ -377,9 +378,13 @@ class LatentDataset(IterableDataset):
                 mine.setdefault(pair[0], set()).add(pair[1])
         cache: dict[tuple, dict | None] = {}
         pending: list[str] = []
-        if self.remote:  # each window's shards are fetched while the one before it is read
+        if self.remote:  # the next PREFETCH_WINDOWS windows' shards are fetched while one window is read
             windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
-            self._next_window = dict(zip(windows, windows[1:]))
+            ahead = [[shards[s] for s in w] for w in windows[1:]]
+            # a pass through several epochs goes on into the next epochs' first windows
+            ahead += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, self.until))]
+            self._next_window = {w: [shard for nxt in ahead[i:i + PREFETCH_WINDOWS] for shard in nxt]
+                                 for i, w in enumerate(windows)}
         # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
         # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
         # the last item read (or the first one, where none was read yet). A single process
@@ -417,6 +422,15 @@ class LatentDataset(IterableDataset):
                              + "\n  ".join(self.skipped[:20]) + "\nRun `latentstore verify` and rebuild the "
                              "damaged shards.")
 
+    def _first_window(self, epoch: int) -> list[dict]:
+        """The shard records of the window this rank's slice of `epoch` starts in (what to prefetch)."""
+        shards = self.shards(epoch)
+        order = self._order(shards, epoch)
+        positions = rank_slice(len(order), *self._rank_world(), self.remainder)
+        if not order or not positions:
+            return []
+        return [shards[s] for s in self._windows(shards, epoch)[order[positions[0] % len(order)][0]]]
+
     def _windows(self, shards, epoch: int) -> dict[int, list[int]]:
         """Shard index -> the shards read together with it (its shuffle window)."""
         if not self.shuffle:
@@ -431,7 +445,7 @@ class LatentDataset(IterableDataset):
         Only this worker's samples (`mine`) are decoded: the rest are other workers' work."""
         skipped = []
         if self.remote:
-            self.remote.prefetch([shards[s] for s in self._next_window.get(tuple(window), ())])
+            self.remote.prefetch(self._next_window.get(tuple(window), []))
         for s in window:
             shard = shards[s]
             if self.remote:
@@ -502,7 +516,7 @@ def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant
         max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
         storage_options: passed to fsspec for a URL (e.g. ``{"endpoint_url": ..., "anon": True}``).
         cache_dir: where a remote store's shards are mirrored (default ``$LATENTSTORE_CACHE``, else
-            ``~/.cache/latentstore``); see latentstore/location.py.
+            ``~/.cache/latentstore/stores``); see latentstore/location.py.
 
     Each sample is a dict of tensors plus ``__key__`` and ``__shard__``. ŷ is padded to a
     multiple of 64 pixels: ``ds.info["valid_region"]`` (rows r0:r1, cols c0:c1) are the latent

@@ -7,7 +7,7 @@ it. So every reader keeps reading local files with its own checks (per-sample CR
 fields), and object storage sees few large requests instead of one per sample. A file is checked
 against its manifest record (size, CRC-32C or sha256) before it enters the mirror.
 
-The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore``), one folder per
+The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore/stores``), one folder per
 (URL, manifest digest), so a republished store never reads a stale file; least recently used files
 are evicted above ``$LATENTSTORE_CACHE_GB`` (default 50).
 
@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -185,7 +186,8 @@ class Remote(Location):
 
     def __init__(self, url: str, storage_options: dict | None = None, cache_dir=None):
         super().__init__(url, storage_options)
-        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or Path.home() / ".cache" / "latentstore")
+        default = Path.home() / ".cache" / "latentstore" / "stores"
+        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or default)
         self.limit = int(float(os.environ.get("LATENTSTORE_CACHE_GB", "50")) * 2**30)
         manifest = self.read(MANIFEST)
         digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]
@@ -283,23 +285,30 @@ class Remote(Location):
     def _put(self, rel: str, data: bytes) -> None:
         local = self.mirror / rel
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{os.getpid()}.part")
+        tmp = local.with_name(f".{local.name}.{os.getpid()}-{threading.get_ident()}.part")
         tmp.write_bytes(data)
         os.replace(tmp, local)  # workers filling the same file: the last complete copy wins
 
     def _evict(self, keep: Path) -> None:
-        """Delete least recently used files of the cache until it holds at most `self.limit` bytes."""
-        files = [p for p in self.cache.rglob("*") if p.is_file()]
-        total = sum(p.stat().st_size for p in files)
-        if total <= self.limit:
-            return
-        for p in sorted(files, key=lambda p: p.stat().st_mtime):
-            if p == keep or p.suffix in (".json", ".lock"):  # the small files stay: readers open them any time
+        """Delete least recently used files of the cache until it holds at most `self.limit` bytes. Other
+        workers fill and evict the same cache meanwhile: a file gone since the listing is skipped."""
+        files = []
+        for p in self.cache.rglob("*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
                 continue
-            total -= p.stat().st_size
-            p.unlink(missing_ok=True)
+            if p.is_file():
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files, key=lambda f: f[0]):
             if total <= self.limit:
                 return
+            # the small files stay (readers open them any time), and so do the ones being filled
+            if p == keep or p.suffix in (".json", ".lock", ".part"):
+                continue
+            p.unlink(missing_ok=True)
+            total -= size
 
 
 _OPEN: dict = {}

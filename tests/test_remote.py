@@ -37,9 +37,9 @@ def s3(tmp_path_factory):
     server.start()
     url = f"http://127.0.0.1:{server._port}"
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                           "AWS_DEFAULT_REGION")}
+                                           "AWS_DEFAULT_REGION", "LATENTSTORE_CACHE")}
     os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
-                      AWS_DEFAULT_REGION="us-east-1")
+                      AWS_DEFAULT_REGION="us-east-1", LATENTSTORE_CACHE=str(tmp_path_factory.mktemp("cache")))
     import s3fs
     s3fs.S3FileSystem.clear_instance_cache()
     s3fs.S3FileSystem().mkdir("bucket")
@@ -76,6 +76,9 @@ def test_a_store_copied_to_s3_reads_sample_for_sample_as_the_local_one(published
         got = open_store(published, shuffle=True, seed=3, cache_dir=tmp_path / "cache")
         want.set_epoch(epoch), got.set_epoch(epoch)
         assert_same(samples(got, workers=2), samples(want))
+    want, got = open_store(local, shuffle=True, seed=3), open_store(published, shuffle=True, seed=3, cache_dir=tmp_path)
+    want.set_epoch(1, start=3), got.set_epoch(1, start=3)  # a mid-epoch resume starts where the local one does
+    assert_same(samples(got, workers=2), samples(want))
     ds = open_store(published, cache_dir=tmp_path / "cache2")
     assert torch.equal(ds[ds.keys()[1]]["y_hat"], open_store(local)[1]["y_hat"])
 
@@ -270,7 +273,8 @@ def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch
     assert 0 < held <= 2.5 * shard_bytes
 
 
-def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path):
+def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path, monkeypatch):
+    monkeypatch.setattr("latentstore.dataset.PREFETCH_WINDOWS", 1)  # the lookahead is bounded: one window here
     ds = open_store(published, cache_dir=tmp_path)  # no shuffle: a window is one shard, in store order
     shards = ds.shards()
     it = iter(ds)
@@ -279,3 +283,20 @@ def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(publ
         future.result()
     assert [(ds.path / s["path"]).is_file() for s in shards[:3]] == [True, True, False]
     assert len(list(it)) == sum(s["samples"] for s in shards) - 1
+
+
+def test_eval_reads_a_store_url_as_the_local_store(s3, tmp_path, tiny_folder, tmp_path_factory):
+    import json
+    import test_eval
+    local = test_eval.cls_store.__wrapped__(tiny_folder, tmp_path_factory)
+    ckpt = test_eval.make_checkpoint(tmp_path / "run" / "last.pt", local)
+    copy_store(str(local), "s3://bucket/stores/eval")
+    records = []
+    for store in (str(local), "s3://bucket/stores/eval"):
+        out = tmp_path / f"eval{len(records)}.json"
+        assert test_eval._load_script("classify").main(["--store", store, "--checkpoint", str(ckpt), "--out", str(out),
+                                                        "--device", "cpu", "--batch-size", "4", "--quiet"]) == 0
+        records.append(json.loads(out.read_text()))
+    assert records[1]["store"]["path"] == "s3://bucket/stores/eval"
+    for name in ("samples", "top1", "bits", "pixels", "matches_manifest"):
+        assert records[0][name] == records[1][name]
