@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latency", type=float, default=20.0, help="ms added per request by the proxy")
     ap.add_argument("--no-remote", action="store_true")
     a = ap.parse_args(argv)
+    if a.images < 32:
+        ap.error("--images must be at least 32: a variant must fill a batch of 32")
     sys.path.insert(0, str(REPO / "tests"))
     import conftest  # noqa: F401  the portable numerics pins, as the tests build
     from latentstore import open_store
