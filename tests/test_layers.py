@@ -23,7 +23,7 @@ STAGES = [
                    "train.ddp", "train.log", "train.loop", "train.model", "train.speed", "train.student",
                    "train.transfer", "evaluate", "evaluate.batches", "evaluate.options", "evaluate.rate",
                    "evaluate.record", "evaluate.run"}),
-    (3, "codec", {"coders", "encode", "teacher.load", "device_teacher", "complexity", "build_config", "prepare",
+    (3, "codec", {"coders", "encode", "generic_encode", "strings_container", "teacher.load", "device_teacher", "complexity", "build_config", "prepare",
                   "crops_to_samples", "resume", "parallel"}),
     (4, "codec", {"build", "convert", "add_teacher", "verify", "dryrun"}),
     (5, "cli", {"cli", ""}),  # "" is the package itself (latentstore/__init__.py: open_store)
