@@ -1,27 +1,27 @@
 """The generic exact path: any CompressAI CompressionModel, encoded by its own compress() and decompress().
 
-For a coder whose entropy model latentstore does not reimplement (encode.py's single pass covers the six
+For a coder whose entropy model latentstore does not reimplement (encode.py's single pass covers the
 known families), the stored values are CompressAI's by construction:
 
 * the strings are ``model.compress(x_i)["strings"]`` at batch 1;
 * ŷ is the tensor ``model.decompress(strings, shape)`` hands to ``g_s``, captured by a forward pre-hook
   (g_s itself never runs), at batch 1, on a contiguous NCHW input, at the store's thread count.
 
-A coder with exactly the two streams (y, z) of the known families keeps them as ``y_string`` and
-``z_string`` (a factorized one just ``y_string``); any other list of streams (ELIC: one per channel group
-plus z) is kept whole in ``y_string`` as the container of strings_container.py (docs/FORMAT.md
-"Nested strings"), with ``compress()``'s shape. The symbols, μ, σ̂ and z symbols are computed inside the
-coder's entropy models and never reach the caller, so this path cannot store them: ``check_fields``
-refuses them by name at build time rather than storing something that is not what the rANS coder wrote.
+The streams (ELIC: one per channel group, then z) and ``compress()``'s shape are kept together in
+``y_string`` as the container of strings_container.py (docs/FORMAT.md "Nested strings"); ``bits`` counts
+the streams alone. The symbols, μ, σ̂ and z symbols are computed inside the coder's entropy models and
+never reach the caller, so this path cannot store them: ``check_fields`` refuses them by name at build
+time rather than storing something that is not what the rANS coder wrote.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import strings_container
-from .encode import EncodedImage
+from .custom_coder import check_model
+from .encode import EncodedImage, Encoder, capture_y_hat
 from .errors import ConfigError, InputError
+from .profile import Profiler, stage as _stage
 from .threads import STORE_THREADS, store_threads
 
 #: Fields only the single-pass path can derive (they live inside the entropy models).
@@ -38,18 +38,18 @@ def check_fields(coder_name: str, fields) -> None:
             "(ŷ, the strings and the bpp are stored exactly)")
 
 
-class _Captured(Exception):
-    """Raised from the g_s hook once ŷ is in hand: the pixels are not needed."""
-
-
 class GenericEncoder:
-    """Encodes batches image by image with the coder's own compress() and decompress()."""
+    """Encodes batches image by image with the coder's own compress() and decompress().
 
-    def __init__(self, model: torch.nn.Module, threads: int = STORE_THREADS):
-        if not hasattr(model, "g_s"):
-            raise ConfigError(f"{type(model).__name__} has no g_s: the generic path captures ŷ as g_s's input")
+    ``container=False`` (tests only) keeps the known families' layout instead: y_string and z_string
+    raw, which must then give the single pass's bytes.
+    """
+
+    def __init__(self, model: torch.nn.Module, profiler: Profiler | None = None, container: bool = True,
+                 threads: int = STORE_THREADS):
+        check_model(model)
         self.model = model.eval()
-        self.threads = threads
+        self.profiler, self.container, self.threads = profiler, container, threads
         self.device = next(model.parameters()).device
 
     def encode(self, x: torch.Tensor) -> list[EncodedImage]:
@@ -60,20 +60,21 @@ class GenericEncoder:
             return [self._one(x[i:i + 1].to(self.device).contiguous()) for i in range(x.shape[0])]
 
     def _one(self, x: torch.Tensor) -> EncodedImage:
-        out = self.model.compress(x)
-        streams = [bytes(s[0]) for s in out["strings"]]
-        shape = out["shape"]
-        y_hat = capture_y_hat(self.model, [[s] for s in streams], shape)
-        y_shape = tuple(y_hat.shape[-2:])
-        if _is_plain(shape) and len(streams) in (1, 2):
-            # The known families' layout: (y[, z]) with compress()'s shape = z's (or y's) height, width.
-            z_string = streams[1] if len(streams) == 2 else None
-            z_shape = tuple(int(v) for v in shape) if z_string is not None else None
-            return EncodedImage(symbols=None, y_hat=y_hat, y_string=streams[0], z_string=z_string,
-                                z_symbols=None, means=None, scales=None, y_shape=y_shape, z_shape=z_shape)
-        return NestedEncodedImage(symbols=None, y_hat=y_hat, y_string=strings_container.pack(streams, shape),
-                                  z_string=None, z_symbols=None, means=None, scales=None, y_shape=y_shape,
-                                  z_shape=None, payload=strings_container.payload_bytes(streams))
+        with _stage(self.profiler, "compress"):
+            out = self.model.compress(x)
+        streams, shape = [bytes(s[0]) for s in out["strings"]], out["shape"]
+        with _stage(self.profiler, "decompress"):
+            y_hat = capture_y_hat(self.model, [[s] for s in streams], shape)
+        fields = dict(symbols=None, y_hat=y_hat, z_symbols=None, means=None, scales=None,
+                      y_shape=tuple(y_hat.shape[-2:]))
+        if self.container:
+            return NestedEncodedImage(y_string=strings_container.pack(streams, shape), z_string=None,
+                                      z_shape=None, payload=strings_container.payload_bytes(streams), **fields)
+        if isinstance(shape, dict) or len(shape) != 2 or len(streams) not in (1, 2):
+            raise ConfigError(f"{type(self.model).__name__}'s strings are not (y[, z]): use the container")
+        z_string = streams[1] if len(streams) == 2 else None
+        z_shape = tuple(int(v) for v in shape) if z_string is not None else None
+        return EncodedImage(y_string=streams[0], z_string=z_string, z_shape=z_shape, **fields)
 
 
 class NestedEncodedImage(EncodedImage):
@@ -87,26 +88,11 @@ class NestedEncodedImage(EncodedImage):
         return 8 * self.payload
 
 
-def capture_y_hat(model, strings, shape) -> np.ndarray:
-    """The tensor ``model.decompress(strings, shape)`` hands to g_s, as float32 [M, Hy, Wy] (batch 1)."""
-    captured = []
-
-    def grab(module, args):
-        captured.append(args[0].detach().cpu().clone())
-        raise _Captured
-
-    handle = model.g_s.register_forward_pre_hook(grab)
-    try:
-        model.decompress(strings, shape)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"{type(model).__name__}.decompress never called g_s")
-    return np.ascontiguousarray(captured[0][0].numpy(), dtype=np.float32)
-
-
-def _is_plain(shape) -> bool:
-    """compress()'s shape of the known families: one (height, width)."""
-    return not isinstance(shape, dict) and len(shape) == 2 and all(isinstance(v, int) for v in shape)
+def make_encoder(coder, profiler: Profiler | None = None, analysis_device=None):
+    """The encoder a build uses for `coder` (a coders.LoadedCoder): the single pass or the generic path."""
+    if coder.spec.path == "single-pass":
+        return Encoder(coder, profiler, analysis_device=analysis_device)
+    if analysis_device is not None:
+        raise ConfigError(f"--device {analysis_device}: {coder.spec.name} is encoded by its own compress() on "
+                          "the CPU (the generic path); use --device cpu")
+    return GenericEncoder(coder.model, profiler)

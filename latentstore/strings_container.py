@@ -11,9 +11,10 @@ it. The streams are ``compress()["strings"][k][0]`` in order: batch 1, byte for 
 from __future__ import annotations
 
 import json
+import operator
 import struct
 
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 
 MAGIC = b"LSS1"
 _U32 = struct.Struct("<I")
@@ -57,9 +58,25 @@ def payload_bytes(streams: list[bytes]) -> int:
     return sum(len(s) for s in streams)
 
 
+def coded_bits(y_string: bytes, z_string: bytes | None, container: bool) -> int:
+    """Bits of one sample's bitstreams: y and z, or a container's streams (`container`: the store's
+    coder is on the generic path, manifest ``coder.path``)."""
+    if container:
+        return 8 * payload_bytes(unpack(y_string)[0])
+    return 8 * (len(y_string) + len(z_string or b""))
+
+
 def _jsonable(shape):
-    if isinstance(shape, dict):
+    """compress()'s shape as JSON: dicts with string keys, lists (torch.Size, tuples), ints, floats, strings."""
+    if isinstance(shape, dict) and all(isinstance(k, str) for k in shape):
         return {k: _jsonable(v) for k, v in shape.items()}
-    if isinstance(shape, (list, tuple)) and shape and not isinstance(shape[0], int):
+    if isinstance(shape, (list, tuple)):
         return [_jsonable(v) for v in shape]
-    return [int(v) for v in shape]
+    if isinstance(shape, (bool, str, float)) or shape is None:
+        return shape
+    try:
+        return operator.index(shape)  # int, numpy and 0-d torch integers
+    except TypeError:
+        raise ConfigError(f"the coder's compress() returned a shape holding {type(shape).__name__}, which the "
+                          "strings container cannot record (it keeps JSON: dicts with string keys, lists, "
+                          "numbers, strings)") from None
