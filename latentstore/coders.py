@@ -50,6 +50,7 @@ class CoderSpec:
     #   "generic": whatever the coder's decompress() hands g_s (generic_encode.py)
     latent_kind: str
     in_zoo: bool = True     # compressai.zoo builds it (and has weights); else the class itself (build_untrained)
+    untrained_gain: float = 32.0  # untrained_coder's scale of g_a's last conv: enough for non-trivial symbols
 
     @property
     def qualities(self) -> tuple:
@@ -94,7 +95,7 @@ CODERS = {
         # from the class: CompressAI 1.2.8's zoo function for it builds the GDN FactorizedPrior, and the
         # zoo has no weights for it.
         CoderSpec("bmshj2018-factorized-relu", FactorizedPriorReLU,
-                  {q: 192 if q <= 5 else 320 for q in range(1, 9)}, "round", in_zoo=False),
+                  {q: 192 if q <= 5 else 320 for q in range(1, 9)}, "round", in_zoo=False, untrained_gain=128.0),
         # Not in the zoo: the quality is the user's label of a checkpoint's rate point; the
         # class's defaults fix the channels (Elic: M=320; checkerboard: M=N=192).
         CoderSpec("elic2022-official", Elic2022Official, {q: 320 for q in range(1, 9)}, "generic", in_zoo=False),
@@ -163,11 +164,7 @@ def _pretrained_url(spec: CoderSpec, quality: int, metric: str) -> str:
     return urls[quality]
 
 
-#: untrained_coder's scale of the last analysis layer.
-UNTRAINED_GAIN = 32.0
-
-
-def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = UNTRAINED_GAIN):
+def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float | None = None):
     """A seeded random-init coder whose symbols are not all zero.
 
     A freshly initialized CompressAI coder maps every image to ŷ ≈ 0, which
@@ -175,6 +172,7 @@ def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 
     ``gain`` spreads y over many integers; ``update(force=True)`` then builds
     the entropy tables for that model. Meant for demos and tests only.
     """
+    gain = spec.untrained_gain if gain is None else gain
     torch.manual_seed(seed)
     model = spec.build_untrained(quality)
     with torch.no_grad():
@@ -221,10 +219,11 @@ def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int =
     # seeded init run through ATen and MKL, whose dispatch gives other last bits on another CPU.
     if weights == "untrained":
         model = untrained_coder(spec, quality, seed=seed)
-        recipe = {"untrained": spec.name, "quality": quality, "seed": seed, "gain": UNTRAINED_GAIN}
+        recipe = {"untrained": spec.name, "quality": quality, "seed": seed, "gain": spec.untrained_gain}
         identity = recipe_sha256(recipe)
         provenance = {"source": "untrained", "trained": False, "seed": seed,
-                      "note": "RANDOM WEIGHTS (seeded init, analysis gain 32) - for demos and tests only"}
+                      "note": f"RANDOM WEIGHTS (seeded init, analysis gain {spec.untrained_gain:g}) - "
+                              "for demos and tests only"}
     else:
         if weights == "pretrained":
             url = _pretrained_url(spec, quality, metric)
