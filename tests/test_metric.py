@@ -20,9 +20,9 @@ def test_metric_picks_the_zoo_release_and_is_part_of_the_identity():
     assert "metric" not in config().identity()           # mse: the identity stores built before --metric have
     assert config(metric="ms-ssim").identity()["metric"] == "ms-ssim"
     with pytest.raises(ConfigError, match="Invalid --metric 'psnr'"):
-        config(metric="psnr").validate()
+        config(metric="psnr").resolved()
     with pytest.raises(ConfigError, match="--weights untrained has no metric to choose: drop --metric"):
-        config(metric="ms-ssim", weights="untrained").validate()
+        config(metric="ms-ssim", weights="untrained").resolved()
 
 
 @pytest.mark.parametrize("name", ["elic2022-official", "elic2022-chandelier", "cheng2020-checkerboard",
