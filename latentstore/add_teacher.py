@@ -41,6 +41,7 @@ from .augment import apply
 from .build_config import BuildConfig
 from .checksum import audit
 from .coders import load_coder
+from .custom_coder import check_same_code
 from .commit import GroupLayout, rewrite_group
 from .encode import to_input
 from .errors import ConfigError, InputError, StoreError
@@ -75,7 +76,9 @@ class SourceCheck:
     """|g_a(replayed crop) − stored ŷ| ≤ ½ everywhere, with the store's own coder (module docstring)."""
 
     def __init__(self, manifest: dict, config: dict):
-        coder = load_coder(config["coder"], config["quality"], config["weights"], seed=config["seed"])
+        coder = load_coder(config["coder"], config["quality"], config["weights"], seed=config["seed"],
+                           metric=config.get("metric", "mse"))
+        check_same_code(config["coder"], manifest["coder"]["weights"].get("code"))
         if coder.weights["sha256"] != manifest["coder"]["weights"]["sha256"]:
             raise ConfigError("The coder loaded from the build config has other weights (sha256) than the store's; "
                               "pass the weights the store was built with, or --trust-sources to skip the check")

@@ -22,11 +22,10 @@ from tqdm import tqdm
 
 from . import __version__, numerics
 from .build_config import BuildConfig, check_device_present, device_entry
-from .coders import load_coder
 from .commit import GroupCommit, GroupLayout
 from .crops_to_samples import encode_samples
 from .datasets import listing_digest, open_source
-from .encode import Encoder
+from .generic_encode import make_encoder
 from .threads import STORE_THREADS
 from .errors import InputError, WeightsError
 from .format import ENCODER_REVISION, Padding, write_json_atomic
@@ -55,7 +54,7 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
     source = open_source(cfg.dataset, cfg.root, cfg.split, limit=cfg.limit, label_file=cfg.label_file)
     if not source.items:
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
-    coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
+    coder = cfg.load_coder()
     teacher = cfg.load_teacher()
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out, cfg.split, part, parts):
@@ -89,7 +88,7 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
             for j in todo:
                 records[j] = _commit_pieces(committer, j, groups[j], done, sum(g == j for g, _ in pieces))
         else:
-            encoder = Encoder(coder, prof, analysis_device=_analysis_device(cfg))
+            encoder = make_encoder(coder, prof, analysis_device=_analysis_device(cfg))
             run_teacher = _device_teacher(cfg, teacher)
             ahead = 4 * cfg.workers + cfg.batch_size
             stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
@@ -119,7 +118,7 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
 
 def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str | None, profile: bool):
     """Setup of one --encoders process (parallel.py): load the parent's coder and teacher, checked by sha256."""
-    coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
+    coder = cfg.load_coder()
     teacher = cfg.load_teacher()
     if coder.weights["sha256"] != weights_sha256 or (teacher and teacher.weights["sha256"] != teacher_sha256):
         raise WeightsError(f"The weights of {cfg.coder} (or the teacher) changed on disk while the build "
@@ -166,7 +165,7 @@ def _encode_piece(state, items, bar):
     prof = Profiler(enabled=profile)
     prepared = list(prepared_stream(items, cfg, None, 0, prof))
     ok = [p for p in prepared if not p.reject]
-    samples = list(encode_samples(cfg, ok, Encoder(coder, prof, analysis_device=_analysis_device(cfg)), bar,
+    samples = list(encode_samples(cfg, ok, make_encoder(coder, prof, analysis_device=_analysis_device(cfg)), bar,
                                    teacher, prof))
     return samples, _rejects(prepared), [p.fingerprint for p in prepared], prof.snapshot()
 
@@ -247,8 +246,11 @@ def _versions() -> dict:
 
 
 def _coder_entry(cfg: BuildConfig, coder) -> dict:
-    return {"name": coder.spec.name, "quality": cfg.quality, "latent_kind": coder.spec.latent_kind,
-            "channels": coder.spec.channels[cfg.quality], "weights": coder.weights}
+    entry = {"name": coder.spec.name, "quality": cfg.quality, "latent_kind": coder.spec.latent_kind,
+             "channels": coder.channels, "weights": coder.weights}
+    if coder.spec.path == "generic":  # absent: the single pass, as stores built before the generic path say
+        entry["path"] = "generic"
+    return entry
 
 
 def _latent_entry(cfg: BuildConfig, coder, records: list = ()) -> dict:
@@ -257,5 +259,5 @@ def _latent_entry(cfg: BuildConfig, coder, records: list = ()) -> dict:
     h, w = sizes.pop() if cfg.augment == "seg-val" and len(sizes) == 1 else (cfg.crop, cfg.crop)
     pad = Padding.centered(h, w)
     padded = (h + pad.top + pad.bottom, w + pad.left + pad.right)
-    return {"latent_shape": [coder.spec.channels[cfg.quality], padded[0] // 16, padded[1] // 16],
+    return {"latent_shape": [coder.channels, padded[0] // 16, padded[1] // 16],
             "valid_region": pad.valid_region(h, w), "padding": pad.as_dict()}

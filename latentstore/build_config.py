@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import SAMPLERS, SEG_SCALE, SINGLE_VARIANT_MODES
-from .coders import get_spec
+from .coders import LoadedCoder, check_metric, get_spec, load_coder
 from .datasets import SEGMENTATION
 from .errors import ConfigError
 from .format import OPTIONAL_FIELDS
@@ -52,6 +52,7 @@ class BuildConfig:
     teacher_layers: tuple = ()        # module names; replace the strides (segmentation backbones)
     teacher_dtype: str = "float16"
     numerics: str = "portable"        # numerics.MODES: CPU dispatch pinned to a baseline (portable) or not
+    metric: str = "mse"               # coders.METRICS: which zoo weights --weights pretrained loads
     # These change speed or the share of the work, never bytes.
     batch_size: int = 32
     workers: int = 0
@@ -99,6 +100,11 @@ class BuildConfig:
         unknown = set(self.fields) - set(OPTIONAL_FIELDS)
         if unknown:
             raise ConfigError(f"Unknown --fields {', '.join(sorted(unknown))}: choose from {', '.join(OPTIONAL_FIELDS)}")
+        check_metric(self.weights, self.metric)
+        if get_spec(self.coder).path == "generic":
+            from .generic_encode import check_fields
+
+            check_fields(self.coder, self.fields)
 
     def identity(self) -> dict:
         """The arguments a resumed build must repeat exactly (speed knobs excluded)."""
@@ -108,12 +114,18 @@ class BuildConfig:
         d["fields"] = list(self.fields)
         d["scale"] = list(self.scale) if self.scale is not None else None
         d["root"] = str(Path(self.root).resolve())
+        if self.metric == "mse":  # absent: mse, as stores built before --metric record it
+            d.pop("metric")
         for k in TEACHER_ARGS:  # without a teacher the identity stays what it always was
             if self.teacher is None:
                 d.pop(k)
             elif isinstance(d[k], tuple):
                 d[k] = list(d[k])
         return d
+
+    def load_coder(self) -> LoadedCoder:
+        """The coder this build names, loaded."""
+        return load_coder(self.coder, self.quality, self.weights, seed=self.seed, metric=self.metric)
 
     def load_teacher(self) -> Teacher | None:
         """The teacher this build names, loaded (None without one)."""

@@ -91,7 +91,10 @@ def teacher_options(required: bool):
 @click.option("--quality", required=True, type=int, help="Codec quality (1-8 for bmshj2018/mbt2018, 1-6 for cheng2020).")
 @click.option("--weights", default="pretrained", show_default=True,
               help="'pretrained' (zoo weights via the TORCH_HOME cache), a CompressAI checkpoint PATH, "
-                   "or 'untrained' (seeded random weights, for demos and tests only).")
+                   "or 'untrained' (seeded random weights, for demos and tests only). Coders outside the "
+                   "zoo (elic2022-*, cheng2020-checkerboard) take a PATH or 'untrained'.")
+@click.option("--metric", default="mse", show_default=True, type=click.Choice(["mse", "ms-ssim"]),
+              help="Which zoo weights --weights pretrained loads: trained for MSE or for MS-SSIM.")
 @click.option("--dataset", required=True, type=click.Choice(["imagenet", "imagefolder", "cityscapes"]),
               help="imagenet: <root>/<split>/<synset>/*.JPEG (val may be flat + label file); "
                    "imagefolder: any <root>/<split>/<class>/* tree; cityscapes: <root>/leftImg8bit/<split>/"

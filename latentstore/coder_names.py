@@ -14,12 +14,25 @@ QUALITIES = {
     "mbt2018": range(1, 9),
     "cheng2020-anchor": range(1, 7),
     "cheng2020-attn": range(1, 7),
+    # not in the zoo (--weights PATH or untrained): the quality labels a checkpoint's rate point
+    "bmshj2018-factorized-relu": range(1, 9),
+    "elic2022-official": range(1, 9),
+    "elic2022-chandelier": range(1, 9),
+    "cheng2020-checkerboard": range(1, 9),
 }
 ALIASES = {"cheng2020": "cheng2020-anchor"}
 
 
+def is_custom(name: str) -> bool:
+    """A user's own coder, `package.module:ClassOrFactory` (latentstore.custom_coder imports it)."""
+    return ":" in name
+
+
 def canonical_coder(name: str) -> str:
-    """The coder's zoo name (an alias resolved); ConfigError listing the valid names otherwise."""
+    """The coder's zoo name (an alias resolved), or a custom coder's name as given; ConfigError listing
+    the valid names otherwise."""
+    if is_custom(name):
+        return name
     canonical = ALIASES.get(name, name)
     if canonical not in QUALITIES:
         raise ConfigError(f"Unknown coder {name!r}: choose one of {', '.join(sorted(QUALITIES) + sorted(ALIASES))}")
@@ -27,6 +40,8 @@ def canonical_coder(name: str) -> str:
 
 
 def check_coder_quality(name: str, quality: int) -> None:
+    if is_custom(name):   # the user's label of the checkpoint's rate point
+        return
     qualities = QUALITIES[canonical_coder(name)]
     if quality not in qualities:
         raise ConfigError(f"Invalid quality {quality} for {canonical_coder(name)}: "
@@ -34,4 +49,5 @@ def check_coder_quality(name: str, quality: int) -> None:
 
 
 def coder_help() -> str:
-    return "CompressAI coder: " + ", ".join(list(QUALITIES) + [f"{a} (= {c})" for a, c in ALIASES.items()])
+    return ("CompressAI coder: " + ", ".join(list(QUALITIES) + [f"{a} (= {c})" for a, c in ALIASES.items()])
+            + "; or your own CompressionModel as package.module:ClassOrFactory (with --weights PATH)")

@@ -4,6 +4,10 @@ The table mirrors ``compressai.zoo.image.cfgs`` but is keyed by what users type
 and says what the store needs to know: the zoo function, the valid qualities,
 the latent channel count per quality, and whether the coder is autoregressive
 (its ŷ is ``round(y - μ) + μ`` decoded serially, see docs/FORMAT.md).
+
+Coders latentstore does not reimplement (ELIC, the checkerboard coder) have the latent kind
+"generic": generic_encode.py encodes them with their own compress() and decompress(), exact by
+construction; docs/coders.md lists every coder, its ŷ and its path.
 """
 from __future__ import annotations
 
@@ -15,16 +19,21 @@ import torch
 from compressai import zoo
 from compressai.models import (
     Cheng2020Anchor,
+    Cheng2020AnchorCheckerboard,
     Cheng2020Attention,
+    Elic2022Chandelier,
+    Elic2022Official,
     FactorizedPrior,
+    FactorizedPriorReLU,
     JointAutoregressiveHierarchicalPriors,
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
-from compressai.zoo.image import model_urls
+from compressai.zoo.image import cfgs, model_urls
 from compressai.zoo.pretrained import load_pretrained
 
-from .coder_names import ALIASES, canonical_coder, check_coder_quality
+from . import custom_coder
+from .coder_names import ALIASES, canonical_coder, check_coder_quality, is_custom
 from .errors import ConfigError, WeightsError
 from .format import file_sha256
 from .weights import fetch, load_state, recipe_sha256, state_dict_sha256
@@ -39,7 +48,10 @@ class CoderSpec:
     #   "round":   ŷ = round(y), symbols = round(y) (after the EntropyBottleneck's medians)
     #   "mean":    ŷ = round(y - μ) + μ, μ from the hyperprior
     #   "context": as "mean", μ also from the causal context of decoded ŷ (serial)
+    #   "generic": whatever the coder's decompress() hands g_s (generic_encode.py)
     latent_kind: str
+    in_zoo: bool = True     # compressai.zoo builds it (and has weights); else the class itself (build_untrained)
+    untrained_gain: float = 32.0  # untrained_coder's scale of g_a's last conv: enough for non-trivial symbols
 
     @property
     def qualities(self) -> tuple:
@@ -51,7 +63,18 @@ class CoderSpec:
 
     @property
     def has_hyperprior(self) -> bool:
-        return self.model_class is not FactorizedPrior
+        return not issubclass(self.model_class, FactorizedPrior)
+
+    @property
+    def path(self) -> str:
+        """How a build encodes it: "single-pass" (encode.py) or "generic" (generic_encode.py)."""
+        return "generic" if self.latent_kind == "generic" else "single-pass"
+
+    def build_untrained(self, quality: int) -> torch.nn.Module:
+        if self.in_zoo:
+            return self.zoo_fn(quality, pretrained=False)
+        # The zoo's table of (N, M) where it has one; else the class's own defaults.
+        return self.model_class(*cfgs[self.name][quality]) if self.name in cfgs else self.model_class()
 
 
 CODERS = {
@@ -69,11 +92,27 @@ CODERS = {
                   {q: 128 if q <= 3 else 192 for q in range(1, 7)}, "context"),
         CoderSpec("cheng2020-attn", Cheng2020Attention,
                   {q: 128 if q <= 3 else 192 for q in range(1, 7)}, "context"),
+        # FactorizedPrior with ReLU for GDN: the same entropy model, so the single pass applies. Built
+        # from the class: CompressAI 1.2.8's zoo function for it builds the GDN FactorizedPrior, and the
+        # zoo has no weights for it.
+        CoderSpec("bmshj2018-factorized-relu", FactorizedPriorReLU,
+                  {q: 192 if q <= 5 else 320 for q in range(1, 9)}, "round", in_zoo=False, untrained_gain=128.0),
+        # Not in the zoo: the quality is the user's label of a checkpoint's rate point; the
+        # class's defaults fix the channels (Elic: M=320; checkerboard: M=N=192).
+        CoderSpec("elic2022-official", Elic2022Official, {q: 320 for q in range(1, 9)}, "generic", in_zoo=False),
+        CoderSpec("elic2022-chandelier", Elic2022Chandelier, {q: 320 for q in range(1, 9)}, "generic",
+                  in_zoo=False),
+        CoderSpec("cheng2020-checkerboard", Cheng2020AnchorCheckerboard, {q: 192 for q in range(1, 9)}, "generic",
+                  in_zoo=False),
     )
 }
 
 
 def get_spec(name: str) -> CoderSpec:
+    """The named coder's spec; ``package.module:ClassOrFactory`` imports that module (custom_coder.py)."""
+    if is_custom(name):
+        target, _ = custom_coder.resolve(name)
+        return CoderSpec(name, target, {}, "generic", in_zoo=False)
     return CODERS[canonical_coder(name)]
 
 
@@ -88,16 +127,36 @@ class LoadedCoder:
     quality: int
     weights: dict  # provenance for the manifest: source, path/url, sha256, trained
 
+    @property
+    def channels(self) -> int:
+        """Latent channels M of ŷ: the table's for zoo coders, the model's own for the others
+        (a checkpoint of another width than the class's default)."""
+        if self.spec.in_zoo:
+            return self.spec.channels[self.quality]
+        return latent_channels(self.model)
 
-def _pretrained_url(spec: CoderSpec, quality: int) -> str:
-    return model_urls[spec.name]["mse"][quality]
+
+def latent_channels(model: torch.nn.Module) -> int:
+    """M of g_a's output, from one 64x64 forward (g_a's last layer need not be a plain conv)."""
+    probe = torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)
+    with torch.no_grad():
+        return int(model.g_a(probe).shape[1])
 
 
-#: untrained_coder's scale of the last analysis layer.
-UNTRAINED_GAIN = 32.0
+#: The zoo's weights are trained for one of these distortion metrics.
+METRICS = ("mse", "ms-ssim")
 
 
-def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = UNTRAINED_GAIN):
+def _pretrained_url(spec: CoderSpec, quality: int, metric: str) -> str:
+    urls = model_urls.get(spec.name, {}).get(metric, {})
+    if quality not in urls:
+        raise WeightsError(
+            f"CompressAI's zoo publishes no {metric} weights for {spec.name} (q{quality}): pass --weights PATH "
+            "(a state_dict or a CompressAI checkpoint) or --weights untrained")
+    return urls[quality]
+
+
+def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float | None = None):
     """A seeded random-init coder whose symbols are not all zero.
 
     A freshly initialized CompressAI coder maps every image to ŷ ≈ 0, which
@@ -105,8 +164,9 @@ def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 
     ``gain`` spreads y over many integers; ``update(force=True)`` then builds
     the entropy tables for that model. Meant for demos and tests only.
     """
+    gain = spec.untrained_gain if gain is None else gain
     torch.manual_seed(seed)
-    model = spec.zoo_fn(quality, pretrained=False)
+    model = spec.build_untrained(quality)
     with torch.no_grad():
         # The last conv at g_a's top level: for cheng2020-attn the last conv in
         # modules() order is the attention mask's (under a sigmoid), and
@@ -124,34 +184,49 @@ def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float = 
     return model.eval()
 
 
-def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int = 0) -> LoadedCoder:
+def check_metric(weights: str, metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"Invalid --metric {metric!r}: choose {' or '.join(METRICS)}")
+    if metric != "mse" and weights != "pretrained":
+        raise ConfigError(f"--metric {metric} chooses which zoo weights --weights pretrained loads; "
+                          f"--weights {weights} has no metric to choose: drop --metric")
+
+
+def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int = 0,
+               metric: str = "mse") -> LoadedCoder:
     """Build the coder `name` at `quality` with `weights`: "pretrained", "untrained" or a file path.
 
-    "pretrained" is the zoo's released MSE model, fetched into (or read from)
-    the torch hub cache under $TORCH_HOME. A path is a CompressAI checkpoint: a
-    released ``.pth.tar`` or a training checkpoint holding a ``state_dict``.
+    "pretrained" is the zoo's released model for `metric` (mse or ms-ssim), fetched
+    into (or read from) the torch hub cache under $TORCH_HOME. A path is a CompressAI
+    checkpoint: a released ``.pth.tar`` or a training checkpoint holding a ``state_dict``.
     """
     spec = get_spec(name)
     check_quality(spec, quality)
+    check_metric(weights, metric)
+    if is_custom(name):
+        return _load_custom(spec, quality, weights, seed)
 
     # The weights' identity (provenance["sha256"]) hashes what defines them: the file's tensors, or
     # the recipe of seeded ones. Never tensors computed here: the tables update() derives and even a
     # seeded init run through ATen and MKL, whose dispatch gives other last bits on another CPU.
     if weights == "untrained":
         model = untrained_coder(spec, quality, seed=seed)
-        recipe = {"untrained": spec.name, "quality": quality, "seed": seed, "gain": UNTRAINED_GAIN}
+        recipe = {"untrained": spec.name, "quality": quality, "seed": seed, "gain": spec.untrained_gain}
         identity = recipe_sha256(recipe)
         provenance = {"source": "untrained", "trained": False, "seed": seed,
-                      "note": "RANDOM WEIGHTS (seeded init, analysis gain 32) - for demos and tests only"}
+                      "note": f"RANDOM WEIGHTS (seeded init, analysis gain {spec.untrained_gain:g}) - "
+                              "for demos and tests only"}
     else:
         if weights == "pretrained":
-            url = _pretrained_url(spec, quality)
-            what = f"the pretrained {spec.name} q{quality}"
+            url = _pretrained_url(spec, quality, metric)
+            what = f"the pretrained {spec.name} q{quality}" + ("" if metric == "mse" else f" ({metric})")
             # The cache is checked against the hash in the URL's file name before torch.load(weights_only=True).
             path = fetch(url, what, f"pass the checkpoint file directly: --weights /path/to/{os.path.basename(url)} "
                                     f"(or run `latentstore fetch-weights --coder {spec.name} --quality {quality}` "
                                     "where there is internet and copy $TORCH_HOME/hub here)")
             provenance = {"source": "pretrained", "trained": True, "url": url, "file_sha256": file_sha256(path)}
+            if metric != "mse":  # absent: mse, as stores built before --metric record it
+                provenance["metric"] = metric
         else:
             path = Path(weights)
             if not path.is_file():
@@ -161,16 +236,42 @@ def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int =
             what = f"checkpoint for {spec.name}"
             provenance = {"source": "file", "trained": True, "path": str(path.resolve()),
                           "file_sha256": file_sha256(path)}
-        state = load_state(path, what)
-        if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise WeightsError(f"{path} holds no state_dict of tensors ({what})")
-        state = load_pretrained(state)  # CompressAI's renaming of older checkpoints' keys
+        state = load_pretrained(_state_dict(path, what))  # CompressAI's renaming of older checkpoints' keys
         model, identity = _from_state_dict(spec, state, source=str(path)), state_dict_sha256(state)
 
     provenance["sha256"] = identity
     return LoadedCoder(model=model.eval(), spec=spec, quality=quality, weights=provenance)
+
+
+def _load_custom(spec: CoderSpec, quality: int, weights: str, seed: int) -> LoadedCoder:
+    """A user's coder (custom_coder.py): its weights file, or its own seeded init for tests and demos."""
+    _, code = custom_coder.resolve(spec.name)
+    if weights == "untrained":
+        torch.manual_seed(seed)
+        model = custom_coder.build_model(spec.name, spec.model_class, None, "untrained")
+        provenance = {"source": "untrained", "trained": False, "seed": seed,
+                      "note": "RANDOM WEIGHTS (the model's own seeded init) - for demos and tests only",
+                      "sha256": recipe_sha256({"untrained": spec.name, "seed": seed})}
+    else:
+        path = Path(weights)
+        if weights == "pretrained" or not path.is_file():
+            raise WeightsError(f"--coder {spec.name} takes its weights as --weights PATH (a state_dict or a "
+                               f"checkpoint holding one); {weights!r} is no file")
+        state = _state_dict(path, f"checkpoint for {spec.name}")
+        model = custom_coder.build_model(spec.name, spec.model_class, state, str(path))
+        provenance = {"source": "file", "trained": True, "path": str(path.resolve()),
+                      "file_sha256": file_sha256(path), "sha256": state_dict_sha256(state)}
+    provenance["code"] = code
+    return LoadedCoder(model=model, spec=spec, quality=quality, weights=provenance)
+
+
+def _state_dict(path: Path, what: str) -> dict:
+    state = load_state(path, what)
+    if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state_dict of tensors ({what})")
+    return state
 
 
 def _from_state_dict(spec: CoderSpec, state: dict, source: str) -> torch.nn.Module:
@@ -194,7 +295,9 @@ def load_coder_from_manifest(coder_entry: dict, weights: str | None = None) -> L
     recorded = coder_entry["weights"]
     if weights is None:
         weights = recorded["path"] if recorded["source"] == "file" else recorded["source"]
-    coder = load_coder(coder_entry["name"], coder_entry["quality"], weights, seed=recorded.get("seed", 0))
+    coder = load_coder(coder_entry["name"], coder_entry["quality"], weights, seed=recorded.get("seed", 0),
+                       metric=recorded.get("metric", "mse") if weights == "pretrained" else "mse")
+    custom_coder.check_same_code(coder_entry["name"], recorded.get("code"))
     if coder.weights["sha256"] != recorded["sha256"]:
         raise WeightsError(
             f"The {coder_entry['name']} q{coder_entry['quality']} weights from {weights!r} are not the ones "

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 
 from .build_config import Y_HAT_DTYPES, BuildConfig
-from .encode import EncodedImage, Encoder, to_input
+from .encode import EncodedImage, to_input
 from .errors import ConfigError
 from .format import Padding, sample_key, smallest_int_dtype
 from .prepare import Prepared
@@ -39,8 +39,9 @@ def make_sample(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg:
                       valid_region=pad.valid_region(h, w), y_shape=list(enc.y_shape),
                       z_shape=list(enc.z_shape) if enc.z_shape else None, bits=bits, bpp=bits / (h * w))
     fields = {"y_hat": enc.y_hat.astype(Y_HAT_DTYPES[cfg.y_hat_dtype]),
-              "symbols": enc.symbols.astype(smallest_int_dtype(enc.symbols)),
               "y_string": enc.y_string, "label": p.item.label}
+    if enc.symbols is not None:  # None: the generic path, whose symbols stay inside the coder
+        fields["symbols"] = enc.symbols.astype(smallest_int_dtype(enc.symbols))
     if p.labels:
         fields["label_map"] = p.labels[variant]
     if enc.z_string is not None:
@@ -54,8 +55,9 @@ def make_sample(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg:
     return Sample(key, variant, fields, meta)
 
 
-def encode_samples(cfg: BuildConfig, ok: list, encoder: Encoder, bar, teacher=None, prof=None):
-    """The Samples of every crop of the prepared images `ok`, image-major (source order). `teacher`: a
+def encode_samples(cfg: BuildConfig, ok: list, encoder, bar, teacher=None, prof=None):
+    """The Samples of every crop of the prepared images `ok`, image-major (source order). `encoder`: an
+    encode.Encoder or a generic_encode.GenericEncoder. `teacher`: a
     teacher.load.Teacher, or a device_teacher.BatchedTeacher (--device cuda), or None."""
     for chunk in batches(ok, cfg.batch_size):
         crops = [p.crops[v][1] for p, v in chunk]

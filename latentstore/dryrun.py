@@ -25,10 +25,10 @@ from dataclasses import replace
 
 from . import numerics
 from .build_config import BuildConfig
-from .coders import load_coder
 from .crops_to_samples import make_sample
 from .datasets import open_source
-from .encode import Encoder, to_input
+from .encode import to_input
+from .generic_encode import make_encoder
 from .errors import InputError
 from .format import get_field, member_size
 from .prepare import prepare
@@ -53,11 +53,11 @@ def project(cfg: BuildConfig) -> dict:
     prepared = next((p for p in (prepare(item, one) for item in source.items) if not p.reject), None)
     if prepared is None:
         raise InputError(f"None of the {len(source.items)} images under {cfg.root} decodes")
-    coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
+    coder = cfg.load_coder()
     crop = prepared.crops[0][1]
     x, pad = to_input([crop])
     prof = Profiler()
-    encoder = Encoder(coder, prof)
+    encoder = make_encoder(coder, prof)
     fields = make_sample(prepared, 0, encoder.encode(x)[0], pad, cfg).values()
     batch = min(cfg.batch_size, TIMING_BATCH)
     prof.totals.clear()

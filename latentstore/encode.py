@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder
 
+from . import strings_container
 from .coders import LoadedCoder
 from .errors import InputError, WeightsError
 from .format import Padding
@@ -342,21 +343,14 @@ def _np(t: torch.Tensor, dtype) -> np.ndarray:
 
 
 class _Captured(Exception):
-    """Raised from the g_s hook: ŷ is all decode_y_hat needs, so g_s never runs."""
+    """Raised from the g_s hook: ŷ is all capture_y_hat needs, so g_s never runs."""
 
 
-def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THREADS) -> np.ndarray:
-    """Decode enc's strings with CompressAI's ``model.decompress`` at batch 1 and return
-    the tensor ``g_s`` receives (float32 [M, Hy, Wy]): the ground truth for ``enc.y_hat``.
+def capture_y_hat(model, strings, shape) -> np.ndarray:
+    """The tensor ``model.decompress(strings, shape)`` hands to g_s, as float32 [M, Hy, Wy] (batch 1).
 
-    ``threads``: the torch thread count the store was encoded at (its manifest's
-    ``created_by.torch_threads``); the decoder's convolutions give other bits at another.
+    The caller sets the thread count (the store's): the decoder's convolutions give other bits at another.
     """
-    model = coder.model
-    if enc.z_string is None:
-        strings, shape = [[enc.y_string]], enc.y_shape
-    else:
-        strings, shape = [[enc.y_string], [enc.z_string]], enc.z_shape
     captured = []
 
     def grab(module, args):
@@ -365,7 +359,7 @@ def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THR
 
     handle = model.g_s.register_forward_pre_hook(grab)
     try:
-        with torch.no_grad(), store_threads(threads):
+        with torch.no_grad():
             model.decompress(strings, shape)
     except _Captured:
         pass
@@ -373,4 +367,23 @@ def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THR
         handle.remove()
     if not captured:
         raise RuntimeError(f"{type(model).__name__}.decompress never called g_s")
-    return captured[0][0].numpy()
+    return np.ascontiguousarray(captured[0][0].numpy(), dtype=np.float32)
+
+
+def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THREADS) -> np.ndarray:
+    """Decode enc's strings with CompressAI's ``model.decompress`` at batch 1 and return
+    the tensor ``g_s`` receives (float32 [M, Hy, Wy]): the ground truth for ``enc.y_hat``.
+
+    ``threads``: the torch thread count the store was encoded at (its manifest's
+    ``created_by.torch_threads``); the decoder's convolutions give other bits at another.
+    A generic coder's y_string is the strings container (strings_container.py) with its shape.
+    """
+    if coder.spec.path == "generic":
+        streams, shape = strings_container.unpack(enc.y_string)
+        strings = [[s] for s in streams]
+    elif enc.z_string is None:
+        strings, shape = [[enc.y_string]], enc.y_shape
+    else:
+        strings, shape = [[enc.y_string], [enc.z_string]], enc.z_shape
+    with store_threads(threads):
+        return capture_y_hat(coder.model, strings, shape)

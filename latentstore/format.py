@@ -47,8 +47,10 @@ class Field:
 # which fields exist; docs/FORMAT.md repeats it for humans.
 FIELDS = {f.name: f for f in (
     Field("y_hat", "y_hat.npy", "npy", "ŷ exactly as g_s receives it at decode, float16 (default) or float32, [C,H,W]"),
-    Field("symbols", "symbols.npy", "npy", "integer symbols of y as the rANS coder wrote them, smallest int dtype, [C,H,W]"),
-    Field("y_string", "y_string.bin", "bytes", "the y bitstream, exactly model.compress()'s"),
+    Field("symbols", "symbols.npy", "npy", "integer symbols of y as the rANS coder wrote them, smallest int dtype, "
+          "[C,H,W] (absent for coders on the generic path)"),
+    Field("y_string", "y_string.bin", "bytes", "the y bitstream, exactly model.compress()'s (generic path: all "
+          "streams in the strings container)"),
     Field("z_string", "z_string.bin", "bytes", "the hyper-latent z bitstream (absent for bmshj2018-factorized)"),
     Field("means", "means.npy", "npy", "Gaussian mean μ per element of y, float32 (optional: --fields means)"),
     Field("scales", "scales.npy", "npy", "Gaussian scale σ̂ per element of y, float32 (optional: --fields scales)"),
@@ -57,7 +59,9 @@ FIELDS = {f.name: f for f in (
     Field("meta", "meta.json", "json", "key, label, variant, source, augmentation params, padding, bits, bpp"),
     Field("label_map", "label_map.png", "png", "segmentation: train ids (255 = ignore) at full crop size, uint8 [H,W]"),
 )}
-REQUIRED_FIELDS = ("y_hat", "symbols", "y_string", "label", "meta")
+# symbols: every sample of a single-pass store (verify checks it from the manifest); the generic path
+# cannot derive them (generic_encode.py).
+REQUIRED_FIELDS = ("y_hat", "y_string", "label", "meta")
 OPTIONAL_FIELDS = ("means", "scales", "z_symbols")
 _BY_EXT = {f.ext: f for f in FIELDS.values()}
 # The Zarr backend (docs/FORMAT.md, "Zarr backend"): variable-length fields are rows of bytes plus

@@ -27,6 +27,8 @@ def summarize(store) -> dict:
     return {"store": shown(store) if is_url(store) else str(store), "format_version": m["format_version"], "backend": m["backend"],
             "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
             "weights": weights, "trained_weights": weights["trained"], "splits": splits,
+            "metric": weights.get("metric", "mse") if weights["source"] == "pretrained" else None,
+            "path": coder.get("path", "single-pass"),
             "created_by": m["created_by"], "device": m["created_by"].get("device", "cpu"),
             "gpu": m["created_by"].get("gpu")}
 
@@ -63,12 +65,13 @@ def render(summary: dict) -> str:
     if not w["trained"]:
         weights = f"UNTRAINED - {w['note']}"
     elif w["source"] == "pretrained":
-        weights = f"pretrained (CompressAI zoo, {w['url'].rsplit('/', 1)[-1]})"
+        weights = f"pretrained (CompressAI zoo, {summary['metric']}, {w['url'].rsplit('/', 1)[-1]})"
     else:
         weights = f"file {w['path']}"
     lines = [
         f"store     {summary['store']}  ({summary['backend']}, format v{summary['format_version']})",
-        f"coder     {summary['coder']}  quality {summary['quality']}  ({summary['channels']} latent channels)",
+        f"coder     {summary['coder']}  quality {summary['quality']}  ({summary['channels']} latent channels)"
+        + ("  generic path: its own compress()/decompress(), no symbols" if summary["path"] == "generic" else ""),
         f"weights   {weights}",
         f"          sha256 {w['sha256']}",
         _encoder_line(summary["created_by"]),

@@ -132,12 +132,16 @@ def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> No
                "device": cfg.device}
     if teacher is not None:
         current["teacher_sha256"] = teacher.weights["sha256"]
+    if "code" in weights:  # a custom coder (custom_coder.py): its module's source is part of it
+        current["code_sha256"] = weights["code"]["sha256"]
     if path.is_file():
         started = json.loads(path.read_text())
         diffs = [f"--{k.replace('_', '-')}: store has {started['config'].get(k)!r}, command has {v!r}"
                  for k, v in current["config"].items() if started["config"].get(k) != v and k not in RESUME_FREE]
         if started["weights_sha256"] != current["weights_sha256"]:
             diffs.append("coder weights differ (sha256)")
+        if started.get("code_sha256") != current.get("code_sha256"):
+            diffs.append(f"coder source {weights.get('code', {}).get('file', '')} differs (sha256)")
         diffs += _teacher_diffs(started, current, cfg)
         if started.get("encoder_revision", 1) != ENCODER_REVISION:
             diffs.append(f"encoded by encoder revision {started.get('encoder_revision', 1)} (this latentstore: "

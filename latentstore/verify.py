@@ -45,9 +45,11 @@ class Report:
 
 
 def _declared_fields(manifest: dict, split: dict) -> set:
-    fields = {"y_hat", "symbols", "y_string", "label", "meta", *split["config"]["fields"]}
-    if manifest["coder"]["name"] != "bmshj2018-factorized":
-        fields.add("z_string")
+    fields = {"y_hat", "y_string", "label", "meta", *split["config"]["fields"]}
+    if manifest["coder"].get("path") != "generic":  # the generic path keeps every stream in y_string
+        fields.add("symbols")
+        if manifest["coder"]["name"] not in ("bmshj2018-factorized", "bmshj2018-factorized-relu"):
+            fields.add("z_string")
     return fields
 
 

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "latentstore"
 #: (stage, side, modules) from the bottom up; a module may import its own stage and the ones below.
 #: The reader side and the codec side share a stage but not their module-level imports.
 STAGES = [
-    (0, "base", {"errors", "checksum", "threads", "profile", "ranks", "format", "sample", "numerics", "location",
-                 "model_names", "coder_names"}),
+    (0, "base", {"errors", "checksum", "threads", "strings_container", "profile", "ranks", "format", "sample",
+                 "numerics", "location", "model_names", "coder_names"}),
     (1, "base", {"augment", "images", "datasets", "weights", "metrics", "report", "models", "models.adapt",
                  "models.baselines", "models.pspnet", "models.taps", "teacher", "teacher.dtypes",
                  "teacher.fingerprint", "teacher.info", "teacher.decode"}),
@@ -25,7 +25,8 @@ STAGES = [
                    "train.validate",
                    "train.transfer", "evaluate", "evaluate.batches", "evaluate.options", "evaluate.rate",
                    "evaluate.record", "evaluate.run", "copy"}),
-    (3, "codec", {"coders", "encode", "teacher.load", "device_teacher", "complexity", "build_config", "prepare",
+    (3, "codec", {"coders", "custom_coder", "encode", "generic_encode", "teacher.load", "device_teacher",
+                  "complexity", "build_config", "prepare",
                   "crops_to_samples", "resume", "parallel"}),
     (4, "codec", {"build", "convert", "add_teacher", "verify", "dryrun"}),
     (5, "cli", {"cli", ""}),  # "" is the package itself (latentstore/__init__.py: open_store)

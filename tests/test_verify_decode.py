@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import latentstore.build
+import latentstore.generic_encode
 from latentstore.build import BuildConfig, build
 from latentstore.cli import main
 from latentstore.encode import Encoder
@@ -63,7 +64,7 @@ def test_decode_takes_a_count_or_all(tiny_folder, tmp_path, capsys):
 
 def test_a_store_from_before_the_fix_is_named_with_what_to_do(tiny_folder, tmp_path, capsys, monkeypatch):
     store = tmp_path / "s"
-    monkeypatch.setattr(latentstore.build, "Encoder", UlpOffEncoder)
+    monkeypatch.setattr(latentstore.generic_encode, "Encoder", UlpOffEncoder)  # what make_encoder builds
     monkeypatch.setattr(latentstore.build, "ENCODER_REVISION", 1)
     build(config(tiny_folder, store), progress=False)
     monkeypatch.undo()

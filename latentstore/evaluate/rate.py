@@ -6,20 +6,22 @@ import math
 import torch
 
 from ..errors import StoreError
+from ..strings_container import coded_bits
 from ..metrics import all_reduce_sum
 
 
 class BitCounter:
     """Exact rate: int64 [bits, unpadded pixels, samples], each sample checked against its meta.json."""
 
-    def __init__(self):
+    def __init__(self, container: bool = False):
         self.counts = torch.zeros(3, dtype=torch.int64)
+        self.container = container  # the strings container of the generic path (strings_container.py)
 
     def update(self, batch: dict) -> None:
         z_strings = batch.get("z_string") or [b""] * len(batch["y_string"])
         for key, shard, meta, y, z in zip(batch["__key__"], batch["__shard__"], batch["meta"],
                                           batch["y_string"], z_strings):
-            bits = 8 * (len(y) + len(z))
+            bits = coded_bits(y, z, self.container)
             if bits != meta["bits"]:
                 raise StoreError(f"shard {shard}, key {key}: bitstrings hold {bits} bits, meta.json records "
                                  f"{meta['bits']}; run `latentstore verify`")

@@ -155,7 +155,8 @@ def evaluate(cfg: EvalConfig, task: str) -> dict:
     """The eval record of a ``task`` checkpoint on one stored split: its ``SCORERS`` metrics and the bpp."""
     start = time.perf_counter()
     manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, task)
-    score, rate = SCORERS[task](ckpt, manifest["splits"][split], region), BitCounter()
+    score = SCORERS[task](ckpt, manifest["splits"][split], region)
+    rate = BitCounter(container=manifest["coder"].get("path") == "generic")
     # Asked here, not taken from run()'s setup: callers that joined the process group themselves
     # evaluate too, and the group gives the same answer either way.
     rank, world = rank_and_world()

@@ -31,11 +31,13 @@ def load_store_coder(manifest: dict, split: str, weights: str = ""):
     Only these pixel-domain baselines need CompressAI: every other model trains on stored tensors.
     """
     from ..coders import load_coder
+    from ..custom_coder import check_same_code
 
     c = manifest["splits"][split].get("config", {})
     recorded = manifest["coder"]
     coder = load_coder(recorded["name"], recorded["quality"], weights or c.get("weights", "pretrained"),
-                       seed=c.get("seed", 0))
+                       seed=c.get("seed", 0), metric=c.get("metric", "mse"))
+    check_same_code(recorded["name"], recorded["weights"].get("code"))
     if coder.weights["sha256"] != recorded["weights"]["sha256"]:
         raise WeightsError(f"decode+: the coder weights loaded ({coder.weights['sha256'][:12]}) are not the ones "
                            f"the store was built with ({recorded['weights']['sha256'][:12]}): pass --coder-weights")
