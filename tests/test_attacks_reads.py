@@ -1,0 +1,82 @@
+"""Attacks on what the reader trusts (issue 24, read side): each edit of a store's files is refused
+by the reader in one line naming the store and what was edited, and reported by verify."""
+import json
+import shutil
+
+import pytest
+import zarr
+
+from latentstore import open_store
+from latentstore.convert import convert
+from latentstore.errors import StoreError
+from latentstore.verify import verify
+
+from conftest import tiny_store
+
+
+@pytest.fixture(scope="module")
+def zarr_store(tiny_folder, tmp_path_factory):
+    return tiny_store(tiny_folder, tmp_path_factory.mktemp("zarr") / "s", format="zarr", fields=["scales"])
+
+
+def copy(store, tmp_path):
+    return shutil.copytree(store, tmp_path / "s")
+
+
+def edit_array(store, array, edit):
+    path = store / "train" / array / "zarr.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def big_endian(meta):
+    meta["codecs"][0]["configuration"]["codecs"][0]["configuration"]["endian"] = "big"
+
+
+def int32(meta):
+    meta["data_type"] = "int32"
+
+
+def refused(store, array):
+    """The reader and verify both refuse `store`, naming the edited array."""
+    with pytest.raises(StoreError, match=rf"{store}: array train/{array} has .*edited"):
+        list(open_store(store, fields=("y_hat", "scales")))
+    problems = verify(store, sources=False).problems
+    assert any(f"train/{array}/zarr.json" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("array, edit", [("y_hat", big_endian), ("scales", int32)])
+def test_attack_zarr_array_metadata_edit_refused(zarr_store, tmp_path, array, edit):
+    store = copy(zarr_store, tmp_path)
+    edit_array(store, array, edit)
+    refused(store, array)
+
+
+def test_attack_zarr_consolidated_metadata_edit_refused(zarr_store, tmp_path):
+    """The same edit placed only in the split's consolidated metadata, which Zarr reads instead."""
+    store = copy(zarr_store, tmp_path)
+    original = (store / "train" / "y_hat" / "zarr.json").read_bytes()
+    edit_array(store, "y_hat", big_endian)
+    zarr.consolidate_metadata(str(store), path="train", zarr_format=3)
+    (store / "train" / "y_hat" / "zarr.json").write_bytes(original)
+    assert "consolidated_metadata" in json.loads((store / "train" / "zarr.json").read_text())
+    refused(store, "y_hat")
+
+
+def test_attack_zarr_shape_bomb_refused_before_allocating(zarr_store, tmp_path):
+    store = copy(zarr_store, tmp_path)
+
+    def bomb(meta):
+        meta["shape"][-1] = 128000
+        meta["chunk_grid"]["configuration"]["chunk_shape"][-1] = 128000
+        meta["codecs"][0]["configuration"]["chunk_shape"][-1] = 128000
+    edit_array(store, "y_hat", bomb)
+    refused(store, "y_hat")
+
+
+def test_attack_convert_of_an_edited_zarr_store_refused(zarr_store, tmp_path):
+    store = copy(zarr_store, tmp_path)
+    edit_array(store, "y_hat", big_endian)
+    with pytest.raises(StoreError, match=r"array train/y_hat has .*edited"):
+        convert(store, tmp_path / "out", "webdataset", progress=False)
