@@ -77,6 +77,9 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
             if y_hat is not None and list(y_hat.shape) != latent_shape:
                 report.problems.append(f"shard {name}, key {key}: y_hat shape {list(y_hat.shape)} "
                                        f"!= manifest latent_shape {latent_shape}")
+            if y_hat is not None and not np.isfinite(y_hat).all():  # CompressAI's ŷ is always finite
+                report.problems.append(f"shard {name}, key {key}: y_hat holds {int((~np.isfinite(y_hat)).sum())} "
+                                       "non-finite values (NaN or inf), which no codec decodes to: rebuild the group")
             if i in keep:
                 kept.append((name, key, s))
             report.samples += 1

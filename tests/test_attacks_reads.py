@@ -80,3 +80,29 @@ def test_attack_convert_of_an_edited_zarr_store_refused(zarr_store, tmp_path):
     edit_array(store, "y_hat", big_endian)
     with pytest.raises(StoreError, match=r"array train/y_hat has .*edited"):
         convert(store, tmp_path / "out", "webdataset", progress=False)
+
+
+def rerecord(store):
+    """Record the current digests of every chunk file, as an attacker who can edit records would."""
+    from latentstore.checksum import file_record
+    from latentstore.format import MANIFEST
+
+    manifest = json.loads((store / MANIFEST).read_text())
+    for unit in manifest["splits"]["train"]["shards"]:
+        for f in unit["files"]:
+            f.update(file_record(store / f["path"]))
+        unit["bytes"] = sum(f["bytes"] for f in unit["files"])
+    (store / MANIFEST).write_text(json.dumps(manifest))
+    for record in (store / "train").glob("group-*.json"):
+        data = json.loads(record.read_text())
+        data["shards"] = [u for u in manifest["splits"]["train"]["shards"] if u["group"] == data["group"]]
+        record.write_text(json.dumps(data))
+
+
+def test_attack_nan_y_hat_with_fresh_digests_reported_by_verify(zarr_store, tmp_path):
+    store = copy(zarr_store, tmp_path)
+    y_hat = zarr.open_array(str(store / "train" / "y_hat"), mode="r+")
+    y_hat[0, 1, 0, 0, 0] = float("nan")
+    rerecord(store)
+    problems = verify(store, sources=False).problems
+    assert any("key train_class0_img1_v000: y_hat holds 1 non-finite values" in p for p in problems), problems
