@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from . import numerics
 from .checksum import file_problem
-from .errors import LatentstoreError
+from .errors import LatentstoreError, StoreError
 from .format import ENCODER_REVISION, read_manifest
+from .paths import store_file
 from .readers import read_shard
 from .sample import Sample
 
@@ -53,7 +54,11 @@ def _declared_fields(manifest: dict, split: dict) -> set:
 def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
     """A tar shard and its sample index (where the store has them) exist with their recorded sizes and digests."""
     for f in (shard, shard.get("index")):
-        problem = f and file_problem(store / f["path"], f, digests=True)
+        try:
+            problem = f and file_problem(store_file(store, f["path"], f"shard {shard['path']}"), f, digests=True)
+        except StoreError as exc:  # a path out of the store: named, never followed
+            report.problems.append(str(exc))
+            return False
         if problem:
             name = "" if f is shard else f"its index {f['path']} "
             report.problems.append(f"shard {shard['path']}: {name}{problem} (damaged or replaced)")

@@ -106,3 +106,36 @@ def test_attack_nan_y_hat_with_fresh_digests_reported_by_verify(zarr_store, tmp_
     rerecord(store)
     problems = verify(store, sources=False).problems
     assert any("key train_class0_img1_v000: y_hat holds 1 non-finite values" in p for p in problems), problems
+
+
+@pytest.fixture(scope="module")
+def tar_store(tiny_folder, tmp_path_factory):
+    return tiny_store(tiny_folder, tmp_path_factory.mktemp("tar") / "s", format="webdataset")
+
+
+@pytest.mark.parametrize("where", ["../outside/v000-000000.tar", "/etc/hostname"])
+def test_attack_shard_path_out_of_the_store_refused(tar_store, tmp_path, where):
+    """The manifest and the group record both name a shard outside the store: refused before it is opened."""
+    from latentstore.format import MANIFEST
+
+    store = copy(tar_store, tmp_path)
+    shard = store / "train" / "v000-000000.tar"
+    (tmp_path / "outside").mkdir()
+    shutil.copy(shard, tmp_path / "outside" / shard.name)
+    for path in (store / MANIFEST, store / "train" / "group-000000.json"):
+        path.write_text(path.read_text().replace('"train/v000-000000.tar"', json.dumps(where)))
+    with pytest.raises(StoreError, match=rf"path '{where}' leads outside the store"):
+        list(open_store(store))
+    problems = verify(store, sources=False).problems
+    assert problems and all("has 3 bytes" not in p for p in problems), problems
+    assert any("leads outside the store" in p for p in problems), problems
+
+
+def test_attack_shard_symlink_out_of_the_store_refused(tar_store, tmp_path):
+    store = copy(tar_store, tmp_path)
+    shard = store / "train" / "v000-000000.tar"
+    outside = tmp_path / "outside.tar"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    with pytest.raises(StoreError, match=r"is a link to .*outside the store"):
+        list(open_store(store))

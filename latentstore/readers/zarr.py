@@ -23,6 +23,7 @@ import zarr
 
 from ..checksum import check_once, file_problem
 from ..errors import ConfigError, StoreError
+from ..paths import store_file
 from ..format import (MANIFEST, ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name,
                       get_field, read_manifest, smallest_int_dtype)
 from ..writers.zarr import COMPRESSOR, COMPRESSORS, ROW_CAPACITY, ROW_CHUNK, shard_items
@@ -151,7 +152,7 @@ def check_files(store: Path, unit: dict, arrays=None) -> None:
     """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros); with
     `arrays` (names), those arrays' files also match their recorded digest."""
     for f in unit["files"]:
-        path = store / f["path"]
+        path = store_file(store, f["path"], f"shard {unit['path']}")
         problem = file_problem(path, f)
         if problem:  # Zarr would read a missing chunk as zeros
             raise StoreError(f"shard {unit['path']}: chunk file {f['path']} {problem}. Run `latentstore verify` "
