@@ -139,3 +139,42 @@ def test_attack_shard_symlink_out_of_the_store_refused(tar_store, tmp_path):
     shard.symlink_to(outside)
     with pytest.raises(StoreError, match=r"is a link to .*outside the store"):
         list(open_store(store))
+
+
+def edit_index(store, edit):
+    """Edit the first shard's sample index and record its new digests, as an editor of the store could."""
+    from latentstore.checksum import file_record
+    from latentstore.format import MANIFEST
+
+    manifest = json.loads((store / MANIFEST).read_text())
+    entry = manifest["splits"]["train"]["shards"][0]["index"]
+    index = json.loads((store / entry["path"]).read_text())
+    edit(index)
+    (store / entry["path"]).write_text(json.dumps(index))
+    new = file_record(store / entry["path"])
+    for path in (store / MANIFEST, store / "train" / "group-000000.json"):
+        record = json.loads(path.read_text())
+        shards = record["splits"]["train"]["shards"] if "splits" in record else record["shards"]
+        for shard in shards:
+            if shard["index"]["path"] == entry["path"]:
+                shard["index"].update(new)
+        path.write_text(json.dumps(record))
+
+
+def as_strings(index):
+    index["offsets"] = [str(o) for o in index["offsets"]]
+
+
+def twice_the_first(index):
+    for column in ("keys", "offsets", "bytes", "crc32c"):
+        index[column][1] = index[column][0]
+
+
+@pytest.mark.parametrize("edit, problem", [(as_strings, "not integers"), (twice_the_first, "lists a key twice")])
+def test_attack_malformed_sample_index_refused_naming_the_shard(tar_store, tmp_path, edit, problem):
+    store = copy(tar_store, tmp_path)
+    edit_index(store, edit)
+    with pytest.raises(StoreError, match=rf"shard train/v000-000000.tar: its index .*{problem}"):
+        list(open_store(store))
+    # under max_skips a typed error too: the shard's samples are skipped, not a TypeError traceback
+    assert list(open_store(store, max_skips=100)) == []
