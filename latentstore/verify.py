@@ -63,6 +63,20 @@ def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
             name = "" if f is shard else f"its index {f['path']} "
             report.problems.append(f"shard {shard['path']}: {name}{problem} (damaged or replaced)")
             return False
+    if shard.get("index"):  # the index must describe the tar it indexes: its member headers, in order
+        from .readers.webdataset import INDEX_COLUMNS, build_index
+
+        try:
+            index = json.loads(store_file(store, shard["index"]["path"], f"shard {shard['path']}").read_text())
+            actual = build_index(store_file(store, shard["path"], f"shard {shard['path']}"), shard["path"])
+        except (LatentstoreError, OSError, ValueError) as exc:
+            report.problems.append(f"shard {shard['path']}: its index cannot be compared with the tar ({exc})")
+            return False
+        if not isinstance(index, dict) or any(index.get(c) != actual[c] for c in INDEX_COLUMNS):
+            report.problems.append(f"shard {shard['path']}: its index {shard['index']['path']} does not match the "
+                                   "tar's members (edited?); rebuild the shard (delete its group record, rerun "
+                                   "the build command)")
+            return False
     return True
 
 

@@ -178,3 +178,13 @@ def test_attack_malformed_sample_index_refused_naming_the_shard(tar_store, tmp_p
         list(open_store(store))
     # under max_skips a typed error too: the shard's samples are skipped, not a TypeError traceback
     assert list(open_store(store, max_skips=100)) == []
+
+
+def test_attack_swapped_index_entries_reported_by_verify(tar_store, tmp_path):
+    def swap(index):
+        for column in ("keys", "offsets", "bytes", "crc32c"):
+            index[column][0], index[column][1] = index[column][1], index[column][0]
+    store = copy(tar_store, tmp_path)
+    edit_index(store, swap)
+    problems = verify(store, sources=False).problems
+    assert any("its index train/" in p and "does not match the tar's members" in p for p in problems), problems
