@@ -20,6 +20,7 @@ import numpy as np
 from .checksum import file_problem
 from .errors import StoreError
 from .location import is_url, local_root
+from .paths import check_recorded, recorded_problem
 
 FORMAT_NAME = "latentstore"
 FORMAT_VERSION = 1
@@ -119,9 +120,11 @@ def recorded_files(record: dict):
     """The files a commit record (or a manifest's shard list) lists: tar shards and their sample
     indexes, or Zarr units' chunk files."""
     for shard in record["shards"]:
-        yield from shard.get("files", [shard])
-        if "index" in shard:
-            yield shard["index"]
+        for f in [*shard.get("files", [shard])] + ([shard["index"]] if "index" in shard else []):
+            problem = recorded_problem(f.get("path"))
+            if problem:
+                raise StoreError(f"the record of shard {shard.get('path')}: {problem}; restore it or rebuild the group")
+            yield f
 
 
 def encode_npy(a: np.ndarray) -> bytes:
@@ -305,4 +308,8 @@ def read_manifest(store) -> dict:
             f"{path} has format version {manifest.get('format_version')}, this latentstore reads "
             f"version {FORMAT_VERSION}: install the latentstore version that wrote it"
         )
+    for name, split in manifest["splits"].items():  # before any consumer opens or stats a recorded file
+        for shard in split.get("shards", []) if isinstance(split, dict) else []:
+            for f in [shard, *shard.get("files", [])] + ([shard["index"]] if "index" in shard else []):
+                check_recorded(store, f.get("path") if isinstance(f, dict) else f, f"{MANIFEST}, split {name}")
     return manifest

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from . import numerics
 from .checksum import file_problem
-from .errors import LatentstoreError
+from .errors import LatentstoreError, StoreError
 from .format import ENCODER_REVISION, read_manifest
+from .paths import store_file
 from .readers import read_shard
 from .sample import Sample
 from .teacher.info import teacher_flags
@@ -56,10 +57,28 @@ def _declared_fields(manifest: dict, split: dict) -> set:
 def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
     """A tar shard and its sample index (where the store has them) exist with their recorded sizes and digests."""
     for f in (shard, shard.get("index")):
-        problem = f and file_problem(store / f["path"], f, digests=True)
+        try:
+            problem = f and file_problem(store_file(store, f["path"], f"shard {shard['path']}"), f, digests=True)
+        except StoreError as exc:  # a path out of the store: named, never followed
+            report.problems.append(str(exc))
+            return False
         if problem:
             name = "" if f is shard else f"its index {f['path']} "
             report.problems.append(f"shard {shard['path']}: {name}{problem} (damaged or replaced)")
+            return False
+    if shard.get("index"):  # the index must describe the tar it indexes: its member headers, in order
+        from .readers.webdataset import INDEX_COLUMNS, build_index
+
+        try:
+            index = json.loads(store_file(store, shard["index"]["path"], f"shard {shard['path']}").read_text())
+            actual = build_index(store_file(store, shard["path"], f"shard {shard['path']}"), shard["path"])
+        except (LatentstoreError, OSError, ValueError) as exc:
+            report.problems.append(f"shard {shard['path']}: its index cannot be compared with the tar ({exc})")
+            return False
+        if not isinstance(index, dict) or any(index.get(c) != actual[c] for c in INDEX_COLUMNS):
+            report.problems.append(f"shard {shard['path']}: its index {shard['index']['path']} does not match the "
+                                   "tar's members (edited?); rebuild the shard (delete its group record, rerun "
+                                   "the build command)")
             return False
     return True
 
@@ -80,6 +99,9 @@ def _check_samples(samples, name: str, declared: set, latent_shape: list, seen: 
             if y_hat is not None and list(y_hat.shape) != latent_shape:
                 report.problems.append(f"shard {name}, key {key}: y_hat shape {list(y_hat.shape)} "
                                        f"!= manifest latent_shape {latent_shape}")
+            if y_hat is not None and not np.isfinite(y_hat).all():  # CompressAI's ŷ is always finite
+                report.problems.append(f"shard {name}, key {key}: y_hat holds {int((~np.isfinite(y_hat)).sum())} "
+                                       "non-finite values (NaN or inf), which no codec decodes to: rebuild the group")
             if i in keep:
                 kept.append((name, key, s))
             report.samples += 1

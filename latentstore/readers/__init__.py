@@ -6,6 +6,7 @@
 from pathlib import Path
 
 from ..errors import StoreError
+from ..paths import store_file
 from ..sample import Sample
 from .webdataset import iter_shard
 from .zarr import iter_unit
@@ -25,7 +26,7 @@ def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = Fa
     "__shard__", "__error__"} instead (``__key__`` None: damage to the shard itself, after which
     nothing more comes)."""
     if backend == "webdataset":
-        return iter_shard(Path(store) / shard["path"], shard["path"], shard["samples"], fields, lenient=lenient,
+        return iter_shard(store_file(store, shard["path"], f"shard {shard['path']}"), shard["path"], shard["samples"], fields, lenient=lenient,
                           wanted=wanted, record=shard if check_digest else None)
     if backend == "zarr":
         return iter_unit(Path(store), shard, fields, lenient, wanted=wanted, check_digest=check_digest)

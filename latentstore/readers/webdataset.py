@@ -160,6 +160,29 @@ def build_index(path, shard: str) -> dict:
     return {"keys": keys, "offsets": offsets, "bytes": [e - s for s, e in zip(offsets, ends)], "crc32c": crcs}
 
 
+def index_problem(index, size: int) -> str | None:
+    """Why a sample index cannot describe a shard of `size` bytes, or None: its columns are lists of
+    equal length, keys distinct strings, spans integers in increasing order, none overlapping, none
+    past the end (a duplicated or swapped entry would repeat or reorder samples)."""
+    if not isinstance(index, dict) or any(not isinstance(index.get(c), list) for c in ("keys", "offsets", "bytes")):
+        return "is not a sample index"
+    keys, offsets, sizes = index["keys"], index["offsets"], index["bytes"]
+    if not len(keys) == len(offsets) == len(sizes):
+        return "has columns of different lengths"
+    if any(type(v) is not int for v in offsets + sizes) or any(not isinstance(k, str) for k in keys):
+        return "holds entries that are not integers (offsets, bytes) or strings (keys)"
+    if len(set(keys)) != len(keys):
+        return "lists a key twice"
+    end = 0
+    for start, length in zip(offsets, sizes):
+        if start < end or length <= 0:
+            return f"has a span at {start} that is out of order, overlapping or empty"
+        end = start + length
+    if end > size:
+        return f"has a span past the shard's end ({end} > {size} bytes)"
+    return None
+
+
 def _index(path: Path, shard: str, record: dict, size: int) -> dict:
     """The shard's sample index, checked against its record entry (size, CRC-32C) and the shard
     (sample count, spans inside the file). Read again at every pass over the shard, not kept: it is
@@ -175,6 +198,9 @@ def _index(path: Path, shard: str, record: dict, size: int) -> dict:
         raise StoreError(f"{where} differs from its record (checksum); run `latentstore verify` and rebuild "
                          "the shard (delete its group record, rerun the build command)")
     index = json.loads(data)
+    problem = index_problem(index, size)
+    if problem:
+        raise StoreError(f"{where}: {problem}; run `latentstore verify` and rebuild the shard")
     n = len(index["keys"])
     if n != record["samples"] or any(len(index[c]) != n for c in INDEX_COLUMNS) or \
             (n and index["offsets"][-1] + index["bytes"][-1] > size):
