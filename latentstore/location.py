@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import google_crc32c
 
 from .errors import ConfigError, StoreError
+from .paths import check_recorded
 
 MANIFEST = "manifest.json"
 #: pip extra that brings each protocol's fsspec backend
@@ -201,6 +202,7 @@ class Remote(Location):
     def fetch(self, rel: str, record: dict | None = None) -> Path:
         """The local copy of file `rel`, downloaded (and checked against `record`) unless present. A lock
         file makes the DataLoader workers that need the same shard download it once between them."""
+        check_recorded(self.shown, rel, "a recorded file")   # never a path out of the mirror
         local = self.mirror / rel
         if self._present(local, record):
             return local
