@@ -28,7 +28,7 @@ from .crops_to_samples import encode_samples
 from .datasets import listing_digest, open_source
 from .encode import Encoder
 from .threads import STORE_THREADS
-from .errors import InputError, WeightsError
+from .errors import ConfigError, InputError, WeightsError
 from .format import ENCODER_REVISION, Padding, write_json_atomic
 from .parallel import run_in_processes
 from .prepare import prepared_stream
@@ -57,11 +57,20 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
     coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
     teacher = cfg.load_teacher()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot make --out {out} ({exc.strerror}): give a folder path that can be created") from None
     with build_lock(out, cfg.split, part, parts):
         check_parts(out, cfg.split, part, parts)
-        check_resume(out, cfg, coder.weights, teacher)
-        return _build_locked(cfg, out, source, coder, teacher, progress, profiler)
+        started = check_resume(out, cfg, coder.weights, teacher)
+        try:
+            return _build_locked(cfg, out, source, coder, teacher, progress, profiler)
+        except BaseException:
+            # Refused before any group was committed: the record of this start must not bind the corrected command.
+            if started and not any((out / cfg.split).glob("group-*.json")):
+                (out / f"build-{cfg.split}.json").unlink(missing_ok=True)
+            raise
 
 
 def _build_locked(cfg, out, source, coder, teacher, progress, profiler):

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from .commit import GroupLayout, read_record, rewrite_group
 from .errors import ConfigError, StoreError
 from .format import check_recorded_files, read_manifest, write_json_atomic
+from .locks import manifest_lock
 from .seal import part_file, read_parts, seal
 from .writers import WRITERS
 
@@ -61,10 +62,11 @@ def convert(src, dst, fmt: str, progress: bool = True) -> dict:
         # One part manifest per split carries the split-level facts over; seal does the rest.
         first = next(iter(parts[split].values()))
         config = {**first["config"], "format": fmt}
-        write_json_atomic(dst / part_file(split, 0, 1), {
-            **first, "part": 0, "parts": 1, "backend": fmt, "config": config, "records": new_records})
-        started = src / f"build-{split}.json"
-        if started.is_file():  # lets `latentstore build` resume or extend the converted store
-            record = json.loads(started.read_text())
-            write_json_atomic(dst / started.name, {**record, "config": {**record["config"], "format": fmt}})
+        with manifest_lock(dst):
+            write_json_atomic(dst / part_file(split, 0, 1), {
+                **first, "part": 0, "parts": 1, "backend": fmt, "config": config, "records": new_records})
+            started = src / f"build-{split}.json"
+            if started.is_file():  # lets `latentstore build` resume or extend the converted store
+                record = json.loads(started.read_text())
+                write_json_atomic(dst / started.name, {**record, "config": {**record["config"], "format": fmt}})
     return seal(dst)

@@ -20,6 +20,7 @@ from .build_config import BuildConfig
 from .commit import read_record
 from .datasets import source_changes
 from .errors import ConfigError, InputError
+from .locks import part_lock_path
 from .format import ENCODER_REVISION, recorded_files, write_json_atomic
 from .seal import PARTS_DIR, RESUME_FREE, read_parts
 
@@ -27,7 +28,7 @@ from .seal import PARTS_DIR, RESUME_FREE, read_parts
 @contextlib.contextmanager
 def build_lock(out: Path, split: str, part: int, parts: int):
     """Hold an exclusive lock on this (split, part) of the store for the whole build."""
-    path = out / PARTS_DIR / f".lock-{split}-part-{part:04d}-of-{parts:04d}"
+    path = part_lock_path(out, split, part, parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
@@ -110,8 +111,9 @@ def _check_zarr_items(out: Path, split: str, count: int) -> None:
                          "--out (or build --format webdataset, which re-encodes only the changed groups).")
 
 
-def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
-    """Refuse to continue a build that was started with other arguments."""
+def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> bool:
+    """Refuse to continue a build that was started with other arguments; True when this call started it
+    (wrote ``build-<split>.json``)."""
     path = out / f"build-{cfg.split}.json"
     current = {"config": cfg.identity(), "weights_sha256": weights["sha256"], "encoder_revision": ENCODER_REVISION,
                "device": cfg.device}
@@ -134,5 +136,6 @@ def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> No
         if diffs:
             raise ConfigError(f"{out} split {cfg.split!r} was started with other arguments:\n  "
                               + "\n  ".join(diffs) + "\nRepeat the original command, or use a new --out.")
-    else:
-        write_json_atomic(path, current)
+        return False
+    write_json_atomic(path, current)
+    return True

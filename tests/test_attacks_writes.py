@@ -1,0 +1,188 @@
+"""Issue 24, the write side and the arguments: concurrent commands on one store, and arguments that must be
+refused before anything is written. Each test is named after the attack it repels."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config, tiny_store
+from latentstore.build import build
+from latentstore.errors import StoreError
+from latentstore.format import MANIFEST
+from latentstore.seal import seal
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child(script: str, *args) -> subprocess.Popen:
+    """A real second process running `script` (with this worktree's latentstore), talking over pipes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def two_splits(tmp_path_factory, tiny_folder):
+    """A finished WebDataset store with splits train and val (the same 6 tiny photos)."""
+    root = tmp_path_factory.mktemp("twosplit-data")
+    shutil.copytree(tiny_folder / "train", root / "train")
+    shutil.copytree(tiny_folder / "train", root / "val")
+    out = tmp_path_factory.mktemp("twosplit") / "s"
+    for split in ("train", "val"):
+        tiny_store(root, out, split=split, shard_size=2)
+    return out
+
+
+SEAL_ROUNDS = """
+    import sys, time
+    from pathlib import Path
+    from latentstore.seal import seal
+    store, split, signals, rounds = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    for r in range(rounds):
+        while not (signals / f"go-{r}").exists():
+            time.sleep(0.0002)
+        seal(store, splits=[split])
+        (signals / f"done-{r}-{split}").touch()
+"""
+
+
+def test_two_splits_sealing_at_once_keep_both_in_the_manifest(two_splits, tmp_path):
+    store = shutil.copytree(two_splits, tmp_path / "s")
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    rounds = 10
+    sealers = [child(SEAL_ROUNDS, store, split, signals, rounds) for split in ("train", "val")]
+    lost = []
+    for r in range(rounds):
+        (store / MANIFEST).unlink(missing_ok=True)
+        (signals / f"go-{r}").touch()
+        deadline = time.monotonic() + 60
+        while not all((signals / f"done-{r}-{s}").exists() for s in ("train", "val")):
+            assert all(p.poll() is None for p in sealers), [p.communicate()[1][-2000:] for p in sealers]
+            assert time.monotonic() < deadline, "seal hung"
+            time.sleep(0.005)
+        splits = sorted(json.loads((store / MANIFEST).read_text())["splits"])
+        if splits != ["train", "val"]:
+            lost.append((r, splits))
+    for p in sealers:
+        assert p.wait(30) == 0, p.communicate()[1][-2000:]
+    assert not lost, f"rounds that lost a split from manifest.json: {lost}"
+
+
+GROUP_WRITER = """
+    import sys
+    from pathlib import Path
+    from latentstore.commit import GroupCommit, GroupLayout
+    layout = GroupLayout("train", 0, 1, ("k",), 2, 1)
+    with GroupCommit(Path(sys.argv[1]), "webdataset", layout) as group:
+        print("open", flush=True)
+        sys.stdin.readline()
+        group.commit()
+    print("committed", flush=True)
+"""
+
+
+def test_a_second_writer_of_one_group_leaves_the_first_writers_temporaries_alone(tmp_path):
+    from latentstore.commit import GroupCommit, GroupLayout
+
+    store = tmp_path / "dst"
+    store.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = store / "train" / f".v000-000000.tar.tmp-{dead.pid}-0badc0de"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left by a killed convert")
+    first = child(GROUP_WRITER, store)
+    assert first.stdout.readline().strip() == "open", first.stderr.read()
+    layout = GroupLayout("train", 0, 1, ("k",), 2, 1)
+    with GroupCommit(store, "webdataset", layout):  # a concurrent convert (or add-teacher) starting the group
+        pass
+    out, err = first.communicate("go\n", timeout=60)
+    assert first.returncode == 0, err[-2000:]
+    assert out.strip().endswith("committed")
+    assert (store / "train" / "v000-000000.tar").is_file()
+    assert not stale.exists(), "a dead process's temporary is stale and is removed"
+
+
+HOLD_PART_LOCK = """
+    import sys
+    from pathlib import Path
+    from latentstore.resume import build_lock
+    with build_lock(Path(sys.argv[1]), "train", int(sys.argv[2]), int(sys.argv[3])):
+        print("holding", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def test_seal_beside_a_part_rerun_refuses_to_seal_the_old_part_manifest(tiny_folder, tmp_path):
+    out = tmp_path / "s"
+    for i in range(2):
+        build(tiny_config(tiny_folder, out, part=(i, 2), shard_size=2), progress=False)
+    rerun = child(HOLD_PART_LOCK, out, 1, 2)  # part 1/2's build is running again (its lock is held)
+    try:
+        assert rerun.stdout.readline().strip() == "holding", rerun.stderr.read()
+        with pytest.raises(StoreError, match=r"part 1/2 is being built or rewritten right now"):
+            seal(out)
+        assert not (out / MANIFEST).exists()
+    finally:
+        rerun.communicate("done\n", timeout=30)
+    assert sorted(seal(out)["splits"]) == ["train"]  # once the rerun has finished, seal goes through
+
+
+@pytest.mark.parametrize("where", ["equal", "inside", "around"])
+def test_out_at_or_inside_root_is_refused_before_anything_is_written(tiny_folder, tmp_path, where):
+    from latentstore.errors import ConfigError
+
+    root = shutil.copytree(tiny_folder, tmp_path / "data")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    out = {"equal": root, "inside": root / "train" / "store", "around": tmp_path}[where]
+    with pytest.raises(ConfigError, match="overlap") as refused:
+        build(tiny_config(root, out), progress=False)
+    assert "\n" not in str(refused.value)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("split", ["../escape", ".", "..", "a/b", "/abs", "parts", ""])
+def test_a_split_name_that_is_not_one_plain_folder_is_refused(tiny_folder, tmp_path, split):
+    from latentstore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Invalid --split") as refused:
+        build(tiny_config(tiny_folder, tmp_path / "s", split=split), progress=False)
+    assert "\n" not in str(refused.value)
+    assert not any(tmp_path.iterdir()), "nothing is written beside --out or in it"
+
+
+@pytest.mark.parametrize("bad", [dict(crop=0), dict(crop=-64), dict(resize=0), dict(scale=(2.0, 0.5)),
+                                 dict(scale=(0.0, 1.0))])
+def test_bad_crop_resize_or_scale_is_refused_in_one_line(tiny_folder, tmp_path, bad):
+    from latentstore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"Invalid --{next(iter(bad))}") as refused:
+        build(tiny_config(tiny_folder, tmp_path / "s", **bad), progress=False)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_out_under_a_regular_file_is_refused_in_one_line(tiny_folder, tmp_path):
+    from latentstore.errors import ConfigError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="Cannot make --out"):
+        build(tiny_config(tiny_folder, tmp_path / "file" / "s"), progress=False)
+
+
+def test_a_refused_build_leaves_nothing_that_blocks_the_corrected_command(tiny_folder, tmp_path):
+    from latentstore.errors import ConfigError
+
+    out = tmp_path / "s"
+    with pytest.raises(ConfigError, match="has no means"):
+        build(tiny_config(tiny_folder, out, coder="bmshj2018-factorized", fields=("means",)), progress=False)
+    assert not (out / "build-train.json").exists()
+    manifest = build(tiny_config(tiny_folder, out, coder="bmshj2018-factorized"), progress=False)
+    assert manifest["splits"]["train"]["samples"] == 6
