@@ -186,3 +186,39 @@ def test_a_refused_build_leaves_nothing_that_blocks_the_corrected_command(tiny_f
     assert not (out / "build-train.json").exists()
     manifest = build(tiny_config(tiny_folder, out, coder="bmshj2018-factorized"), progress=False)
     assert manifest["splits"]["train"]["samples"] == 6
+
+
+def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, tmp_path):
+    from latentstore.add_teacher import add_teacher
+    from latentstore.convert import convert
+    from latentstore.format import read_manifest
+    from latentstore.verify import verify
+
+    src, dst = tiny_store(tiny_folder, tmp_path / "src", shard_size=3), tmp_path / "zarr"
+    convert(src, dst, "zarr", progress=False)
+    add_teacher(src, "resnet18", "untrained", strides=(32,), dtype="int8", progress=False)
+    convert(src, dst, "zarr", progress=False)  # the same command again, after the source gained a teacher
+    entry = read_manifest(dst)["splits"]["train"]
+    assert entry["config"]["teacher"] == "resnet18"
+    assert entry["bytes_per_sample"].get("teacher_s32.npy", 0) > 0, entry["bytes_per_sample"]
+    report = verify(dst)
+    assert report.ok, report.problems
+
+
+def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(tiny_folder, tmp_path):
+    from latentstore.convert import convert
+    from latentstore.format import read_manifest
+    from latentstore.readers import read_dicts
+
+    src = tiny_store(tiny_folder, tmp_path / "src", format="zarr", shard_size=3)
+    dst = tiny_store(tiny_folder, tmp_path / "dst", seed=7, shard_size=3)  # a finished store of other crops
+    direct = tiny_store(tiny_folder, tmp_path / "direct", shard_size=3)  # what converting src must give
+
+    def y_hats(store):
+        m = read_manifest(store)
+        return {s["__key__"]: s["y_hat"].tobytes() for unit in m["splits"]["train"]["shards"]
+                for s in read_dicts(store, m["backend"], unit)}
+
+    convert(src, dst, "webdataset", progress=False)
+    assert read_manifest(dst)["splits"]["train"]["config"]["seed"] == 0
+    assert y_hats(dst) == y_hats(direct)
