@@ -222,3 +222,31 @@ def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(t
     convert(src, dst, "webdataset", progress=False)
     assert read_manifest(dst)["splits"]["train"]["config"]["seed"] == 0
     assert y_hats(dst) == y_hats(direct)
+
+
+BUILD_IN_CHILD = """
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from conftest import tiny_config
+    from latentstore.build import build
+    m = build(tiny_config(sys.argv[1], sys.argv[2], max_rejects=5), progress=False)
+    for r in m["splits"]["train"]["rejects"]:
+        print(r["source"], "|", r["reason"])
+"""
+
+
+def test_a_fifo_or_a_link_to_dev_zero_named_like_an_image_is_rejected_not_opened(tiny_folder, tmp_path):
+    root = shutil.copytree(tiny_folder, tmp_path / "data")
+    os.mkfifo(root / "train" / "class0" / "pipe.png")
+    os.symlink("/dev/zero", root / "train" / "class1" / "zero.png")
+    run = child(BUILD_IN_CHILD, root, tmp_path / "s", Path(__file__).parent)
+    try:
+        out, err = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        pytest.fail("the build hung on a special file")
+    assert run.returncode == 0, err[-2000:]
+    rejects = dict(line.split(" | ") for line in out.strip().splitlines())
+    assert sorted(rejects) == ["train/class0/pipe.png", "train/class1/zero.png"], out
+    assert "a FIFO" in rejects["train/class0/pipe.png"] and "a device" in rejects["train/class1/zero.png"]
