@@ -250,3 +250,53 @@ def test_a_fifo_or_a_link_to_dev_zero_named_like_an_image_is_rejected_not_opened
     rejects = dict(line.split(" | ") for line in out.strip().splitlines())
     assert sorted(rejects) == ["train/class0/pipe.png", "train/class1/zero.png"], out
     assert "a FIFO" in rejects["train/class0/pipe.png"] and "a device" in rejects["train/class1/zero.png"]
+
+
+def _rerecord(store, shard_path):
+    """Write the shard's current size and digests into the manifest and its group record."""
+    from latentstore.checksum import file_record
+
+    fresh = file_record(store / shard_path)
+    for path in [store / MANIFEST, *sorted((store / "train").glob("group-*.json"))]:
+        doc = json.loads(path.read_text())
+        shards = doc["splits"]["train"]["shards"] if "splits" in doc else doc["shards"]
+        for entry in shards:
+            if entry["path"] == shard_path:
+                entry.update(fresh)
+        path.write_text(json.dumps(doc))
+
+
+def _pax_block(name: bytes, data: bytes) -> bytes:
+    """A PAX extended header ('x') holding `data`, with a valid header checksum, padded to whole blocks."""
+    header = bytearray(512)
+    header[:len(name)] = name
+    header[100:108] = b"0000644\0"
+    header[124:136] = b"%011o\0" % len(data)
+    header[136:148] = b"00000000000\0"
+    header[156:157] = b"x"
+    header[257:263] = b"ustar\0"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + data + bytes(-len(data) % 512)
+
+
+@pytest.mark.parametrize("record", [b"zz\n", b"0 \n", b"99 path=x\n", b"6 path\n"])
+def test_a_malformed_pax_header_is_a_one_line_error_naming_the_shard(tiny_folder, tmp_path, record):
+    from latentstore import open_store
+    from latentstore.convert import convert
+    from latentstore.format import read_manifest
+    from latentstore.verify import verify
+
+    store = tiny_store(tiny_folder, tmp_path / "s", shard_size=3)
+    shard = read_manifest(store)["splits"]["train"]["shards"][0]["path"]
+    tar = store / shard
+    tar.write_bytes(_pax_block(b"PaxHeader/x", record) + tar.read_bytes())
+    _rerecord(store, shard)  # an attacker who edits the records too: only the tar's own headers tell
+    report = verify(store)
+    assert not report.ok and any(shard in p and "PAX" in p for p in report.problems), report.problems
+    with pytest.raises(StoreError, match=f"shard {shard}") as refused:  # never an IndexError
+        list(open_store(store, shuffle=False))
+    assert "\n" not in str(refused.value)
+    assert len(list(open_store(store, max_skips=10, shuffle=False))) < 6  # skipped, named, never a traceback
+    with pytest.raises(StoreError, match=f"{shard}"):
+        convert(store, tmp_path / "z", "zarr", progress=False)
