@@ -20,6 +20,7 @@ import numpy as np
 
 from .checksum import file_problem
 from .errors import StoreError
+from .schema import check_manifest
 
 FORMAT_NAME = "latentstore"
 FORMAT_VERSION = 1
@@ -298,4 +299,5 @@ def read_manifest(store) -> dict:
             f"{path} has format version {manifest.get('format_version')}, this latentstore reads "
             f"version {FORMAT_VERSION}: install the latentstore version that wrote it"
         )
+    check_manifest(manifest, path)
     return manifest

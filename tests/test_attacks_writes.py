@@ -300,3 +300,28 @@ def test_a_malformed_pax_header_is_a_one_line_error_naming_the_shard(tiny_folder
     assert len(list(open_store(store, max_skips=10, shuffle=False))) < 6  # skipped, named, never a traceback
     with pytest.raises(StoreError, match=f"{shard}"):
         convert(store, tmp_path / "z", "zarr", progress=False)
+
+
+def _edit_manifest(store, edit):
+    manifest = json.loads((store / MANIFEST).read_text())
+    edit(manifest)
+    (store / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["splits"]["train"]["shards"][0].pop("bytes"), "bytes"),
+    (lambda m: m["splits"]["train"].update(samples="6"), "samples"),
+    (lambda m: m["splits"].update(train=None), "None"),
+    (lambda m: m["splits"]["train"].update(variants=0), "variants"),
+])
+def test_a_hand_edited_manifest_is_a_one_line_error_in_verify_and_the_reader(two_splits, tmp_path, edit, field):
+    from latentstore import open_store
+    from latentstore.verify import verify
+
+    store = shutil.copytree(two_splits, tmp_path / "s")
+    _edit_manifest(store, edit)
+    report = verify(store)
+    assert not report.ok and len(report.problems) == 1 and field in report.problems[0], report.problems
+    assert "\n" not in report.problems[0]
+    with pytest.raises(StoreError, match=f"edited or damaged: .*{field}"):
+        open_store(store, split="train")

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "latentstore"
 #: (stage, side, modules) from the bottom up; a module may import its own stage and the ones below.
 #: The reader side and the codec side share a stage but not their module-level imports.
 STAGES = [
-    (0, "base", {"errors", "checksum", "threads", "profile", "ranks", "format", "sample", "numerics", "locks"}),
+    (0, "base", {"errors", "checksum", "threads", "profile", "ranks", "format", "sample", "numerics", "locks", "schema"}),
     (1, "base", {"augment", "images", "datasets", "weights", "metrics", "report", "models", "models.adapt",
                  "models.baselines", "models.pspnet", "models.taps", "teacher", "teacher.dtypes",
                  "teacher.fingerprint", "teacher.info", "teacher.decode"}),
