@@ -325,3 +325,23 @@ def test_a_hand_edited_manifest_is_a_one_line_error_in_verify_and_the_reader(two
     assert "\n" not in report.problems[0]
     with pytest.raises(StoreError, match=f"edited or damaged: .*{field}"):
         open_store(store, split="train")
+
+
+def test_a_reader_meeting_a_shard_being_rewritten_is_told_a_build_is_in_progress(tiny_folder, tmp_path):
+    from latentstore import open_store
+    from latentstore.format import read_manifest
+
+    store = tiny_store(tiny_folder, tmp_path / "s", shard_size=3)
+    shard = read_manifest(store)["splits"]["train"]["shards"][0]["path"]
+    writer = child(HOLD_PART_LOCK, store, 0, 1)  # a resumed build (or add-teacher) of the split is running
+    try:
+        assert writer.stdout.readline().strip() == "holding", writer.stderr.read()
+        tar = store / shard
+        data = bytearray(tar.read_bytes())
+        data[1500] ^= 0xFF  # ... and is halfway through replacing this shard
+        tar.write_bytes(bytes(data))
+        with pytest.raises(StoreError, match="is writing into .* right now") as told:
+            list(open_store(store, shuffle=False))
+        assert "rebuild" not in str(told.value)
+    finally:
+        writer.communicate("done\n", timeout=30)

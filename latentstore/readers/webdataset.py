@@ -28,6 +28,7 @@ import google_crc32c
 
 from ..checksum import CRC32C_IS_FAST, check_once
 from ..errors import StoreError
+from ..locks import write_in_progress
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 
 
@@ -279,9 +280,17 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             raise StoreError(f"shard {shard}: unreadable ({exc})") from exc
         yield {"__key__": None, "__shard__": shard, "__error__": f"shard {shard}: unreadable ({exc})"}
     except StoreError as exc:
+        exc = _while_written(Path(path), shard, exc)
         if not lenient:
-            raise
+            raise exc
         yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
+
+
+def _while_written(path: Path, shard: str, exc: StoreError) -> StoreError:
+    """`exc`, or, when a build or add-teacher holds a lock on the store right now, the truth: the shard is being
+    rewritten, not damaged (probed only on an error: no cost to a good read)."""
+    writing = write_in_progress(path.parent.parent)
+    return StoreError(f"shard {shard} changed while it was read: {writing}") if writing else exc
 
 
 def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Iterator[dict]:
