@@ -67,6 +67,10 @@ _BY_EXT = {f.ext: f for f in FIELDS.values()}
 ZARR_VLEN_FIELDS = ("y_string", "z_string", "meta")
 ZARR_STORED_DTYPE = {"symbols": np.int32, "z_symbols": np.int32, "label": np.int64}
 ZARR_TEMP_PREFIX = ".tmp-group-"
+#: What to do when a Zarr split's dataset gained or lost images: its arrays are sized by the image count, so a
+#: build cannot resume it (the build's refusal and verify's report give this same advice).
+ZARR_GROWTH_ADVICE = ("A Zarr split is sized by its image count: restore the images, or build into a new --out "
+                      "(or build --format webdataset, which re-encodes only the changed groups)")
 # Teacher feature maps (latentstore/teacher/) are a family of npy fields, one per tap:
 # "teacher_<tag>" (tag s8, s16, ... or a layer name) and, for int8, "teacher_<tag>.scale".
 # Their members are "<key>.teacher_s8.npy", "<key>.teacher_s8.scale.npy": keys split at the first dot.

@@ -21,7 +21,7 @@ from .commit import read_record
 from .datasets import source_changes
 from .errors import ConfigError, InputError
 from .locks import part_lock_path
-from .format import ENCODER_REVISION, recorded_files, write_json_atomic
+from .format import ENCODER_REVISION, ZARR_GROWTH_ADVICE, recorded_files, write_json_atomic
 from .seal import PARTS_DIR, RESUME_FREE, read_parts
 
 
@@ -107,8 +107,7 @@ def _check_zarr_items(out: Path, split: str, count: int) -> None:
         raise ConfigError(f"{meta} is damaged ({exc}): build into a new --out") from exc
     if started != count:
         raise InputError(f"{out} split {split!r} was started from {started} images; the dataset now lists {count}. "
-                         "A Zarr split is sized by its image count: restore the images, or build into a new "
-                         "--out (or build --format webdataset, which re-encodes only the changed groups).")
+                         f"{ZARR_GROWTH_ADVICE}.")
 
 
 def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> bool:

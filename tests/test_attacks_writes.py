@@ -345,3 +345,18 @@ def test_a_reader_meeting_a_shard_being_rewritten_is_told_a_build_is_in_progress
         assert "rebuild" not in str(told.value)
     finally:
         writer.communicate("done\n", timeout=30)
+
+
+def test_a_grown_zarr_dataset_gets_the_same_advice_from_verify_and_build(tiny_folder, tmp_path):
+    from latentstore.errors import InputError
+    from latentstore.format import ZARR_GROWTH_ADVICE
+    from latentstore.verify import verify
+
+    root = shutil.copytree(tiny_folder, tmp_path / "data")
+    store = tiny_store(root, tmp_path / "s", format="zarr", shard_size=3)
+    shutil.copy(root / "train" / "class0" / "img0.png", root / "train" / "class0" / "img9.png")
+    problems = [p for p in verify(store).problems if "now lists 7 images" in p]
+    assert len(problems) == 1 and ZARR_GROWTH_ADVICE in problems[0] and "rerun the build" not in problems[0]
+    with pytest.raises(InputError, match="sized by its image count") as refused:
+        build(tiny_config(root, store, format="zarr", shard_size=3), progress=False)
+    assert ZARR_GROWTH_ADVICE in str(refused.value)
