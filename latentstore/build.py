@@ -30,6 +30,7 @@ from .encode import Encoder
 from .threads import STORE_THREADS
 from .errors import ConfigError, InputError, WeightsError
 from .format import ENCODER_REVISION, Padding, write_json_atomic
+from .locks import manifest_lock
 from .parallel import run_in_processes
 from .prepare import prepared_stream
 from .profile import Profiler, stage as _stage
@@ -114,16 +115,23 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
             done.close()  # terminates the encoder processes if we stopped early
         if pool is not None:
             pool.terminate()
+    with manifest_lock(out):
+        return _write_part(cfg, out, source, coder, teacher, [records[j] for j in mine], len(groups))
+
+
+def _write_part(cfg, out, source, coder, teacher, records: list, groups: int):
+    """Write this part's manifest; a plain build seals its split (under the manifest lock: the caller's)."""
+    part, parts = cfg.part
     write_json_atomic(out / part_file(cfg.split, part, parts), {
-        "split": cfg.split, "part": part, "parts": parts, "groups": len(groups),
+        "split": cfg.split, "part": part, "parts": parts, "groups": groups,
         "images": len(source.items), "listing": listing_digest(source.items),
         "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
-        "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
+        "latent": teacher_entry(teacher, _latent_entry(cfg, coder, records)),
         "created_by": {**_versions(), **device_entry(cfg.device), "numerics": numerics.describe(cfg.numerics)},
-        "records": [records[j] for j in mine],
+        "records": records,
     })
-    return seal(out, splits=[cfg.split]) if parts == 1 else None
+    return seal(out, splits=[cfg.split], building=(cfg.split, part, parts)) if parts == 1 else None
 
 
 def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str | None, profile: bool):

@@ -23,9 +23,8 @@ import zarr
 
 from ..checksum import check_once, file_problem
 from ..errors import ConfigError, StoreError
-from ..format import (MANIFEST, ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name,
-                      get_field, read_manifest, smallest_int_dtype)
-from ..writers.zarr import COMPRESSOR, COMPRESSORS, ROW_CAPACITY, ROW_CHUNK, shard_items
+from ..format import (ZARR_STORED_DTYPE, ZARR_TEMP_PREFIX, ZARR_VLEN_FIELDS, commit_record_name, read_manifest,
+                      smallest_int_dtype)
 
 
 def _split_group(store: Path, split: str) -> zarr.Group:
@@ -33,113 +32,6 @@ def _split_group(store: Path, split: str) -> zarr.Group:
         return zarr.open_group(str(store), mode="r")[split]
     except (KeyError, ValueError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no Zarr group {split!r} ({exc}); the store is damaged") from exc
-
-
-#: stored dtypes the manifest does not name: float32 side information, uint8 label maps; teacher maps
-#: are float16, bfloat16 bits (uint16) or int8 (their scale float32)
-_FIXED_DTYPES = {"means": ("float32",), "scales": ("float32",), "label_map": ("uint8",)}
-_TEACHER_DTYPES = ("float16", "uint16", "int8", "float32")
-_Y_SHAPED = ("y_hat", "symbols", "means", "scales")
-_CANONICAL: dict = {}
-_MANIFESTS: dict = {}
-
-
-def _canonical_metadata(shape, chunks, shards, dtype) -> dict:
-    """The zarr.json the writer makes for an array of this shape, chunking and dtype (its codecs with
-    their settings, fill value 0, no attributes), as Zarr's own dict."""
-    key = (tuple(shape), tuple(chunks), shards and tuple(shards), dtype)
-    if key not in _CANONICAL:
-        made = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=chunks, shards=shards,
-                                 dtype=dtype, fill_value=0, compressors=COMPRESSORS[COMPRESSOR](),
-                                 zarr_format=3, write_data=False)
-        _CANONICAL[key] = made.metadata.to_dict()
-    return _CANONICAL[key]
-
-
-def array_problem(array, path: str, info: dict) -> str | None:
-    """Why the array `path` of a split ("y_hat", "meta/bytes") as Zarr opened it (inline zarr.json or
-    consolidated metadata alike) is not the one the store's manifest describes, or None.
-
-    The description is derived, not trusted: the dtype, the variant and image counts, the sample
-    shape (ŷ-shaped fields: the manifest's latent_shape; other fields: no more bytes than the
-    manifest's bytes per sample), the writer's chunking for that shape, and then the whole
-    metadata (codecs and their settings such as endian, fill value) must equal what the writer
-    makes for it. Checked before anything is read, so an edited description never allocates."""
-    meta = array.metadata
-    shape, dtype = tuple(meta.shape), str(array.dtype)
-    field, _, part = path.partition("/")
-    variants, images = info["variants"], info["images_found"]
-    if part == "bytes":
-        want_shape, chunks, shards, dtypes = (variants, -(-images // info["config"]["shard_size"]), ROW_CAPACITY), \
-            (1, 1, ROW_CHUNK), None, ("uint8",)
-        sample = ()
-    else:
-        sample = (2,) if part == "offsets" else () if field in ("present", "label") else shape[2:]
-        dtypes = ("int64",) if part == "offsets" else ("bool",) if field == "present" else \
-            (info["config"].get("y_hat_dtype"),) if field == "y_hat" else \
-            (np.dtype(ZARR_STORED_DTYPE[field]).name,) if field in ZARR_STORED_DTYPE else \
-            _FIXED_DTYPES.get(field) or (_TEACHER_DTYPES if get_field(field) else ())
-        want_shape = (variants, images, *sample)
-        if field in _Y_SHAPED and list(sample) != list(info.get("latent_shape", sample)):
-            return f"shape {list(shape)}, the manifest's latent_shape is {info.get('latent_shape')}"
-        chunks, shards = None, None
-    if dtype not in dtypes:
-        return f"data_type {dtype!r}, the store writes {' or '.join(map(repr, dtypes))}"
-    if shape != want_shape:
-        return f"shape {list(shape)}, the manifest describes {list(want_shape)}"
-    itemsize = np.dtype(dtype).itemsize
-    if part != "bytes":
-        ext = (get_field(field) or get_field("y_hat")).ext
-        recorded = info.get("bytes_per_sample", {}).get(ext)
-        data = itemsize * int(np.prod(sample, dtype=np.int64))
-        # integer fields are narrowed in the tar bytes the manifest counts: at least one byte per element
-        least = data // itemsize if field in ZARR_STORED_DTYPE else data
-        if field not in ("present", "label", "label_map") and part != "offsets" and recorded is not None \
-                and least > recorded:
-            return f"samples of {data} bytes, the manifest records {recorded} bytes per sample"
-        c = array.chunks[1]
-        if c < 1 or info["config"]["shard_size"] % c:
-            return f"chunks of {c} items, which do not divide the shard size {info['config']['shard_size']}"
-        chunks = (1, c, *sample)
-        shards = (1, shard_items(info["config"]["shard_size"], c, data), *sample)
-    if meta.to_dict() != _canonical_metadata(shape, chunks, shards, dtype):
-        return "codecs, chunking or fill value differ from what latentstore writes for it (edited?)"
-    return None
-
-
-def _split_info(store: Path, split: str) -> dict:
-    """The manifest's entry for `split` (read once per process and manifest version)."""
-    stat = (store / MANIFEST).stat()
-    key = (str(store), stat.st_mtime_ns, stat.st_size)
-    if key not in _MANIFESTS:
-        _MANIFESTS[key] = read_manifest(store)
-    return _MANIFESTS[key]["splits"][split]
-
-
-def checked_arrays(store: Path, split: str, paths, info: dict | None = None) -> dict:
-    """{path: zarr.Array} of the split's arrays `paths`, each checked against the manifest's description
-    (array_problem) before any of its data is read; StoreError naming the array and the store if not."""
-    info = info if info is not None else _split_info(store, split)
-    group, arrays = _split_group(store, split), {}
-    for path in paths:
-        try:
-            array = group[path]
-        except KeyError as exc:
-            raise StoreError(f"{store}: array {split}/{path} is missing; restore it or rebuild the split") from exc
-        problem = array_problem(array, path, info)
-        if problem:
-            raise StoreError(f"{store}: array {split}/{path} has {problem}; its zarr.json (or the consolidated "
-                             "metadata) was edited or damaged: restore it or rebuild the split")
-        arrays[path] = array
-    return arrays
-
-
-def array_paths(names) -> list:
-    """The arrays that hold fields `names` (and the present flags)."""
-    paths = ["present"]
-    for name in names:
-        paths += [f"{name}/offsets", f"{name}/bytes"] if name in ZARR_VLEN_FIELDS else [name]
-    return paths
 
 
 def _array_of(path: str) -> str:
@@ -175,7 +67,7 @@ def _convert(name: str, value):
     return np.ascontiguousarray(value)
 
 
-def _block(group: dict, names, variant: int, lo: int, hi: int, row: int) -> dict:
+def _block(group, names, variant: int, lo: int, hi: int, row: int) -> dict:
     """{field: per-item values} for items lo..hi of one variant; vlen fields as lists of bytes."""
     out = {}
     for name in names:
@@ -204,7 +96,7 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
     try:
         names = [n for n in unit["fields"] if fields is None or n in fields or n == "meta"]
         check_files(store, unit, {*names, "present"} if check_digest else None)  # sizes always
-        group = checked_arrays(store, unit["split"], array_paths(names))
+        group = _split_group(store, unit["split"])
         lo, hi = unit["items"]
         present = group["present"][unit["variant"], lo:hi]
         if int(present.sum()) != unit["samples"]:
@@ -244,7 +136,7 @@ class KeyIndex:
 
     def __init__(self, store, manifest: dict, split: str):
         self.store, self.split = Path(store), split
-        info = self.info = manifest["splits"][split]
+        info = manifest["splits"][split]
         self.units = {(u["variant"], u["group"]): u for u in info["shards"]}
         self.items: dict = {}
         for group in sorted({u["group"] for u in info["shards"]}):
@@ -263,7 +155,7 @@ class KeyIndex:
             raise ConfigError(f"No sample {key!r}: variant {int(variant)} is not stored")
         names = [n for n in unit["fields"] if fields is None or n in fields]
         check_files(self.store, unit, {*names, "present"})
-        zgroup = checked_arrays(self.store, self.split, array_paths(names), self.info)
+        zgroup = _split_group(self.store, self.split)
         if not zgroup["present"][unit["variant"], slot]:
             raise ConfigError(f"No sample {key!r}: its image was rejected at build time (see the manifest)")
         try:
@@ -276,27 +168,55 @@ class KeyIndex:
         return sample
 
 
+#: codecs a latentstore Zarr array may use (writers/zarr.py COMPRESSORS, sharding and its index checksum)
+KNOWN_CODECS = frozenset({"bytes", "blosc", "zstd", "sharding_indexed", "crc32c"})
+
+
+def _codec_names(codecs: list) -> set:
+    names = set()
+    for c in codecs:
+        names.add(c.get("name"))
+        conf = c.get("configuration") or {}
+        names |= _codec_names(conf.get("codecs", []) + conf.get("index_codecs", []))
+    return names
+
+
 def metadata_problems(store: Path, split: str, info: dict) -> list[str]:
-    """Problems of the description of every array the split's units use, as Zarr opens it (its zarr.json
-    or the split's consolidated metadata): missing, unreadable, or not what the manifest describes
-    (array_problem)."""
-    problems, names = [], set()
+    """Problems of the zarr.json of every array the split's units use: missing, unreadable, or not what
+    the writer makes (fill value 0, the split's variant and image counts, known codecs, dtypes)."""
+    problems, arrays = [], {"present"}
     for unit in info["shards"]:
-        names |= set(unit["fields"])
-    try:
-        group = _split_group(store, split)
-    except StoreError as exc:
-        return [str(exc)]
-    for name in array_paths(sorted(names)):
-        rel = f"{split}/{name}/zarr.json"
+        for name in unit["fields"]:
+            arrays |= {f"{name}/bytes", f"{name}/offsets"} if name in ZARR_VLEN_FIELDS else {name}
+    dtypes = {"present": "bool", "y_hat": info["config"].get("y_hat_dtype"),
+              **{n: np.dtype(d).name for n, d in ZARR_STORED_DTYPE.items()}}
+    for name in sorted(arrays):
+        path = store / split / name / "zarr.json"
+        rel = path.relative_to(store).as_posix()
         try:
-            problem = array_problem(group[name], name, info)
-        except KeyError:
-            problem = f"missing; the array {split}/{name} cannot be read (restore it or rebuild the split)"
-        except Exception as exc:  # noqa: BLE001 - zarr raises many types for a damaged description
-            problem = f"damaged ({type(exc).__name__}: {exc})"
-        if problem:
-            problems.append(f"{rel}: {problem}")
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            problems.append(f"{rel}: missing; the array {split}/{name} cannot be read (restore it or rebuild the split)")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{rel}: damaged ({exc})")
+            continue
+        field, _, part = name.partition("/")
+        want = {"bytes": "uint8", "offsets": "int64"}.get(part) or dtypes.get(field)
+        shape = meta.get("shape") or [None, None]
+        if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+            problems.append(f"{rel}: not a Zarr v3 array description")
+        if meta.get("fill_value") not in (0, False):
+            problems.append(f"{rel}: fill_value {meta.get('fill_value')!r}, the store writes 0 (an edited fill value "
+                            "changes what empty regions read as)")
+        if want and meta.get("data_type") != want:
+            problems.append(f"{rel}: data_type {meta.get('data_type')!r}, expected {want!r}")
+        if shape[0] != info["variants"] or (part != "bytes" and shape[1] != info["images_found"]):
+            problems.append(f"{rel}: shape {shape} does not match the manifest ({info['variants']} variants, "
+                            f"{info['images_found']} images)")
+        unknown = _codec_names(meta.get("codecs", [])) - KNOWN_CODECS
+        if unknown or not meta.get("codecs"):
+            problems.append(f"{rel}: codecs {sorted(unknown) or '(none)'} are not the ones latentstore writes")
     return problems
 
 
