@@ -48,7 +48,8 @@ from .errors import ConfigError, InputError, StoreError
 from .format import TEACHER_PREFIX, check_recorded_files, commit_record_name, get_field, read_manifest, write_json_atomic
 from .images import RejectedImage, load_rgb
 from .readers import read_shard
-from .resume import check_resume
+from .locks import manifest_lock
+from .resume import build_lock, check_resume
 from .sample import Sample, SampleMeta
 from .seal import read_parts, part_file, seal
 from .teacher.dtypes import TEACHER_DTYPES, dequantize, quantize, relative_error
@@ -152,21 +153,27 @@ def _add_to_split(store: Path, split: str, cfg: BuildConfig, teacher: Teacher, c
     bar = tqdm(total=total, unit="sample", desc=f"teacher {teacher.name} {split}", disable=not progress)
     try:
         for i, part in sorted(parts.items()):
-            records = []
-            for old in part["records"]:
-                # The group record on disk is newer than the part's copy if a crashed run got that far.
-                old = json.loads((store / commit_record_name(split, old["group"])).read_text())
-                done = {get_field(f).ext for f in wanted} <= set(old["stats"]["field_bytes"])
-                layout = GroupLayout(split, old["group"], len(old["shards"]), tuple(old["items"]), cfg.shard_size,
-                                     total_items)
-                records.append(old if done else _rewrite_group(store, cfg.format, old, layout, teacher, check, root,
-                                                               wanted, bar))
-                bar.update(old["stats"]["samples"] if done else 0)
-            part = {**part, "config": cfg.identity(), "records": records,
-                    "latent": teacher_entry(teacher, {k: v for k, v in part["latent"].items() if k != "teacher"})}
-            write_json_atomic(store / part_file(split, i, part["parts"]), part)
+            with build_lock(store, split, i, part["parts"]):  # seal and readers see the part being rewritten
+                _add_to_part(store, split, i, part, cfg, teacher, check, root, wanted, bar, total_items)
     finally:
         bar.close()
+
+
+def _add_to_part(store, split, i, part, cfg, teacher, check, root, wanted, bar, total_items) -> None:
+    records = []
+    for old in part["records"]:
+        # The group record on disk is newer than the part's copy if a crashed run got that far.
+        old = json.loads((store / commit_record_name(split, old["group"])).read_text())
+        done = {get_field(f).ext for f in wanted} <= set(old["stats"]["field_bytes"])
+        layout = GroupLayout(split, old["group"], len(old["shards"]), tuple(old["items"]), cfg.shard_size,
+                             total_items)
+        records.append(old if done else _rewrite_group(store, cfg.format, old, layout, teacher, check, root,
+                                                       wanted, bar))
+        bar.update(old["stats"]["samples"] if done else 0)
+    part = {**part, "config": cfg.identity(), "records": records,
+            "latent": teacher_entry(teacher, {k: v for k, v in part["latent"].items() if k != "teacher"})}
+    with manifest_lock(store):
+        write_json_atomic(store / part_file(split, i, part["parts"]), part)
 
 
 def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted, bar) -> dict:

@@ -27,8 +27,9 @@ from .crops_to_samples import encode_samples
 from .datasets import listing_digest, open_source
 from .generic_encode import make_encoder
 from .threads import STORE_THREADS
-from .errors import InputError, WeightsError
+from .errors import ConfigError, InputError, WeightsError
 from .format import ENCODER_REVISION, Padding, write_json_atomic
+from .locks import manifest_lock
 from .parallel import run_in_processes
 from .prepare import prepared_stream
 from .profile import Profiler, stage as _stage
@@ -56,11 +57,20 @@ def build(cfg: BuildConfig, progress: bool = True, profiler: Profiler | None = N
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
     coder = cfg.load_coder()
     teacher = cfg.load_teacher()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot make --out {out} ({exc.strerror}): give a folder path that can be created") from None
     with build_lock(out, cfg.split, part, parts):
         check_parts(out, cfg.split, part, parts)
-        check_resume(out, cfg, coder.weights, teacher)
-        return _build_locked(cfg, out, source, coder, teacher, progress, profiler)
+        started = check_resume(out, cfg, coder.weights, teacher)
+        try:
+            return _build_locked(cfg, out, source, coder, teacher, progress, profiler)
+        except BaseException:
+            # Refused before any group was committed: the record of this start must not bind the corrected command.
+            if started and not any((out / cfg.split).glob("group-*.json")):
+                (out / f"build-{cfg.split}.json").unlink(missing_ok=True)
+            raise
 
 
 def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
@@ -104,16 +114,23 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
             done.close()  # terminates the encoder processes if we stopped early
         if pool is not None:
             pool.terminate()
+    with manifest_lock(out):
+        return _write_part(cfg, out, source, coder, teacher, [records[j] for j in mine], len(groups))
+
+
+def _write_part(cfg, out, source, coder, teacher, records: list, groups: int):
+    """Write this part's manifest; a plain build seals its split (under the manifest lock: the caller's)."""
+    part, parts = cfg.part
     write_json_atomic(out / part_file(cfg.split, part, parts), {
-        "split": cfg.split, "part": part, "parts": parts, "groups": len(groups),
+        "split": cfg.split, "part": part, "parts": parts, "groups": groups,
         "images": len(source.items), "listing": listing_digest(source.items),
         "classes": source.classes, "backend": cfg.format,
         "config": cfg.identity(), "coder": _coder_entry(cfg, coder),
-        "latent": teacher_entry(teacher, _latent_entry(cfg, coder, [records[j] for j in mine])),
+        "latent": teacher_entry(teacher, _latent_entry(cfg, coder, records)),
         "created_by": {**_versions(), **device_entry(cfg.device), "numerics": numerics.describe(cfg.numerics)},
-        "records": [records[j] for j in mine],
+        "records": records,
     })
-    return seal(out, splits=[cfg.split]) if parts == 1 else None
+    return seal(out, splits=[cfg.split], building=(cfg.split, part, parts)) if parts == 1 else None
 
 
 def _encoder_process(cfg: BuildConfig, weights_sha256: str, teacher_sha256: str | None, profile: bool):

@@ -5,6 +5,7 @@ manifest records; the last block of fields changes speed only, never bytes.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class BuildConfig:
         spec = get_spec(self.coder)
         seg = "seg-" if self.dataset in SEGMENTATION else ""
         augment = self.augment or (seg + ("train" if self.split == "train" else "val"))
-        crop = self.crop or (640 if augment == "seg-train" else 224)
+        crop = self.crop if self.crop is not None else (640 if augment == "seg-train" else 224)
+        if self.scale is not None:  # checked even where seg-train is not the augmentation: a typo is a typo
+            _check_scale(self.scale)
         scale = tuple(self.scale or SEG_SCALE) if augment == "seg-train" else None
         cfg = BuildConfig(**{**asdict(self), "coder": spec.name, "augment": augment, "crop": crop,
                              "scale": scale, "fields": tuple(sorted(set(self.fields))),
@@ -80,8 +83,13 @@ class BuildConfig:
                               "would store identical copies: use --variants 1, or a train augmentation")
         if self.format not in WRITERS:
             raise ConfigError(f"Invalid --format {self.format!r}: choose {', '.join(WRITERS)}")
-        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(f"Invalid --scale {self.scale}: need 0 < low <= high, e.g. 0.5 2.0")
+        if self.scale is not None:
+            _check_scale(self.scale)
+        check_split_name(self.split)
+        _check_out_apart(self.root, self.out)
+        for name, value in (("crop", self.crop), ("resize", self.resize)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"Invalid --{name} {value!r}: give a size in pixels, at least 1 (e.g. 224)")
         for name, value, low in (("variants", self.variants, 1), ("shard-size", self.shard_size, 1),
                                  ("batch-size", self.batch_size, 1), ("workers", self.workers, 0),
                                  ("max-rejects", self.max_rejects, 0), ("encoders", self.encoders, 1)):
@@ -133,6 +141,35 @@ class BuildConfig:
             return None
         return load_teacher(self.teacher, self.teacher_weights, self.teacher_strides, self.teacher_layers,
                             self.teacher_dtype, seed=self.seed)
+
+
+#: A split name is one folder of the store: a single path component, no dot names, not the parts folder.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_RESERVED_SPLITS = frozenset({"parts"})
+
+
+def check_split_name(split) -> None:
+    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split) or split in _RESERVED_SPLITS:
+        raise ConfigError(f"Invalid --split {split!r}: a split name is one plain folder name (letters, digits, "
+                          "'_', '-', '.', starting with a letter or digit; not 'parts'), e.g. train or val")
+
+
+def _check_scale(scale) -> None:
+    try:
+        low, high = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Invalid --scale {scale!r}: give two numbers, low and high, e.g. 0.5 2.0") from None
+    if not 0 < low <= high or not np.isfinite(high):
+        raise ConfigError(f"Invalid --scale {low:g} {high:g}: need 0 < low <= high, e.g. 0.5 2.0")
+
+
+def _check_out_apart(root: str, out: str) -> None:
+    """The store and the dataset must not overlap: a store inside the dataset becomes part of it (a new class,
+    stray images), and a dataset inside the store is a stray in it."""
+    root_path, out_path = Path(root).resolve(), Path(out).resolve()
+    if out_path.is_relative_to(root_path) or root_path.is_relative_to(out_path):
+        raise ConfigError(f"--out {out} and --root {root} overlap: put the store in a folder outside the "
+                          "dataset (and the dataset outside the store)")
 
 
 #: Where the analysis transforms (g_a, h_a) run. Everything the decoder recomputes stays on the CPU

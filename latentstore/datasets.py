@@ -35,6 +35,7 @@ import csv
 import hashlib
 import os
 import re
+import stat
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -409,6 +410,8 @@ def file_fingerprint(path: Path) -> dict | None:
     """{"bytes", "mtime_ns", "sha256"} of one source file, None when it cannot be read."""
     try:
         st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end: never opened
+            return None
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:

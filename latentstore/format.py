@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .checksum import file_problem
 from .errors import StoreError
 from .location import is_url, local_root
 from .paths import check_recorded, recorded_problem
+from .schema import check_manifest
 
 FORMAT_NAME = "latentstore"
 FORMAT_VERSION = 1
@@ -71,6 +73,10 @@ _BY_EXT = {f.ext: f for f in FIELDS.values()}
 ZARR_VLEN_FIELDS = ("y_string", "z_string", "meta")
 ZARR_STORED_DTYPE = {"symbols": np.int32, "z_symbols": np.int32, "label": np.int64}
 ZARR_TEMP_PREFIX = ".tmp-group-"
+#: What to do when a Zarr split's dataset gained or lost images: its arrays are sized by the image count, so a
+#: build cannot resume it (the build's refusal and verify's report give this same advice).
+ZARR_GROWTH_ADVICE = ("A Zarr split is sized by its image count: restore the images, or build into a new --out "
+                      "(or build --format webdataset, which re-encodes only the changed groups)")
 # Teacher feature maps (latentstore/teacher/) are a family of npy fields, one per tap:
 # "teacher_<tag>" (tag s8, s16, ... or a layer name) and, for int8, "teacher_<tag>.scale".
 # Their members are "<key>.teacher_s8.npy", "<key>.teacher_s8.scale.npy": keys split at the first dot.
@@ -261,7 +267,7 @@ def write_json_atomic(path: Path, obj) -> None:
     """Write to a temporary name, fsync, rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
@@ -308,6 +314,7 @@ def read_manifest(store) -> dict:
             f"{path} has format version {manifest.get('format_version')}, this latentstore reads "
             f"version {FORMAT_VERSION}: install the latentstore version that wrote it"
         )
+    check_manifest(manifest, path)
     for name, split in manifest["splits"].items():  # before any consumer opens or stats a recorded file
         for shard in split.get("shards", []) if isinstance(split, dict) else []:
             for f in [shard, *shard.get("files", [])] + ([shard["index"]] if "index" in shard else []):

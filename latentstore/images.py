@@ -28,6 +28,7 @@ with its ``reason`` in the manifest, so stored + rejected = found. Choices:
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def max_decoded_pixels() -> int:
         raise InputError(f"LATENTSTORE_MAX_IMAGE_PIXELS={value!r} is not a whole number of pixels") from None
 
 
+def special_file(path) -> str | None:
+    """Why `path` cannot be an image file without opening it (a FIFO would block the open, a device or a link
+    to /dev/zero never ends), or None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "a special file")
+    return f"not a regular file ({kind}{', through a link' if os.path.islink(path) else ''}): not read"
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode ``path`` fully into an 8-bit "RGB" image, or raise ``RejectedImage``."""
     path = Path(path)
@@ -69,10 +84,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         # into a silently gray-filled sample. Refuse rather than flip it back.
         raise InputError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process; "
                          "latentstore rejects truncated images instead. Unset it and rerun.")
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise RejectedImage(path, f"unreadable ({e.strerror or e})") from e
+    special = special_file(path)
+    if special:
+        raise RejectedImage(path, special)
+    size = path.stat().st_size
     if size == 0:
         raise RejectedImage(path, "empty file")
     limit = Image.MAX_IMAGE_PIXELS

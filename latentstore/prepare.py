@@ -15,7 +15,7 @@ import numpy as np
 from .augment import apply, sample_params, variant_rng
 from .build_config import BuildConfig
 from .datasets import IGNORE_INDEX, SourceItem, fingerprint, load_label_map
-from .images import RejectedImage, load_rgb
+from .images import RejectedImage, load_rgb, special_file
 from .profile import Profiler, stage as _stage
 
 
@@ -33,6 +33,10 @@ class Prepared:
 def prepare(item: SourceItem, cfg: BuildConfig, profile: bool = False) -> Prepared:
     """Decode one image and cut its variants. Pure; runs in worker processes."""
     prof = Profiler(enabled=profile)
+    special = special_file(item.path)
+    if special:  # rejected before it is opened: a FIFO or /dev/zero would hang the fingerprint's hash
+        return Prepared(item, reject=special, timings=prof.snapshot() if profile else None,
+                        fingerprint={"image": None})
     with prof.stage("read/decode"):
         fp = fingerprint(item)  # before decoding: a file changed after this is caught on the next run
     try:

@@ -20,7 +20,8 @@ from .build_config import BuildConfig
 from .commit import read_record
 from .datasets import source_changes
 from .errors import ConfigError, InputError
-from .format import ENCODER_REVISION, recorded_files, write_json_atomic
+from .format import ENCODER_REVISION, ZARR_GROWTH_ADVICE, recorded_files, write_json_atomic
+from .locks import part_lock_path
 from .seal import PARTS_DIR, RESUME_FREE, read_parts
 from .teacher.info import teacher_flags
 
@@ -28,7 +29,7 @@ from .teacher.info import teacher_flags
 @contextlib.contextmanager
 def build_lock(out: Path, split: str, part: int, parts: int):
     """Hold an exclusive lock on this (split, part) of the store for the whole build."""
-    path = out / PARTS_DIR / f".lock-{split}-part-{part:04d}-of-{parts:04d}"
+    path = part_lock_path(out, split, part, parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
@@ -107,8 +108,7 @@ def _check_zarr_items(out: Path, split: str, count: int) -> None:
         raise ConfigError(f"{meta} is damaged ({exc}): build into a new --out") from exc
     if started != count:
         raise InputError(f"{out} split {split!r} was started from {started} images; the dataset now lists {count}. "
-                         "A Zarr split is sized by its image count: restore the images, or build into a new "
-                         "--out (or build --format webdataset, which re-encodes only the changed groups).")
+                         f"{ZARR_GROWTH_ADVICE}.")
 
 
 def _teacher_diffs(started: dict, current: dict, cfg: BuildConfig) -> list:
@@ -125,8 +125,9 @@ def _teacher_diffs(started: dict, current: dict, cfg: BuildConfig) -> list:
     return []
 
 
-def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> None:
-    """Refuse to continue a build that was started with other arguments."""
+def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> bool:
+    """Refuse to continue a build that was started with other arguments; True when this call started it
+    (wrote ``build-<split>.json``)."""
     path = out / f"build-{cfg.split}.json"
     current = {"config": cfg.identity(), "weights_sha256": weights["sha256"], "encoder_revision": ENCODER_REVISION,
                "device": cfg.device}
@@ -152,5 +153,6 @@ def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> No
         if diffs:
             raise ConfigError(f"{out} split {cfg.split!r} was started with other arguments:\n  "
                               + "\n  ".join(diffs) + "\nRepeat the original command, or use a new --out.")
-    else:
-        write_json_atomic(path, current)
+        return False
+    write_json_atomic(path, current)
+    return True

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import numerics
 from .checksum import file_problem
 from .errors import ConfigError, StoreError
+from .locks import is_locked, manifest_lock, part_lock_path
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, recorded_files, write_json_atomic
 
 PARTS_DIR = "parts"
@@ -94,14 +95,20 @@ def read_parts(store: Path) -> dict:
     return found
 
 
-def seal(store, splits: list | None = None, progress: bool = False) -> dict:
+def seal(store, splits: list | None = None, progress: bool = False, building: tuple | None = None) -> dict:
     """Merge part manifests into manifest.json; refuse, naming the part, if any is missing or unfinished.
 
     `splits` limits sealing to those splits (a plain build seals its own); the
     entries of other splits already in manifest.json are kept as they are. `progress`: a bar
-    over the parts' shard checks.
+    over the parts' shard checks. `building`: the (split, part, parts) whose lock the caller holds (a plain
+    build sealing its own split); any other part whose build is running is refused, as its manifest is old.
     """
     store = Path(store)
+    with manifest_lock(store):  # another seal, build or convert may be rewriting manifest.json right now
+        return _seal_locked(store, splits, progress, building)
+
+
+def _seal_locked(store: Path, splits, progress: bool, building) -> dict:
     parts_by_split = read_parts(store)
     if splits is not None:
         parts_by_split = {s: p for s, p in parts_by_split.items() if s in splits}
@@ -122,6 +129,10 @@ def seal(store, splits: list | None = None, progress: bool = False) -> dict:
             if i not in parts:
                 problems.append(f"split {split!r}: part {i}/{n} is missing or unfinished "
                                 f"(rerun its build command with --part {i}/{n})")
+        for i in range(n):
+            if (split, i, n) != building and is_locked(part_lock_path(store, split, i, n)):
+                problems.append(f"split {split!r}: part {i}/{n} is being built or rewritten right now: wait for "
+                                "that command to finish, then seal")
         bar = tqdm(total=sum(len(p["records"]) for p in parts.values()), desc=f"seal {split}", unit="group",
                    disable=not progress)
         for i, p in parts.items():

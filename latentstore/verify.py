@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import numerics
 from .checksum import file_problem
 from .errors import LatentstoreError, StoreError
-from .format import ENCODER_REVISION, read_manifest
+from .format import ENCODER_REVISION, ZARR_GROWTH_ADVICE, read_manifest
 from .paths import store_file
 from .readers import read_shard
 from .sample import Sample
@@ -253,8 +253,9 @@ def _check_sources(store: Path, manifest: dict, root, report: Report) -> None:
         stale = ("(rerun the build command" + (f" with {flags}" if flags else "") +
                  ": it re-encodes the changed groups)")
         if len(items) != split["images_found"]:
+            advice = f"({ZARR_GROWTH_ADVICE})" if manifest["backend"] == "zarr" else stale
             report.problems.append(f"split {split_name!r}: {where} now lists {len(items)} images, the store was "
-                                   f"built from {split['images_found']} {stale}")
+                                   f"built from {split['images_found']} {advice}")
         size = cfg["shard_size"]
         for j in range(0, -(-len(items) // size)):
             path = store / split_name / f"group-{j:06d}.json"

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "latentstore"
 #: The reader side and the codec side share a stage but not their module-level imports.
 STAGES = [
     (0, "base", {"errors", "checksum", "threads", "strings_container", "profile", "ranks", "format", "sample",
-                 "numerics", "location", "model_names", "coder_names", "paths"}),
+                 "numerics", "location", "model_names", "coder_names", "paths", "locks", "schema"}),
     (1, "base", {"augment", "images", "datasets", "weights", "metrics", "report", "models", "models.adapt",
                  "models.baselines", "models.pspnet", "models.taps", "teacher", "teacher.dtypes",
                  "teacher.fingerprint", "teacher.info", "teacher.decode"}),

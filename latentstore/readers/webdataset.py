@@ -28,6 +28,7 @@ import google_crc32c
 
 from ..checksum import CRC32C_IS_FAST, check_once
 from ..errors import StoreError
+from ..locks import write_in_progress
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 
 
@@ -76,7 +77,7 @@ def _walk(f: BinaryIO, shard: str, verify: bool = True) -> Iterator[tuple[int, s
         if kind in (b"x", b"L", b"g"):  # PAX record, GNU long name, PAX global header
             data = _read(f, size, shard, name.decode("utf-8", errors="replace"))
             if kind == b"x":  # the next member's name
-                long_name = _pax_path(data)
+                long_name = _pax_path(data, shard, offset, name.decode("utf-8", errors="replace"))
             elif kind == b"L":
                 long_name = data.rstrip(b"\0")
         else:
@@ -115,11 +116,16 @@ def _read(f, size: int, shard: str, name: str) -> bytes:
     return data
 
 
-def _pax_path(data: bytes) -> bytes | None:
-    """The "path" record of a PAX extended header ("<len> path=<value>\n" records)."""
+def _pax_path(data: bytes, shard: str = "?", offset: int = 0, member: str = "?") -> bytes | None:
+    """The "path" record of a PAX extended header ("<len> path=<value>\n" records); a malformed record is a
+    StoreError naming the shard, the header's byte offset and its member name."""
     while data:
-        length = int(data.split(b" ", 1)[0])
-        record, data = data[:length], data[length:]
+        length, space, rest = data.partition(b" ")
+        if not (space and length.isdigit() and len(length) + 1 < int(length) <= len(data)
+                and data[int(length) - 1:int(length)] == b"\n" and b"=" in rest[:int(length) - len(length) - 1]):
+            raise StoreError(f"shard {shard}: malformed PAX header {member!r} at byte {offset} (a record "
+                             f"{data[:40]!r}...); the shard is damaged: run `latentstore verify` and rebuild it")
+        record, data = data[:int(length)], data[int(length):]
         key, _, value = record.split(b" ", 1)[1].partition(b"=")
         if key == b"path":
             return value[:-1]
@@ -300,9 +306,17 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             raise StoreError(f"shard {shard}: unreadable ({exc})") from exc
         yield {"__key__": None, "__shard__": shard, "__error__": f"shard {shard}: unreadable ({exc})"}
     except StoreError as exc:
+        exc = _while_written(Path(path), shard, exc)
         if not lenient:
-            raise
+            raise exc
         yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
+
+
+def _while_written(path: Path, shard: str, exc: StoreError) -> StoreError:
+    """`exc`, or, when a build or add-teacher holds a lock on the store right now, the truth: the shard is being
+    rewritten, not damaged (probed only on an error: no cost to a good read)."""
+    writing = write_in_progress(path.parent.parent)
+    return StoreError(f"shard {shard} changed while it was read: {writing}") if writing else exc
 
 
 def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Iterator[dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import webdataset as wds
 
 from ..checksum import Digests, file_record
+from ..locks import is_stale_temp, temp_name
 from ..format import commit_record_name, encode_field, fsync_dir, get_field, shard_name, write_json_atomic
 from ..readers.webdataset import build_index, index_name
 from ..sample import Sample
@@ -67,18 +68,19 @@ class ShardGroupWriter:
         self.split, self.group = layout.split, layout.group
         self._finals = [store / shard_name(self.split, v, self.group) for v in range(layout.variants)]
         self._indexes = [store / index_name(shard_name(self.split, v, self.group)) for v in range(layout.variants)]
-        self._temps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in self._finals]
+        self._temps = [temp_name(p) for p in self._finals]
         self._files, self._tars, self._counts = [], [], [0] * layout.variants
         self._renamed = 0  # shards of this group already renamed into place by commit()
 
     def open(self) -> None:
         (self.store / self.split).mkdir(parents=True, exist_ok=True)
-        # A killed earlier attempt at this group may have left temporaries; parts own
-        # disjoint groups, so whatever is named after this group's shards is stale.
+        # A killed earlier attempt at this group may have left temporaries: those of dead processes are
+        # stale; a live process's (a concurrent convert or add-teacher) are its own to commit or remove.
         record = self.store / commit_record_name(self.split, self.group)
         for final in self._finals + self._indexes + [record]:
             for stale in final.parent.glob(f".{final.name}.tmp-*"):
-                stale.unlink(missing_ok=True)
+                if is_stale_temp(stale):
+                    stale.unlink(missing_ok=True)
         for tmp in self._temps:
             f = _HashingFile(tmp)
             self._files.append(f)

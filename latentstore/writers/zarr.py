@@ -179,9 +179,12 @@ class ZarrGroupWriter:
         self._counts = [0] * self.variants
 
     def open(self) -> None:
-        # A killed earlier attempt at this group (any pid) left its staging behind: it holds no data.
+        # A killed earlier attempt at this group left its staging behind: it holds no data. A live
+        # process's staging (a concurrent convert or add-teacher) is its own.
         for stale in self.staging.parent.glob(f"{ZARR_TEMP_PREFIX}{self.group:06d}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            owner = stale.name.rpartition("-")[2]
+            if not (owner.isdigit() and pid_alive(int(owner))):
+                shutil.rmtree(stale, ignore_errors=True)
 
     def write(self, sample: Sample) -> dict:
         values, variant = sample.values(), sample.variant
