@@ -10,6 +10,7 @@ from latentstore.commit import GroupCommit, GroupLayout
 from latentstore.crops_to_samples import encode_samples
 from latentstore.datasets import open_source
 from latentstore.encode import Encoder
+from latentstore.errors import StoreError
 from latentstore.prepare import prepare, prepared_stream
 from latentstore.readers import read_shard
 from latentstore.sample import Sample
@@ -71,6 +72,10 @@ def test_group_commit_then_read_shard_gives_the_samples_back(stages, tmp_path, b
         record = group.commit(rejects=[], sources=None)
     assert record["images"] == 6 and record["stats"]["samples"] == 12
     assert record["stats"]["bits"] == sum(s.meta.bits for s in samples)
+    if backend == "zarr":   # its arrays are checked against the manifest's description: none yet
+        with pytest.raises(StoreError, match="has no manifest.json"):
+            list(read_shard(tmp_path, backend, record["shards"][0]))
+        return   # a Zarr group read back once sealed: tests/test_zarr.py
     back = [s for shard in record["shards"] for s in read_shard(tmp_path, backend, shard)]
     assert [s.key for s in back] == [s.key for s in ordered]
     for got, want in zip(back, ordered):

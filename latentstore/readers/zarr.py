@@ -109,7 +109,10 @@ def array_problem(array, path: str, info: dict) -> str | None:
 
 
 def _split_info(store: Path, split: str) -> dict:
-    """The manifest's entry for `split` (read once per process and manifest version)."""
+    """The manifest's entry for `split` (read once per process and manifest version): a Zarr unit is
+    read against the description the manifest gives, so a store without one is refused (read_manifest)."""
+    if not (store / MANIFEST).is_file():
+        read_manifest(store)
     stat = (store / MANIFEST).stat()
     key = (str(store), stat.st_mtime_ns, stat.st_size)
     if key not in _MANIFESTS:
