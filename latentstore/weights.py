@@ -147,9 +147,15 @@ def hf_cached_file(repo_id: str) -> Path | None:
         found = try_to_load_from_cache(repo, name, cache_dir=hf_cache_dir(), revision=revision or None)
         if isinstance(found, str) and Path(found).is_file():
             path = Path(found)
-            blob = Path(os.path.realpath(path)).name
-            # LFS blobs are named by their sha256: the cache's own record of what was downloaded.
-            check_file(path, blob if _SHA256.fullmatch(blob) else None, f"Hugging Face repo {repo}")
+            blob = Path(os.path.realpath(path))
+            # LFS blobs are named by their sha256: the cache's own record of what was downloaded. A snapshot
+            # file that is no link to such a blob (a `cp -rL` copy) has no record to check it against.
+            if not (path.is_symlink() and blob.parent.name == "blobs" and _SHA256.fullmatch(blob.name)):
+                raise WeightsError(
+                    f"{path} (Hugging Face repo {repo}) is not a link into the cache's blobs/ named by its sha256 "
+                    "(a copy made with `cp -rL`?), so what it holds cannot be checked. Copy the cache with its "
+                    "links (`cp -a`, `rsync -a`) or pass a weights file you trust directly")
+            check_file(path, blob.name, f"Hugging Face repo {repo}")
             return path
     return None
 

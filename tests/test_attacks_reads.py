@@ -2,6 +2,7 @@
 by the reader in one line naming the store and what was edited, and reported by verify."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import zarr
@@ -188,3 +189,45 @@ def test_attack_swapped_index_entries_reported_by_verify(tar_store, tmp_path):
     edit_index(store, swap)
     problems = verify(store, sources=False).problems
     assert any("its index train/" in p and "does not match the tar's members" in p for p in problems), problems
+
+
+def _hub_cache(tmp_path, monkeypatch, linked: bool) -> Path:
+    """An offline Hugging Face cache holding random resnet18 weights as timm/resnet18.a1_in1k's release:
+    the snapshot file a link into blobs/ (as the hub writes it) or a regular file (as `cp -rL` leaves it)."""
+    import hashlib
+
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("resnet18")
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    weights = tmp_path / "random.safetensors"
+    tmp_path.mkdir(parents=True)
+    save_file(model.state_dict(), str(weights))
+    blob = repo / "blobs" / hashlib.sha256(weights.read_bytes()).hexdigest()
+    snapshot = repo / "snapshots" / ("0" * 40) / "model.safetensors"
+    blob.parent.mkdir(parents=True)
+    snapshot.parent.mkdir(parents=True)
+    shutil.copy(weights, blob)
+    if linked:
+        snapshot.symlink_to(Path("../../blobs") / blob.name)
+    else:
+        shutil.copy(weights, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return snapshot
+
+
+def test_hub_snapshot_copied_as_a_regular_file_is_never_recorded_as_trained(tmp_path, monkeypatch):
+    from latentstore.errors import WeightsError
+    from latentstore.teacher.load import load_teacher
+
+    _hub_cache(tmp_path / "linked", monkeypatch, linked=True)
+    assert load_teacher("resnet18", "pretrained", strides="8,32").weights["hf_hub_id"] == "timm/resnet18.a1_in1k"
+    snapshot = _hub_cache(tmp_path / "copied", monkeypatch, linked=False)
+    with pytest.raises(WeightsError, match="not a link into the cache's blobs/") as err:
+        load_teacher("resnet18", "pretrained", strides="8,32")
+    assert str(snapshot) in str(err.value) and "\n" not in str(err.value)
