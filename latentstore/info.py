@@ -24,7 +24,8 @@ def summarize(store) -> dict:
             "rejects": s["rejects"], "augment": s["config"]["augment"], "seed": s["config"]["seed"],
             "teacher": summarize_teacher(s),
         }
-    return {"store": shown(store) if is_url(store) else str(store), "format_version": m["format_version"], "backend": m["backend"],
+    return {"store": shown(store) if is_url(store) else str(store), "format_version": m["format_version"],
+            "backend": m["backend"],
             "coder": coder["name"], "quality": coder["quality"], "channels": coder["channels"],
             "weights": weights, "trained_weights": weights["trained"], "splits": splits,
             "metric": weights.get("metric", "mse") if weights["source"] == "pretrained" else None,

@@ -26,7 +26,8 @@ def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = Fa
     "__shard__", "__error__"} instead (``__key__`` None: damage to the shard itself, after which
     nothing more comes)."""
     if backend == "webdataset":
-        return iter_shard(store_file(store, shard["path"], f"shard {shard['path']}"), shard["path"], shard["samples"], fields, lenient=lenient,
+        path = store_file(store, shard["path"], f"shard {shard['path']}")
+        return iter_shard(path, shard["path"], shard["samples"], fields, lenient=lenient,
                           wanted=wanted, record=shard if check_digest else None)
     if backend == "zarr":
         return iter_unit(Path(store), shard, fields, lenient, wanted=wanted, check_digest=check_digest)
