@@ -1,7 +1,8 @@
 """Reader speed with the open-time checks of issue 24 (array descriptions, recorded paths), side by side
-with another checkout (default /work/main) in one run, on the same stores.
+with another checkout in one run, on the same stores.
 
-    python benchmarks/bench_reader_checks.py [--other /path/to/checkout] [--epochs 5] [--rounds 3]
+    git worktree add /tmp/before <commit before the checks>
+    python benchmarks/bench_reader_checks.py --other /tmp/before [--epochs 5] [--rounds 3]
 
 Builds (once, with this checkout; store bytes are the same on both) a Zarr and a WebDataset store of the
 bundled demo photos: bmshj2018-hyperprior q1, untrained (seeded), 64 px crops, 8 variants, 2 items per
@@ -37,7 +38,7 @@ def read_speed(checkout: Path, store: Path, epochs: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--other", default="/work/main", help="the checkout to compare with (default /work/main)")
+    ap.add_argument("--other", required=True, help="the checkout to compare with (e.g. a git worktree of main)")
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs per measurement (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds, best kept (default 3)")
     args = ap.parse_args()
