@@ -92,8 +92,8 @@ def _images_in(folder: Path, recursive: bool, tree: Path | None = None) -> list[
 
     ``tree`` (default: ``folder``) is the whole listing's folder: links into it are not followed.
     """
-    if not recursive:
-        return [folder / n for n in _visible(os.listdir(folder)) if _is_image(n) and (folder / n).is_file()]
+    if not recursive:   # anything but a folder: a FIFO or device named like an image is listed, then rejected
+        return [folder / n for n in _visible(os.listdir(folder)) if _is_image(n) and not (folder / n).is_dir()]
     found, seen_dirs, seen_files = [], {_identity(folder)}, set()
     inside = os.path.realpath(tree or folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):

@@ -252,6 +252,16 @@ def test_a_fifo_or_a_link_to_dev_zero_named_like_an_image_is_rejected_not_opened
     assert "a FIFO" in rejects["train/class0/pipe.png"] and "a device" in rejects["train/class1/zero.png"]
 
 
+def test_a_fifo_in_a_flat_folder_is_listed_to_be_rejected_never_dropped(tmp_path):
+    from latentstore.datasets import _images_in
+
+    os.mkfifo(tmp_path / "pipe.JPEG")
+    os.symlink("/dev/zero", tmp_path / "zero.JPEG")
+    (tmp_path / "folder.JPEG").mkdir()
+    (tmp_path / "photo.JPEG").write_bytes(b"x")
+    assert [p.name for p in _images_in(tmp_path, recursive=False)] == ["photo.JPEG", "pipe.JPEG", "zero.JPEG"]
+
+
 def _rerecord(store, shard_path):
     """Write the shard's current size and digests into the manifest and its group record."""
     from latentstore.checksum import file_record
