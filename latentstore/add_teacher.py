@@ -49,6 +49,7 @@ from .format import TEACHER_PREFIX, check_recorded_files, commit_record_name, ge
 from .images import RejectedImage, load_rgb
 from .readers import read_shard
 from .locks import manifest_lock
+from .paths import store_file
 from .resume import build_lock, check_resume
 from .sample import Sample, SampleMeta
 from .seal import read_parts, part_file, seal
@@ -181,7 +182,8 @@ def _rewrite_group(store, backend, record, layout, teacher, check, root, wanted,
     # been rewritten by a crashed run, and must then hold exactly our teacher fields; a Zarr unit's record lists
     # only its old fields, whose files a rerun rewrites byte for byte, so they must match.
     if backend == "webdataset":
-        rewritten = {shard["path"] for shard in record["shards"] if not audit(store / shard["path"], shard)}
+        rewritten = {shard["path"] for shard in record["shards"]
+                     if not audit(store_file(store, shard["path"], f"shard {shard['path']}"), shard)}
     else:
         rewritten = set()
         for shard in record["shards"]:

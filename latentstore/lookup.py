@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError, StoreError
 from .format import FIELDS, OPTIONAL_FIELDS, commit_record_name, field_for_member, sample_key
+from .paths import store_file
 from .readers import iter_shard
 
 
@@ -120,7 +121,8 @@ def _group_of(shard: dict) -> int:
 
 def read_tar_sample(store, shard: dict, index: int, key: str, fields: tuple) -> dict:
     """Sample number `index` of a tar shard, checked to be `key` (through the shard's sample index)."""
-    for i, sample in enumerate(iter_shard(Path(store) / shard["path"], shard["path"], None, fields,
+    path = store_file(store, shard["path"], f"shard {shard['path']}")
+    for i, sample in enumerate(iter_shard(path, shard["path"], None, fields,
                                           wanted={index}, record=shard)):
         if i == index:
             if sample["__key__"] != key:
