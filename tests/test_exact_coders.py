@@ -5,8 +5,6 @@ The reference loads the class from the checkpoint file with CompressAI, replays 
 augmentation with the test's own code, runs compress() and decompress() at one thread and reads the
 strings container with struct and json (docs/FORMAT.md "Nested strings"): nothing of the build.
 """
-import json
-import struct
 
 import numpy as np
 import pytest
@@ -15,28 +13,12 @@ from compressai.models import Cheng2020AnchorCheckerboard, Elic2022Chandelier, E
 
 from conftest import DEMO
 from test_exact import cli, reference, replay, stored
+from test_generic import read_container
 
 CLASSES = {"elic2022-official": Elic2022Official, "elic2022-chandelier": Elic2022Chandelier,
            "cheng2020-checkerboard": Cheng2020AnchorCheckerboard, "bmshj2018-factorized-relu": FactorizedPriorReLU}
 
 pytestmark = pytest.mark.slow
-
-
-def container_streams(blob: bytes) -> list:
-    """The streams of the strings container, read as docs/FORMAT.md describes it."""
-    assert blob[:4] == b"LSS1"
-    (hlen,) = struct.unpack_from("<I", blob, 4)
-    json.loads(blob[8:8 + hlen])
-    pos = 8 + hlen
-    (count,) = struct.unpack_from("<I", blob, pos)
-    pos += 4
-    streams = []
-    for _ in range(count):
-        (n,) = struct.unpack_from("<I", blob, pos)
-        streams.append(blob[pos + 4:pos + 4 + n])
-        pos += 4 + n
-    assert pos == len(blob)
-    return streams
 
 
 def compressai_model(name, checkpoint):
@@ -62,7 +44,7 @@ def test_named_coder_224_crops_are_exact(name, dtype, checkpoint_factory, tmp_pa
         if name == "bmshj2018-factorized-relu":  # the single pass: y_string as the known families
             assert [s["y_string"]] == strings and "z_string" not in s
         else:
-            assert container_streams(s["y_string"]) == strings and "z_string" not in s
+            assert read_container(s["y_string"])[0] == strings and "z_string" not in s
             assert "symbols" not in s
         assert meta["bits"] == 8 * sum(map(len, strings))
         assert s["y_hat"].dtype == np.dtype(dtype)
