@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latentstore import format as store_format
+from latentstore.store import format as store_format
 from latentstore import open_store
-from latentstore.readers.webdataset import iter_raw
+from latentstore.store.tar.reader import iter_raw
 
 FAST = store_format.decode_npy
 DECODERS = {"np.load": lambda data: np.load(io.BytesIO(data), allow_pickle=False),

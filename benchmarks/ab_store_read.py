@@ -25,9 +25,10 @@ import time
 
 from torch.utils.data import DataLoader
 
-from latentstore import checksum, open_store
-from latentstore.checksum import file_record
-from latentstore.readers import webdataset as tar_reader
+from latentstore.store import checksum
+from latentstore import open_store
+from latentstore.store.checksum import file_record
+from latentstore.store.tar import reader as tar_reader
 
 MODES = ("none", "sha256", "crc32c", "index")
 CHECK = checksum.read_check

@@ -8,7 +8,7 @@ crops padded to 256, untrained seeded weights with non-trivial symbols):
 
 * naive: decode, augment, ``model.compress()`` per image, write a WebDataset
   tar with ``TarWriter``, the loop a user would write;
-* build: ``latentstore.build.build`` with one encoder process, then with
+* build: ``latentstore.build.run.build`` with one encoder process, then with
   ``--encoders`` processes;
 * floor: ``g_a``, ``h_a``, ``h_s`` per image on the pre-cut crops, nothing
   else (what remains if the autoregressive loop cost nothing).
@@ -39,15 +39,15 @@ import numpy as np
 import torch
 
 import latentstore
-from latentstore.augment import apply, sample_params, variant_rng
-from latentstore.build import BuildConfig, build
-from latentstore.encode import to_input
-from latentstore.coders import load_coder
-from latentstore.datasets import open_source
-from latentstore.format import MANIFEST, sample_key
-from latentstore.images import load_rgb
-from latentstore.profile import Profiler
-from latentstore.readers import iter_shard
+from latentstore.build.augment import apply, sample_params, variant_rng
+from latentstore.build.run import BuildConfig, build
+from latentstore.build.encoder import to_input
+from latentstore.coders.registry import load_coder
+from latentstore.build.sources import open_source
+from latentstore.store.format import MANIFEST, sample_key
+from latentstore.build.images import load_rgb
+from latentstore.build.timing import Profiler
+from latentstore.store.readers import iter_shard
 
 DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
 

@@ -22,10 +22,10 @@ import torch
 from compressai.models import MeanScaleHyperprior
 
 from bench_encode import demo_crops
-from latentstore import strings_container
-from latentstore.coders import CODERS, CoderSpec, LoadedCoder, untrained_coder
-from latentstore.generic_encode import make_encoder
-from latentstore.threads import store_threads
+from latentstore.store import strings_container
+from latentstore.coders.registry import CODERS, CoderSpec, LoadedCoder, untrained_coder
+from latentstore.build.generic_encoder import make_encoder
+from latentstore.store.threads import store_threads
 
 
 class UserMeanScale(MeanScaleHyperprior):

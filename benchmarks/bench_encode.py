@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 import latentstore
-from latentstore.coders import LoadedCoder, get_spec, untrained_coder
-from latentstore.encode import Encoder
+from latentstore.coders.registry import LoadedCoder, get_spec, untrained_coder
+from latentstore.build.encoder import Encoder
 
 DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
 

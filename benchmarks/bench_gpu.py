@@ -4,7 +4,7 @@ resnet50-aa, and the trainer's samples/s and data wait on a store it builds itse
     bash benchmarks/bench_gpu.sh                 # on the GPU node (full sizes, ~5-7 min)
     SMOKE=1 bash benchmarks/bench_gpu.sh         # anywhere, tiny sizes, ~2-3 min on 2 CPU cores
 
-Everything runs from the source tree (``python -m latentstore.cli``, ``train/classify.py``), with
+Everything runs from the source tree (``python -m latentstore``, ``train/classify.py``), with
 generated images and untrained seeded weights: nothing is downloaded. Each measurement is a short
 timed window, not a whole dataset. It runs (b) and (c) first, then (a), so a run cut by --budget
 loses build rows rather than the trainer's:
@@ -104,7 +104,7 @@ BUILD_CODER, TRAIN_CODER = ("cheng2020-anchor", 3), ("bmshj2018-hyperprior", 3)
 
 def build_rate(a, images: Path, out: Path, encoders: int, limit: int, device: str, shard: int,
                timeout: float | None = None, coder=BUILD_CODER) -> dict:
-    cmd = [PY, "-m", "latentstore.cli", "build", "--coder", coder[0], "--quality", str(coder[1]),
+    cmd = [PY, "-m", "latentstore", "build", "--coder", coder[0], "--quality", str(coder[1]),
            "--weights", "untrained", "--dataset", "imagefolder", "--root", str(images), "--out", str(out),
            "--limit", str(limit), "--crop", str(a.crop), "--shard-size", str(shard), "--encoders", str(encoders),
            "--device", device, "--quiet"]
@@ -125,7 +125,7 @@ def build_rate(a, images: Path, out: Path, encoders: int, limit: int, device: st
 
 
 def verify(store: Path, decode: int, timeout: float) -> dict:
-    rc, wall = run([PY, "-m", "latentstore.cli", "verify", str(store), "--decode", str(decode), "--quiet"],
+    rc, wall = run([PY, "-m", "latentstore", "verify", str(store), "--decode", str(decode), "--quiet"],
                    store.with_suffix(".verify.log"), timeout)
     text = store.with_suffix(".verify.log").read_text()
     log(f"verify --decode {decode} {store.name}: rc {rc} ({wall:.1f} s) {text.strip().splitlines()[-1:]}")
@@ -196,7 +196,7 @@ def loader_rate(a, store: Path, y_hat_dtype: str, one_pass: bool, step_s: float)
     step. Samples/s and data wait (time in next(batch)) over the epochs after the first."""
     import torch
 
-    from latentstore.dataset import open_store
+    from latentstore.read.dataset import open_store
     from latentstore.train.speed import make_loader
 
     device = torch.device(a.device)

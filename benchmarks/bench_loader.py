@@ -16,7 +16,7 @@ cheng2020-anchor q3, untrained (seeded) weights, 224 crops (padded to 256,
 Measured, side by side:
   store       open_store(fields=y_hat,label, shuffle=True, batch_size=32) + DataLoader(batch_size=None),
               0 and 2 workers: what latentstore.train.fit feeds the step (ready tensors)
-  on-the-fly  read JPEG, RandomResizedCrop + flip (latentstore.augment), Encoder.encode -> ŷ
+  on-the-fly  read JPEG, RandomResizedCrop + flip (latentstore.build.augment), Encoder.encode -> ŷ
               (the batched exact encoder, faster than per-image compress(); the fair floor)
   pixels      torchvision ImageFolder + RandomResizedCrop(224) + flip + ToTensor, same DataLoader settings
   raw read    the shard files read sequentially in 8 MiB blocks, bytes/s and samples/s; once
@@ -51,13 +51,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import latentstore
-from latentstore.augment import apply, sample_params
-from latentstore.build import BuildConfig, build
-from latentstore.encode import to_input
-from latentstore.coders import load_coder
-from latentstore.encode import Encoder
-from latentstore.format import read_manifest
-from latentstore.dataset import open_store
+from latentstore.build.augment import apply, sample_params
+from latentstore.build.run import BuildConfig, build
+from latentstore.build.encoder import to_input
+from latentstore.coders.registry import load_coder
+from latentstore.build.encoder import Encoder
+from latentstore.store.format import read_manifest
+from latentstore.read.dataset import open_store
 
 DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ class one_thread:
 
 def add_teacher_copy(store: Path, work: Path) -> tuple[Path, tuple, float | None]:
     """A copy of the store with untrained ResNet-50 teacher maps (strides 8/16/32, float16) beside ŷ."""
-    from latentstore.add_teacher import add_teacher
+    from latentstore.commands.add_teacher import add_teacher
 
     copy = work / "store-teacher"
     built = None
@@ -201,7 +201,7 @@ def bench_pixels(images_root: Path, workers: int, repeats: int) -> dict:
 
 
 class CropDataset(Dataset):
-    """JPEG -> RandomResizedCrop + flip with latentstore.augment (as a build does) -> uint8 HxWx3."""
+    """JPEG -> RandomResizedCrop + flip with latentstore.build.augment (as a build does) -> uint8 HxWx3."""
 
     def __init__(self, paths, seed: int = 0):
         self.paths, self.seed = paths, seed
@@ -210,7 +210,7 @@ class CropDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from latentstore.images import load_rgb
+        from latentstore.build.images import load_rgb
 
         img = load_rgb(self.paths[i])
         params = sample_params(np.random.default_rng([self.seed, i]), img.size, "train", crop=CROP)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from latentstore.numerics import PORTABLE_ENV, cpu_model  # noqa: E402  (no torch: the parent stays unpinned)
+from latentstore.store.numerics import PORTABLE_ENV, cpu_model  # noqa: E402  (no torch: the parent stays unpinned)
 
 MODES = ("native", "portable")
 
@@ -36,9 +36,9 @@ def child(coder_name: str, images: int) -> None:
     import torch
 
     from bench_encode import demo_crops
-    from latentstore import numerics
-    from latentstore.coders import LoadedCoder, get_spec, untrained_coder
-    from latentstore.encode import Encoder, to_input
+    from latentstore.store import numerics
+    from latentstore.coders.registry import LoadedCoder, get_spec, untrained_coder
+    from latentstore.build.encoder import Encoder, to_input
 
     torch.set_num_threads(1)
     spec = get_spec(coder_name)

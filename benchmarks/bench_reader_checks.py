@@ -45,9 +45,9 @@ def main():
     sys.path.insert(0, str(HERE))
     import os
 
-    from latentstore.numerics import PORTABLE_ENV
+    from latentstore.store.numerics import PORTABLE_ENV
     os.environ.update(PORTABLE_ENV)  # the build's numerics, before torch loads
-    from latentstore.build import BuildConfig, build
+    from latentstore.build.run import BuildConfig, build
 
     demo = HERE / "latentstore" / "data" / "demo-imagenet"
     with tempfile.TemporaryDirectory() as work:

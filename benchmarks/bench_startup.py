@@ -2,7 +2,7 @@
 
     python benchmarks/bench_startup.py [--trials 3] [--baseline /path/to/other/checkout]
 
-Each command runs in a fresh interpreter (`python -m latentstore.cli ...`, `python train/classify.py ...`),
+Each command runs in a fresh interpreter (`python -m latentstore ...`, `python train/classify.py ...`),
 as a user types it; the median of --trials runs is shown. With --baseline, the same commands also run
 against another checkout's latentstore (PYTHONPATH), interleaved, so both columns see the same machine load.
 The target (issue 28): each under 1.5 s.
@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_ERROR = ["--dataset", "imagefolder", "--root", ".", "--out", "/nonexistent/never-made"]
 COMMANDS = {
-    "latentstore build --help": ["-m", "latentstore.cli", "build", "--help"],
-    "build: unknown coder": ["-m", "latentstore.cli", "build", "--coder", "nope", "--quality", "3", *BUILD_ERROR],
-    "build: bad quality": ["-m", "latentstore.cli", "build", "--coder", "cheng2020", "--quality", "9", *BUILD_ERROR],
-    "latentstore models": ["-m", "latentstore.cli", "models"],
+    "latentstore build --help": ["-m", "latentstore", "build", "--help"],
+    "build: unknown coder": ["-m", "latentstore", "build", "--coder", "nope", "--quality", "3", *BUILD_ERROR],
+    "build: bad quality": ["-m", "latentstore", "build", "--coder", "cheng2020", "--quality", "9", *BUILD_ERROR],
+    "latentstore models": ["-m", "latentstore", "models"],
     "train/classify.py --help": ["train/classify.py", "--help"],
     "train/segment.py --help": ["train/segment.py", "--help"],
 }

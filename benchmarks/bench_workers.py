@@ -41,7 +41,7 @@ VARIANTS = 16
 
 def build_store(work: Path, images: int) -> Path:
     from PIL import Image
-    from latentstore.build import BuildConfig, build
+    from latentstore.build.run import BuildConfig, build
     out = work / f"store-{images}"
     if (out / "manifest.json").is_file():
         return out
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     import conftest  # noqa: F401  the portable numerics pins, as the tests build
     from latentstore import open_store
-    from latentstore.copy import copy_store
+    from latentstore.commands.copy import copy_store
 
     store = build_store(a.work, a.images)
     probe = open_store(store, fields=("y_hat", "label"), y_hat_dtype=None, batch_size=32, drop_last=True)

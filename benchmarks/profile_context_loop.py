@@ -18,10 +18,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from latentstore.coders import load_coder
-from latentstore.encode import Encoder
-from latentstore.profile import Profiler
-from latentstore.threads import store_threads
+from latentstore.coders.registry import load_coder
+from latentstore.build.encoder import Encoder
+from latentstore.build.timing import Profiler
+from latentstore.store.threads import store_threads
 
 from bench_encode import demo_crops
 

@@ -5,7 +5,7 @@
 
 Inputs: ŷ of the coder/quality's channel count at image-size/16 for models on
 ŷ (decode+<model> includes g_s), a 3×S×S image for pixel models. MACs are
-multiply-accumulates of conv/linear/GDN layers (latentstore.complexity).
+multiply-accumulates of conv/linear/GDN layers (latentstore.models.complexity).
 Latency: batch 1, eval mode, `--warmup` untimed runs then the median of
 `--runs` timed ones, on CPU (torch's default thread count) and, when CUDA is
 present, on the GPU with synchronization around each run.
@@ -16,7 +16,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from latentstore.complexity import markdown_table, model_table
+from latentstore.models.complexity import markdown_table, model_table
 from latentstore.errors import LatentstoreError
 
 
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     print()
     print(markdown_table(rows))
     if cfg.json:
-        from latentstore.format import write_json_atomic
-        from latentstore.report import complexity_row
+        from latentstore.store.format import write_json_atomic
+        from latentstore.evaluate.report import complexity_row
         write_json_atomic(cfg.json, [complexity_row(r) for r in rows])
     return 0
 

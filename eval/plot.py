@@ -9,14 +9,14 @@ docs/method.md §6's published points as dashed reference markers. --latency add
 accuracy–latency panel, with the latency from each record's "complexity"
 (eval --complexity) or from a --complexity JSON (eval/complexity.py --json).
 --table also writes the Markdown tables (methods × rate points). Logic:
-latentstore.report.
+latentstore.evaluate.report.
 """
 import argparse
 import sys
 from dataclasses import dataclass
 
 from latentstore.errors import LatentstoreError
-from latentstore.report import METRIC, load_complexity, load_records, plot, results_table, without_latency
+from latentstore.evaluate.report import METRIC, load_complexity, load_records, plot, results_table, without_latency
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 
 
 if TYPE_CHECKING:
-    from .dataset import open_store
+    from .read.dataset import open_store
 
 
 def __getattr__(name: str):
     # The reader imports torch: load it on first use, so that `import latentstore` (and the CLI) stay
     # light, while `latentstore.open_store` is the real function with its signature and docstring.
     if name == "open_store":
-        from .dataset import open_store
+        from .read.dataset import open_store
 
         return open_store
     raise AttributeError(f"module 'latentstore' has no attribute {name!r}")

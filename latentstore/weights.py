@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
-from .format import file_sha256
+from .store.format import file_sha256
 
 OFFLINE_VARIABLES = ("LATENTSTORE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 PROBE_TIMEOUT = 3.0     # seconds to open a TCP connection to the weights' host (or proxy)

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_exact import MU_CODERS, assert_exact_against_compressai, cli, zoo_model  # noqa: E402
 
-from latentstore.coders import get_spec, untrained_coder  # noqa: E402
+from latentstore.coders.registry import get_spec, untrained_coder  # noqa: E402
 
 CONFIGS = [("32", "1", "float32"), ("1", "2", "float16")]  # --batch-size, --encoders, --y-hat-dtype
 

@@ -2,12 +2,12 @@
 import os
 from pathlib import Path
 
-from latentstore.numerics import PORTABLE_ENV
+from latentstore.store.numerics import PORTABLE_ENV
 
 # The tests run with the portable pins in place before torch loads, as a portable build's processes
 # do: in-process builds (the default, portable) then need no restart, and CompressAI's reference
 # compress()/decompress() compute with the same kernels as the stores they check. Tests of the
-# native mode restart the command without them (latentstore.cli.main does).
+# native mode restart the command without them (latentstore.commands.cli.main does).
 os.environ.update(PORTABLE_ENV)
 
 import pytest  # noqa: E402
@@ -18,7 +18,7 @@ DEMO = Path(__file__).resolve().parents[1] / "latentstore" / "data" / "demo-imag
 
 # CompressAI's own compress()/decompress() are the tests' reference, and their bits
 # depend on torch's thread count: run them at the count the store is made with.
-from latentstore.threads import STORE_THREADS  # noqa: E402
+from latentstore.store.threads import STORE_THREADS  # noqa: E402
 
 torch.set_num_threads(STORE_THREADS)
 
@@ -44,7 +44,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 def tiny_config(root, out, **overrides):
     """The tests' usual build: bmshj2018-hyperprior q1 with seeded untrained weights (non-trivial
     symbols, no loop: seconds), 64 px crops, one variant; `overrides` are any other BuildConfig field."""
-    from latentstore.build import BuildConfig
+    from latentstore.build.run import BuildConfig
 
     return BuildConfig(**{"coder": "bmshj2018-hyperprior", "quality": 1, "weights": "untrained",
                           "dataset": "imagefolder", "split": "train", "variants": 1, "crop": 64,
@@ -53,7 +53,7 @@ def tiny_config(root, out, **overrides):
 
 def tiny_store(root, out, **overrides) -> Path:
     """Build `tiny_config(root, out, **overrides)` and return the store's folder."""
-    from latentstore.build import build
+    from latentstore.build.run import build
 
     build(tiny_config(root, out, **overrides), progress=False)
     return Path(out)
@@ -62,7 +62,7 @@ def tiny_store(root, out, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
     """Save a seeded untrained coder with non-trivial symbols as a CompressAI checkpoint file."""
-    from latentstore.coders import get_spec, untrained_coder
+    from latentstore.coders.registry import get_spec, untrained_coder
 
     folder = tmp_path_factory.mktemp("ckpt")
 
@@ -81,7 +81,7 @@ def count_digest_passes(monkeypatch, store):
     reader's check). The reader's per-process memo starts empty, so no earlier read hides a pass."""
     from collections import Counter
 
-    from latentstore import checksum
+    from latentstore.store import checksum
 
     store, passes = Path(store).resolve(), Counter()
     monkeypatch.setattr(checksum, "_CHECKED", set())

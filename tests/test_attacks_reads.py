@@ -8,9 +8,9 @@ import pytest
 import zarr
 
 from latentstore import open_store
-from latentstore.convert import convert
+from latentstore.commands.convert import convert
 from latentstore.errors import StoreError
-from latentstore.verify import verify
+from latentstore.commands.verify import verify
 
 from conftest import tiny_store
 
@@ -85,8 +85,8 @@ def test_attack_convert_of_an_edited_zarr_store_refused(zarr_store, tmp_path):
 
 def rerecord(store):
     """Record the current digests of every chunk file, as an attacker who can edit records would."""
-    from latentstore.checksum import file_record
-    from latentstore.format import MANIFEST
+    from latentstore.store.checksum import file_record
+    from latentstore.store.format import MANIFEST
 
     manifest = json.loads((store / MANIFEST).read_text())
     for unit in manifest["splits"]["train"]["shards"]:
@@ -117,7 +117,7 @@ def tar_store(tiny_folder, tmp_path_factory):
 @pytest.mark.parametrize("where", ["../outside/v000-000000.tar", "/etc/hostname"])
 def test_attack_shard_path_out_of_the_store_refused(tar_store, tmp_path, where):
     """The manifest and the group record both name a shard outside the store: refused before it is opened."""
-    from latentstore.format import MANIFEST
+    from latentstore.store.format import MANIFEST
 
     store = copy(tar_store, tmp_path)
     shard = store / "train" / "v000-000000.tar"
@@ -144,8 +144,8 @@ def test_attack_shard_symlink_out_of_the_store_refused(tar_store, tmp_path):
 
 def edit_index(store, edit):
     """Edit the first shard's sample index and record its new digests, as an editor of the store could."""
-    from latentstore.checksum import file_record
-    from latentstore.format import MANIFEST
+    from latentstore.store.checksum import file_record
+    from latentstore.store.format import MANIFEST
 
     manifest = json.loads((store / MANIFEST).read_text())
     entry = manifest["splits"]["train"]["shards"][0]["index"]

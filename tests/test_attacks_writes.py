@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config, tiny_store
-from latentstore.build import build
+from latentstore.build.run import build
 from latentstore.errors import StoreError
-from latentstore.format import MANIFEST
-from latentstore.seal import seal
+from latentstore.store.format import MANIFEST
+from latentstore.store.seal import seal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def two_splits(tmp_path_factory, tiny_folder):
 SEAL_ROUNDS = """
     import sys, time
     from pathlib import Path
-    from latentstore.seal import seal
+    from latentstore.store.seal import seal
     store, split, signals, rounds = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     for r in range(rounds):
         while not (signals / f"go-{r}").exists():
@@ -78,7 +78,7 @@ def test_two_splits_sealing_at_once_keep_both_in_the_manifest(two_splits, tmp_pa
 GROUP_WRITER = """
     import sys
     from pathlib import Path
-    from latentstore.commit import GroupCommit, GroupLayout
+    from latentstore.store.commit import GroupCommit, GroupLayout
     layout = GroupLayout("train", 0, 1, ("k",), 2, 1)
     with GroupCommit(Path(sys.argv[1]), "webdataset", layout) as group:
         print("open", flush=True)
@@ -89,7 +89,7 @@ GROUP_WRITER = """
 
 
 def test_a_second_writer_of_one_group_leaves_the_first_writers_temporaries_alone(tmp_path):
-    from latentstore.commit import GroupCommit, GroupLayout
+    from latentstore.store.commit import GroupCommit, GroupLayout
 
     store = tmp_path / "dst"
     store.mkdir()
@@ -113,7 +113,7 @@ def test_a_second_writer_of_one_group_leaves_the_first_writers_temporaries_alone
 HOLD_PART_LOCK = """
     import sys
     from pathlib import Path
-    from latentstore.resume import build_lock
+    from latentstore.build.resume import build_lock
     with build_lock(Path(sys.argv[1]), "train", int(sys.argv[2]), int(sys.argv[3])):
         print("holding", flush=True)
         sys.stdin.readline()
@@ -189,10 +189,10 @@ def test_a_refused_build_leaves_nothing_that_blocks_the_corrected_command(tiny_f
 
 
 def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, tmp_path):
-    from latentstore.add_teacher import add_teacher
-    from latentstore.convert import convert
-    from latentstore.format import read_manifest
-    from latentstore.verify import verify
+    from latentstore.commands.add_teacher import add_teacher
+    from latentstore.commands.convert import convert
+    from latentstore.store.format import read_manifest
+    from latentstore.commands.verify import verify
 
     src, dst = tiny_store(tiny_folder, tmp_path / "src", shard_size=3), tmp_path / "zarr"
     convert(src, dst, "zarr", progress=False)
@@ -206,9 +206,9 @@ def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, t
 
 
 def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(tiny_folder, tmp_path):
-    from latentstore.convert import convert
-    from latentstore.format import read_manifest
-    from latentstore.readers import read_dicts
+    from latentstore.commands.convert import convert
+    from latentstore.store.format import read_manifest
+    from latentstore.store.readers import read_dicts
 
     src = tiny_store(tiny_folder, tmp_path / "src", format="zarr", shard_size=3)
     dst = tiny_store(tiny_folder, tmp_path / "dst", seed=7, shard_size=3)  # a finished store of other crops
@@ -229,7 +229,7 @@ BUILD_IN_CHILD = """
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     from conftest import tiny_config
-    from latentstore.build import build
+    from latentstore.build.run import build
     m = build(tiny_config(sys.argv[1], sys.argv[2], max_rejects=5), progress=False)
     for r in m["splits"]["train"]["rejects"]:
         print(r["source"], "|", r["reason"])
@@ -253,7 +253,7 @@ def test_a_fifo_or_a_link_to_dev_zero_named_like_an_image_is_rejected_not_opened
 
 
 def test_a_fifo_in_a_flat_folder_is_listed_to_be_rejected_never_dropped(tmp_path):
-    from latentstore.datasets import _images_in
+    from latentstore.build.sources import _images_in
 
     os.mkfifo(tmp_path / "pipe.JPEG")
     os.symlink("/dev/zero", tmp_path / "zero.JPEG")
@@ -264,7 +264,7 @@ def test_a_fifo_in_a_flat_folder_is_listed_to_be_rejected_never_dropped(tmp_path
 
 def _rerecord(store, shard_path):
     """Write the shard's current size and digests into the manifest and its group record."""
-    from latentstore.checksum import file_record
+    from latentstore.store.checksum import file_record
 
     fresh = file_record(store / shard_path)
     for path in [store / MANIFEST, *sorted((store / "train").glob("group-*.json"))]:
@@ -293,9 +293,9 @@ def _pax_block(name: bytes, data: bytes) -> bytes:
 @pytest.mark.parametrize("record", [b"zz\n", b"0 \n", b"99 path=x\n", b"6 path\n"])
 def test_a_malformed_pax_header_is_a_one_line_error_naming_the_shard(tiny_folder, tmp_path, record):
     from latentstore import open_store
-    from latentstore.convert import convert
-    from latentstore.format import read_manifest
-    from latentstore.verify import verify
+    from latentstore.commands.convert import convert
+    from latentstore.store.format import read_manifest
+    from latentstore.commands.verify import verify
 
     store = tiny_store(tiny_folder, tmp_path / "s", shard_size=3)
     shard = read_manifest(store)["splits"]["train"]["shards"][0]["path"]
@@ -326,7 +326,7 @@ def _edit_manifest(store, edit):
 ])
 def test_a_hand_edited_manifest_is_a_one_line_error_in_verify_and_the_reader(two_splits, tmp_path, edit, field):
     from latentstore import open_store
-    from latentstore.verify import verify
+    from latentstore.commands.verify import verify
 
     store = shutil.copytree(two_splits, tmp_path / "s")
     _edit_manifest(store, edit)
@@ -339,7 +339,7 @@ def test_a_hand_edited_manifest_is_a_one_line_error_in_verify_and_the_reader(two
 
 def test_a_reader_meeting_a_shard_being_rewritten_is_told_a_build_is_in_progress(tiny_folder, tmp_path):
     from latentstore import open_store
-    from latentstore.format import read_manifest
+    from latentstore.store.format import read_manifest
 
     store = tiny_store(tiny_folder, tmp_path / "s", shard_size=3)
     shard = read_manifest(store)["splits"]["train"]["shards"][0]["path"]
@@ -359,8 +359,8 @@ def test_a_reader_meeting_a_shard_being_rewritten_is_told_a_build_is_in_progress
 
 def test_a_grown_zarr_dataset_gets_the_same_advice_from_verify_and_build(tiny_folder, tmp_path):
     from latentstore.errors import InputError
-    from latentstore.format import ZARR_GROWTH_ADVICE
-    from latentstore.verify import verify
+    from latentstore.store.format import ZARR_GROWTH_ADVICE
+    from latentstore.commands.verify import verify
 
     root = shutil.copytree(tiny_folder, tmp_path / "data")
     store = tiny_store(root, tmp_path / "s", format="zarr", shard_size=3)

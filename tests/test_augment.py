@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentstore.augment import VERSION, apply, sample_params, variant_rng
+from latentstore.build.augment import VERSION, apply, sample_params, variant_rng
 from latentstore.errors import ConfigError, InputError
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from latentstore.augment import apply
-from latentstore.build import BuildConfig, build
-from latentstore.coders import CODERS, load_coder
+from latentstore.build.augment import apply
+from latentstore.build.run import BuildConfig, build
+from latentstore.coders.registry import CODERS, load_coder
 from latentstore.errors import ConfigError, InputError
-from latentstore.format import MANIFEST
-from latentstore.images import load_rgb
-from latentstore.readers import iter_shard
+from latentstore.store.format import MANIFEST
+from latentstore.build.images import load_rgb
+from latentstore.store.readers import iter_shard
 
 
 def config(root, out, **kw) -> BuildConfig:

@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentstore.build import build
-from latentstore.resume import check_resume
-from latentstore.build_config import device_entry
-from latentstore.dryrun import project, render as render_projection
+from latentstore.build.run import build
+from latentstore.build.resume import check_resume
+from latentstore.build.config import device_entry
+from latentstore.build.dryrun import project, render as render_projection
 from latentstore.errors import ConfigError
-from latentstore.info import render, summarize
+from latentstore.commands.info import render, summarize
 
 from conftest import tiny_config
 
@@ -54,7 +54,7 @@ def test_batched_teacher_stores_the_fields_of_the_per_image_teacher():
     values within float rounding of the per-image maps."""
     import numpy as np
 
-    from latentstore.device_teacher import BatchedTeacher
+    from latentstore.teacher.device import BatchedTeacher
     from latentstore.teacher.load import load_teacher
 
     rng = np.random.default_rng(0)

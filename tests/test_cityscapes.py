@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentstore.augment import SEG_SCALE, apply, sample_params, variant_rng
-from latentstore.build import BuildConfig, build
-from latentstore.coders import load_coder
-from latentstore.datasets import (CITYSCAPES_CLASSES, CITYSCAPES_LABELS, IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID,
+from latentstore.build.augment import SEG_SCALE, apply, sample_params, variant_rng
+from latentstore.build.run import BuildConfig, build
+from latentstore.coders.registry import load_coder
+from latentstore.build.sources import (CITYSCAPES_CLASSES, CITYSCAPES_LABELS, IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID,
                                   load_label_map, open_source)
 from latentstore.errors import ConfigError, InputError
-from latentstore.format import MANIFEST
-from latentstore.images import load_rgb
+from latentstore.store.format import MANIFEST
+from latentstore.build.images import load_rgb
 
 from conftest import demo_photos
 from test_build import assert_exact, shard_bytes, stored_samples

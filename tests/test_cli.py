@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from latentstore.cli import main
+from latentstore.commands.cli import main
 
 
 def run(capsys, *args):
@@ -55,7 +55,7 @@ def test_user_errors_are_one_clear_line(tiny_folder, tmp_path, capsys, args, mes
 
 
 def test_encoders_auto_is_the_cpus_this_job_may_use():
-    from latentstore.cli import _encoders
+    from latentstore.commands.cli import _encoders
     assert _encoders("auto") == len(os.sched_getaffinity(0)) and _encoders("3") == 3
 
 

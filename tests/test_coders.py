@@ -5,7 +5,7 @@ import socket
 import pytest
 import torch
 
-from latentstore.coders import CODERS, get_spec, load_coder
+from latentstore.coders.registry import CODERS, get_spec, load_coder
 from latentstore.weights import state_dict_sha256
 from latentstore.errors import ConfigError, WeightsError
 from compressai.zoo.image import model_urls

@@ -1,7 +1,7 @@
 """One store summary for checkpoints: what a resume and an evaluation compare, old checkpoints included."""
 import pytest
 
-from latentstore.compat import check_compatible, saved_summary, store_summary
+from latentstore.train.store_identity import check_compatible, saved_summary, store_summary
 from latentstore.errors import StoreError
 from latentstore.train.checkpoint import check_same_store
 

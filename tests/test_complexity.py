@@ -1,4 +1,4 @@
-"""latentstore.complexity and eval/complexity.py: MACs by hand on tiny nets, the table, the script."""
+"""latentstore.models.complexity and eval/complexity.py: MACs by hand on tiny nets, the table, the script."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 from compressai.layers import GDN, GDN1
 from torch import nn
 
-from latentstore.complexity import (Latency, count_macs, count_params, markdown_table, measure,
+from latentstore.models.complexity import (Latency, count_macs, count_params, markdown_table, measure,
                                     measure_latency, model_table)
 from latentstore.errors import ConfigError
 

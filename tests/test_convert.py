@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from latentstore import open_store
-from latentstore.build import BuildConfig, build
-from latentstore.convert import convert
+from latentstore.build.run import BuildConfig, build
+from latentstore.commands.convert import convert
 from latentstore.errors import ConfigError
-from latentstore.format import MANIFEST
-from latentstore.verify import verify
+from latentstore.store.format import MANIFEST
+from latentstore.commands.verify import verify
 
 ARGS = dict(coder="mbt2018-mean", quality=1, weights="untrained", dataset="imagefolder",
             split="train", variants=2, crop=64, shard_size=4, fields=("means", "scales"))

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import tiny_store
-from latentstore.cli import main
+from latentstore.commands.cli import main
 from test_exact import reference, replay
 from test_generic import read_container
 from test_train import args as train_args, classify, losses
-from latentstore.readers import iter_shard
+from latentstore.store.readers import iter_shard
 
 pytestmark = pytest.mark.slow
 MODULE = "my_codec"

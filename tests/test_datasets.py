@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import latentstore
-from latentstore.datasets import OPENERS, make_key, open_source
+from latentstore.build.sources import OPENERS, make_key, open_source
 from latentstore.errors import ConfigError, InputError
 
 DEMO = Path(latentstore.__file__).parent / "data" / "demo-imagenet"
@@ -205,7 +205,7 @@ def test_a_symlink_loop_lists_each_image_once_under_its_own_class(tmp_path):
     import os
     import warnings as w
 
-    from latentstore.datasets import open_source
+    from latentstore.build.sources import open_source
 
     root = _two_class_tree(tmp_path / "data")
     os.symlink("..", root / "train" / "n01" / "up")          # a loop back to the split folder
@@ -222,7 +222,7 @@ def test_a_linked_duplicate_file_is_listed_once(tmp_path):
     import os
     import warnings as w
 
-    from latentstore.datasets import open_source
+    from latentstore.build.sources import open_source
 
     root = _two_class_tree(tmp_path / "data")
     os.symlink("img0.png", root / "train" / "n01" / "same.png")
@@ -233,7 +233,7 @@ def test_a_linked_duplicate_file_is_listed_once(tmp_path):
 
 
 def test_class_names_in_any_script_are_kept(tmp_path):
-    from latentstore.datasets import open_source
+    from latentstore.build.sources import open_source
 
     root = _two_class_tree(tmp_path / "data", names=("猫", "狗"), same_file_name=True)
     source = open_source("imagefolder", root, "train")

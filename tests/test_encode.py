@@ -1,4 +1,4 @@
-"""latentstore.encode against CompressAI itself, for every coder (no mocks).
+"""latentstore.build.encoder against CompressAI itself, for every coder (no mocks).
 
 The judge is CompressAI 1.2.8: strings equal ``model.compress`` run image by
 image at batch 1, ``model.decompress`` at batch 1 hands ``g_s`` the stored
@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from compressai.ans import RansDecoder
 
-from latentstore.coders import CODERS, LoadedCoder, get_spec, load_coder, untrained_coder
-from latentstore.encode import EncodedImage, Encoder, decode_y_hat
+from latentstore.coders.registry import CODERS, LoadedCoder, get_spec, load_coder, untrained_coder
+from latentstore.build.encoder import EncodedImage, Encoder, decode_y_hat
 from latentstore.errors import InputError
 
-#: The coders encode.py encodes itself; the others take the generic path (tests/test_generic.py).
+#: The coders build/encoder.py encodes itself; the others take the generic path (tests/test_generic.py).
 SINGLE_PASS = sorted(name for name, spec in CODERS.items() if spec.path == "single-pass")
 
 QUALITY = 1  # same latent channels as q2-3 for every coder; the smallest is fastest

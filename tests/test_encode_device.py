@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentstore.coders import LoadedCoder, get_spec, untrained_coder
-from latentstore.encode import Encoder, decode_y_hat
+from latentstore.coders.registry import LoadedCoder, get_spec, untrained_coder
+from latentstore.build.encoder import Encoder, decode_y_hat
 from latentstore.errors import InputError
 
 

@@ -11,15 +11,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from latentstore.build import BuildConfig, build
+from latentstore.build.run import BuildConfig, build
 from latentstore.errors import StoreError
-from latentstore.compat import check_compatible, store_summary
+from latentstore.train.store_identity import check_compatible, store_summary
 from latentstore.evaluate.options import EvalConfig, parse_args
 from latentstore.evaluate.run import evaluate_classification, predict_labels
-from latentstore.format import read_manifest
+from latentstore.store.format import read_manifest
 from latentstore.models import create_model
-from latentstore.readers import iter_shard
-from latentstore.report import load_records, markdown_row, method_label, results_table
+from latentstore.store.readers import iter_shard
+from latentstore.evaluate.report import load_records, markdown_row, method_label, results_table
 from latentstore.train import TrainConfig
 from latentstore.train.checkpoint import save
 

@@ -17,8 +17,8 @@ import torch
 from compressai import zoo
 from PIL import Image, ImageOps
 
-from latentstore.cli import main
-from latentstore.readers import iter_shard
+from latentstore.commands.cli import main
+from latentstore.store.readers import iter_shard
 
 from conftest import DEMO, demo_photos
 

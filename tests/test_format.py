@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from latentstore.format import (Padding, decode_npy, encode_npy, sample_key, shard_name,
+from latentstore.store.format import (Padding, decode_npy, encode_npy, sample_key, shard_name,
                                 smallest_int_dtype)
 
 

@@ -1,4 +1,4 @@
-"""The generic exact path (generic_encode.py): compress()'s strings and decompress()'s g_s input, any coder.
+"""The generic exact path (build/generic_encoder.py): compress()'s strings and decompress()'s g_s input, any coder.
 
 For the six known families it must give the single-pass path's bytes exactly; for coders latentstore
 does not reimplement (ELIC, the checkerboard coder) it is checked against CompressAI with a reference
@@ -15,10 +15,10 @@ from compressai.models import Cheng2020AnchorCheckerboard, Elic2022Official
 from PIL import Image
 
 from conftest import demo_photos
-from latentstore.coders import CODERS, load_coder
-from latentstore.encode import Encoder, to_input
+from latentstore.coders.registry import CODERS, load_coder
+from latentstore.build.encoder import Encoder, to_input
 from latentstore.errors import ConfigError
-from latentstore.generic_encode import GenericEncoder, check_fields
+from latentstore.build.generic_encoder import GenericEncoder, check_fields
 
 
 def crops(n=2, size=64):

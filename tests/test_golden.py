@@ -6,7 +6,7 @@ mtime and absolute paths are replaced by placeholders, so the digests depend onl
 recorded versions and, for a native store, the CPU's numerics:
 
 - portable stores (the default, every store here but one) are compared file by file, everywhere:
-  their floats are computed with the CPU dispatch pinned (latentstore/numerics.py);
+  their floats are computed with the CPU dispatch pinned (latentstore/store/numerics.py);
 - the native store is compared in what no CPU changes (its integer and string members, and its
   JSON without the digests of float bytes) everywhere; its float members where the running
   machine's numerics are the recorded ones, and elsewhere by CompressAI: `verify --decode all`
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import demo_photos  # noqa: E402  (sets the portable pins before torch loads)
 from test_cityscapes import make_cityscapes  # noqa: E402
 
-from latentstore import numerics  # noqa: E402
-from latentstore.cli import main  # noqa: E402
+from latentstore.store import numerics  # noqa: E402
+from latentstore.commands.cli import main  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "stores.json"
 MTIME_NS = 1_700_000_000_000_000_000

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from latentstore.errors import InputError
-from latentstore.images import BACKGROUND, RejectedImage, load_rgb
+from latentstore.build.images import BACKGROUND, RejectedImage, load_rgb
 
 
 def _png(path, width, height, color_type, bit_depth, raw=b""):
@@ -178,7 +178,7 @@ def test_reject_is_an_input_error_that_names_the_file(tmp_path):
 def test_an_image_over_the_memory_budget_is_rejected_before_decoding(tmp_path, monkeypatch):
     from PIL import Image
 
-    from latentstore.images import RejectedImage, load_rgb
+    from latentstore.build.images import RejectedImage, load_rgb
 
     path = tmp_path / "wide.png"
     Image.new("RGB", (1200, 1000), (10, 20, 30)).save(path)  # 1.2 M px: tiny file, big decode
@@ -192,7 +192,7 @@ def test_an_image_over_the_memory_budget_is_rejected_before_decoding(tmp_path, m
 def test_the_default_budget_rejects_a_9000_px_square_png(tmp_path):
     from PIL import Image
 
-    from latentstore.images import RejectedImage, load_rgb
+    from latentstore.build.images import RejectedImage, load_rgb
 
     path = tmp_path / "big.png"
     Image.new("1", (9000, 9000)).save(path)  # 1-bit: a few MB to make, ~28 kB on disk

@@ -8,11 +8,11 @@ import tarfile
 import pytest
 
 from latentstore import open_store
-from latentstore.build import BuildConfig, build
-from latentstore.convert import convert
+from latentstore.build.run import BuildConfig, build
+from latentstore.commands.convert import convert
 from latentstore.errors import StoreError
-from latentstore.format import MANIFEST
-from latentstore.verify import verify
+from latentstore.store.format import MANIFEST
+from latentstore.commands.verify import verify
 
 from conftest import count_digest_passes, recorded_files
 

@@ -1,42 +1,46 @@
-"""Each stage of the package imports only the stages below it (README, "Layout").
+"""The packages are the pipeline's stages, and each imports only what lies below it (README, "Layout").
 
 The walk reads every module's import statements (module level and inside functions) with `ast`,
-so it sees what the code asks for, not what happened to be loaded. Reader-side modules may reach
-the codec side only from inside a function (the `decode+` baselines, a trainer's `--teacher`
-check); at module level they never do, which tests/test_reader_imports.py also proves at run time.
+so it sees what the code asks for, not what happened to be loaded. Two rules carry the layering:
+`store/` imports nothing of ours but `errors`, and `read/`, `train/` and `evaluate/` never import
+`build/`. The reader side reaches the codec (`coders/`) only from inside a function, for the
+`decode+` baselines; tests/test_reader_imports.py proves at run time that it never needs it.
 """
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "latentstore"
 
-#: (stage, side, modules) from the bottom up; a module may import its own stage and the ones below.
-#: The reader side and the codec side share a stage but not their module-level imports.
-STAGES = [
-    (0, "base", {"errors", "checksum", "threads", "strings_container", "profile", "ranks", "format", "sample",
-                 "numerics", "location", "model_names", "coder_names", "paths", "locks", "schema"}),
-    (1, "base", {"augment", "images", "datasets", "weights", "metrics", "report", "models", "models.adapt",
-                 "models.baselines", "models.pspnet", "models.taps", "teacher", "teacher.dtypes",
-                 "teacher.fingerprint", "teacher.info", "teacher.decode"}),
-    (2, "base", {"writers", "writers.webdataset", "writers.zarr", "readers", "readers.webdataset",
-                 "readers.zarr", "commit", "seal", "lookup"}),
-    (3, "reader", {"dataset", "info", "compat", "checkpoint_view", "train", "train.checkpoint", "train.config",
-                   "train.ddp", "train.log", "train.loop", "train.model", "train.speed", "train.stop", "train.student",
-                   "train.validate",
-                   "train.transfer", "evaluate", "evaluate.batches", "evaluate.options", "evaluate.rate",
-                   "evaluate.record", "evaluate.run", "copy"}),
-    (3, "codec", {"coders", "custom_coder", "encode", "generic_encode", "teacher.load", "device_teacher",
-                  "complexity", "build_config", "prepare",
-                  "crops_to_samples", "resume", "parallel"}),
-    (4, "codec", {"build", "convert", "add_teacher", "verify", "dryrun"}),
-    (5, "cli", {"cli", ""}),  # "" is the package itself (latentstore/__init__.py: open_store)
-]
-PLACE = {module: (stage, side) for stage, side, modules in STAGES for module in modules}
+#: top-level unit -> (units it may import at module level, units it may import only inside a function)
+ALLOWED = {
+    "errors": (set(), set()),
+    "store": ({"errors"}, set()),
+    "weights": ({"errors", "store"}, set()),
+    "coders": ({"errors", "store", "weights"}, set()),
+    "models": ({"errors"}, {"coders"}),
+    "teacher": ({"errors", "store", "weights"}, {"models"}),
+    "build": ({"errors", "store", "weights", "coders", "teacher", "models"}, set()),
+    "read": ({"errors", "store", "teacher"}, set()),
+    "train": ({"errors", "store", "read", "models", "teacher", "evaluate"}, {"coders"}),
+    "evaluate": ({"errors", "store", "read", "models", "train"}, {"coders"}),
+    "commands": ({"errors", "store", "weights", "coders", "models", "teacher", "build", "read", "train", "evaluate"},
+                 set()),
+    "": (set(), {"read"}),  # the package itself: open_store on first use
+    "__main__": ({"commands"}, set()),  # python -m latentstore
+}
+NEVER_BUILD = ("read", "train", "evaluate")
+
+
+def unit(module: str) -> str:
+    return module.split(".")[0]
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
@@ -59,34 +63,38 @@ def imports(path: Path) -> list[tuple[str, bool]]:
         else:
             continue
         for target in names:
-            while target and target not in PLACE:  # "from .format import X" names a module; X may not
+            while target and target not in MODULES:  # "from .format import X" names a module; X may not
                 target = target.rpartition(".")[0]
             found.append((target, id(node) in top))
     return found
 
 
-def test_every_module_has_a_stage():
-    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
-    assert modules - set(PLACE) == set(), "add these modules to STAGES"
-    assert set(PLACE) - modules == set(), "these modules in STAGES no longer exist"
+def test_every_module_lies_in_a_known_unit():
+    assert {unit(m) for m in MODULES} - set(ALLOWED) == set(), "add these units to ALLOWED"
 
 
-def test_each_stage_imports_only_its_own_and_lower_stages():
+def test_each_unit_imports_only_what_lies_below_it():
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
         me = module_name(path)
-        stage, side = PLACE[me]
+        mine = unit(me)
+        top_allowed, inner_allowed = ALLOWED[mine]
         for target, top_level in imports(path):
-            if target == me or target == "" and me != "":
+            theirs = unit(target)
+            if theirs == mine or target == "" and me != "":
                 continue
-            their_stage, their_side = PLACE[target]
-            if their_stage > stage:
-                wrong.append(f"{me} (stage {stage}) imports {target} (stage {their_stage})")
-            elif side == "reader" and their_side == "codec" and top_level:
-                wrong.append(f"{me} (reader side) imports {target} (codec side) at module level")
+            if theirs in top_allowed or not top_level and theirs in inner_allowed:
+                continue
+            where = "at module level" if top_level else "inside a function"
+            wrong.append(f"{me} imports {target} {where}")
     assert not wrong, "\n".join(wrong)
 
 
+def test_no_reader_side_module_imports_the_build():
+    for unit_name in NEVER_BUILD:
+        assert "build" not in ALLOWED[unit_name][0] | ALLOWED[unit_name][1]
+
+
 def test_the_walk_sees_imports_inside_functions():
-    found = imports(PACKAGE / "cli.py")
-    assert ("build", False) in found and all(not top for target, top in found if target == "build")
+    found = imports(PACKAGE / "commands" / "cli.py")
+    assert ("build.run", False) in found and all(not top for target, top in found if unit(target) == "build")

@@ -57,7 +57,7 @@ def test_two_gloo_ranks_all_reduce_every_step_on_a_prime_store(store5, tmp_path)
 
 
 def test_collate_stacks_as_torch_does_into_one_preallocated_batch():
-    from latentstore.dataset import collate
+    from latentstore.read.dataset import collate
     g = torch.Generator().manual_seed(0)
     samples = [{"y_hat": torch.randn(192, 16, 16, generator=g).half(), "label": torch.tensor(i), "__key__": f"k{i}"}
                for i in range(32)]

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from latentstore.add_teacher import add_teacher
-from latentstore.build import build
+from latentstore.commands.add_teacher import add_teacher
+from latentstore.build.run import build
 from latentstore.errors import ConfigError
 
 from conftest import tiny_config, tiny_store
@@ -81,7 +81,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
 
 
 def test_zarr_info_names_fields_not_tar_members(tiny_folder, tmp_path):
-    from latentstore.info import render, summarize
+    from latentstore.commands.info import render, summarize
 
     tar_text = render(summarize(tiny_store(tiny_folder, tmp_path / "t")))
     zarr_text = render(summarize(tiny_store(tiny_folder, tmp_path / "z", format="zarr")))

@@ -2,10 +2,10 @@
 coders without zoo weights name the missing release in one line."""
 import pytest
 
-from latentstore.build_config import BuildConfig
-from latentstore.coders import _pretrained_url, get_spec, load_coder
+from latentstore.build.config import BuildConfig
+from latentstore.coders.registry import _pretrained_url, get_spec, load_coder
 from latentstore.errors import ConfigError, WeightsError
-from latentstore.info import render
+from latentstore.commands.info import render
 
 
 def config(**kw):

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from latentstore.errors import StoreError
-from latentstore.metrics import ConfusionMatrix, TopK, topk_correct
+from latentstore.evaluate.metrics import ConfusionMatrix, TopK, topk_correct
 
 # 4 samples, 3 classes. Ranking per row (best first): [2,1,0], [0,2,1], [1,0,2], [2,0,1]
 LOGITS = torch.tensor([[0.1, 0.5, 0.9],

@@ -11,8 +11,8 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from latentstore.coders import get_spec, untrained_coder
-from latentstore.complexity import count_macs, count_params
+from latentstore.coders.registry import get_spec, untrained_coder
+from latentstore.models.complexity import count_macs, count_params
 from latentstore.errors import ConfigError, WeightsError
 from latentstore.models import (PSPNet, TapClassifier, check_tap_shapes, create_model, feature_shapes,
                                 model_names, resolve)

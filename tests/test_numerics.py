@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config, tiny_store
 
-from latentstore import numerics
-from latentstore.build import build
-from latentstore.cli import main
+from latentstore.store import numerics
+from latentstore.build.run import build
+from latentstore.commands.cli import main
 from latentstore.errors import ConfigError, StoreError
-from latentstore.numerics import PORTABLE_ENV, WrongNumerics
+from latentstore.store.numerics import PORTABLE_ENV, WrongNumerics
 
 #: Each variable that changed float bits of the old weights identity or of a build on some machine.
 DISPATCH_VARIABLES = {"MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -27,7 +27,7 @@ def unpinned(**extra) -> dict:
 
 def cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
     """The latentstore command in a fresh interpreter, with `env`."""
-    done = subprocess.run([sys.executable, "-m", "latentstore.cli", *map(str, args)], env=env or unpinned(),
+    done = subprocess.run([sys.executable, "-m", "latentstore", *map(str, args)], env=env or unpinned(),
                           capture_output=True, text=True, timeout=300)
     assert not check or done.returncode == 0, done.stderr
     return done
@@ -35,7 +35,7 @@ def cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
 
 WEIGHTS_ID = """
 import sys
-from latentstore.coders import load_coder
+from latentstore.coders.registry import load_coder
 from latentstore.teacher.load import load_teacher
 ids = [load_coder("cheng2020-anchor", 1, w).weights["sha256"] for w in ("untrained", sys.argv[1])]
 print(*ids, load_teacher("resnet18", "untrained", (8,)).weights["sha256"])
@@ -131,7 +131,7 @@ def test_a_resume_in_the_other_numerics_is_refused(tiny_folder, tmp_path):
 
 def test_seal_refuses_parts_of_other_numerics(tiny_folder, tmp_path):
     """Two parts of one native split built on CPUs of other families would mix their floats."""
-    from latentstore.seal import part_file, seal
+    from latentstore.store.seal import part_file, seal
 
     out = tmp_path / "s"
     for i in range(2):
@@ -145,7 +145,7 @@ def test_seal_refuses_parts_of_other_numerics(tiny_folder, tmp_path):
 
 
 def test_info_says_which_cpus_give_the_same_bytes(tiny_folder, tmp_path):
-    from latentstore.info import render, summarize
+    from latentstore.commands.info import render, summarize
 
     text = render(summarize(tiny_store(tiny_folder, tmp_path / "s")))
     assert "numerics portable" in text and "any x86-64 CPU with AVX2" in text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from latentstore.build import BuildConfig, _pieces, build
+from latentstore.build.run import BuildConfig, _pieces, build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def encoder_processes(pid: int) -> list[int]:
 
 def interruptible_command(tiny_folder: Path, out: Path) -> tuple[list, dict]:
     """A CLI build of 6 groups in two encoder processes, long enough (~20 s) to be interrupted mid-way."""
-    cmd = [sys.executable, "-m", "latentstore.cli", "build", "--coder", "cheng2020-anchor", "--quality", "1",
+    cmd = [sys.executable, "-m", "latentstore", "build", "--coder", "cheng2020-anchor", "--quality", "1",
            "--weights", "untrained", "--dataset", "imagefolder", "--root", str(tiny_folder), "--out", str(out),
            "--variants", "6", "--crop", "256", "--shard-size", "1", "--encoders", "2", "--quiet"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -139,8 +139,8 @@ def stopped_within(parent: subprocess.Popen, seconds: float, what: str) -> int:
 def rerun_finishes_and_verifies(tiny_folder: Path, out: Path) -> None:
     """The same command, rerun, resumes and finishes the store, and `latentstore verify` passes it (in this
     process: the interrupted run was the CLI's own, and two more interpreters cost ~25 s of start-up)."""
-    from latentstore.cli import main
-    from latentstore.verify import verify
+    from latentstore.commands.cli import main
+    from latentstore.commands.verify import verify
 
     cmd, _ = interruptible_command(tiny_folder, out)
     main(cmd[3:])                                       # exits (fails the test) on an error

@@ -1,10 +1,10 @@
 """The stage profiler, and `latentstore build --profile` end to end."""
 import torch
 
-from latentstore.cli import main
-from latentstore.coders import load_coder
-from latentstore.encode import Encoder
-from latentstore.profile import Profiler, stage
+from latentstore.commands.cli import main
+from latentstore.coders.registry import load_coder
+from latentstore.build.encoder import Encoder
+from latentstore.build.timing import Profiler, stage
 
 
 def test_stages_sum_time_and_calls_and_merge_from_other_processes():

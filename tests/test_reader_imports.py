@@ -1,7 +1,7 @@
 """The reader side runs where CompressAI cannot be imported (a training node has only the base install).
 
 A store is built here (this process may load the codec); then a fresh interpreter in which
-``compressai``, ``latentstore.coders`` and ``latentstore.encode`` are unimportable reads it with
+``compressai``, ``latentstore.coders.registry`` and ``latentstore.build.encoder`` are unimportable reads it with
 ``open_store`` (latents and teacher maps), trains one step of train/classify.py with knowledge
 transfer from the named teacher (its weights checked), evaluates the checkpoint with
 eval/classify.py and runs ``latentstore info`` and ``latentstore verify`` (without ``--decode``).
@@ -23,7 +23,7 @@ READER = textwrap.dedent('''
     import importlib.abc, importlib.util, sys
     from pathlib import Path
 
-    BLOCKED = ("compressai", "latentstore.coders", "latentstore.encode")
+    BLOCKED = ("compressai", "latentstore.coders.registry", "latentstore.build.encoder")
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -64,15 +64,15 @@ READER = textwrap.dedent('''
          "--quiet"])
     assert rc == 0 and (run / "eval.json").is_file()
 
-    from latentstore.cli import main
+    from latentstore.commands.cli import main
     for command in (["info", store], ["verify", store]):
         try:
             main(command)
         except SystemExit as exc:
             assert not exc.code, (command, exc.code)
 
-    loaded = [m for m in sys.modules if m == "compressai" or m.startswith(("compressai.", "latentstore.coders",
-                                                                           "latentstore.encode"))]
+    loaded = [m for m in sys.modules if m == "compressai" or m.startswith(("compressai.", "latentstore.coders.registry",
+                                                                           "latentstore.build.encoder"))]
     assert not loaded, loaded
     print("reader side ran without compressai")
 ''')

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from latentstore.build import BuildConfig, build
+from latentstore.build.run import BuildConfig, build
 from latentstore.errors import ConfigError, StoreError
-from latentstore.format import MANIFEST
-from latentstore.seal import parse_part, seal
-from latentstore.verify import verify
+from latentstore.store.format import MANIFEST
+from latentstore.store.seal import parse_part, seal
+from latentstore.commands.verify import verify
 
 ARGS = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
             split="train", variants=2, crop=64, shard_size=1)
@@ -106,7 +106,7 @@ def test_verify_decode_catches_a_y_hat_that_does_not_match_the_strings(reference
     import io
     import json
     import numpy as np
-    from latentstore.format import encode_npy
+    from latentstore.store.format import encode_npy
 
     store = copy_store(reference, tmp_path / "s")
     manifest = json.loads((store / MANIFEST).read_text())
@@ -124,8 +124,8 @@ def test_verify_decode_catches_a_y_hat_that_does_not_match_the_strings(reference
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
-    from latentstore.checksum import file_record
-    from latentstore.readers.webdataset import build_index
+    from latentstore.store.checksum import file_record
+    from latentstore.store.tar.reader import build_index
     shard.update(file_record(path))
     index = store / shard["index"]["path"]  # a consistent index too: only CompressAI can tell
     index.write_text(json.dumps(build_index(path, shard["path"])))
@@ -143,7 +143,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_bytes(tiny
     reference = tmp_path / "reference"
     build(BuildConfig(root=str(tiny_folder), out=str(reference), **args), progress=False)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "latentstore.cli", "build", "--quiet", "--root", str(tiny_folder),
+    cmd = [sys.executable, "-m", "latentstore", "build", "--quiet", "--root", str(tiny_folder),
            "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
     rng = random.Random(0)
     committed = []
@@ -170,7 +170,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_bytes(tiny
 
 def test_member_names_that_could_escape_are_refused(tmp_path):
     import io
-    from latentstore.readers import iter_shard
+    from latentstore.store.readers import iter_shard
     path = tmp_path / "evil.tar"
     with tarfile.open(path, "w") as tar:
         info = tarfile.TarInfo("../outside.y_hat.npy")
@@ -187,7 +187,7 @@ def test_disk_full_is_a_clear_error_and_the_build_resumes(tiny_folder, tmp_path,
     cmd = [sys.executable, "-c", (
         "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
-        "from latentstore.cli import main; main(sys.argv[1:])"),
+        "from latentstore.commands.cli import main; main(sys.argv[1:])"),
         "build", "--quiet", "--root", str(tiny_folder), "--out", str(out)] + \
         [f"--{k.replace('_', '-')}={v}" for k, v in ARGS.items()]
     failed = subprocess.run(cmd, capture_output=True, text=True)
@@ -225,7 +225,7 @@ def test_zarr_parts_then_seal_equal_a_plain_build(tiny_folder, tmp_path, zarr_re
 def test_concurrent_zarr_parts_write_disjoint_whole_chunks(tiny_folder, tmp_path, zarr_reference):
     """Two part processes at once: array creation is locked, chunks are disjoint; seal equals a plain build."""
     out = tmp_path / "concurrent"
-    base = [sys.executable, "-m", "latentstore.cli", "build", "--quiet", "--root", str(tiny_folder),
+    base = [sys.executable, "-m", "latentstore", "build", "--quiet", "--root", str(tiny_folder),
             "--out", str(out), "--format", "zarr"] + [f"--{k.replace('_', '-')}={v}" for k, v in ARGS.items()]
     procs = [subprocess.Popen(base + ["--part", f"{i}/2"], stderr=subprocess.PIPE) for i in range(2)]
     for p in procs:

@@ -1,5 +1,5 @@
 """Remote stores through fsspec, against real servers on 127.0.0.1: moto's S3 server, an HTTP server with
-Range support, and a fault-injecting proxy in front of the S3 server (latentstore/location.py, copy.py)."""
+Range support, and a fault-injecting proxy in front of the S3 server (latentstore/store/location.py, commands/copy.py)."""
 import http.client
 import http.server
 import os
@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from latentstore import open_store
-from latentstore.cli import main as cli_main
-from latentstore.copy import copy_store
+from latentstore.commands.cli import main as cli_main
+from latentstore.commands.copy import copy_store
 from latentstore.errors import ConfigError, StoreError
 
 from conftest import tiny_store
@@ -274,7 +274,7 @@ def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch
 
 
 def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path, monkeypatch):
-    monkeypatch.setattr("latentstore.dataset.PREFETCH_WINDOWS", 1)  # the lookahead is bounded: one window here
+    monkeypatch.setattr("latentstore.read.dataset.PREFETCH_WINDOWS", 1)  # the lookahead is bounded: one window here
     ds = open_store(published, cache_dir=tmp_path)  # no shuffle: a window is one shard, in store order
     shards = ds.shards()
     it = iter(ds)

@@ -6,13 +6,13 @@ import shutil
 import pytest
 from PIL import Image
 
-from latentstore.build import BuildConfig, build
-from latentstore.datasets import open_source
+from latentstore.build.run import BuildConfig, build
+from latentstore.build.sources import open_source
 from latentstore.errors import InputError, StoreError
-from latentstore.format import MANIFEST
-from latentstore.seal import seal
-from latentstore.readers import read_shard
-from latentstore.verify import verify
+from latentstore.store.format import MANIFEST
+from latentstore.store.seal import seal
+from latentstore.store.readers import read_shard
+from latentstore.commands.verify import verify
 
 ARGS = dict(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
             split="train", variants=1, crop=64, shard_size=2)

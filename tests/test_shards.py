@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from latentstore.errors import StoreError
-from latentstore.commit import GroupCommit, GroupLayout
-from latentstore.readers import iter_shard
-from latentstore.sample import Sample, SampleMeta
+from latentstore.store.commit import GroupCommit, GroupLayout
+from latentstore.store.readers import iter_shard
+from latentstore.store.sample import Sample, SampleMeta
 
 
 def make_sample(i: int, variant: int = 0, key: str | None = None) -> Sample:
@@ -159,7 +159,7 @@ def test_unwanted_samples_are_seeked_over_not_read(tmp_path):
 
 def test_the_sample_index_gives_each_sample_with_its_own_checksum(tmp_path):
     """Reading through the index gives what reading the whole tar gives; each span is one sample."""
-    from latentstore.readers.webdataset import build_index
+    from latentstore.store.tar.reader import build_index
 
     shard = write_group(tmp_path)["shards"][0]
     path = tmp_path / shard["path"]
@@ -214,7 +214,7 @@ def test_a_failed_commit_leaves_no_temporary_or_orphan_file(tmp_path):
 
 
 def test_write_json_atomic_leaves_no_temporary_file_on_failure(tmp_path):
-    from latentstore.format import write_json_atomic
+    from latentstore.store.format import write_json_atomic
 
     with pytest.raises(TypeError):
         write_json_atomic(tmp_path / "x.json", {"bad": object()})

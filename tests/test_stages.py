@@ -4,16 +4,16 @@ Every stage is fed a list and what comes out is checked, with real parts (coder,
 import numpy as np
 import pytest
 
-from latentstore.build_config import BuildConfig
-from latentstore.coders import load_coder
-from latentstore.commit import GroupCommit, GroupLayout
-from latentstore.crops_to_samples import encode_samples
-from latentstore.datasets import open_source
-from latentstore.encode import Encoder
+from latentstore.build.config import BuildConfig
+from latentstore.coders.registry import load_coder
+from latentstore.store.commit import GroupCommit, GroupLayout
+from latentstore.build.crops_to_samples import encode_samples
+from latentstore.build.sources import open_source
+from latentstore.build.encoder import Encoder
 from latentstore.errors import StoreError
-from latentstore.prepare import prepare, prepared_stream
-from latentstore.readers import read_shard
-from latentstore.sample import Sample
+from latentstore.build.prepare import prepare, prepared_stream
+from latentstore.store.readers import read_shard
+from latentstore.store.sample import Sample
 
 CFG = dict(coder="mbt2018-mean", quality=1, weights="untrained", dataset="imagefolder", split="train",
            variants=2, crop=64, shard_size=6, fields=("means",))

@@ -41,14 +41,14 @@ def test_trainer_help_and_flag_errors_import_no_torch(script):
     ["latentstore", "models"],
 ])
 def test_cli_help_argument_errors_and_model_listing_import_no_codec(argv):
-    assert heavy_imports(argv, how="module", target="latentstore.cli") == ""
+    assert heavy_imports(argv, how="module", target="latentstore") == ""
     assert not (ROOT / "never-made").exists()
 
 
 def test_light_name_tables_agree_with_the_registries():
-    from latentstore.coder_names import ALIASES, QUALITIES
-    from latentstore.coders import ALIASES as CODER_ALIASES, CODERS
-    from latentstore.model_names import AA_FAMILIES, NAMES
+    from latentstore.coders.names import ALIASES, QUALITIES
+    from latentstore.coders.registry import ALIASES as CODER_ALIASES, CODERS
+    from latentstore.models.names import AA_FAMILIES, NAMES
     from latentstore.models import REGISTRY
     from latentstore.models.adapt import AA_RULES
 
@@ -59,7 +59,7 @@ def test_light_name_tables_agree_with_the_registries():
 
 
 def test_models_lists_names_and_counts_on_request(capsys):
-    from latentstore.cli import main
+    from latentstore.commands.cli import main
 
     main(["models"])
     out = capsys.readouterr().out

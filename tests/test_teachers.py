@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from latentstore import open_store
-from latentstore.add_teacher import add_teacher, replay_crop, teacher_error
-from latentstore.sample import SampleMeta
-from latentstore.build import BuildConfig, build
-from latentstore.cli import main
+from latentstore.commands.add_teacher import add_teacher, replay_crop, teacher_error
+from latentstore.store.sample import SampleMeta
+from latentstore.build.run import BuildConfig, build
+from latentstore.commands.cli import main
 from latentstore.errors import ConfigError, InputError, StoreError, WeightsError
-from latentstore.format import MANIFEST, field_for_member, read_manifest
+from latentstore.store.format import MANIFEST, field_for_member, read_manifest
 from latentstore.teacher.decode import TeacherDecoder
 from latentstore.teacher.dtypes import dequantize, quantize, relative_error
 from latentstore.teacher.fingerprint import check_teacher
@@ -181,8 +181,8 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
 
 
 def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path, monkeypatch):
-    from latentstore.readers.zarr import verify as verify_zarr
-    from latentstore.readers import read_dicts
+    from latentstore.store.zarr.reader import verify as verify_zarr
+    from latentstore.store.readers import read_dicts
 
     def samples(store):
         manifest = read_manifest(store)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from latentstore.build import build
+from latentstore.build.run import build
 from latentstore.errors import ConfigError
 from latentstore.train import DISTANCES, TrainConfig, parse_config, transfer_loss
 from latentstore.train import checkpoint as ckpt

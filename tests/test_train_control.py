@@ -216,7 +216,7 @@ def test_val_split_none_auto_and_unknown(store, tmp_path, capsys):
 def test_segment_validates_miou(tmp_path):
     from test_train import segment
     from test_cityscapes import make_cityscapes, seg_config
-    from latentstore.build import build
+    from latentstore.build.run import build
 
     build(seg_config(make_cityscapes(tmp_path / "cityscapes"), tmp_path / "cs", coder="bmshj2018-hyperprior",
                      variants=1), progress=False)

@@ -94,7 +94,7 @@ def test_batches_travel_as_stored_in_shared_memory_and_widen_on_the_device(store
     stacked by each worker straight into shared memory; model_inputs widens it exactly."""
     from torch.utils.data import DataLoader
 
-    from latentstore.dataset import open_store
+    from latentstore.read.dataset import open_store
     from latentstore.train.model import model_inputs
 
     def batches(workers: int, y_hat_dtype):
@@ -115,7 +115,7 @@ def test_batches_travel_as_stored_in_shared_memory_and_widen_on_the_device(store
 def test_strict_runs_read_all_epochs_in_one_loader_pass(store, tmp_path, monkeypatch, max_skips, passes):
     """Strict reads: one pass for the run, so the loader's workers read on into the next epoch
     instead of starting each epoch cold; lenient reads (epochs of unknown length) take one per epoch."""
-    from latentstore.dataset import LatentDataset
+    from latentstore.read.dataset import LatentDataset
 
     calls = []
     original = LatentDataset.__iter__

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import latentstore.build
-import latentstore.generic_encode
-from latentstore.build import BuildConfig, build
-from latentstore.cli import main
-from latentstore.encode import Encoder
+import latentstore.build.run
+import latentstore.build.generic_encoder
+from latentstore.build.run import BuildConfig, build
+from latentstore.commands.cli import main
+from latentstore.build.encoder import Encoder
 from latentstore.errors import ConfigError
 
 
@@ -64,8 +64,8 @@ def test_decode_takes_a_count_or_all(tiny_folder, tmp_path, capsys):
 
 def test_a_store_from_before_the_fix_is_named_with_what_to_do(tiny_folder, tmp_path, capsys, monkeypatch):
     store = tmp_path / "s"
-    monkeypatch.setattr(latentstore.generic_encode, "Encoder", UlpOffEncoder)  # what make_encoder builds
-    monkeypatch.setattr(latentstore.build, "ENCODER_REVISION", 1)
+    monkeypatch.setattr(latentstore.build.generic_encoder, "Encoder", UlpOffEncoder)  # what make_encoder builds
+    monkeypatch.setattr(latentstore.build.run, "ENCODER_REVISION", 1)
     build(config(tiny_folder, store), progress=False)
     monkeypatch.undo()
     code, out = run(capsys, "verify", store, "--quiet")

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from latentstore.coders import load_coder
+from latentstore.coders.registry import load_coder
 from latentstore.errors import WeightsError
 from latentstore.teacher.load import load_teacher
 

@@ -10,13 +10,13 @@ import torch
 import zarr
 
 from latentstore import open_store
-from latentstore.build import build
+from latentstore.build.run import build
 from latentstore.errors import ConfigError, StoreError
-from latentstore.format import FIELDS, MANIFEST, read_manifest
-from latentstore.readers.zarr import iter_unit, verify
-from latentstore.readers import read_dicts
-from latentstore.verify import verify as verify_store
-from latentstore.writers import zarr as zarr_writer
+from latentstore.store.format import FIELDS, MANIFEST, read_manifest
+from latentstore.store.zarr.reader import iter_unit, verify
+from latentstore.store.readers import read_dicts
+from latentstore.commands.verify import verify as verify_store
+from latentstore.store.zarr import writer as zarr_writer
 
 from test_build import config
 from test_cityscapes import make_cityscapes, seg_config

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from ..dataset import LatentDataset, open_store
 from ..errors import StoreError
-from ..lookup import stored_fields
+from ..read.dataset import LatentDataset, open_store
+from ..store.keys import stored_fields
 
 
 def eval_fields(info: dict, inputs: tuple, task: str) -> tuple:

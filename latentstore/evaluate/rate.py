@@ -6,8 +6,8 @@ import math
 import torch
 
 from ..errors import StoreError
-from ..strings_container import coded_bits
-from ..metrics import all_reduce_sum
+from ..store.strings_container import coded_bits
+from .metrics import all_reduce_sum
 
 
 class BitCounter:
@@ -15,7 +15,7 @@ class BitCounter:
 
     def __init__(self, container: bool = False):
         self.counts = torch.zeros(3, dtype=torch.int64)
-        self.container = container  # the strings container of the generic path (strings_container.py)
+        self.container = container  # the strings container of the generic path (store/strings_container.py)
 
     def update(self, batch: dict) -> None:
         z_strings = batch.get("z_string") or [b""] * len(batch["y_string"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..location import is_url, shown
+from ..store.location import is_url, shown
 from .rate import check_rate
 
 RECORD_KIND, RECORD_VERSION = "latentstore-eval", 1
@@ -13,7 +13,7 @@ RECORD_KIND, RECORD_VERSION = "latentstore-eval", 1
 def make_record(cfg, task: str, manifest: dict, split: str, ckpt, model, metrics: dict, rate, world: int,
                 start: float) -> dict:
     """The eval.json record: metrics, the checked rate, and where store and checkpoint came from."""
-    from ..report import method_label
+    from .report import method_label
 
     rate_summary = rate.summary()
     check = check_rate(rate_summary, manifest, split, cfg.variant)
@@ -40,17 +40,17 @@ def make_record(cfg, task: str, manifest: dict, split: str, ckpt, model, metrics
 
 
 def measure_complexity(model, latent_shape) -> dict:
-    """Params, MACs and latency of ``model`` on one ŷ of ``latent_shape`` (latentstore.complexity)."""
-    from ..complexity import measure
-    from ..report import complexity_row
+    """Params, MACs and latency of ``model`` on one ŷ of ``latent_shape`` (latentstore.models.complexity)."""
+    from ..models.complexity import measure
+    from .report import complexity_row
 
     return complexity_row(measure(model.registry_name, model.cpu(), tuple(latent_shape)))
 
 
 def write_outputs(record: dict, out: Path) -> str:
     """eval.json (atomically) and eval.md (the Markdown row) beside it; returns the Markdown."""
-    from ..format import write_json_atomic
-    from ..report import markdown_row, per_class_table
+    from ..store.format import write_json_atomic
+    from .report import markdown_row, per_class_table
 
     write_json_atomic(out, record)
     md = markdown_row(record)

@@ -16,14 +16,14 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint_view import CheckpointView, read_checkpoint
-from ..compat import check_compatible, store_summary
-from ..dataset import pick_split
 from ..errors import ConfigError, LatentstoreError, StoreError
-from ..format import read_manifest
-from ..metrics import IGNORE_INDEX, ConfusionMatrix, TopK
-from ..ranks import rank_and_world
+from ..read.dataset import pick_split
+from ..read.ranks import rank_and_world
+from ..store.format import read_manifest
+from ..train.store_identity import check_compatible, store_summary
 from .batches import eval_batches, eval_fields, with_progress
+from .checkpoint_view import CheckpointView, read_checkpoint
+from .metrics import IGNORE_INDEX, ConfusionMatrix, TopK
 from .options import EvalConfig, parse_args
 from .rate import BitCounter
 from .record import make_record, summary, write_outputs
@@ -38,7 +38,7 @@ def build_model(ckpt: CheckpointView, manifest: dict, split: str, device: str = 
     if ckpt.model_name.startswith("decode+"):
         # Architecture only: g_s's trained weights come with the checkpoint's state dict. Only these
         # pixel-domain baselines need CompressAI on the evaluating node.
-        from ..coders import load_coder
+        from ..coders.registry import load_coder
 
         c = manifest["coder"]
         coder = load_coder(c["name"], c["quality"], "untrained").model

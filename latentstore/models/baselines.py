@@ -161,7 +161,7 @@ class Decode(nn.Module):
 def decode_classifier(pixel: TapClassifier, coder: nn.Module) -> TapClassifier:
     """Decode + <pixel model>: taps keep the pixel model's strides (g_s restores full resolution)."""
     if coder is None or not hasattr(coder, "g_s"):
-        raise ConfigError("decode+<model> needs coder=<CompressAI model> (latentstore.coders.load_coder(...).model); "
+        raise ConfigError("decode+<model> needs coder=<CompressAI model> (latentstore.coders.registry.load_coder(...).model); "
                           "the store manifest names the coder, quality and weights")
     cfg = getattr(pixel.net, "pretrained_cfg", {}) or {}
     net = nn.Sequential()

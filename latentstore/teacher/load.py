@@ -25,10 +25,18 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
-from ..format import LATENT_STRIDE, TEACHER_PREFIX, file_sha256
-from ..threads import store_threads
-from ..weights import (check_file, hash_prefix, hf_cache_dir, hf_cached_file, offline_reason, recipe_sha256,
-                       state_dict_sha256, torch_hub_file)
+from ..store.format import LATENT_STRIDE, TEACHER_PREFIX, file_sha256
+from ..store.threads import store_threads
+from ..weights import (
+    check_file,
+    hash_prefix,
+    hf_cache_dir,
+    hf_cached_file,
+    offline_reason,
+    recipe_sha256,
+    state_dict_sha256,
+    torch_hub_file,
+)
 from .dtypes import TEACHER_DTYPES, quantize
 from .fingerprint import expected_fingerprint
 
@@ -64,7 +72,7 @@ class Teacher:
         x = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)[None].contiguous().float().div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        with store_threads():  # the stored bits depend on the thread count (threads.py)
+        with store_threads():  # the stored bits depend on the thread count (store/threads.py)
             maps = self._run((x - mean) / std)
         return {t.field: m[0].float().numpy() for t, m in zip(self.taps, maps)}
 
@@ -210,8 +218,9 @@ def _timm_teacher(name, weights, strides, layers, seed):
 
 
 def _pspnet_teacher(name, weights, layers, seed):
-    from ..models.pspnet import BACKBONE, PSPNet
     import timm
+
+    from ..models.pspnet import BACKBONE, PSPNet
 
     if weights == "pretrained":
         raise WeightsError(f"{name} has no released pixel weights: pass --teacher-weights PATH, the state_dict "

@@ -2,7 +2,7 @@
 
 A checkpoint holds tensors and primitive containers only (no pickled
 classes): model, optimizer and scheduler state dicts, the resolved config, a
-summary of the store it trained on (``latentstore.compat.store_summary``), and
+summary of the store it trained on (``latentstore.train.store_identity.store_summary``), and
 where training stands (global step, epoch, per-rank sample offset inside that
 epoch, world size, per-rank batch).
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..compat import saved_summary
 from ..errors import ConfigError, StoreError
-from ..format import fsync_dir
+from ..store.format import fsync_dir
+from .store_identity import saved_summary
 
 LAST = "last.pt"
 
@@ -54,7 +54,7 @@ def find_resume(resume: str, out) -> Path | None:
 
 
 def check_same_store(saved: dict, current: dict, path) -> None:
-    """Refuse to resume on another store: `current` (``latentstore.compat.store_summary``) must equal
+    """Refuse to resume on another store: `current` (``latentstore.train.store_identity.store_summary``) must equal
     the summary the checkpoint saved, key by key (keys an older checkpoint does not record excepted)."""
     saved = saved_summary(saved)
     diffs = [f"{k}: checkpoint {saved[k]!r}, store {v!r}" for k, v in current.items() if k in saved and saved[k] != v]

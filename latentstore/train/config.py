@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..location import is_url, shown
+from ..store.location import is_url, shown
 
 TRANSFERS = ("none", "mse", "mae", "cos")
 
@@ -128,7 +128,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _yaml_values(path: str, cls, hints: dict) -> dict:
     """The flags FILE.yaml sets ({field: value}), typed as the flags would be; an unknown key or a
     value of the wrong type is a ConfigError naming the file and the key."""
-    import yaml   # only where --config is given: --help stays fast
+    import yaml  # only where --config is given: --help stays fast
 
     try:
         with open(path) as f:
@@ -164,8 +164,9 @@ def _yaml_values(path: str, cls, hints: dict) -> dict:
 
 def write_args(cfg, out) -> None:
     """Write the resolved config to OUT/args.yaml: `--config OUT/args.yaml` reruns the same run."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     text = yaml.safe_dump(cfg.as_dict(), sort_keys=False, default_flow_style=None)
     path = Path(out) / "args.yaml"

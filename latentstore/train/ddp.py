@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from ..ranks import rank_and_world
+from ..read.ranks import rank_and_world
 
 
 @dataclass(frozen=True)

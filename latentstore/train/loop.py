@@ -1,6 +1,6 @@
 """The training loop both trainer scripts share: store -> batches -> loss -> SGD, with exact resume.
 
-Exactness: the epoch order is a function of (seed, epoch) (latentstore.dataset),
+Exactness: the epoch order is a function of (seed, epoch) (latentstore.read.dataset),
 each step's randomness (dropout, ...) is seeded from (seed, step, rank), and a
 checkpoint records the per-rank sample offset inside the epoch. A run
 interrupted after any saved step and resumed therefore sees the same batches
@@ -19,14 +19,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError, StoreError
-from ..compat import store_summary
-from ..dataset import open_store
+from ..read.dataset import open_store
 from . import checkpoint as ckpt
-from .ddp import Dist, all_true, barrier, mean_over_ranks
 from .config import write_args
+from .ddp import Dist, all_true, barrier, mean_over_ranks
 from .log import RunLog, finished, headline, summary as run_summary
 from .speed import StepMeter, autocast, autocast_dtype, make_loader, maybe_compile, prepare_model
 from .stop import StopRequest
+from .store_identity import store_summary
 from .validate import BEST, Validator, val_split
 
 #: (model, batch) -> (loss to backpropagate, {name: float tensor or number} to log)
@@ -110,7 +110,7 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
 
     # Strict reads (the default) give every epoch exactly len(data) batches, so one pass of the
     # loader runs through all the remaining epochs and its workers read on into the next epoch
-    # while this one ends (latentstore.dataset, 6). Lenient reads take one pass per epoch.
+    # while this one ends (latentstore.read.dataset, 6). Lenient reads take one pass per epoch.
     one_pass = cfg.max_skips == 0
     batches = None
     try:

@@ -30,8 +30,8 @@ def load_store_coder(manifest: dict, split: str, weights: str = ""):
 
     Only these pixel-domain baselines need CompressAI: every other model trains on stored tensors.
     """
-    from ..coders import load_coder
-    from ..custom_coder import check_same_code
+    from ..coders.custom import check_same_code
+    from ..coders.registry import load_coder
 
     c = manifest["splits"][split].get("config", {})
     recorded = manifest["coder"]

@@ -9,7 +9,7 @@ is testable on the CPU (the device type is an argument, not a probe):
   exact-resume tests run. ``--precision fp32`` opts out.
 * ``--compile`` wraps the model in ``torch.compile`` (first steps compile).
 * One DataLoader for the whole run, read in one pass through all epochs
-  (strict reads; latentstore.dataset, 6), so its workers read on into the
+  (strict reads; latentstore.read.dataset, 6), so its workers read on into the
   next epoch while this one ends. Lenient reads take a pass per epoch, and
   the workers persist across them (the dataset's epoch and start are shared
   with them). Batches come in pinned memory, so the host-to-GPU copy is

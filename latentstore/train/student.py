@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
-from ..format import read_manifest
-from ..lookup import stored_fields
-from ..dataset import pick_split
+from ..read.dataset import pick_split
+from ..store.format import read_manifest
+from ..store.keys import stored_fields
 from .model import build_model, input_fields, model_inputs, valid_crop
 from .transfer import Transfer
 

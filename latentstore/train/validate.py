@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..dataset import open_store
 from ..errors import ConfigError
-from ..metrics import IGNORE_INDEX, ConfusionMatrix, TopK
+from ..evaluate.metrics import IGNORE_INDEX, ConfusionMatrix, TopK
+from ..read.dataset import open_store
 from .model import model_inputs
 from .speed import autocast, autocast_dtype
 

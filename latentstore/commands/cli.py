@@ -1,0 +1,422 @@
+"""The `latentstore` command line. Each command is a thin wrapper over a library function.
+
+A command imports what it runs, when it runs it: `info` never loads CompressAI (nor torch), and
+`--help` loads nothing heavy; the coder list in `build --help` is computed only when shown.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import LatentstoreError
+
+STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EFBIG: "the file size limit was reached", errno.EROFS: "the output is on a read-only file system",
+                  errno.EACCES: "permission denied"}
+
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is computed when help is shown: listing the coders imports CompressAI
+    (seconds), which `latentstore --help`, `info` and every command that does not encode must not pay."""
+
+    def __init__(self, *args, help_text, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_text = help_text
+
+    def get_help_record(self, ctx):
+        self.help = self.help_text()
+        return super().get_help_record(ctx)
+
+
+def _coder_help() -> str:
+    from ..coders.names import coder_help
+
+    return coder_help()
+
+
+def _fields_help() -> str:
+    from ..store.format import OPTIONAL_FIELDS
+
+    return f"Extra fields, comma separated: {', '.join(OPTIONAL_FIELDS)}."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="latentstore")
+def cli():
+    """Encode image datasets once with CompressAI codecs and store the exact latents.
+
+    \b
+    latentstore build --coder cheng2020 --quality 3 --dataset imagenet \\
+        --root /data/imagenet --split train --variants 16 --out /stores/in1k-cheng2020-q3
+    latentstore info /stores/in1k-cheng2020-q3
+    """
+
+
+def teacher_options(required: bool):
+    """The --teacher* options, shared by build and add-teacher (see latentstore/teacher/)."""
+    options = [
+        click.option("--teacher", required=required,
+                     help="Teacher whose feature maps are stored beside the latent: any timm CNN with "
+                          "features_only (e.g. resnet50), or pspnet50 (segmentation, by --teacher-layers)."),
+        click.option("--teacher-weights", default="pretrained", show_default=True,
+                     help="'pretrained' (timm's weights via the Hugging Face cache), a state_dict PATH "
+                          "(.pth/.safetensors), or 'untrained' (seeded, for tests only)."),
+        click.option("--teacher-strides", default="8,16,32", show_default=True,
+                     help="Feature strides to store, picked through timm's FeatureInfo (one field each)."),
+        click.option("--teacher-layers", default="", help="Layer names to store instead of strides, e.g. "
+                                                          "layer2,layer3,layer4 (segmentation backbones)."),
+        click.option("--teacher-dtype", default="float16", show_default=True,
+                     type=click.Choice(["float16", "bfloat16", "int8"]),
+                     help="int8: symmetric, a float32 scale per sample and channel."),
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+@cli.command()
+@click.option("--coder", required=True, cls=LazyHelpOption, help_text=_coder_help)
+@click.option("--quality", required=True, type=int, help="Codec quality (1-8 for bmshj2018/mbt2018, 1-6 for cheng2020).")
+@click.option("--weights", default="pretrained", show_default=True,
+              help="'pretrained' (zoo weights via the TORCH_HOME cache), a CompressAI checkpoint PATH, "
+                   "or 'untrained' (seeded random weights, for demos and tests only). Coders outside the "
+                   "zoo (elic2022-*, cheng2020-checkerboard) take a PATH or 'untrained'.")
+@click.option("--metric", default="mse", show_default=True, type=click.Choice(["mse", "ms-ssim"]),
+              help="Which zoo weights --weights pretrained loads: trained for MSE or for MS-SSIM.")
+@click.option("--dataset", required=True, type=click.Choice(["imagenet", "imagefolder", "cityscapes"]),
+              help="imagenet: <root>/<split>/<synset>/*.JPEG (val may be flat + label file); "
+                   "imagefolder: any <root>/<split>/<class>/* tree; cityscapes: <root>/leftImg8bit/<split>/"
+                   "<city>/*_leftImg8bit.png + <root>/gtFine/... label maps (stored as label_map).")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root folder.")
+@click.option("--split", default="train", show_default=True, help="Split folder under the root.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Store folder (created; reruns resume).")
+@click.option("--variants", default=1, show_default=True, type=int,
+              help="Augmentation variants per image (epoch e of training reads variant e mod K).")
+@click.option("--augment", type=click.Choice(["train", "val", "seg-train", "seg-val"]),
+              help="train: RandomResizedCrop + flip; val: resize + center crop; seg-train: random scale + crop "
+                   "(padded) + flip of image and label map; seg-val: the full image. Default: (seg-)train for "
+                   "the train split, else (seg-)val; seg- for cityscapes.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Augmentation seed (and untrained weights' seed).")
+@click.option("--crop", type=int, help="Crop size in pixels (padded to a multiple of 64). Default 224; 640 for seg-train.")
+@click.option("--scale", type=float, nargs=2, help="seg-train: random scale range LOW HIGH. Default 0.5 2.0.")
+@click.option("--resize", default=256, show_default=True, type=int, help="Val: shorter side before the center crop.")
+@click.option("--limit", type=int, help="Use N images: a deterministic round-robin across classes (nested: N is within N+1).")
+@click.option("--label-file", type=click.Path(exists=True, dir_okay=False), help="Labels for a flat ImageNet val folder.")
+@click.option("--shard-size", default=1000, show_default=True, type=int, help="Source images per shard.")
+@click.option("--y-hat-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="Stored ŷ: float16 (half the bytes, rounded from the exact value) or float32 (bit-exact).")
+@click.option("--fields", default="", cls=LazyHelpOption, help_text=_fields_help)
+@click.option("--max-rejects", default=100, show_default=True, type=int,
+              help="Fail once more than this many images are unreadable.")
+@click.option("--batch-size", default=32, show_default=True, type=int,
+              help="Crops per encoder batch (never changes a byte: every stored computation runs per image).")
+@click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
+@click.option("--encoders", default="1", show_default=True, callback=lambda ctx, param, value: _encoders(value),
+              help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
+                   "one per core, or 'auto' for the cores this job may use (see docs/benchmarks.md). "
+                   "Not with --workers.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where g_a and h_a run. cuda: batched on the GPU, the rest (what the decoder recomputes) "
+                   "on the CPU, so strings still decode exactly; the store is then not byte-identical to a "
+                   "cpu build, and its device and GPU model are recorded (docs/benchmarks.md).")
+@click.option("--numerics", default="portable", show_default=True, type=click.Choice(["portable", "native"]),
+              help="portable: every stored value is computed with the CPU dispatch of torch, oneDNN and MKL "
+                   "pinned to AVX2 and MKL's COMPATIBLE branch, so the store is the same on any x86-64 CPU with "
+                   "AVX2 (the encoder 3-18% slower on an AVX-512 CPU; the command restarts itself with the pins "
+                   "set). native: this "
+                   "machine's own kernels; another CPU family then computes other float last bits "
+                   "(docs/FORMAT.md, \"What is exact\").")
+@click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
+                                              "autoregressive loop, rANS, teacher, write) at the end.")
+@click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
+                             "SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE; then run `latentstore seal`.")
+@click.option("--format", "format", default="webdataset", show_default=True, type=click.Choice(["webdataset", "zarr"]),
+              help="Store backend: WebDataset tar shards, or a Zarr v3 store (random access by key).")
+@teacher_options(required=False)
+@click.option("--dry-run", is_flag=True, help="Print the projected store size and encoding time (CPU-hours, from a "
+                                              "timed batch on this machine) and exit; writes nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(quiet, fields, part, dry_run, profile, **kwargs):
+    """Encode a dataset split into a store of exact latents, symbols and bitstreams.
+
+    Rerunning the same command after a crash finishes only what is missing.
+    """
+    from ..coders.names import check_coder_quality
+
+    check_coder_quality(kwargs["coder"], kwargs["quality"])   # at once: what follows imports the codec (seconds)
+    if dry_run:
+        click.echo("importing the codec and timing a batch on this machine (about half a minute) ...", err=True)
+    from ..build.run import BuildConfig, build as run_build
+    from ..store.seal import parse_part
+    from .info import render, summarize
+
+    cfg = BuildConfig(fields=tuple(f for f in fields.split(",") if f), part=parse_part(part), **kwargs)
+    if dry_run:
+        from ..build.dryrun import project, render as render_projection
+        click.echo(render_projection(project(cfg)))
+        return
+    from ..build.timing import Profiler
+    profiler, started = Profiler(enabled=profile), time.perf_counter()
+    if run_build(cfg, progress=not quiet, profiler=profiler) is None:
+        i, n = cfg.part
+        click.echo(f"part {i}/{n} of split {cfg.split!r} is complete; run `latentstore seal {cfg.out}` "
+                   f"once all {n} parts are")
+    else:
+        click.echo(render(summarize(cfg.out)))
+    if profile:
+        click.echo("\nTime per stage (--profile):\n" + profiler.render(total=time.perf_counter() - started))
+
+
+def _encoders(value: str) -> int:
+    """--encoders N, or 'auto': the CPUs this process may run on (SLURM's --cpus-per-task, taskset)."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'auto'") from None
+
+
+class StoreArg(click.ParamType):
+    """A store folder that exists, or a store URL (s3://, gs://, https://, ...: latentstore/store/location.py)."""
+    name = "STORE"
+
+    def convert(self, value, param, ctx):
+        from ..store.location import is_url
+        return value if is_url(value) else click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+
+
+@cli.command()
+@click.argument("store", type=StoreArg())
+@click.option("--decode", default="0", show_default=True, metavar="N|all",
+              help="Also decode N random samples (or all) with CompressAI's decompress() and compare ŷ "
+                   "bit for bit (needs the coder's weights; runs at the store's torch thread count).")
+@click.option("--weights", help="Where the coder's weights are now, if not where the manifest says.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which random samples --decode picks.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Where the dataset is now, if not at the root the manifest records (its records are compared "
+                   "with the files there).")
+@click.option("--no-sources", is_flag=True, help="Do not compare the store with its dataset.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(store, decode, weights, seed, root, no_sources, quiet):
+    """Check every shard (sha256, sample count, fields, keys) and that the store still matches its dataset;
+    exit 1 naming every bad shard and key."""
+    from .verify import verify as run_verify
+
+    if decode != "all" and not decode.isdigit():
+        raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
+    from ..store.location import is_url, local_root
+
+    checked, shown = store, str(store)
+    with tempfile.TemporaryDirectory(prefix="latentstore-verify-") as scratch:
+        if is_url(store):  # verify reads every byte: the whole store is downloaded as it is, then checked
+            remote = local_root(store)[1]
+            checked, shown = remote.download_all(Path(scratch)), remote.shown
+        report = run_verify(checked, decode=sys.maxsize if decode == "all" else int(decode), seed=seed,
+                            weights=weights, progress=not quiet, root=root, sources=not no_sources)
+    for note in report.notes:
+        click.echo(f"NOTE {note}".replace(str(checked), shown), err=True)
+    for problem in report.problems:
+        click.echo(f"BAD  {problem}".replace(str(checked), shown), err=True)
+    click.echo(f"{report.shards} shards, {report.samples} samples checked, {report.decoded} decoded "
+               f"by CompressAI: {'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--coder", default="cheng2020", show_default=True, help="Coder whose latent (channels) the models take.")
+@click.option("--quality", default=3, show_default=True, type=int)
+@click.option("--image-size", default=224, show_default=True, type=int,
+              help="Pixel size the latent comes from (latent side = size / 16).")
+@click.option("--all", "count_all", is_flag=True, help="Count params and MACs of every named model "
+                                                         "(builds each one: about half a minute).")
+@click.option("--names-only", is_flag=True, help="Only list the names (what no NAMES and no --all do).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def models(names, coder, quality, image_size, count_all, names_only, quiet):
+    """List the model names, or count params and MACs of NAMES (or --all) at a latent shape.
+
+    \b
+    latentstore models                                  # the names, at once
+    latentstore models resnet50-aa cresnet51 --quality 5
+    latentstore models --all                            # every named model, cheng2020 q3, 224 px
+    """
+    from ..models.names import EXAMPLES, model_names, name_listing  # no torch: the listing is instant
+
+    if names_only or not (names or count_all):
+        click.echo(name_listing())
+        if not names_only:
+            click.echo("\nParams and MACs: `latentstore models NAME ...`, or `--all` for every named model.")
+        return
+    from ..models.complexity import markdown_table, model_table
+
+    if not names:
+        patterns = [n for n in model_names() if "{timm}" in n]
+        click.echo(f"Patterns ({{timm}} is any timm CNN): {', '.join(patterns)}\n")
+    click.echo(markdown_table(model_table(names or EXAMPLES, coder=coder, quality=quality, image_size=image_size,
+                                          progress=not quiet)))
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(["webdataset", "zarr"]), help="Backend of DST.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert(src, dst, fmt, quiet):
+    """Rewrite store SRC as a FORMAT store at DST, without re-encoding (reruns resume)."""
+    from .convert import convert as run_convert
+    from .info import render, summarize
+
+    run_convert(src, dst, fmt, progress=not quiet)
+    click.echo(render(summarize(dst)))
+
+
+@cli.command("seal")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def seal_command(store, quiet):
+    """Merge the part manifests of a partitioned build into manifest.json (fails naming missing parts)."""
+    from ..store.seal import seal
+    from .info import render, summarize
+
+    seal(store, progress=not quiet)
+    click.echo(render(summarize(store)))
+
+
+@cli.command("fetch-weights")
+@click.option("--coder", required=True, cls=LazyHelpOption, help_text=_coder_help)
+@click.option("--quality", "qualities", required=True, multiple=True, type=int, help="Repeat for several.")
+def fetch_weights(coder, qualities):
+    """Download released coder weights into the torch hub cache ($TORCH_HOME), for offline nodes."""
+    from ..coders.registry import load_coder
+
+    for quality in qualities:
+        loaded = load_coder(coder, quality, "pretrained")
+        click.echo(f"{loaded.spec.name} q{quality}: cached, sha256 {loaded.weights['sha256']}")
+
+
+@cli.command()
+@click.argument("store", type=StoreArg())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@click.option("--teacher-error", default=0, type=int, metavar="N",
+              help="Also measure each teacher dtype's relative error vs float32 on N samples (runs the teacher).")
+@click.option("--keys", "list_keys", is_flag=True,
+              help="List every sample key instead (one per line, split by split in stored order; "
+                   "open_store(...)[key] reads one).")
+def info(store, as_json, teacher_error, list_keys):
+    """Summarize a store: coder, weights, samples, bpp, bytes per field, teacher, rejects."""
+    from .info import render, store_keys, summarize
+
+    if list_keys:
+        keys = store_keys(store)
+        click.echo(json.dumps(keys, indent=1) if as_json else "\n".join(k for split in keys.values() for k in split))
+        return
+    summary = summarize(store)
+    if teacher_error:
+        from .add_teacher import teacher_error as measure
+        summary["teacher_error"] = measure(store, teacher_error)
+    click.echo(json.dumps(summary, indent=1) if as_json else render(summary))
+
+
+@cli.command("copy")
+@click.argument("src", type=StoreArg())
+@click.argument("dst")
+@click.option("--quiet", is_flag=True, help="No per-file lines.")
+def copy_command(src, dst, quiet):
+    """Copy store SRC to DST (folders or URLs: s3://bucket/prefix, gs://, ...), each file's digest checked on
+    arrival; rerun to resume (files already there with the right digest are skipped); manifest.json last.
+
+    Credentials come from the backend's usual places (environment, config files); an S3-compatible
+    service is reached through AWS_ENDPOINT_URL."""
+    from .copy import copy_store
+
+    done = copy_store(src, dst, progress=None if quiet else lambda rel, what: click.echo(f"{what:8} {rel}"))
+    click.echo(f"{done['copied']} file(s) copied ({done['bytes']:,} bytes), {done['skipped']} already present")
+
+
+@cli.command("add-teacher")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@teacher_options(required=True)
+@click.option("--split", "splits", multiple=True, help="Only this split (repeat for several); default all.")
+@click.option("--trust-sources", is_flag=True,
+              help="Skip re-running the coder's g_a to prove each replayed crop is the encoded one.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def add_teacher(store, teacher, teacher_weights, teacher_strides, teacher_layers, teacher_dtype, splits,
+                trust_sources, quiet):
+    """Add teacher features to an existing store, replaying each sample's stored augmentation.
+
+    Latent members keep their bytes: a tar store then equals a build with --teacher
+    byte for byte, a Zarr store sample for sample (its new arrays keep its chunking).
+    """
+    from .add_teacher import add_teacher as run
+    from .info import render, summarize
+
+    run(store, teacher, teacher_weights, teacher_strides, teacher_layers, teacher_dtype,
+        splits=list(splits) or None, verify_sources=not trust_sources, progress=not quiet)
+    click.echo(render(summarize(store)))
+
+
+def main(argv=None):
+    """Console entry point: user errors print one clear message and exit 2, not a traceback."""
+    from ..store.numerics import WrongNumerics
+
+    try:
+        cli.main(args=argv, prog_name="latentstore", standalone_mode=False)
+    except WrongNumerics as wrong:
+        if os.environ.get(RERUN_MARK):  # the rerun did not get its numerics: say so, do not loop
+            click.echo(f"Error: {wrong}", err=True)
+            sys.exit(2)
+        status = _rerun(argv, wrong.environment())
+        if status:
+            sys.exit(status)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LatentstoreError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        click.echo(f"Error: {STORAGE_ERRORS[exc.errno]} writing {exc.filename or 'the store'}. Nothing partial "
+                   "was committed: free space (or fix the permissions, or pick another --out) and rerun the "
+                   "same command; it resumes where it stopped.", err=True)
+        sys.exit(3)
+
+
+RERUN_MARK = "LATENTSTORE_NUMERICS_RERUN"
+
+
+def _rerun(argv, env: dict) -> int:
+    """Run this command again in a fresh interpreter with `env`: the numeric libraries read their
+    dispatch variables when they first run, so a process cannot switch once torch has computed."""
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command, env = [sys.executable, "-m", "latentstore", *args], {**env, RERUN_MARK: "1"}
+    if argv is None:  # the console command itself: become the rerun (same pid for schedulers and signals)
+        sys.stdout.flush()
+        os.execve(sys.executable, command, env)
+    child = subprocess.Popen(command, env=env)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # the terminal sent it to the child too: let it stop as it does
+        return child.wait()
+
+
+if __name__ == "__main__":
+    main()

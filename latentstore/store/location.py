@@ -1,0 +1,328 @@
+"""Where a store lives: a local folder, or a URL any fsspec protocol reads, mirrored into a local cache.
+
+A remote store (``s3://bucket/prefix``, ``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``) is
+read through a local mirror: the small files (manifest, commit records, sample indexes, Zarr array
+descriptions) when it is opened, each shard file in one whole-file request when a reader first needs
+it. So every reader keeps reading local files with its own checks (per-sample CRC-32C, counts,
+fields), and object storage sees few large requests instead of one per sample. A file is checked
+against its manifest record (size, CRC-32C or sha256) before it enters the mirror.
+
+The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore/stores``), one folder per
+(URL, manifest digest), so a republished store never reads a stale file; least recently used files
+are evicted above ``$LATENTSTORE_CACHE_GB`` (default 50).
+
+Transient errors (connection resets, timeouts, 5xx, throttling) are retried with exponential backoff,
+at most ``ATTEMPTS`` times and ``RETRY_SECONDS`` in all; missing files and refused access fail at once
+in one line naming the URL. URLs are shown without user info, query string or fragment, and error
+texts are scrubbed the same way, so credentials never reach an error, a log or a checkpoint.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import google_crc32c
+
+from ..errors import ConfigError, StoreError
+from .paths import check_recorded
+
+MANIFEST = "manifest.json"
+#: pip extra that brings each protocol's fsspec backend
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http",
+          "az": "azure", "abfs": "azure", "abfss": "azure", "hf": "hf"}
+PREFETCH_THREADS = 2
+ATTEMPTS = 6
+RETRY_SECONDS = 60.0
+_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]*@|(?P<query>\?[^\s'\"]*)", re.IGNORECASE)
+
+
+def is_url(store) -> bool:
+    """True for a store given as a URL of a remote protocol (``file://`` and plain paths are local)."""
+    return isinstance(store, str) and "://" in store and not store.startswith("file://")
+
+
+def shown(url: str) -> str:
+    """The URL as errors and records show it: no user info, query string or fragment."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def scrub(text: str, secrets=()) -> str:
+    """`text` with user info and query strings of URLs removed, and each of `secrets` masked."""
+    text = _SECRET.sub(lambda m: m.group("scheme") or "", text)
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(options: dict) -> list[str]:
+    """String values of storage options (keys, tokens, passwords), nested dicts included."""
+    found = []
+    for value in options.values():
+        if isinstance(value, dict):
+            found += _secrets(value)
+        elif isinstance(value, str):
+            found.append(value)
+    return found
+
+
+def filesystem(url: str, storage_options: dict | None = None):
+    """(fsspec filesystem, its path for `url`); one line naming the pip extra when the protocol's package
+    is missing."""
+    protocol = urlsplit(url).scheme
+    try:
+        import fsspec
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        extra = EXTRAS.get(protocol)
+        hint = f"pip install 'latentstore[{extra}]'" if extra else f"install the fsspec backend for {protocol}://"
+        raise ConfigError(f"{shown(url)}: reading {protocol}:// stores needs a package that is not installed "
+                          f"({scrub(str(exc))}); {hint}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{shown(url)}: {scrub(str(exc))}") from None
+
+
+def _permanent(exc: BaseException) -> str | None:
+    """"not found", "refused" or "invalid" for an error that retrying cannot mend; None for a transient one."""
+    text = f"{type(exc).__name__} {exc}"
+    if isinstance(exc, FileNotFoundError) or re.search(r"\b404\b|NoSuchKey|NoSuchBucket|Not Found", text):
+        return "not found"
+    if isinstance(exc, PermissionError) or re.search(r"\b40[13]\b|Forbidden|AccessDenied|InvalidAccessKey", text):
+        return "refused"
+    if isinstance(exc, (ValueError, TypeError, IsADirectoryError, NotADirectoryError)) or "Validation" in text:
+        return "invalid"
+    return None
+
+
+def check_bytes(data: bytes, record: dict | None) -> str | None:
+    """Why `data` is not the file `record` describes (size, CRC-32C, sha256), or None."""
+    if record is None:
+        return None
+    if "bytes" in record and len(data) != record["bytes"]:
+        return f"{len(data)} bytes, the manifest records {record['bytes']}"
+    if record.get("crc32c") and f"{google_crc32c.value(data):08x}" != record["crc32c"]:
+        return "CRC-32C differs from the manifest's"
+    if not record.get("crc32c") and record.get("sha256") and hashlib.sha256(data).hexdigest() != record["sha256"]:
+        return "sha256 differs from the manifest's"
+    return None
+
+
+class Location:
+    """A folder or URL read and written through fsspec, with retries on transient errors."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url, self.options = str(url).rstrip("/"), dict(storage_options or {})
+        self.shown = shown(self.url) if is_url(self.url) else self.url
+        parts = urlsplit(self.url)
+        query = [v for pair in parts.query.split("&") for v in pair.split("=")[1:]]
+        self.hidden = [*_secrets(self.options), *filter(None, (parts.username, parts.password)), *query]
+        self._fs, self.root = filesystem(self.url, self.options)
+        self._pid = os.getpid()
+
+    @property
+    def fs(self):
+        """The fsspec filesystem of this process: async backends (s3fs, gcsfs) are not fork-safe, so a
+        DataLoader worker makes its own (fsspec's instance cache starts empty in a new process)."""
+        if self._pid != os.getpid():
+            self._fs, self._pid = filesystem(self.url, self.options)[0], os.getpid()
+        return self._fs
+
+    def __getstate__(self):  # spawned workers make their own filesystem too
+        return {**self.__dict__, "_fs": None, "_pid": None}
+
+    def where(self, rel: str) -> str:
+        return f"{self.shown}/{rel}"
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of one file of the store, in one request."""
+        return self._retry(rel, lambda: self.fs.cat_file(self._path(rel)))
+
+    def write(self, rel: str, data: bytes) -> None:
+        self._retry(rel, lambda: self.fs.pipe_file(self._path(rel), data))
+
+    def exists(self, rel: str) -> bool:
+        return self._retry(rel, lambda: self.fs.exists(self._path(rel)))
+
+    def _retry(self, rel: str, action):
+        """`action()`, retried with exponential backoff on transient errors; one line naming the URL on a
+        permanent one, or once ATTEMPTS or RETRY_SECONDS are spent."""
+        began, delay = time.monotonic(), 0.2
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return action()
+            except Exception as exc:  # backends raise their own types: classify by kind and message
+                why = scrub(f"{type(exc).__name__}: {exc}", self.hidden).replace("\n", " ")
+                kind = _permanent(exc)
+                if kind:
+                    raise StoreError(f"{self.where(rel)}: {kind} ({why}); check the URL and your credentials"
+                                     ) from None
+                if attempt == ATTEMPTS or time.monotonic() - began + delay > RETRY_SECONDS:
+                    raise StoreError(f"{self.where(rel)}: failed after {attempt} attempts in "
+                                     f"{time.monotonic() - began:.0f} s ({why}); retry later") from None
+                time.sleep(delay)
+                delay *= 2
+
+    def files(self) -> list[str]:
+        """Every file under the location, relative to it (needs a protocol that lists folders)."""
+        root = self.root.rstrip("/")
+        found = self._retry("", lambda: self.fs.find(root))
+        return sorted(p[len(root) + 1:] for p in found if p.startswith(root + "/"))
+
+
+class Remote(Location):
+    """A store at a URL, mirrored file by file into a local cache folder."""
+
+    def __init__(self, url: str, storage_options: dict | None = None, cache_dir=None):
+        super().__init__(url, storage_options)
+        default = Path.home() / ".cache" / "latentstore" / "stores"
+        self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or default)
+        self.limit = int(float(os.environ.get("LATENTSTORE_CACHE_GB", "50")) * 2**30)
+        manifest = self.read(MANIFEST)
+        digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]
+        self.mirror = self.cache / digest
+        self._put(MANIFEST, manifest)
+        self._pool, self._pending, self._pool_pid = None, {}, None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None}
+
+    def fetch(self, rel: str, record: dict | None = None) -> Path:
+        """The local copy of file `rel`, downloaded (and checked against `record`) unless present. A lock
+        file makes the DataLoader workers that need the same shard download it once between them."""
+        check_recorded(self.shown, rel, "a recorded file")   # never a path out of the mirror
+        local = self.mirror / rel
+        if self._present(local, record):
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local.with_name(f".{local.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self._present(local, record):  # another worker fetched it meanwhile
+                return local
+            data = self.read(rel)
+            problem = check_bytes(data, record)
+            if problem:
+                raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
+                                 f"`latentstore verify {self.shown}`")
+            self._put(rel, data)
+        self._evict(keep=local)
+        return local
+
+    @staticmethod
+    def _present(local: Path, record: dict | None) -> bool:
+        """A complete copy is there (it was checked on arrival; the readers check its samples again)."""
+        try:
+            size = local.stat().st_size
+        except FileNotFoundError:
+            return False
+        if record is not None and size != record.get("bytes", size):
+            return False
+        os.utime(local)  # recently used: evicted last
+        return True
+
+    def prefetch(self, shards: list) -> None:
+        """Start fetching `shards` in the background, PREFETCH_THREADS at a time: the next window's shards
+        arrive while the current one is read."""
+        if self._pool_pid != os.getpid():  # a forked worker: the parent's threads are not here
+            self._pool, self._pending, self._pool_pid = ThreadPoolExecutor(PREFETCH_THREADS), {}, os.getpid()
+        for shard in shards:
+            if shard["path"] not in self._pending:
+                self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard)
+
+    def fetch_shard(self, shard: dict) -> None:
+        """The files of one manifest shard (a tar shard and its index, or a Zarr unit's chunk files); waits
+        for its prefetch where one runs (a prefetch's error is raised here, where the shard is needed)."""
+        pending = self._pending.pop(shard["path"], None) if self._pool_pid == os.getpid() else None
+        if pending is not None:
+            pending.result()
+        self._fetch_shard(shard)  # present already after a prefetch: a stat per file
+
+    def _fetch_shard(self, shard: dict) -> None:
+        for f in shard.get("files", [shard]):
+            self.fetch(f["path"], f)
+        if shard.get("index"):
+            self.fetch(shard["index"]["path"], shard["index"])
+
+    def fetch_small(self, manifest: dict) -> None:
+        """Everything but shard data: commit records, sample indexes, Zarr array descriptions."""
+        from .format import commit_record_name  # format imports nothing of ours at this stage's cost
+        for split, info in manifest["splits"].items():
+            for shard in info["shards"]:
+                if shard.get("index"):
+                    self.fetch(shard["index"]["path"], shard["index"])
+                group = shard.get("group")
+                if group is None:
+                    group = int(Path(shard["path"]).name.split("-")[-1].split(".")[0])
+                try:
+                    self.fetch(commit_record_name(split, group))
+                except StoreError:
+                    pass  # an older store without commit records: readers that need one say so
+        if manifest.get("backend") == "zarr":
+            data = {f["path"] for i in manifest["splits"].values() for s in i["shards"] for f in s.get("files", [s])}
+            for rel in self.files():
+                if rel not in data and rel != MANIFEST:
+                    self.fetch(rel)
+
+    def download_all(self, folder: Path) -> Path:
+        """Every file of the store, as it is, into `folder` (verify reads and judges every byte itself, so a
+        damaged file is downloaded for it to report, never into the mirror readers use)."""
+        for rel in self.files():
+            local = folder / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(self.read(rel))
+        return folder
+
+    def _put(self, rel: str, data: bytes) -> None:
+        local = self.mirror / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}-{threading.get_ident()}.part")
+        tmp.write_bytes(data)
+        os.replace(tmp, local)  # workers filling the same file: the last complete copy wins
+
+    def _evict(self, keep: Path) -> None:
+        """Delete least recently used files of the cache until it holds at most `self.limit` bytes. Other
+        workers fill and evict the same cache meanwhile: a file gone since the listing is skipped."""
+        files = []
+        for p in self.cache.rglob("*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            if p.is_file():
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files, key=lambda f: f[0]):
+            if total <= self.limit:
+                return
+            # the small files stay (readers open them any time), and so do the ones being filled
+            if p == keep or p.suffix in (".json", ".lock", ".part"):
+                continue
+            p.unlink(missing_ok=True)
+            total -= size
+
+
+_OPEN: dict = {}
+
+
+def local_root(store, storage_options: dict | None = None, cache_dir=None) -> tuple[Path, Remote | None]:
+    """(a local folder that holds the store's manifest and small files, the Remote or None)."""
+    if not is_url(store):
+        return Path(str(store).removeprefix("file://")), None
+    key = (shown(store), json.dumps(storage_options or {}, sort_keys=True, default=str), str(cache_dir))
+    if key not in _OPEN:
+        remote = Remote(store, storage_options, cache_dir)
+        remote.fetch_small(json.loads((remote.mirror / MANIFEST).read_bytes()))
+        _OPEN[key] = remote
+    return _OPEN[key].mirror, _OPEN[key]
