@@ -32,7 +32,7 @@ def stages(tiny_folder, tmp_path_factory):
     """(cfg, items, prepared, samples) of the tiny folder: one real pass through the first stages."""
     cfg = BuildConfig(root=str(tiny_folder), out=str(tmp_path_factory.mktemp("out")), **CFG).resolved()
     items = open_source(cfg.dataset, cfg.root, cfg.split).items
-    prepared = list(prepared_stream(items, cfg, None, 0))
+    prepared = list(prepared_stream(items, cfg, 0))
     coder = load_coder(cfg.coder, cfg.quality, cfg.weights, seed=cfg.seed)
     bar = Bar()
     samples = list(encode_samples(cfg, prepared, Encoder(coder), bar))

@@ -1,4 +1,5 @@
-"""Run a build's item groups in K encoder processes: `latentstore build --encoders K`.
+"""The build's one process pool: item groups in K encoder processes (`--encoders K`), and images
+decoded ahead of the encoder in N processes (`--workers N`).
 
 Why processes and not threads: everything stored runs at one intra-op thread
 (below), and the autoregressive coders' serial loop of tiny convolutions could
@@ -44,6 +45,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 import torch
@@ -93,8 +95,8 @@ def _portable(exc: Exception) -> Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _encoder_process(conn, job, setup, setup_args, parent: int) -> None:
-    """One encoder process: set up, then run the tasks the parent sends until it sends None (or goes)."""
+def _pool_process(conn, job, setup, setup_args, parent: int) -> None:
+    """One process of a pool: set up, then run the tasks the parent sends until it sends None (or goes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # already, unless started from another thread than main's
     die_with_parent(parent)
     # One thread from the start: N processes at the parent's count would run N x cores OpenMP
@@ -129,10 +131,10 @@ def _encoder_process(conn, job, setup, setup_args, parent: int) -> None:
 
 
 class _Worker:
-    """The parent's handle on one encoder process: its pipe, and the task it holds (None when idle)."""
+    """The parent's handle on one process: its pipe, and the task it holds (None when idle)."""
 
-    def __init__(self, number: int, process, conn):
-        self.number, self.process, self.conn = number, process, conn
+    def __init__(self, number: int, process, conn, role: Role):
+        self.number, self.process, self.conn, self.role = number, process, conn, role
         self.task = None
 
     def died(self, count: int) -> BuildError:
@@ -148,13 +150,13 @@ class _Worker:
         else:
             how = f"exited with code {code}"
         if self.task is not None:
-            how += " while encoding"
+            how += f" while {self.role.doing}"
         if code is not None and -code == getattr(signal, "SIGKILL", None):
             how += " (probably by the kernel's out-of-memory killer)"
-        return BuildError(f"Encoder process {self.number} of {count} (pid {self.process.pid}) {how}; "
-                          "the build stopped and nothing partial was committed. Rerun the same command: committed "
-                          "groups are kept and the build resumes. If memory is short, lower --encoders or "
-                          "--batch-size.")
+        return BuildError(f"{self.role.name.capitalize()} process {self.number} of {count} (pid {self.process.pid}) "
+                          f"{how}; the build stopped and nothing partial was committed. Rerun the same command: "
+                          f"committed groups are kept and the build resumes. If memory is short, lower "
+                          f"{self.role.flag} or --batch-size.")
 
 
 @contextlib.contextmanager
@@ -191,8 +193,20 @@ def _stop(workers: list, politely: bool) -> None:
         w.conn.close()
 
 
+@dataclass(frozen=True)
+class Role:
+    """What the processes of one pool do, for their names and the error when one dies."""
+    name: str    # "encoder"
+    doing: str   # "encoding"
+    flag: str    # the option that sets how many: "--encoders"
+
+
+ENCODERS = Role("encoder", "encoding", "--encoders")
+DECODERS = Role("decode", "decoding", "--workers")
+
+
 def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
-                     on_progress=None):
+                     on_progress=None, ahead: int | None = None, role: Role = ENCODERS):
     """Yield ``job(state, task, progress)`` for each task, in order, run in `processes` spawned processes.
 
     ``state = setup(*setup_args)`` runs once per process. `job` and `setup`
@@ -201,7 +215,9 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
     first job that raises stops the rest (terminated: what they had not
     committed is lost, as after a crash) and its exception is raised here when
     its turn comes. A process that dies raises BuildError at once. Closing the
-    generator early (or Ctrl-C) terminates the processes.
+    generator early (or Ctrl-C) terminates the processes. With `ahead`, no task is handed out more
+    than `ahead` places beyond the result the caller takes next: results wait in memory, so a slow
+    caller bounds how far fast processes run ahead of it.
     """
     if not tasks:
         return
@@ -211,10 +227,12 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
     results: dict = {}
     first_error = len(tasks)  # no task after a failed one is started
     finished = False
+    taken = 0  # results the caller has taken
 
     def hand_out() -> None:
+        limit = first_error if ahead is None else min(first_error, taken + ahead)
         for w in workers:
-            if w.task is None and todo and todo[-1][0] < first_error:
+            if w.task is None and todo and todo[-1][0] < limit:
                 w.task, task = todo.pop()
                 try:
                     w.conn.send((w.task, task))
@@ -251,18 +269,19 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
         with _sigint_ignored():
             for number in range(1, min(processes, len(tasks)) + 1):
                 here, there = ctx.Pipe()
-                process = ctx.Process(target=_encoder_process, name=f"latentstore-encoder-{number}", daemon=True,
+                process = ctx.Process(target=_pool_process, name=f"latentstore-{role.name}-{number}", daemon=True,
                                       args=(there, job, setup, setup_args, os.getpid()))
                 try:
                     process.start()
                 finally:
                     there.close()  # the process's end: held by it alone, so its death reads as end of file here
-                workers.append(_Worker(number, process, here))
+                workers.append(_Worker(number, process, here, role))
         for index in range(len(tasks)):
             serve(0)  # what came while the caller worked on the last result
             while index not in results:
                 serve(None)
             message = results.pop(index)
+            taken = index + 1
             if message[0] == "error":
                 _, _, exc, text = message
                 exc.__cause__ = RemoteTraceback(text)

@@ -1,13 +1,12 @@
 """The first stage of a build: read and decode each source image, cut its augmented variants.
 
-`prepare` is pure and runs in worker processes (``--workers``); `prepared_stream`
-hands the results on in source order, a bounded number ahead of the encoder.
+`prepare` is pure and runs in decode processes (``--workers``, the build's process pool: pool.py);
+`prepared_stream` hands the results on in source order, a bounded number ahead of the encoder.
 A source that does not decode becomes a reject with its reason, never a silent
 gap (docs/reliability.md §12).
 """
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from .augment import apply, sample_params, variant_rng
 from .config import BuildConfig
 from .images import RejectedImage, load_rgb, special_file
+from .pool import DECODERS, run_in_processes
 from .sources import IGNORE_INDEX, SourceItem, fingerprint, load_label_map
 from .timing import Profiler, stage as _stage
 
@@ -61,34 +61,41 @@ def prepare(item: SourceItem, cfg: BuildConfig, profile: bool = False) -> Prepar
     return Prepared(item, crops, labels, timings=prof.snapshot() if profile else None, fingerprint=fp)
 
 
-def prepared_stream(items, cfg: BuildConfig, pool, ahead: int, prof: Profiler | None = None):
-    """Prepared images in source order; with a pool, at most `ahead` are decoded ahead.
+def prepared_stream(items, cfg: BuildConfig, ahead: int, prof: Profiler | None = None):
+    """Prepared images in source order; with ``cfg.workers`` decode processes, at most `ahead` ahead.
 
-    Bounded on purpose: Pool.imap would queue the whole dataset and hold every
-    decoded crop in memory while the (slower) encoder catches up. With `prof`,
-    each image's decode/augment time is added (where it ran), and the time the
-    encoder waited for a worker as "wait for decode".
+    Bounded on purpose: the encoder is the slower stage, and unbounded workers would hold every
+    decoded crop of the dataset in memory while it catches up. With `prof`, each image's
+    decode/augment time is added (where it ran), and the time the encoder waited for a
+    process as "wait for decode".
     """
     profile = prof is not None and prof.enabled
-    if pool is None:
+    if cfg.workers == 0:
         for item in items:
             p = prepare(item, cfg, profile)
             if profile:
                 prof.merge(p.timings)
             yield p
         return
-    pending = collections.deque()
+    results = run_in_processes(_prepare_job, _prepare_setup, (cfg, profile), list(items), cfg.workers,
+                               ahead=ahead, role=DECODERS)
+    try:
+        while True:
+            with _stage(prof, "wait for decode"):
+                p = next(results, None)
+            if p is None:
+                return
+            if profile:
+                prof.merge(p.timings, where="workers")
+            yield p
+    finally:
+        results.close()  # stops the processes when the build stops early
 
-    def next_ready():
-        with _stage(prof, "wait for decode"):
-            p = pending.popleft().get()
-        if profile:
-            prof.merge(p.timings, where="workers")
-        return p
 
-    for item in items:
-        pending.append(pool.apply_async(prepare, (item, cfg, profile)))
-        if len(pending) >= ahead:
-            yield next_ready()
-    while pending:
-        yield next_ready()
+def _prepare_setup(cfg: BuildConfig, profile: bool) -> tuple:
+    return cfg, profile
+
+
+def _prepare_job(state: tuple, item: SourceItem, progress) -> Prepared:
+    cfg, profile = state
+    return prepare(item, cfg, profile)

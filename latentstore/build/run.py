@@ -11,7 +11,6 @@ written last, only when every group is committed.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import platform
 import time
 from pathlib import Path
@@ -83,11 +82,10 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
     todo = [j for j in mine if records[j] is None]
 
     prof = profiler if profiler is not None and profiler.enabled else None
-    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 0 else None
     desc = f"{cfg.coder} q{cfg.quality} {cfg.split}" + (f" part {part}/{parts}" if parts > 1 else "")
     bar = tqdm(total=sum(len(groups[j]) for j in todo) * cfg.variants, unit="img", desc=desc,
                disable=not progress, smoothing=0.1)
-    done = None
+    done = stream = None
     committer = _Committer(out, cfg, len(source.items), bar, prof,
                            rejects=sum(len(rec["rejects"]) for rec in records.values() if rec))
     try:
@@ -102,7 +100,7 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
             encoder = make_encoder(coder, prof, analysis_device=_analysis_device(cfg))
             run_teacher = _device_teacher(cfg, teacher)
             ahead = 4 * cfg.workers + cfg.batch_size
-            stream = prepared_stream((it for j in todo for it in groups[j]), cfg, pool, ahead, prof)
+            stream = prepared_stream([it for j in todo for it in groups[j]], cfg, ahead, prof)
             for j in todo:
                 prepared = list(itertools.islice(stream, len(groups[j])))
                 rejects = committer.add_rejects(_rejects(prepared))
@@ -113,8 +111,8 @@ def _build_locked(cfg, out, source, coder, teacher, progress, profiler):
         bar.close()
         if done is not None:
             done.close()  # terminates the encoder processes if we stopped early
-        if pool is not None:
-            pool.terminate()
+        if stream is not None:
+            stream.close()  # stops the decode processes if we stopped early
     with manifest_lock(out):
         return _write_part(cfg, out, source, coder, teacher, [records[j] for j in mine], len(groups))
 
@@ -181,7 +179,7 @@ def _encode_piece(state, items, bar):
     fingerprints, timings)."""
     cfg, coder, teacher, profile = state
     prof = Profiler(enabled=profile)
-    prepared = list(prepared_stream(items, cfg, None, 0, prof))
+    prepared = list(prepared_stream(items, cfg, 0, prof))
     ok = [p for p in prepared if not p.reject]
     samples = list(encode_samples(cfg, ok, make_encoder(coder, prof, analysis_device=_analysis_device(cfg)), bar,
                                    teacher, prof))
