@@ -11,7 +11,7 @@ from latentstore.build.crops_to_samples import encode_samples
 from latentstore.build.sources import open_source
 from latentstore.build.encoder import Encoder
 from latentstore.errors import StoreError
-from latentstore.build.prepare import prepare, prepared_stream
+from latentstore.build.prepare import Cutting, prepare, prepared_stream
 from latentstore.store.readers import read_shard
 from latentstore.store.sample import Sample
 
@@ -47,7 +47,7 @@ def test_prepare_cuts_every_variant_of_every_item_in_source_order(stages):
         assert p.reject is None and len(p.crops) == cfg.variants and p.fingerprint["image"]["bytes"] > 0
         for params, crop in p.crops:
             assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8 and params["mode"] == "train"
-    assert prepare(items[0], cfg).crops[1][0] == prepared[0].crops[1][0]  # pure: the same params again
+    assert prepare(items[0], Cutting.of(cfg)).crops[1][0] == prepared[0].crops[1][0]  # pure: the same params again
 
 
 def test_encode_samples_gives_one_sample_per_crop_image_major(stages):

@@ -30,7 +30,7 @@ from .config import BuildConfig
 from .crops_to_samples import make_sample
 from .encoder import to_input
 from .generic_encoder import make_encoder
-from .prepare import prepare
+from .prepare import Cutting, prepare
 from .sources import open_source
 from .timing import Profiler
 
@@ -50,7 +50,7 @@ def project(cfg: BuildConfig) -> dict:
     if not source.items:
         raise InputError(f"No images found under {cfg.root} for split {cfg.split!r}")
     one = replace(cfg, variants=1)  # variant 0 is all the projection needs
-    prepared = next((p for p in (prepare(item, one) for item in source.items) if not p.reject), None)
+    prepared = next((p for p in (prepare(item, Cutting.of(one)) for item in source.items) if not p.reject), None)
     if prepared is None:
         raise InputError(f"None of the {len(source.items)} images under {cfg.root} decodes")
     coder = cfg.load_coder()

@@ -48,8 +48,6 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-import torch
-
 from ..errors import BuildError
 
 
@@ -95,14 +93,17 @@ def _portable(exc: Exception) -> Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _pool_process(conn, job, setup, setup_args, parent: int) -> None:
+def _pool_process(conn, job, setup, setup_args, parent: int, role: Role) -> None:
     """One process of a pool: set up, then run the tasks the parent sends until it sends None (or goes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # already, unless started from another thread than main's
     die_with_parent(parent)
-    # One thread from the start: N processes at the parent's count would run N x cores OpenMP
-    # threads while they load. The coder's entropy tables do not depend on the thread count
-    # (tests/test_coders.py), and the jobs' stored work runs at threads.STORE_THREADS.
-    torch.set_num_threads(1)
+    if role.torch:
+        # One thread from the start: N processes at the parent's count would run N x cores OpenMP
+        # threads while they load. The coder's entropy tables do not depend on the thread count
+        # (tests/test_coders.py), and the jobs' stored work runs at threads.STORE_THREADS.
+        import torch
+
+        torch.set_num_threads(1)
     try:
         state, failed = setup(*setup_args), None
     except Exception as exc:  # raised from each job, so the parent raises it in task order
@@ -199,10 +200,11 @@ class Role:
     name: str    # "encoder"
     doing: str   # "encoding"
     flag: str    # the option that sets how many: "--encoders"
+    torch: bool  # runs torch: one thread from the start (decoders never import it: they start faster)
 
 
-ENCODERS = Role("encoder", "encoding", "--encoders")
-DECODERS = Role("decode", "decoding", "--workers")
+ENCODERS = Role("encoder", "encoding", "--encoders", torch=True)
+DECODERS = Role("decode", "decoding", "--workers", torch=False)
 
 
 def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
@@ -270,7 +272,7 @@ def run_in_processes(job, setup, setup_args: tuple, tasks: list, processes: int,
             for number in range(1, min(processes, len(tasks)) + 1):
                 here, there = ctx.Pipe()
                 process = ctx.Process(target=_pool_process, name=f"latentstore-{role.name}-{number}", daemon=True,
-                                      args=(there, job, setup, setup_args, os.getpid()))
+                                      args=(there, job, setup, setup_args, os.getpid(), role))
                 try:
                     process.start()
                 finally:

@@ -8,15 +8,18 @@ gap (docs/reliability.md §12).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .augment import apply, sample_params, variant_rng
-from .config import BuildConfig
 from .images import RejectedImage, load_rgb, special_file
 from .pool import DECODERS, run_in_processes
 from .sources import IGNORE_INDEX, SourceItem, fingerprint, load_label_map
 from .timing import Profiler, stage as _stage
+
+if TYPE_CHECKING:
+    from .config import BuildConfig  # not imported at run time: it imports the codec
 
 
 @dataclass
@@ -30,8 +33,24 @@ class Prepared:
     fingerprint: dict | None = None              # the source files as encoded (datasets.fingerprint)
 
 
-def prepare(item: SourceItem, cfg: BuildConfig, profile: bool = False) -> Prepared:
-    """Decode one image and cut its variants. Pure; runs in worker processes."""
+@dataclass(frozen=True)
+class Cutting:
+    """What `prepare` needs of a build's config: how to cut each image's variants. A decode process gets
+    this alone, so it starts without importing the codec."""
+    seed: int
+    variants: int
+    augment: str
+    crop: int
+    resize: int
+    scale: tuple | None
+
+    @classmethod
+    def of(cls, cfg: BuildConfig) -> Cutting:
+        return cls(cfg.seed, cfg.variants, cfg.augment, cfg.crop, cfg.resize, cfg.scale)
+
+
+def prepare(item: SourceItem, cfg: Cutting, profile: bool = False) -> Prepared:
+    """Decode one image and cut its variants. Pure; runs in decode processes."""
     prof = Profiler(enabled=profile)
     special = special_file(item.path)
     if special:  # rejected before it is opened: a FIFO or /dev/zero would hang the fingerprint's hash
@@ -70,14 +89,15 @@ def prepared_stream(items, cfg: BuildConfig, ahead: int, prof: Profiler | None =
     process as "wait for decode".
     """
     profile = prof is not None and prof.enabled
+    cut = Cutting.of(cfg)
     if cfg.workers == 0:
         for item in items:
-            p = prepare(item, cfg, profile)
+            p = prepare(item, cut, profile)
             if profile:
                 prof.merge(p.timings)
             yield p
         return
-    results = run_in_processes(_prepare_job, _prepare_setup, (cfg, profile), list(items), cfg.workers,
+    results = run_in_processes(_prepare_job, _prepare_setup, (cut, profile), list(items), cfg.workers,
                                ahead=ahead, role=DECODERS)
     try:
         while True:
@@ -92,10 +112,10 @@ def prepared_stream(items, cfg: BuildConfig, ahead: int, prof: Profiler | None =
         results.close()  # stops the processes when the build stops early
 
 
-def _prepare_setup(cfg: BuildConfig, profile: bool) -> tuple:
-    return cfg, profile
+def _prepare_setup(cut: Cutting, profile: bool) -> tuple:
+    return cut, profile
 
 
 def _prepare_job(state: tuple, item: SourceItem, progress) -> Prepared:
-    cfg, profile = state
-    return prepare(item, cfg, profile)
+    cut, profile = state
+    return prepare(item, cut, profile)
