@@ -41,9 +41,9 @@ def samples(store: Path, split: str = "train") -> dict:
 
 def assert_same_samples(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and a
-    for key in a:
-        assert a[key].keys() == b[key].keys(), key
-        for name, value in a[key].items():
+    for key, sample in a.items():
+        assert sample.keys() == b[key].keys(), key
+        for name, value in sample.items():
             if isinstance(value, np.ndarray):
                 assert value.dtype == b[key][name].dtype and value.shape == b[key][name].shape, (key, name)
                 assert value.tobytes() == b[key][name].tobytes(), (key, name)
