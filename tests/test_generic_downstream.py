@@ -188,3 +188,28 @@ def test_eval_of_a_checkpoint_trained_on_the_store_counts_the_container_streams(
     assert (rec["samples"], rec["bits"], rec["pixels"]) == (6, bits, pixels)
     assert rec["bpp"] == bits / pixels == read_manifest(tar_store)["splits"]["val"]["mean_bpp"]
     assert rec["matches_manifest"] is True and rec["coder"] == CODER
+
+
+def test_segmentation_trains_and_evaluates_on_a_generic_cityscapes_store(tmp_path):
+    """train/segment.py (pspnet50-aa for 320 channels) on seg-train crops, eval/segment.py on whole val images."""
+    from test_cityscapes import make_cityscapes, seg_config
+    from test_train import segment
+
+    root, store = make_cityscapes(tmp_path / "cityscapes"), tmp_path / "cs"
+    base = seg_config(root, store, coder=CODER, variants=1)
+    build(base, progress=False)
+    build(replace(base, split="val", crop=None, scale=None), progress=False)
+    assert read_manifest(store)["splits"]["val"]["latent_shape"] == [320, 4, 8]  # the whole 128x64 image
+    run = tmp_path / "seg"
+    segment.main(train_args(store, run, "--model", "pspnet50-aa", "--max-steps", "2"))
+    assert [s for s, _ in losses(run)] == [1, 2] and all(np.isfinite([float(v) for _, v in losses(run)]))
+    assert _load_script("segment").main(["--store", str(store), "--checkpoint", str(run / "last.pt"),
+                                         "--device", "cpu", "--out", str(tmp_path / "eval.json")]) == 0
+    rec = json.loads((tmp_path / "eval.json").read_text())
+    with open(run / "metrics.csv") as f:  # the trainer validated on the val split's own region, as eval does
+        validated = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["name"] == "val_miou"]
+    assert validated[-1][0] == 2 and validated[-1][1] == pytest.approx(rec["miou"])
+    (val,) = samples(store, "val").values()
+    assert rec["bits"] == 8 * sum(map(len, read_container(val["y_string"])[0])) == val["meta"]["bits"]
+    assert rec["matches_manifest"] is True and rec["labeled_pixels"] == int((val["label_map"] != 255).sum())
+    assert np.array(rec["confusion_matrix"]).sum() == rec["labeled_pixels"]
