@@ -24,6 +24,7 @@ from . import checkpoint as ckpt
 from .config import write_args
 from .ddp import Dist, all_true, barrier, mean_over_ranks
 from .log import RunLog, finished, headline, summary as run_summary
+from .model import valid_crop
 from .speed import StepMeter, autocast, autocast_dtype, make_loader, maybe_compile, prepare_model
 from .stop import StopRequest
 from .store_identity import store_summary
@@ -71,7 +72,10 @@ def fit(cfg, d: Dist, model: nn.Module, loss_fn: LossFn, fields: tuple, mileston
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cfg.gamma ** gamma_pow(e))
     summary = store_summary(data.manifest, data.split)
     split_for_val = val_split(cfg, data.manifest) if task else None
-    validator = Validator(cfg, d, task, split_for_val, student.inputs, student.region, summary["num_classes"],
+    # The validation split's own valid region: its samples need not be the training crops (Cityscapes val is
+    # whole 1024x2048 images, train 640 crops).
+    validator = Validator(cfg, d, task, split_for_val, student.inputs,
+                          valid_crop(data.manifest["splits"][split_for_val]), summary["num_classes"],
                           per_rank) if split_for_val else None
     pos = _resume(cfg, d, model, opt, sched, summary, per_rank, validator)
     if finished(cfg, pos.step, pos.epoch):   # a rerun of a finished run says so, and changes nothing
