@@ -55,8 +55,8 @@ def test_user_errors_are_one_clear_line(tiny_folder, tmp_path, capsys, args, mes
 
 
 def test_encoders_auto_is_the_cpus_this_job_may_use():
-    from latentstore.commands.cli import _encoders
-    assert _encoders("auto") == len(os.sched_getaffinity(0)) and _encoders("3") == 3
+    from latentstore.build.config import encoder_count
+    assert encoder_count("auto") == len(os.sched_getaffinity(0)) and encoder_count("3") == 3
 
 
 def test_info_on_an_unfinished_store_says_what_to_do(tmp_path, capsys):
