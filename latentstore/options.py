@@ -32,7 +32,10 @@ def opt(default=MISSING, help="", choices=None, *, required: bool = False, parse
 
 def comma_ints(text: str) -> tuple:
     """'3,5' -> (3, 5); '' -> ()."""
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of integers (e.g. 8,16,32)") from None
 
 
 def comma_words(text: str) -> tuple:

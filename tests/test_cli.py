@@ -72,6 +72,19 @@ def test_help_explains_the_commands(capsys):
     assert "--variants" in text and "epoch e of training reads variant e mod K" in text
 
 
+def test_build_options_are_buildconfig_fields_with_their_help_and_defaults(capsys):
+    from latentstore.build.config import BuildConfig
+    from latentstore.options import options
+
+    code, out, _ = run(capsys, "build", "--help")
+    text = "".join(out.split())  # undo click's line wrapping (it may break a line where no space was)
+    for option in options(BuildConfig):
+        shown = option.shown_default()
+        said = option.help_text() + (f" [default: {shown}]" if shown is not None else "")
+        assert code == 0 and option.flag in text and "".join(said.split()) in text, option.flag
+    assert "[default:8,16,32]" in text and "[default:cpu]" in text  # two defaults, as the dataclass holds them
+
+
 def test_models_lists_names_and_counts(capsys):
     code, out, _ = run(capsys, "models", "--names-only")
     assert code == 0 and "resnet50-aa" in out and "{timm}-aa" in out

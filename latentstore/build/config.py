@@ -146,10 +146,10 @@ class BuildConfig:
     def checked(self) -> "BuildConfig":
         """This config with its defaults resolved (coder alias, augmentation, crop, scale, sorted fields,
         teacher taps), every argument checked; imports nothing heavy, so a typo is reported at once."""
+        check_coder_quality(self.coder, self.quality)   # first: the next imports cost numpy and Pillow
         from .augment import SEG_SCALE
         from .sources import SEGMENTATION
 
-        check_coder_quality(self.coder, self.quality)
         seg = "seg-" if self.dataset in SEGMENTATION else ""
         augment = self.augment or (seg + ("train" if self.split == "train" else "val"))
         crop = self.crop if self.crop is not None else (640 if augment == "seg-train" else 224)
