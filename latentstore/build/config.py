@@ -182,8 +182,8 @@ class BuildConfig:
         for name in ("dataset", "augment", "format", "device", "numerics", "teacher_dtype", "y_hat_dtype"):
             choices = BuildConfig.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
-                raise ConfigError(f"Invalid --{name.replace('_', '-')} {getattr(self, name)!r}: "
-                                  f"choose {', '.join(choices)}")
+                listed = " or ".join(choices) if len(choices) == 2 else ", ".join(choices)
+                raise ConfigError(f"Invalid --{name.replace('_', '-')} {getattr(self, name)!r}: choose {listed}")
         if self.augment in SINGLE_VARIANT_MODES and self.variants != 1:
             raise ConfigError(f"--variants {self.variants} with {self.augment} augmentation (deterministic) "
                               "would store identical copies: use --variants 1, or a train augmentation")
