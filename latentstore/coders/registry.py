@@ -32,7 +32,7 @@ from compressai.models import (
 from compressai.zoo.image import cfgs, model_urls
 from compressai.zoo.pretrained import load_pretrained
 
-from ..errors import ConfigError, WeightsError
+from ..errors import WeightsError
 from ..store.format import file_sha256
 from ..weights import fetch, load_state, recipe_sha256, state_dict_sha256
 from . import custom as custom_coder

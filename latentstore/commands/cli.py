@@ -20,8 +20,8 @@ import click
 from ..errors import ConfigError, LatentstoreError
 
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EFBIG: "the file size limit was reached", errno.EROFS: "the output is on a read-only file system",
-                  errno.EACCES: "permission denied"}
+                  errno.EFBIG: "the file size limit was reached",
+                  errno.EROFS: "the output is on a read-only file system", errno.EACCES: "permission denied"}
 
 
 
@@ -128,31 +128,6 @@ def cli():
         --root /data/imagenet --split train --variants 16 --out /stores/in1k-cheng2020-q3
     latentstore info /stores/in1k-cheng2020-q3
     """
-
-
-def teacher_options(required: bool):
-    """The --teacher* options, shared by build and add-teacher (see latentstore/teacher/)."""
-    options = [
-        click.option("--teacher", required=required,
-                     help="Teacher whose feature maps are stored beside the latent: any timm CNN with "
-                          "features_only (e.g. resnet50), or pspnet50 (segmentation, by --teacher-layers)."),
-        click.option("--teacher-weights", default="pretrained", show_default=True,
-                     help="'pretrained' (timm's weights via the Hugging Face cache), a state_dict PATH "
-                          "(.pth/.safetensors), or 'untrained' (seeded, for tests only)."),
-        click.option("--teacher-strides", default="8,16,32", show_default=True,
-                     help="Feature strides to store, picked through timm's FeatureInfo (one field each)."),
-        click.option("--teacher-layers", default="", help="Layer names to store instead of strides, e.g. "
-                                                          "layer2,layer3,layer4 (segmentation backbones)."),
-        click.option("--teacher-dtype", default="float16", show_default=True,
-                     type=click.Choice(["float16", "bfloat16", "int8"]),
-                     help="int8: symmetric, a float32 scale per sample and channel."),
-    ]
-
-    def decorate(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-    return decorate
 
 
 @cli.command(cls=FieldsCommand, fields=_build_options)   # every BuildConfig field (latentstore/build/config.py)
