@@ -156,7 +156,9 @@ def _yaml_values(path: str, by_name: dict) -> dict:
         option = by_name[name]
         try:
             typed[name] = option.from_config_file(value)
-        except (TypeError, ValueError, ConfigError) as exc:
+        except ConfigError as exc:
+            raise ConfigError(f"--config {path}: {key}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
             kind = "bool" if option.is_bool else getattr(option.parse, "__name__", "value")
             raise ConfigError(f"--config {path}: {key}: {value!r} is not a valid {kind}") from exc
         if option.choices and typed[name] not in option.choices:
