@@ -20,14 +20,15 @@ from .errors import ConfigError
 
 
 def opt(default=MISSING, help="", choices=None, *, required: bool = False, parse: Callable | None = None,
-        nargs: int | None = None, metavar: str | None = None):
+        nargs: int | None = None, metavar: str | None = None, off_flag: str | None = None):
     """A config field and its flag. `help` may be a function (computed only when help is shown).
     `parse` reads the flag's text (raising ConfigError with the reason, or ValueError); with `nargs`
     it reads each of the N words. `required`: the command line must give it although the field has a
-    default (None: a subclass may still add fields with defaults). A field without a default is required."""
+    default (None: a subclass may still add fields with defaults). A field without a default is required.
+    `off_flag`: a bool's second spelling of --no-x (e.g. --quiet for --no-progress)."""
     return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
                                             "required": required, "parse": parse, "nargs": nargs,
-                                            "metavar": metavar})
+                                            "metavar": metavar, "off_flag": off_flag})
 
 
 def comma_ints(text: str) -> tuple:
@@ -56,6 +57,7 @@ class Option:
     help: str | Callable
     nargs: int | None
     metavar: str | None
+    off_flag: str | None = None     # a bool's other spelling of --no-x
 
     def help_text(self) -> str:
         return self.help() if callable(self.help) else self.help
@@ -109,7 +111,8 @@ def options(cls) -> list[Option]:
             name=f.name, flag="--" + f.name.replace("_", "-"), is_bool=_base_type(hints[f.name]) is bool,
             parse=meta.get("parse") or _type_parser(hints[f.name]), default=default,
             required=f.default is MISSING or bool(meta.get("required")), choices=meta.get("choices"),
-            help=meta.get("help", ""), nargs=meta.get("nargs"), metavar=meta.get("metavar")))
+            help=meta.get("help", ""), nargs=meta.get("nargs"), metavar=meta.get("metavar"),
+            off_flag=meta.get("off_flag")))
     return found
 
 
@@ -184,6 +187,8 @@ def parse_config(cls, argv=None, *, prog: str | None = None, description: str | 
                                          help=o.help_text().replace("%", "%%"))
             if "%(default)" not in action.help:   # BooleanOptionalAction adds it on some Pythons
                 action.help += " (default: %(default)s)"
+            if o.off_flag:
+                parser.add_argument(o.off_flag, dest=o.name, action="store_false", help=f"same as --no-{o.flag[2:]}")
         else:
             parser.add_argument(o.flag, type=_argparse_type(o), default=o.default, choices=o.choices,
                                 nargs=o.nargs, metavar=o.metavar, help=_help(o), required=o.required)

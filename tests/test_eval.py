@@ -121,7 +121,7 @@ def test_eval_shows_progress_and_ends_with_a_summary(cls_store, cls_ckpt, tmp_pa
     assert (f"resnet18-aa + transfer: top-1 {rec['top1']:.2f} %, top-5 100.00 %, {rec['bpp']:.4f} bpp on 6 "
             "samples (split val, variant 0,") in got.out
     assert f"wrote {out} and {out.with_suffix('.md')}" in got.out
-    assert _load_script("classify").main(argv + ["--no-progress"]) == 0
+    assert _load_script("classify").main(argv + ["--quiet"]) == 0
     assert "6/6" not in capsys.readouterr().err
 
 
@@ -170,6 +170,7 @@ def test_unknown_flag_is_an_error():
 def test_eval_flags_take_their_defaults_from_evalconfig(capsys):
     assert parse_args(["--store", "s", "--checkpoint", "c"], "classification") == EvalConfig("s", "c")
     assert EvalConfig("s", "c").device == "auto" and EvalConfig("s", "c").batch_size == 32
+    assert parse_args(["--store", "s", "--checkpoint", "c", "--quiet"], "classification").progress is False
     cfg = parse_args(["--store", "s", "--checkpoint", "c", "--device", "cpu", "--no-progress", "--complexity"],
                      "segmentation")
     assert cfg == EvalConfig("s", "c", batch_size=1, device="cpu", progress=False, complexity=True)

@@ -24,6 +24,7 @@ class Example:
     scale: tuple | None = opt(None, "LOW HIGH", parse=float, nargs=2)
     even: int = opt(2, "an even number", parse=_even)
     verbose: bool = opt(False, "say more")
+    progress: bool = opt(True, "a bar", off_flag="--quiet")
 
 
 def test_fields_become_flags_with_the_field_defaults():
@@ -32,6 +33,8 @@ def test_fields_become_flags_with_the_field_defaults():
     cfg = parse_config(Example, ["--name", "a", "--size", "7", "--mode", "exact", "--taps", "4,8", "--words", "x, y",
                                  "--scale", "0.5", "2", "--even", "4", "--verbose"])
     assert cfg == Example("a", 7, "exact", (4, 8), ("x", "y"), (0.5, 2.0), 4, True)
+    assert parse_config(Example, ["--name", "a", "--quiet"]).progress is False
+    assert parse_config(Example, ["--name", "a", "--no-progress"]).progress is False
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -56,4 +59,4 @@ def test_help_shows_each_default_once_where_it_means_something(capsys):
     assert "say more (default: False)" in text
     shown = {o.name: o.shown_default() for o in options(Example)}
     assert shown == {"name": None, "size": None, "mode": "fast", "taps": "8,16", "words": None, "scale": None,
-                     "even": "2", "verbose": "False"}
+                     "even": "2", "verbose": "False", "progress": "True"}

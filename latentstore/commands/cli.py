@@ -70,7 +70,7 @@ def field_options(cls, names=None, required=()) -> list:
         if names is not None and o.name not in names:
             continue
         if o.is_bool:
-            decls, kind = [f"{o.flag}/--no-{o.flag[2:]}", o.name], {}
+            decls, kind = [f"{o.flag}/--no-{o.flag[2:]}", *([f" /{o.off_flag}"] if o.off_flag else []), o.name], {}
         else:
             decls = [o.flag, o.name]
             kind = {"type": click.Choice(o.choices) if o.choices else

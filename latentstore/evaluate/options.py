@@ -25,7 +25,7 @@ class EvalConfig:
     workers: int = opt(0, "DataLoader worker processes per rank")
     device: str = opt("auto", "auto: cuda if present", ("auto", "cpu", "cuda"))
     precision: str = opt("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 on CPU", PRECISIONS)
-    progress: bool = opt(True, "show a progress bar (rank 0)")
+    progress: bool = opt(True, "show a progress bar (rank 0)", off_flag="--quiet")   # --quiet, as in the CLI
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.workers < 0:
