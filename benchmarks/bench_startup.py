@@ -19,10 +19,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_ERROR = ["--dataset", "imagefolder", "--root", ".", "--out", "/nonexistent/never-made"]
+BUILD = ["-m", "latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder",
+         "--root", "latentstore/data/demo-imagenet", "--out", "/nonexistent/never-made"]
 COMMANDS = {
     "latentstore build --help": ["-m", "latentstore", "build", "--help"],
     "build: unknown coder": ["-m", "latentstore", "build", "--coder", "nope", "--quality", "3", *BUILD_ERROR],
     "build: bad quality": ["-m", "latentstore", "build", "--coder", "cheng2020", "--quality", "9", *BUILD_ERROR],
+    "build: val with --variants 3": [*BUILD, "--split", "val", "--variants", "3"],
+    "build: bad --teacher-strides": [*BUILD, "--teacher", "resnet18", "--teacher-strides", "8,x"],
+    "build: bad --split": [*BUILD, "--split", "../x"],
     "latentstore models": ["-m", "latentstore", "models"],
     "train/classify.py --help": ["train/classify.py", "--help"],
     "train/segment.py --help": ["train/segment.py", "--help"],
@@ -42,14 +47,14 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout to time the same commands in")
     args = parser.parse_args()
     trees = {"this tree": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    print(f"{'command':<28}" + "".join(f"{name:>12}" for name in trees) + "   (median of "
+    print(f"{'command':<30}" + "".join(f"{name:>12}" for name in trees) + "   (median of "
           f"{args.trials}, seconds)", flush=True)
     for label, argv in COMMANDS.items():
         times = {name: [] for name in trees}
         for _ in range(args.trials):
             for name, tree in trees.items():
                 times[name].append(wall(argv, tree))
-        print(f"{label:<28}" + "".join(f"{statistics.median(t):>12.2f}" for t in times.values()), flush=True)
+        print(f"{label:<30}" + "".join(f"{statistics.median(t):>12.2f}" for t in times.values()), flush=True)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def test_user_errors_are_one_clear_line(tiny_folder, tmp_path, capsys, args, mes
 
 
 def test_encoders_auto_is_the_cpus_this_job_may_use():
-    from latentstore.commands.cli import _encoders
-    assert _encoders("auto") == len(os.sched_getaffinity(0)) and _encoders("3") == 3
+    from latentstore.build.config import encoder_count
+    assert encoder_count("auto") == len(os.sched_getaffinity(0)) and encoder_count("3") == 3
 
 
 def test_info_on_an_unfinished_store_says_what_to_do(tmp_path, capsys):
@@ -70,6 +70,19 @@ def test_help_explains_the_commands(capsys):
     code, out, _ = run(capsys, "build", "--help")
     text = " ".join(out.split())  # undo click's line wrapping
     assert "--variants" in text and "epoch e of training reads variant e mod K" in text
+
+
+def test_build_options_are_buildconfig_fields_with_their_help_and_defaults(capsys):
+    from latentstore.build.config import BuildConfig
+    from latentstore.options import options
+
+    code, out, _ = run(capsys, "build", "--help")
+    text = "".join(out.split())  # undo click's line wrapping (it may break a line where no space was)
+    for option in options(BuildConfig):
+        shown = option.shown_default()
+        said = option.help_text() + (f" [default: {shown}]" if shown is not None else "")
+        assert code == 0 and option.flag in text and "".join(said.split()) in text, option.flag
+    assert "[default:8,16,32]" in text and "[default:cpu]" in text  # two defaults, as the dataclass holds them
 
 
 def test_models_lists_names_and_counts(capsys):

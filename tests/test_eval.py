@@ -167,6 +167,22 @@ def test_unknown_flag_is_an_error():
         cfg.store = "other"  # frozen
 
 
+def test_eval_flags_take_their_defaults_from_evalconfig(capsys):
+    assert parse_args(["--store", "s", "--checkpoint", "c"], "classification") == EvalConfig("s", "c")
+    assert EvalConfig("s", "c").device == "auto" and EvalConfig("s", "c").batch_size == 32
+    assert parse_args(["--store", "s", "--checkpoint", "c", "--quiet"], "classification").progress is False
+    cfg = parse_args(["--store", "s", "--checkpoint", "c", "--device", "cpu", "--no-progress", "--complexity"],
+                     "segmentation")
+    assert cfg == EvalConfig("s", "c", batch_size=1, device="cpu", progress=False, complexity=True)
+    for wrong in (["--store", "s"], ["--store", "s", "--checkpoint", "c", "--batch-size", "0"],
+                  ["--store", "s", "--checkpoint", "c", "--device", "tpu"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(wrong, "classification")
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--checkpoint" in err and "--batch-size must be >= 1" in err and "invalid choice: 'tpu'" in err
+
+
 def _eval_worker(rank, world, init_file, store, ckpt, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "latentstore" / "data" / "demo-imagenet")   # a dataset root apart from --out
 
 PROBE = """
 import runpy, sys
@@ -39,10 +40,34 @@ def test_trainer_help_and_flag_errors_import_no_torch(script):
     ["latentstore", "build", "--coder", "cheng2020", "--quality", "9", "--dataset", "imagefolder", "--root", ".",
      "--out", "never-made"],
     ["latentstore", "models"],
+    # argument errors BuildConfig.checked() finds with plain-data tables, before the codec import
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root",
+     DEMO, "--out", "never-made", "--split", "val", "--variants", "3"],
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root",
+     DEMO, "--out", "never-made", "--teacher", "resnet18", "--teacher-strides", "8,x"],
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root",
+     DEMO, "--out", "never-made", "--teacher", "resnet18", "--teacher-dtype", "int4"],
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root",
+     "no-such-root", "--out", "never-made"],
 ])
 def test_cli_help_argument_errors_and_model_listing_import_no_codec(argv):
     assert heavy_imports(argv, how="module", target="latentstore") == ""
     assert not (ROOT / "never-made").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--split", "val", "--variants", "3"], "--variants 3 with val augmentation (deterministic)"),
+    (["--teacher", "resnet18", "--teacher-strides", "8,x"], "'8,x' is not a comma-separated list of integers"),
+    (["--teacher", "resnet18", "--teacher-dtype", "int4"], "'int4' is not one of 'float16', 'bfloat16', 'int8'"),
+    (["--split", "../x"], "Invalid --split '../x'"),
+])
+def test_build_argument_errors_are_one_line_naming_the_flag(capsys, args, message):
+    from latentstore.commands.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root", DEMO,
+              "--out", str(ROOT / "never-made"), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err and not (ROOT / "never-made").exists()
 
 
 def test_light_name_tables_agree_with_the_registries():
@@ -56,6 +81,17 @@ def test_light_name_tables_agree_with_the_registries():
         {name: tuple(q) for name, q in QUALITIES.items()} and CODER_ALIASES is ALIASES
     assert [e.pattern for e in REGISTRY] == list(NAMES) and tuple(sorted(AA_RULES)) == AA_FAMILIES
     assert all((e.task, e.description) == NAMES[e.pattern] for e in REGISTRY)
+
+
+def test_build_config_choices_agree_with_the_tables_they_name():
+    from latentstore.build.augment import SAMPLERS
+    from latentstore.build.config import AUGMENTATIONS, DATASETS, FORMATS
+    from latentstore.build.sources import OPENERS
+    from latentstore.store.writers import WRITERS
+    from latentstore.teacher import dtypes, load, names
+
+    assert (tuple(SAMPLERS), tuple(OPENERS), tuple(WRITERS)) == (AUGMENTATIONS, DATASETS, FORMATS)
+    assert dtypes.TEACHER_DTYPES is names.TEACHER_DTYPES and load.resolve_teacher_args is names.resolve_teacher_args
 
 
 def test_models_lists_names_and_counts_on_request(capsys):

@@ -67,6 +67,20 @@ def test_unknown_flag_and_bad_values_are_errors(capsys):
     assert classify.recipe_milestones(16) == (12, 15)
 
 
+def test_a_config_file_value_is_checked_as_its_flag_would_be(tmp_path, capsys):
+    conf = tmp_path / "run.yaml"
+    for text, message in (("transfer: kl\n", "transfer: 'kl' is not one of none, mse, mae, cos"),
+                          ("milestones: [3, x]\n", "milestones: '3,x' is not a comma-separated list of integers"),
+                          ("epochs: 1.5\n", "epochs: 1.5 is not a valid int")):
+        conf.write_text(text)
+        with pytest.raises(SystemExit) as exc:
+            parse_config(TrainConfig, ["--config", str(conf), "--store", "s", "--out", "o"])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    conf.write_text("milestones: [3, 5]\nprogress: false\n")
+    cfg = parse_config(TrainConfig, ["--config", str(conf), "--store", "s", "--out", "o"])
+    assert cfg.milestones == (3, 5) and cfg.progress is False
+
+
 # ---------------------------------------------------------------- transfer losses
 
 @pytest.mark.parametrize("name", ["classify", "segment"])

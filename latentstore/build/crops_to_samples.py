@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..store.format import Padding, sample_key, smallest_int_dtype
 from ..store.sample import Sample, SampleMeta
-from .config import Y_HAT_DTYPES, BuildConfig
+from .config import BuildConfig
 from .encoder import EncodedImage, to_input
 from .prepare import Prepared
 from .timing import stage as _stage
@@ -38,7 +38,7 @@ def make_sample(p: Prepared, variant: int, enc: EncodedImage, pad: Padding, cfg:
                       augment=params, image_size=[h, w], padding=pad.as_dict(),
                       valid_region=pad.valid_region(h, w), y_shape=list(enc.y_shape),
                       z_shape=list(enc.z_shape) if enc.z_shape else None, bits=bits, bpp=bits / (h * w))
-    fields = {"y_hat": enc.y_hat.astype(Y_HAT_DTYPES[cfg.y_hat_dtype]),
+    fields = {"y_hat": enc.y_hat.astype(cfg.y_hat_dtype),
               "y_string": enc.y_string, "label": p.item.label}
     if enc.symbols is not None:  # None: the generic path, whose symbols stay inside the coder
         fields["symbols"] = enc.symbols.astype(smallest_int_dtype(enc.symbols))

@@ -21,6 +21,8 @@ QUALITIES = {
     "cheng2020-checkerboard": range(1, 9),
 }
 ALIASES = {"cheng2020": "cheng2020-anchor"}
+#: what the zoo's released weights were trained for (--metric)
+METRICS = ("mse", "ms-ssim")
 
 
 def is_custom(name: str) -> bool:
@@ -46,6 +48,14 @@ def check_coder_quality(name: str, quality: int) -> None:
     if quality not in qualities:
         raise ConfigError(f"Invalid quality {quality} for {canonical_coder(name)}: "
                           f"choose {qualities[0]}-{qualities[-1]}")
+
+
+def check_metric(weights: str, metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"Invalid --metric {metric!r}: choose {' or '.join(METRICS)}")
+    if metric != "mse" and weights != "pretrained":
+        raise ConfigError(f"--metric {metric} chooses which zoo weights --weights pretrained loads; "
+                          f"--weights {weights} has no metric to choose: drop --metric")
 
 
 def coder_help() -> str:

@@ -32,11 +32,11 @@ from compressai.models import (
 from compressai.zoo.image import cfgs, model_urls
 from compressai.zoo.pretrained import load_pretrained
 
-from ..errors import ConfigError, WeightsError
+from ..errors import WeightsError
 from ..store.format import file_sha256
 from ..weights import fetch, load_state, recipe_sha256, state_dict_sha256
 from . import custom as custom_coder
-from .names import ALIASES, canonical_coder, check_coder_quality, is_custom
+from .names import ALIASES, METRICS, canonical_coder, check_coder_quality, check_metric, is_custom  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -144,9 +144,6 @@ def latent_channels(model: torch.nn.Module) -> int:
 
 
 #: The zoo's weights are trained for one of these distortion metrics.
-METRICS = ("mse", "ms-ssim")
-
-
 def _pretrained_url(spec: CoderSpec, quality: int, metric: str) -> str:
     urls = model_urls.get(spec.name, {}).get(metric, {})
     if quality not in urls:
@@ -182,14 +179,6 @@ def untrained_coder(spec: CoderSpec, quality: int, seed: int = 0, gain: float | 
             ctx.weight.mul_(ctx.mask)
     model.update(force=True)
     return model.eval()
-
-
-def check_metric(weights: str, metric: str) -> None:
-    if metric not in METRICS:
-        raise ConfigError(f"Invalid --metric {metric!r}: choose {' or '.join(METRICS)}")
-    if metric != "mse" and weights != "pretrained":
-        raise ConfigError(f"--metric {metric} chooses which zoo weights --weights pretrained loads; "
-                          f"--weights {weights} has no metric to choose: drop --metric")
 
 
 def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int = 0,

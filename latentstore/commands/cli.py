@@ -1,7 +1,8 @@
 """The `latentstore` command line. Each command is a thin wrapper over a library function.
 
 A command imports what it runs, when it runs it: `info` never loads CompressAI (nor torch), and
-`--help` loads nothing heavy; the coder list in `build --help` is computed only when shown.
+`--help` loads nothing heavy. `build` takes its options from BuildConfig's fields (their help, choices
+and defaults live there), and checks them all before the codec is imported.
 """
 from __future__ import annotations
 
@@ -16,17 +17,16 @@ from pathlib import Path
 
 import click
 
-from ..errors import LatentstoreError
+from ..errors import ConfigError, LatentstoreError
 
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EFBIG: "the file size limit was reached", errno.EROFS: "the output is on a read-only file system",
-                  errno.EACCES: "permission denied"}
+                  errno.EFBIG: "the file size limit was reached",
+                  errno.EROFS: "the output is on a read-only file system", errno.EACCES: "permission denied"}
 
 
 
 class LazyHelpOption(click.Option):
-    """An option whose help text is computed when help is shown: listing the coders imports CompressAI
-    (seconds), which `latentstore --help`, `info` and every command that does not encode must not pay."""
+    """An option whose help text is computed when help is shown (`help_text()`)."""
 
     def __init__(self, *args, help_text, **kwargs):
         super().__init__(*args, **kwargs)
@@ -43,10 +43,79 @@ def _coder_help() -> str:
     return coder_help()
 
 
-def _fields_help() -> str:
-    from ..store.format import OPTIONAL_FIELDS
+class _FieldType(click.ParamType):
+    """A config field's own reader (`opt(parse=...)`): its ConfigError is click's message for the flag."""
 
-    return f"Extra fields, comma separated: {', '.join(OPTIONAL_FIELDS)}."
+    def __init__(self, option):
+        self.option, self.name = option, option.metavar or "TEXT"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):   # already read
+            return value
+        try:
+            return self.option.parse(value)
+        except (ConfigError, ValueError) as exc:
+            self.fail(str(exc) if isinstance(exc, ConfigError) else f"{value!r} is not a valid {self.name}",
+                      param, ctx)
+
+
+def field_options(cls, names=None, required=()) -> list:
+    """Click options for the fields of the config dataclass `cls` (all, or `names`), with the help, choices
+    and shown defaults the fields declare (latentstore/options.py). Each option's value is None unless
+    given: the command passes only given values, so the dataclass's defaults stay the only ones."""
+    from ..options import options
+
+    made = []
+    for o in options(cls):
+        if names is not None and o.name not in names:
+            continue
+        if o.is_bool:
+            decls, kind = [f"{o.flag}/--no-{o.flag[2:]}", *([f" /{o.off_flag}"] if o.off_flag else []), o.name], {}
+        else:
+            decls = [o.flag, o.name]
+            kind = {"type": click.Choice(o.choices) if o.choices else
+                    {int: click.INT, float: click.FLOAT, str: click.STRING}.get(o.parse) or _FieldType(o),
+                    "nargs": o.nargs or 1, "metavar": o.metavar}
+        made.append(LazyHelpOption(decls, help_text=lambda o=o: _with_default(o), default=None,
+                                   required=o.required or o.name in required, **kind))
+    return made
+
+
+def _with_default(option) -> str:
+    shown = option.shown_default()
+    return option.help_text() + (f"  [default: {shown}]" if shown is not None else "")
+
+
+def given(values: dict) -> dict:
+    """The options the user gave (field_options leaves the others None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class FieldsCommand(click.Command):
+    """A command whose options include a config dataclass's fields, made on first use: the config module is
+    imported only when this command runs or shows its help."""
+
+    def __init__(self, *args, fields, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields, self.made = fields, False
+
+    def get_params(self, ctx):
+        if not self.made:
+            self.params[:0], self.made = self.fields(), True
+        return super().get_params(ctx)
+
+
+def _build_options() -> list:
+    from ..build.config import BuildConfig
+
+    return field_options(BuildConfig)
+
+
+def _teacher_options() -> list:
+    from ..build.config import BuildConfig
+    from ..teacher.names import TEACHER_ARGS
+
+    return field_options(BuildConfig, TEACHER_ARGS, required={"teacher"})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -61,113 +130,29 @@ def cli():
     """
 
 
-def teacher_options(required: bool):
-    """The --teacher* options, shared by build and add-teacher (see latentstore/teacher/)."""
-    options = [
-        click.option("--teacher", required=required,
-                     help="Teacher whose feature maps are stored beside the latent: any timm CNN with "
-                          "features_only (e.g. resnet50), or pspnet50 (segmentation, by --teacher-layers)."),
-        click.option("--teacher-weights", default="pretrained", show_default=True,
-                     help="'pretrained' (timm's weights via the Hugging Face cache), a state_dict PATH "
-                          "(.pth/.safetensors), or 'untrained' (seeded, for tests only)."),
-        click.option("--teacher-strides", default="8,16,32", show_default=True,
-                     help="Feature strides to store, picked through timm's FeatureInfo (one field each)."),
-        click.option("--teacher-layers", default="", help="Layer names to store instead of strides, e.g. "
-                                                          "layer2,layer3,layer4 (segmentation backbones)."),
-        click.option("--teacher-dtype", default="float16", show_default=True,
-                     type=click.Choice(["float16", "bfloat16", "int8"]),
-                     help="int8: symmetric, a float32 scale per sample and channel."),
-    ]
-
-    def decorate(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-    return decorate
-
-
-@cli.command()
-@click.option("--coder", required=True, cls=LazyHelpOption, help_text=_coder_help)
-@click.option("--quality", required=True, type=int, help="Codec quality (1-8 for bmshj2018/mbt2018, 1-6 for cheng2020).")
-@click.option("--weights", default="pretrained", show_default=True,
-              help="'pretrained' (zoo weights via the TORCH_HOME cache), a CompressAI checkpoint PATH, "
-                   "or 'untrained' (seeded random weights, for demos and tests only). Coders outside the "
-                   "zoo (elic2022-*, cheng2020-checkerboard) take a PATH or 'untrained'.")
-@click.option("--metric", default="mse", show_default=True, type=click.Choice(["mse", "ms-ssim"]),
-              help="Which zoo weights --weights pretrained loads: trained for MSE or for MS-SSIM.")
-@click.option("--dataset", required=True, type=click.Choice(["imagenet", "imagefolder", "cityscapes"]),
-              help="imagenet: <root>/<split>/<synset>/*.JPEG (val may be flat + label file); "
-                   "imagefolder: any <root>/<split>/<class>/* tree; cityscapes: <root>/leftImg8bit/<split>/"
-                   "<city>/*_leftImg8bit.png + <root>/gtFine/... label maps (stored as label_map).")
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root folder.")
-@click.option("--split", default="train", show_default=True, help="Split folder under the root.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Store folder (created; reruns resume).")
-@click.option("--variants", default=1, show_default=True, type=int,
-              help="Augmentation variants per image (epoch e of training reads variant e mod K).")
-@click.option("--augment", type=click.Choice(["train", "val", "seg-train", "seg-val"]),
-              help="train: RandomResizedCrop + flip; val: resize + center crop; seg-train: random scale + crop "
-                   "(padded) + flip of image and label map; seg-val: the full image. Default: (seg-)train for "
-                   "the train split, else (seg-)val; seg- for cityscapes.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Augmentation seed (and untrained weights' seed).")
-@click.option("--crop", type=int, help="Crop size in pixels (padded to a multiple of 64). Default 224; 640 for seg-train.")
-@click.option("--scale", type=float, nargs=2, help="seg-train: random scale range LOW HIGH. Default 0.5 2.0.")
-@click.option("--resize", default=256, show_default=True, type=int, help="Val: shorter side before the center crop.")
-@click.option("--limit", type=int, help="Use N images: a deterministic round-robin across classes (nested: N is within N+1).")
-@click.option("--label-file", type=click.Path(exists=True, dir_okay=False), help="Labels for a flat ImageNet val folder.")
-@click.option("--shard-size", default=1000, show_default=True, type=int, help="Source images per shard.")
-@click.option("--y-hat-dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
-              help="Stored ŷ: float16 (half the bytes, rounded from the exact value) or float32 (bit-exact).")
-@click.option("--fields", default="", cls=LazyHelpOption, help_text=_fields_help)
-@click.option("--max-rejects", default=100, show_default=True, type=int,
-              help="Fail once more than this many images are unreadable.")
-@click.option("--batch-size", default=32, show_default=True, type=int,
-              help="Crops per encoder batch (never changes a byte: every stored computation runs per image).")
-@click.option("--workers", default=0, show_default=True, type=int, help="Decode/augment processes (speed only).")
-@click.option("--encoders", default="1", show_default=True, callback=lambda ctx, param, value: _encoders(value),
-              help="Encoder processes, each encoding (and decoding) whole item groups (speed only): "
-                   "one per core, or 'auto' for the cores this job may use (see docs/benchmarks.md). "
-                   "Not with --workers.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Where g_a and h_a run. cuda: batched on the GPU, the rest (what the decoder recomputes) "
-                   "on the CPU, so strings still decode exactly; the store is then not byte-identical to a "
-                   "cpu build, and its device and GPU model are recorded (docs/benchmarks.md).")
-@click.option("--numerics", default="portable", show_default=True, type=click.Choice(["portable", "native"]),
-              help="portable: every stored value is computed with the CPU dispatch of torch, oneDNN and MKL "
-                   "pinned to AVX2 and MKL's COMPATIBLE branch, so the store is the same on any x86-64 CPU with "
-                   "AVX2 (the encoder 3-18% slower on an AVX-512 CPU; the command restarts itself with the pins "
-                   "set). native: this "
-                   "machine's own kernels; another CPU family then computes other float last bits "
-                   "(docs/FORMAT.md, \"What is exact\").")
+@cli.command(cls=FieldsCommand, fields=_build_options)   # every BuildConfig field (latentstore/build/config.py)
 @click.option("--profile", is_flag=True, help="Print the time per stage (decode, augment, g_a, hyper, "
                                               "autoregressive loop, rANS, teacher, write) at the end.")
-@click.option("--part", help="Build only part i/N of the split (e.g. 3/64), or 'auto' from SLURM_ARRAY_TASK_ID/"
-                             "SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE; then run `latentstore seal`.")
-@click.option("--format", "format", default="webdataset", show_default=True, type=click.Choice(["webdataset", "zarr"]),
-              help="Store backend: WebDataset tar shards, or a Zarr v3 store (random access by key).")
-@teacher_options(required=False)
 @click.option("--dry-run", is_flag=True, help="Print the projected store size and encoding time (CPU-hours, from a "
                                               "timed batch on this machine) and exit; writes nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(quiet, fields, part, dry_run, profile, **kwargs):
+def build(quiet, dry_run, profile, **fields):
     """Encode a dataset split into a store of exact latents, symbols and bitstreams.
 
     Rerunning the same command after a crash finishes only what is missing.
     """
-    from ..coders.names import check_coder_quality
+    from ..build.config import BuildConfig
 
-    check_coder_quality(kwargs["coder"], kwargs["quality"])   # at once: what follows imports the codec (seconds)
+    cfg = BuildConfig(**given(fields)).checked()   # at once: what follows imports the codec (seconds)
     if dry_run:
         click.echo("importing the codec and timing a batch on this machine (about half a minute) ...", err=True)
-    from ..build.run import BuildConfig, build as run_build
-    from ..store.seal import parse_part
-    from .info import render, summarize
-
-    cfg = BuildConfig(fields=tuple(f for f in fields.split(",") if f), part=parse_part(part), **kwargs)
-    if dry_run:
         from ..build.dryrun import project, render as render_projection
         click.echo(render_projection(project(cfg)))
         return
+    from ..build.run import build as run_build
     from ..build.timing import Profiler
+    from .info import render, summarize
+
     profiler, started = Profiler(enabled=profile), time.perf_counter()
     if run_build(cfg, progress=not quiet, profiler=profiler) is None:
         i, n = cfg.part
@@ -177,16 +162,6 @@ def build(quiet, fields, part, dry_run, profile, **kwargs):
         click.echo(render(summarize(cfg.out)))
     if profile:
         click.echo("\nTime per stage (--profile):\n" + profiler.render(total=time.perf_counter() - started))
-
-
-def _encoders(value: str) -> int:
-    """--encoders N, or 'auto': the CPUs this process may run on (SLURM's --cpus-per-task, taskset)."""
-    if value == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a number nor 'auto'") from None
 
 
 class StoreArg(click.ParamType):
@@ -347,15 +322,13 @@ def copy_command(src, dst, quiet):
     click.echo(f"{done['copied']} file(s) copied ({done['bytes']:,} bytes), {done['skipped']} already present")
 
 
-@cli.command("add-teacher")
+@cli.command("add-teacher", cls=FieldsCommand, fields=_teacher_options)   # BuildConfig's --teacher* fields
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@teacher_options(required=True)
 @click.option("--split", "splits", multiple=True, help="Only this split (repeat for several); default all.")
 @click.option("--trust-sources", is_flag=True,
               help="Skip re-running the coder's g_a to prove each replayed crop is the encoded one.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def add_teacher(store, teacher, teacher_weights, teacher_strides, teacher_layers, teacher_dtype, splits,
-                trust_sources, quiet):
+def add_teacher(store, splits, trust_sources, quiet, **teacher):
     """Add teacher features to an existing store, replaying each sample's stored augmentation.
 
     Latent members keep their bytes: a tar store then equals a build with --teacher
@@ -364,7 +337,10 @@ def add_teacher(store, teacher, teacher_weights, teacher_strides, teacher_layers
     from .add_teacher import add_teacher as run
     from .info import render, summarize
 
-    run(store, teacher, teacher_weights, teacher_strides, teacher_layers, teacher_dtype,
+    from ..build.config import BuildConfig
+
+    t = {**{name: BuildConfig.__dataclass_fields__[name].default for name in teacher}, **given(teacher)}
+    run(store, t["teacher"], t["teacher_weights"], t["teacher_strides"], t["teacher_layers"], t["teacher_dtype"],
         splits=list(splits) or None, verify_sources=not trust_sources, progress=not quiet)
     click.echo(render(summarize(store)))
 

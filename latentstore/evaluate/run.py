@@ -154,6 +154,8 @@ SCORERS = {"classification": _Classification, "segmentation": _Segmentation}
 def evaluate(cfg: EvalConfig, task: str) -> dict:
     """The eval record of a ``task`` checkpoint on one stored split: its ``SCORERS`` metrics and the bpp."""
     start = time.perf_counter()
+    if cfg.device == "auto":  # a library caller's default (run() has picked the device already)
+        cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
     manifest, split, ckpt, model, fields, inputs, region = _prepare(cfg, task)
     score = SCORERS[task](ckpt, manifest["splits"][split], region)
     rate = BitCounter(container=manifest["coder"].get("path") == "generic")

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, StoreError
-
-TEACHER_DTYPES = ("float16", "bfloat16", "int8")
+from .names import TEACHER_DTYPES
 
 
 def quantize(x: np.ndarray, dtype: str) -> dict:

@@ -39,8 +39,8 @@ from ..weights import (
 )
 from .dtypes import TEACHER_DTYPES, quantize
 from .fingerprint import expected_fingerprint
+from .names import DEFAULT_STRIDES, TEACHER_ARGS, parse_list, resolve_teacher_args  # noqa: F401  (their users' import)
 
-DEFAULT_STRIDES = (8, 16, 32)
 SEGMENTATION_TEACHERS = {"pspnet50"}  # latentstore.models.PSPNet, layers by name, weights from a file
 
 
@@ -96,16 +96,6 @@ class Teacher:
 
 
 # --------------------------------------------------------------------------- loading
-
-def parse_list(value, cast=str) -> tuple:
-    """"8,16,32" -> (8, 16, 32); tuples pass through."""
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    try:
-        return tuple(cast(v) for v in (value or ()))
-    except ValueError as exc:
-        raise ConfigError(f"Could not read {value!r} as a comma-separated list: {exc}") from exc
-
 
 def _tag(layer: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", layer)
@@ -290,17 +280,7 @@ def load_teacher(name: str, weights: str = "pretrained", strides=DEFAULT_STRIDES
     return Teacher(name, model, taps, mean, std, prov, dtype, selection, run)
 
 
-# --------------------------------------------------------------------------- build config and manifest entry
-
-#: BuildConfig fields that describe the teacher (kept out of the build identity when there is none).
-TEACHER_ARGS = ("teacher", "teacher_weights", "teacher_strides", "teacher_layers", "teacher_dtype")
-
-
-def resolve_teacher_args(strides, layers) -> dict:
-    """Canonical teacher_strides/teacher_layers for BuildConfig: layers, when given, replace the strides."""
-    layers = parse_list(layers)
-    return {"teacher_layers": layers, "teacher_strides": () if layers else parse_list(strides, int)}
-
+# --------------------------------------------------------------------------- manifest entry
 
 def teacher_entry(teacher: Teacher | None, latent: dict) -> dict:
     """`latent` (a split's geometry entry) plus the teacher fingerprint at the split's unpadded crop size."""

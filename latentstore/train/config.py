@@ -1,18 +1,16 @@
-"""Trainer configuration: one frozen dataclass, parsed from flags (an unknown flag is an error).
+"""Trainer configuration: one frozen dataclass, parsed from flags by latentstore/options.py (an unknown
+flag is an error; `--config FILE.yaml` sets any flag).
 
-Each field becomes ``--field-name``; its type decides parsing (bool: --x/--no-x,
-tuple: comma-separated list), ``metadata={"choices": ..., "help": ...}`` adds
-choices and help. The resolved config goes into every checkpoint, so it holds
-primitives only (torch.load(weights_only=True) reads it back).
+The resolved config goes into every checkpoint, so it holds primitives only
+(torch.load(weights_only=True) reads it back).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..options import opt, parse_config  # noqa: F401  (parse_config: the trainers' entry, latentstore.train)
 from ..store.location import is_url, shown
 
 TRANSFERS = ("none", "mse", "mae", "cos")
@@ -25,15 +23,11 @@ RUN_CONTROLS = frozenset({"store", "out", "resume", "device", "workers", "progre
                           "val_split", "val_every"})
 
 
-def opt(default, help: str = "", choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Flags shared by train/classify.py and train/segment.py; each script sets its recipe's defaults."""
-    store: str = opt(None, "store folder (reads manifest.json)")
-    out: str = opt(None, "run folder: checkpoints, metrics.csv, TensorBoard events")
+    store: str = opt(None, "store folder (reads manifest.json)", required=True)
+    out: str = opt(None, "run folder: checkpoints, metrics.csv, TensorBoard events", required=True)
     split: str = opt("train", "split of the store to train on")
     model: str = opt("resnet50-aa", "any latentstore.models name (`latentstore models`)")
     pixel_weights: str = opt("none", "init from the pixel model: none | pretrained | PATH to a state_dict")
@@ -105,63 +99,6 @@ def _shown(value) -> str:
     return repr(value) if value == "" else str(value)
 
 
-def _parser_type(tp):
-    origin = typing.get_origin(tp)
-    if tp is tuple or origin is tuple:
-        return lambda s: tuple(int(x) for x in s.split(",") if x.strip())
-    return {"int": int, "float": float, "str": str}.get(getattr(tp, "__name__", str(tp)), str)
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" only where X means something: not for required flags, empty defaults
-    or help that already says what the default is."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.required:
-            return f"{text} (required)"
-        if action.default in (None, "", ()) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-def _yaml_values(path: str, cls, hints: dict) -> dict:
-    """The flags FILE.yaml sets ({field: value}), typed as the flags would be; an unknown key or a
-    value of the wrong type is a ConfigError naming the file and the key."""
-    import yaml  # only where --config is given: --help stays fast
-
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
-    names = {f.name for f in dataclasses.fields(cls)}
-    typed = {}
-    for key, value in values.items():
-        name = str(key).lstrip("-").replace("-", "_")
-        if name not in names:
-            raise ConfigError(f"--config {path}: unknown key {key!r} (keys are flag names, e.g. lr or batch-size)")
-        tp = hints[name]
-        try:
-            if tp is tuple or typing.get_origin(tp) is tuple:
-                value = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) \
-                    else _parser_type(tp)(str(value))
-            elif tp is bool:
-                if not isinstance(value, bool):
-                    raise ValueError(value)
-            elif value is not None:
-                value = _parser_type(tp)(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"--config {path}: {key}: {value!r} is not a valid {getattr(tp, '__name__', tp)}") \
-                from exc
-        typed[name] = value
-    return typed
-
-
 def write_args(cfg, out) -> None:
     """Write the resolved config to OUT/args.yaml: `--config OUT/args.yaml` reruns the same run."""
     from pathlib import Path
@@ -173,47 +110,6 @@ def write_args(cfg, out) -> None:
     tmp = path.with_name(".args.yaml.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def parse_config(cls, argv=None):
-    """Parse `argv` (None: sys.argv) into `cls`; unknown flags and bad values exit with a usage error.
-    `--config FILE.yaml` sets any flag (keys are flag names); flags given on the command line override it."""
-    parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip(), allow_abbrev=False,
-                                     formatter_class=_HelpFormatter)
-    parser.add_argument("--config", metavar="FILE.yaml", default="",
-                        help="YAML file of flag values (e.g. a run's args.yaml); flags given here override it")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        meta = dict(f.metadata)
-        if hints[f.name] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=meta.get("help"))
-        else:
-            parser.add_argument(flag, type=_parser_type(hints[f.name]), default=f.default,
-                                choices=meta.get("choices"), help=meta.get("help"),
-                                required=f.default is None)   # --store, --out
-    # --config first, on its own: required flags (--store, --out) may come from the file
-    pre_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre_parser.add_argument("--config", default="")
-    pre, _ = pre_parser.parse_known_args(argv)
-    if pre.config:
-        try:
-            values = _yaml_values(pre.config, cls, hints)
-        except ConfigError as exc:
-            parser.error(str(exc))
-        parser.set_defaults(**values)
-        for action in parser._actions:       # a required flag the file sets is no longer required
-            if action.dest in values:
-                action.required = False
-    args = vars(parser.parse_args(argv))  # unknown flag: argparse prints usage and exits with status 2
-    args.pop("config")
-    cfg = cls(**args)
-    try:
-        cfg.validate()
-    except ConfigError as exc:
-        parser.error(str(exc))
-    return cfg
 
 
 def run_script(main) -> int:
