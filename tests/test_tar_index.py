@@ -1,8 +1,12 @@
 """The sample index the tar writer builds as it streams: it equals the spans stdlib tarfile finds in the
 shard, and a store whose index is gone or unlisted is refused, naming the shard."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import google_crc32c
 import numpy as np
@@ -110,3 +114,23 @@ def test_a_store_without_its_index_or_crc32c_is_refused_naming_the_shard(tiny_fo
     with pytest.raises(StoreError, match=r"shard train/v000-000000.tar: its index train/v000-000000.idx.json "
                                          r"is missing"):
         list(open_store(store))
+
+
+def test_shards_are_written_and_read_without_webdataset(tmp_path):
+    """webdataset is a test extra: a fresh interpreter in which it cannot be imported writes a group and
+    reads it back through the sample index."""
+    script = f"""
+import sys
+sys.modules["webdataset"] = None  # any import of it raises ImportError
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from test_tar_index import ITEMS, write_group
+from latentstore.store.readers import iter_shard
+store = Path({str(tmp_path)!r})
+shard = write_group(store)["shards"][0]
+keys = [s["__key__"] for s in iter_shard(store / shard["path"], shard["path"], len(ITEMS), record=shard)]
+assert keys == [item + "_v000" for item in ITEMS], keys
+print("read", len(keys))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0 and done.stdout.strip() == f"read {len(ITEMS)}", done.stderr
