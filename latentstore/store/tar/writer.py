@@ -35,6 +35,7 @@ from .index import IndexBuilder, index_name
 
 #: Tar member attributes: fixed, so a shard's bytes depend on its samples only.
 _OWNER, _MODE, _MTIME = "latentstore", 0o644, 0
+_MEMBER_WRITE = 16 << 20
 
 
 class _HashingFile:
@@ -97,7 +98,9 @@ class ShardGroupWriter:
         for tmp in self._temps:
             f = _HashingFile(tmp)
             self._files.append(f)
-            self._tars.append(tarfile.TarFile(fileobj=f, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"))
+            # copybufsize: a member's bytes in one write through the digests, not tarfile's 16 kB pieces
+            self._tars.append(tarfile.TarFile(fileobj=f, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                                              copybufsize=_MEMBER_WRITE))
 
     def write(self, sample: Sample) -> dict:
         members = {get_field(name).ext: encode_field(name, value) for name, value in sample.values().items()}
