@@ -67,6 +67,18 @@ def _forward(model, batch: dict, inputs: tuple, region, cfg: EvalConfig) -> torc
         return model(*model_inputs(batch, inputs, region, cfg.device)).float()
 
 
+def _model_task(name: str) -> str | None:
+    """classification | segmentation: what the model registry says a model name is for (the checkpoint's
+    model name decides, as it decides the model built); None for a name it does not know, which
+    build_model then refuses."""
+    from ..models import resolve
+
+    try:
+        return resolve(name)[0].task
+    except LatentstoreError:
+        return None
+
+
 def _prepare(cfg: EvalConfig, task: str):
     from ..train.model import input_fields, valid_crop
     from ..train.speed import prepare_model
@@ -74,9 +86,10 @@ def _prepare(cfg: EvalConfig, task: str):
     manifest = read_manifest(cfg.store)
     split = pick_split(manifest, cfg.split, cfg.store)
     ckpt = read_checkpoint(cfg.checkpoint)
-    if ckpt.task and ckpt.task != task:   # before the store checks: they would blame the store
-        raise ConfigError(f"{cfg.checkpoint} is a {ckpt.task} checkpoint ({ckpt.model_name}); "
-                          f"use eval/{'segment' if ckpt.task == 'segmentation' else 'classify'}.py")
+    trained_for = _model_task(ckpt.model_name)
+    if trained_for and trained_for != task:   # before the store checks: they would blame the store
+        raise ConfigError(f"{cfg.checkpoint} is a {trained_for} checkpoint ({ckpt.model_name}); "
+                          f"use eval/{'segment' if trained_for == 'segmentation' else 'classify'}.py")
     check_compatible(ckpt.trained_on, store_summary(manifest, split), task)
     model = build_model(ckpt, manifest, split, cfg.device)
     prepare_model(model, cfg.precision, torch.device(cfg.device))
