@@ -446,8 +446,8 @@ def _same_file(path: Path, recorded: dict | None) -> bool:
 def source_changes(items: list[SourceItem], keys: list[str], fingerprints: list | None) -> str | None:
     """Why a committed group no longer matches today's `items`, or None when it still does.
 
-    `keys` and `fingerprints` come from the group's commit record; a record
-    without fingerprints (older stores) is checked by its keys only.
+    `keys` and `fingerprints` come from the group's commit record: a record without fingerprints
+    cannot show that its images are unchanged, so it does not match.
     """
     now = [it.key for it in items]
     if now != list(keys):
@@ -455,8 +455,8 @@ def source_changes(items: list[SourceItem], keys: list[str], fingerprints: list 
         detail = (f"{len(gone)} gone (e.g. {gone[0]})" if gone else "") + \
                  (", " if gone and new else "") + (f"{len(new)} new (e.g. {new[0]})" if new else "")
         return f"its images changed: {detail or 'another order'}"
-    if fingerprints is None:
-        return None
+    if not isinstance(fingerprints, list):
+        return "its commit record holds no fingerprints of its source files (a damaged record)"
     for item, fp in zip(items, fingerprints):
         if not _same_file(item.path, fp["image"]):
             return f"{item.relpath} changed since it was encoded"

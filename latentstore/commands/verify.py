@@ -67,7 +67,8 @@ def _shard_file_ok(store: Path, shard: dict, report: Report) -> bool:
             report.problems.append(f"shard {shard['path']}: {name}{problem} (damaged or replaced)")
             return False
     if shard.get("index"):  # the index must describe the tar it indexes: its member headers, in order
-        from ..store.tar.reader import INDEX_COLUMNS, build_index
+        from ..store.tar.index import INDEX_COLUMNS
+        from ..store.tar.reader import build_index
 
         try:
             index = json.loads(store_file(store, shard["index"]["path"], f"shard {shard['path']}").read_text())

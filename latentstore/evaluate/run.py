@@ -68,7 +68,9 @@ def _forward(model, batch: dict, inputs: tuple, region, cfg: EvalConfig) -> torc
 
 
 def _model_task(name: str) -> str | None:
-    """classification | segmentation for a model name (checkpoints written before they recorded it)."""
+    """classification | segmentation: what the model registry says a model name is for (the checkpoint's
+    model name decides, as it decides the model built); None for a name it does not know, which
+    build_model then refuses."""
     from ..models import resolve
 
     try:
@@ -84,7 +86,7 @@ def _prepare(cfg: EvalConfig, task: str):
     manifest = read_manifest(cfg.store)
     split = pick_split(manifest, cfg.split, cfg.store)
     ckpt = read_checkpoint(cfg.checkpoint)
-    trained_for = ckpt.task or _model_task(ckpt.model_name)
+    trained_for = _model_task(ckpt.model_name)
     if trained_for and trained_for != task:   # before the store checks: they would blame the store
         raise ConfigError(f"{cfg.checkpoint} is a {trained_for} checkpoint ({ckpt.model_name}); "
                           f"use eval/{'segment' if trained_for == 'segmentation' else 'classify'}.py")

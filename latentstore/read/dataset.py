@@ -229,7 +229,7 @@ class LatentDataset(IterableDataset):
         """One sample by key, or by position in ``keys()``, with the fields and dtypes of iteration.
 
         A sample is read alone: a Zarr sample as a slice of its chunks, a tar sample as one read of
-        its span in the shard's sample index (stores written before the index: its whole shard).
+        its span in the shard's sample index.
         """
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = self._key_index().key_at(self.current_variant, int(key))

@@ -14,11 +14,10 @@ digests, taken as it is written:
   speed, so checking every byte costs a first epoch only a few percent
   (docs/benchmarks.md, "Integrity on read"). A tar shard's sample index
   holds a CRC-32C per sample as well, which readers check instead of the
-  whole file's (readers/webdataset.py).
+  whole file's (store/tar/index.py).
 
-Stores written before ``crc32c`` was recorded, or a machine where google-crc32c
-has only its pure-Python fallback, check the sha256 instead: slower, never less
-sound.
+A machine where google-crc32c has only its pure-Python fallback checks the
+sha256 instead: slower, never less sound.
 """
 from __future__ import annotations
 
@@ -68,7 +67,7 @@ def read_check(path, record: dict) -> bool:
     """Whether a file's bytes match its record, by the cheapest sound digest it holds."""
     with open(path, "rb", buffering=0) as f:
         blocks = iter(lambda: f.read(_CHECK_BLOCK), b"")
-        if CRC32C_IS_FAST and record.get("crc32c"):
+        if CRC32C_IS_FAST:
             crc = 0
             for block in blocks:
                 crc = google_crc32c.extend(crc, block)
@@ -97,9 +96,9 @@ def check_once(path, record: dict) -> bool:
 
 
 def audit(path, record: dict) -> bool:
-    """Whether a file has its recorded size and every digest recorded for it (sha256, crc32c)."""
+    """Whether a file has its recorded size and both digests (sha256, crc32c)."""
     actual = file_record(path)
-    return all(actual[name] == record[name] for name in ("bytes", "sha256", "crc32c") if name in record)
+    return all(actual[name] == record.get(name) for name in ("bytes", "sha256", "crc32c"))
 
 
 def file_problem(path, record: dict, digests: bool = False) -> str | None:

@@ -26,10 +26,8 @@ from .schema import check_manifest
 
 FORMAT_NAME = "latentstore"
 FORMAT_VERSION = 1
-#: Bump when a change of the encoder changes what it stores (manifest created_by.encoder_revision).
-#: Revision 1 (no such key) ran the coder on channels_last input and batched the autoregressive
-#: loop: its ŷ could be an ulp off CompressAI's decode. Revision 2 runs every stored
-#: computation as the decoder does (latentstore/build/encoder.py).
+#: Bump when a change of the encoder changes what it stores (manifest created_by.encoder_revision): a build
+#: resumes only into a store of its own revision, and verify names a store of another.
 ENCODER_REVISION = 2
 MANIFEST = "manifest.json"
 

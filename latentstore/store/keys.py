@@ -12,8 +12,7 @@ against the manifest, so a record that disagrees with its shard is an error,
 never a wrong answer.
 
 Costs: a Zarr sample is one slice of its chunks; a tar sample is one read of
-its span in the shard's sample index (a store written before the index reads
-its shard up to it, and checks the whole shard first).
+its span in the shard's sample index.
 """
 from __future__ import annotations
 

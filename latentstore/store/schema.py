@@ -19,10 +19,13 @@ def _file_problem(entry, where: str) -> str | None:
         return f"{where} has no 'path' (a string)"
     if not _is_int(entry.get("bytes")):
         return f"{where} ({entry['path']}) has no 'bytes' (a whole number >= 0)"
+    for digest, digits in (("sha256", 64), ("crc32c", 8)):  # every committed file is recorded with both
+        if not (isinstance(entry.get(digest), str) and len(entry[digest]) == digits):
+            return f"{where} ({entry['path']}) has no '{digest}' ({digits} hex digits)"
     return None
 
 
-def _shard_problem(shard, where: str) -> str | None:
+def _shard_problem(shard, where: str, backend: str) -> str | None:
     if not isinstance(shard, dict):
         return f"{where} is {type(shard).__name__}, not a table"
     for name, low in (("variant", 0), ("samples", 0)):
@@ -35,12 +38,14 @@ def _shard_problem(shard, where: str) -> str | None:
         problem = _file_problem(entry, where if "files" not in shard else f"{where} file {k}")
         if problem:
             return problem
-    if "index" in shard:
+    if backend == "webdataset":  # every tar shard has its sample index
+        if "index" not in shard:
+            return f"{where} ({shard['path']}) has no 'index' (its sample index)"
         return _file_problem(shard["index"], f"{where} index")
     return None
 
 
-def _split_problem(name: str, split) -> str | None:
+def _split_problem(name: str, split, backend: str) -> str | None:
     where = f"split {name!r}"
     if not isinstance(split, dict):
         return f"{where} is {split!r}, not a table"
@@ -53,7 +58,7 @@ def _split_problem(name: str, split) -> str | None:
     if not isinstance(split.get("shards"), list):
         return f"{where} has no 'shards' list"
     for k, shard in enumerate(split["shards"]):
-        problem = _shard_problem(shard, f"{where} shard {k}")
+        problem = _shard_problem(shard, f"{where} shard {k}", backend)
         if problem:
             return problem
     return None
@@ -65,7 +70,7 @@ def check_manifest(manifest: dict, path) -> None:
     if not isinstance(manifest.get("backend"), str):
         problem = f"'backend' is {manifest.get('backend')!r}, not a backend name"
     for name, split in manifest["splits"].items():
-        problem = problem or _split_problem(name, split)
+        problem = problem or _split_problem(name, split, manifest["backend"])
     if problem:
         raise StoreError(f"{path} was edited or damaged: {problem}. `latentstore seal` rewrites it from the part "
                          "manifests; then run `latentstore verify`")

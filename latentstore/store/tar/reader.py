@@ -7,14 +7,14 @@ sample is handed out, then the sample count, the required fields of every
 sample, and that each field decodes. Every error names the shard and, where
 there is one, the sample key.
 
-The bytes are checked through the shard's sample index (``build_index``, made
-by the writer at commit; docs/FORMAT.md "Shards"): each sample the caller
-wants is one read of its span, checked against its own CRC-32C, and the other
-samples are not read at all. A store written before the index has its whole
-shard checked first (CRC-32C, or sha256 for stores that predate it;
-latentstore/store/checksum.py). Either check runs once per process and sample (or
-shard), remembered by path, size and mtime: later epochs over the same shard
-skip it, and a changed file gets a new mtime, so the check runs again.
+The bytes are checked through the shard's sample index (store/tar/index.py,
+made by the writer as it streams the shard; docs/FORMAT.md "Shards"): each
+sample the caller wants is one read of its span, checked against its own
+CRC-32C, and the other samples are not read at all. Where google-crc32c has
+only its pure-Python fallback, the whole shard's sha256 is checked first
+instead (latentstore/store/checksum.py). Either check runs once per process and
+sample (or shard), remembered by path, size and mtime: later epochs over the
+same shard skip it, and a changed file gets a new mtime, so the check runs again.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from ...errors import StoreError
 from ..checksum import CRC32C_IS_FAST, check_once
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 from ..locks import write_in_progress
+from .index import INDEX_COLUMNS, read_index
 
 _BLOCK = 512
 _END = bytes(_BLOCK)
@@ -133,23 +134,16 @@ def _pax_path(data: bytes, shard: str = "?", offset: int = 0, member: str = "?")
 
 # --------------------------------------------------------------------------- the sample index
 
-#: A tar shard's sample index is a JSON file beside it: train/v000-000001.tar -> train/v000-000001.idx.json
-INDEX_SUFFIX = ".idx.json"
-INDEX_COLUMNS = ("keys", "offsets", "bytes", "crc32c")
 #: (shard path, size, mtime_ns, its index's crc32c) -> one byte per sample, 1 once its CRC matched in
 #: this process: later epochs over the same shard skip the check (a changed file gets a new mtime).
 #: About 1 kB per shard of 1,000 samples: an ImageNet run with 16 variants keeps ~25 MB per worker.
 _CHECKED_SAMPLES: dict = {}
 
 
-def index_name(shard_path: str) -> str:
-    return shard_path.removesuffix(".tar") + INDEX_SUFFIX
-
-
 def build_index(path, shard: str) -> dict:
     """The sample index of a tar shard: per sample in tar order, its key, byte span (from its first
-    header block to the next sample's) and the CRC-32C of those bytes, as JSON columns. The writer
-    makes it with this module's parser (writers/webdataset.py), so reader and writer agree on spans."""
+    header block to the next sample's) and the CRC-32C of those bytes, as JSON columns, found by this
+    module's parser: what `verify` compares the index the writer recorded with."""
     keys, offsets, ends = [], [], []
     with open(path, "rb") as f:
         for start, key, _, size in _walk(f, shard):
@@ -165,60 +159,11 @@ def build_index(path, shard: str) -> dict:
     return {"keys": keys, "offsets": offsets, "bytes": [e - s for s, e in zip(offsets, ends)], "crc32c": crcs}
 
 
-def index_problem(index, size: int) -> str | None:
-    """Why a sample index cannot describe a shard of `size` bytes, or None: its columns are lists of
-    equal length, keys distinct strings, spans integers in increasing order, none overlapping, none
-    past the end (a duplicated or swapped entry would repeat or reorder samples)."""
-    if not isinstance(index, dict) or any(not isinstance(index.get(c), list) for c in ("keys", "offsets", "bytes")):
-        return "is not a sample index"
-    keys, offsets, sizes = index["keys"], index["offsets"], index["bytes"]
-    if not len(keys) == len(offsets) == len(sizes):
-        return "has columns of different lengths"
-    if any(type(v) is not int for v in offsets + sizes) or any(not isinstance(k, str) for k in keys):
-        return "holds entries that are not integers (offsets, bytes) or strings (keys)"
-    if len(set(keys)) != len(keys):
-        return "lists a key twice"
-    end = 0
-    for start, length in zip(offsets, sizes):
-        if start < end or length <= 0:
-            return f"has a span at {start} that is out of order, overlapping or empty"
-        end = start + length
-    if end > size:
-        return f"has a span past the shard's end ({end} > {size} bytes)"
-    return None
-
-
-def _index(path: Path, shard: str, record: dict, size: int) -> dict:
-    """The shard's sample index, checked against its record entry (size, CRC-32C) and the shard
-    (sample count, spans inside the file). Read again at every pass over the shard, not kept: it is
-    ~1/1000 of the bytes the pass reads, and an ImageNet variant's indexes would cost each worker
-    hundreds of MB."""
-    entry = record["index"]
-    where = f"shard {shard}: its index {entry['path']}"
-    try:
-        data = path.with_name(Path(entry["path"]).name).read_bytes()
-    except OSError as exc:
-        raise StoreError(f"{where} is unreadable ({exc}); run `latentstore verify` and rebuild the shard") from exc
-    if len(data) != entry["bytes"] or f"{google_crc32c.value(data):08x}" != entry["crc32c"]:
-        raise StoreError(f"{where} differs from its record (checksum); run `latentstore verify` and rebuild "
-                         "the shard (delete its group record, rerun the build command)")
-    index = json.loads(data)
-    problem = index_problem(index, size)
-    if problem:
-        raise StoreError(f"{where}: {problem}; run `latentstore verify` and rebuild the shard")
-    n = len(index["keys"])
-    if n != record["samples"] or any(len(index[c]) != n for c in INDEX_COLUMNS) or \
-            (n and index["offsets"][-1] + index["bytes"][-1] > size):
-        raise StoreError(f"{where} does not describe the {record['samples']} samples of the shard's "
-                         f"{size} bytes; run `latentstore verify`")
-    return index
-
-
 def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, required, lenient: bool,
              wanted: Container[int] | None) -> Iterator[dict | None]:
     """iter_shard through the sample index: each wanted sample is one read of its span, checked
     against its own CRC-32C (once per process); the others are not read at all."""
-    index = _index(path, shard, record, st.st_size)
+    index = read_index(path, shard, record, st.st_size)
     checked = _CHECKED_SAMPLES.setdefault((str(path), st.st_size, st.st_mtime_ns, record["index"]["crc32c"]),
                                           bytearray(len(index["keys"])))
     with open(path, "rb") as f:
@@ -268,7 +213,7 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     yields {"__key__", "__shard__", "__error__": message} in place of a damaged
     sample and goes on; damage to the shard itself (unreadable tar, wrong count)
     comes last, as such a dict with ``__key__`` None. With `record` (the
-    manifest's shard entry: bytes, sha256 and, in newer stores, crc32c) the file
+    manifest's shard entry: bytes, sha256, crc32c and its sample index) the file
     must match it before any sample is read.
     """
     count = 0
@@ -277,10 +222,10 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
         if record is not None and st.st_size != record["bytes"]:
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
-        if record is not None and record.get("index") and CRC32C_IS_FAST:
+        if record is not None and CRC32C_IS_FAST:
             yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted)
             return
-        if record is not None and not check_once(path, record):  # a store without sample index
+        if record is not None and not check_once(path, record):  # no fast CRC-32C: the whole shard's sha256
             yield from _damaged(Path(path), shard, expected_samples, lenient)
             return
         for key, raw in _groups(Path(path), shard, wanted):

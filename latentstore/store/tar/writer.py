@@ -9,49 +9,62 @@ Tar headers are fixed (mtime 0, fixed owner, sorted members), so the bytes
 depend on the samples only.
 
 Beside each shard goes its sample index (``train/v000-00000j.idx.json``: each
-sample's key, byte span and CRC-32C, readers/webdataset.py), listed in the
-record with its own digests: a reader that wants some samples of a shard
-reads and checks those alone, where without it every reader of the shard had
-to check the whole file.
+sample's key, byte span and CRC-32C; store/tar/index.py), listed in the record
+with its own digests, so a reader that wants some samples of a shard reads and
+checks those alone. The writer takes each span's offsets and CRC-32C from the
+bytes it streams, so the shard is never read back.
+
+Members are written with the stdlib ``tarfile`` in PAX format, the calls
+webdataset's ``TarWriter`` makes (members sorted by suffix), so a shard is a
+WebDataset shard and webdataset is not needed to write one.
 """
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
-import webdataset as wds
+import google_crc32c
 
 from ..checksum import Digests, file_record
 from ..format import commit_record_name, encode_field, fsync_dir, get_field, shard_name, write_json_atomic
 from ..locks import is_stale_temp, temp_name
 from ..sample import Sample
-from .reader import build_index, index_name
+from .index import IndexBuilder, index_name
+
+#: Tar member attributes: fixed, so a shard's bytes depend on its samples only.
+_OWNER, _MODE, _MTIME = "latentstore", 0o644, 0
+_MEMBER_WRITE = 16 << 20
 
 
 class _HashingFile:
-    """A write-only file wrapper that digests and counts what passes through."""
+    """A write-only file that digests and counts what passes through, and takes the CRC-32C of each span
+    between two ``start_span`` calls (a sample's bytes, for the sample index)."""
 
     def __init__(self, path: Path):
         self._f = open(path, "wb")
         self.digests = Digests()
+        self.span_crc32c = 0
 
     def write(self, data) -> int:
-        if self._f is None:  # discarded: tarfile may still flush from its finalizer
-            return len(data)
         self.digests.update(data)
+        self.span_crc32c = google_crc32c.extend(self.span_crc32c, data)
         return self._f.write(data)
 
-    def flush(self):
-        self._f.flush()
+    def tell(self) -> int:
+        return self.digests.nbytes
+
+    def start_span(self) -> int:
+        """Begin a new span at the current offset, which it returns."""
+        self.span_crc32c = 0
+        return self.tell()
 
     def close_synced(self):
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
-        self._f = None  # tarfile's finalizer may still write its end blocks: dropped, not an error
-
-    def close(self):  # tarfile may call close() on its fileobj; we close explicitly
-        pass
+        self._f = None
 
     def discard(self):
         if self._f is not None:
@@ -70,6 +83,7 @@ class ShardGroupWriter:
         self._indexes = [store / index_name(shard_name(self.split, v, self.group)) for v in range(layout.variants)]
         self._temps = [temp_name(p) for p in self._finals]
         self._files, self._tars, self._counts = [], [], [0] * layout.variants
+        self._built = [IndexBuilder() for _ in range(layout.variants)]
         self._renamed = 0  # shards of this group already renamed into place by commit()
 
     def open(self) -> None:
@@ -84,12 +98,20 @@ class ShardGroupWriter:
         for tmp in self._temps:
             f = _HashingFile(tmp)
             self._files.append(f)
-            self._tars.append(wds.TarWriter(f, encoder=False, mtime=0, user="latentstore",
-                                            group="latentstore", mode=0o644))
+            # copybufsize: a member's bytes in one write through the digests, not tarfile's 16 kB pieces
+            self._tars.append(tarfile.TarFile(fileobj=f, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                                              copybufsize=_MEMBER_WRITE))
 
     def write(self, sample: Sample) -> dict:
         members = {get_field(name).ext: encode_field(name, value) for name, value in sample.values().items()}
-        self._tars[sample.variant].write({"__key__": sample.key, **members})
+        tar, f = self._tars[sample.variant], self._files[sample.variant]
+        start = f.start_span()
+        for ext in sorted(members):
+            info = tarfile.TarInfo(f"{sample.key}.{ext}")
+            info.size, info.mtime, info.mode = len(members[ext]), _MTIME, _MODE
+            info.uname = info.gname = _OWNER
+            tar.addfile(info, io.BytesIO(members[ext]))
+        self._built[sample.variant].add(sample.key, start, f.tell() - start, f.span_crc32c)
         self._counts[sample.variant] += 1
         return {ext: len(data) for ext, data in members.items()}
 
@@ -111,12 +133,12 @@ class ShardGroupWriter:
         shards = []
         for v, (tar, f, tmp, final, index) in enumerate(zip(self._tars, self._files, self._temps, self._finals,
                                                             self._indexes)):
-            tar.tarstream.close()  # writes the end-of-archive blocks through our wrapper
+            tar.close()  # writes the end-of-archive blocks through our wrapper
             f.close_synced()
             name = shard_name(self.split, v, self.group)
             os.replace(tmp, final)
             self._renamed = v + 1
-            write_json_atomic(index, build_index(final, name))
+            write_json_atomic(index, self._built[v].columns)
             shards.append({"path": name, "variant": v, "samples": self._counts[v], **f.digests.record(),
                            "index": {"path": index_name(name), **file_record(index)}})
         fsync_dir(self.store / self.split)
