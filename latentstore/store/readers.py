@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import StoreError
 from .paths import store_file
-from .sample import Sample
+from .sample import ReadError, Sample
 from .tar.reader import iter_shard
 from .zarr.reader import iter_unit
 
@@ -33,6 +33,18 @@ def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = Fa
     raise StoreError(f"{store} uses backend {backend!r}; this latentstore reads {', '.join(BACKENDS)}")
 
 
+def read_samples(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
+                 check_digest: bool = True):
+    """`read_dicts` as typed records: a Sample, a ReadError (lenient reads), or None outside `wanted`."""
+    for read in read_dicts(store, backend, shard, fields, lenient, wanted, check_digest):
+        if read is None:
+            yield None
+        elif "__error__" in read:
+            yield ReadError(read["__shard__"], read["__key__"], read["__error__"])
+        else:
+            yield Sample.from_read(read, shard["variant"])
+
+
 def read_shard(store, backend: str, shard: dict, check_digest: bool = True):
     """The Samples of one manifest shard in stored order, every field decoded (strict: StoreError
     naming shard and key on any damage; digests as in `read_dicts`)."""
@@ -40,4 +52,4 @@ def read_shard(store, backend: str, shard: dict, check_digest: bool = True):
         yield Sample.from_read(read, shard["variant"])
 
 
-__all__ = ["BACKENDS", "iter_shard", "iter_unit", "read_dicts", "read_shard"]
+__all__ = ["BACKENDS", "iter_shard", "iter_unit", "read_dicts", "read_samples", "read_shard"]

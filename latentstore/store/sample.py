@@ -51,7 +51,7 @@ class Sample:
     the int label), with meta.json as a SampleMeta (None when a reader was not asked for it).
     `shard` names where a reader found it, for error messages; writers ignore it."""
     key: str
-    variant: int
+    variant: int | None        # None where the reader was not told (a tar shard read without its record)
     fields: dict
     meta: SampleMeta | None = None
     shard: str | None = None
@@ -67,3 +67,13 @@ class Sample:
         fields = {name: v for name, v in read.items() if name != "meta" and not name.startswith("__")}
         meta = SampleMeta.from_dict(read["meta"], f"shard {shard}, key {key}") if "meta" in read else None
         return cls(key, variant, fields, meta, shard)
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """What a lenient reader yields in place of a sample it cannot trust: `message` is the one-line
+    error naming `shard` and `key`; `key` None is damage to the shard itself, after which the
+    reader yields nothing more."""
+    shard: str
+    key: str | None
+    message: str
