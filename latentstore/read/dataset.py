@@ -65,7 +65,6 @@ from ..store.format import FIELDS, read_manifest
 from ..store.keys import SplitKeys, check_fields, read_tar_sample
 from ..store.location import local_root
 from ..store.readers import BACKENDS, read_samples
-from ..store.sample import Sample
 from ..teacher.decode import TeacherDecoder
 from . import stages
 from .options import DEFAULT_FIELDS, ReadOptions, option_parameters
@@ -154,7 +153,7 @@ class LatentDataset(IterableDataset):
             sample = self._zarr_keys.get(key, fields)
         else:
             sample = read_tar_sample(self.path, shard, index, key, fields)
-        return stages.as_dict(Sample.from_read(sample, None), self.teacher, self.options.y_hat_dtype)
+        return stages.as_dict(sample, self.teacher, self.options.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:
         if self._keys is None:

@@ -4,7 +4,7 @@ Each stage takes an iterator and yields, as webdataset's filters do, so each can
 list. Between `read_windows` and `pad_for_lockstep` the stream holds one list of samples per item
 of this worker (a sample, or a batch to be), with `Skipped` events where a window's damaged
 samples were set aside; `count_skips` turns those into (samples, messages) pairs. A sample is a
-reader's `Sample` until `as_dicts` makes it the dict of tensors a dataset hands out.
+reader's `Sample` until `as_dict` (through `decode`) makes it the dict of tensors a dataset hands out.
 """
 from __future__ import annotations
 
@@ -99,12 +99,7 @@ def decode(events: Iterable, convert: Callable) -> Iterator:
 def as_dict(sample: Sample, teacher, y_hat_dtype: torch.dtype | None) -> dict:
     """A sample as the dict a dataset hands out: {"__key__", "__shard__", field: tensor, "meta": dict},
     teacher maps decoded (teacher.decode), ŷ in `y_hat_dtype`."""
-    return to_tensors(teacher.decode(sample_dict(sample)), y_hat_dtype)
-
-
-def sample_dict(sample: Sample) -> dict:
-    """{"__key__", "__shard__", field: value, "meta": its JSON dict}: a Sample in webdataset's dict shape."""
-    return {"__key__": sample.key, "__shard__": sample.shard, **sample.values()}
+    return to_tensors(teacher.decode(sample.as_item()), y_hat_dtype)
 
 
 def count_skips(events: Iterable, max_skips: int, skipped: list) -> Iterator[tuple[list, list]]:

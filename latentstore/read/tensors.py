@@ -1,4 +1,4 @@
-"""Read samples as torch tensors, and collated batches of them: the last conversions before a sample leaves the reader."""
+"""Read samples as torch tensors, and batches of them: the last conversions before a sample leaves the reader."""
 from __future__ import annotations
 
 import math

@@ -1,8 +1,9 @@
-"""The sample the stages hand on: encoder -> writers, readers -> convert, add-teacher, verify.
+"""The sample the stages hand on: encoder -> writers, readers -> dataset, convert, add-teacher, verify.
 
 A Sample holds decoded values, never member bytes. Each backend serialises it
-its own way (writers/webdataset.py as tar members, writers/zarr.py as array
-rows), and `readers.read_shard` gives one back, so no stage turns arrays into
+its own way (store/tar/writer.py as tar members, store/zarr/writer.py as array
+rows), and its reader gives one back (a ReadError where a lenient read cannot
+trust it; store/readers.py), so no stage turns arrays into
 bytes only for the next one to parse them again. Field names and encodings: format.FIELDS
 and docs/FORMAT.md, "Samples".
 """
@@ -60,13 +61,10 @@ class Sample:
         """{field name: value}, meta as its JSON dict: what a backend serialises."""
         return {**self.fields, **({"meta": self.meta.to_dict()} if self.meta is not None else {})}
 
-    @classmethod
-    def from_read(cls, read: dict, variant: int) -> "Sample":
-        """From a reader's dict ({field: decoded value, "__key__", "__shard__"}, meta as its JSON dict)."""
-        key, shard = read["__key__"], read.get("__shard__")
-        fields = {name: v for name, v in read.items() if name != "meta" and not name.startswith("__")}
-        meta = SampleMeta.from_dict(read["meta"], f"shard {shard}, key {key}") if "meta" in read else None
-        return cls(key, variant, fields, meta, shard)
+    def as_item(self) -> dict:
+        """webdataset's dict shape, {"__key__", "__shard__", field: value, "meta": dict}: what a dataset
+        hands out (read/stages.py makes tensors of it)."""
+        return {"__key__": self.key, "__shard__": self.shard, **self.values()}
 
 
 @dataclass(frozen=True)
