@@ -108,7 +108,7 @@ def store_strings(store: Path) -> dict:
     out = {}
     for shard in manifest["splits"]["train"]["shards"]:
         for s in iter_shard(store / shard["path"], shard["path"], shard["samples"]):
-            out[s["__key__"]] = (s["y_string"], s["z_string"])
+            out[s.key] = (s.fields["y_string"], s.fields["z_string"])
     return out
 
 

@@ -208,7 +208,7 @@ def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, t
 def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(tiny_folder, tmp_path):
     from latentstore.commands.convert import convert
     from latentstore.store.format import read_manifest
-    from latentstore.store.readers import read_dicts
+    from latentstore.store.readers import read_samples
 
     src = tiny_store(tiny_folder, tmp_path / "src", format="zarr", shard_size=3)
     dst = tiny_store(tiny_folder, tmp_path / "dst", seed=7, shard_size=3)  # a finished store of other crops
@@ -216,8 +216,8 @@ def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(t
 
     def y_hats(store):
         m = read_manifest(store)
-        return {s["__key__"]: s["y_hat"].tobytes() for unit in m["splits"]["train"]["shards"]
-                for s in read_dicts(store, m["backend"], unit)}
+        return {s.key: s.fields["y_hat"].tobytes() for unit in m["splits"]["train"]["shards"]
+                for s in read_samples(store, m["backend"], unit)}
 
     convert(src, dst, "webdataset", progress=False)
     assert read_manifest(dst)["splits"]["train"]["config"]["seed"] == 0

@@ -15,7 +15,7 @@ from latentstore.coders.registry import CODERS, load_coder
 from latentstore.errors import ConfigError, InputError
 from latentstore.store.format import MANIFEST
 from latentstore.build.images import load_rgb
-from latentstore.store.readers import iter_shard
+from latentstore.store.readers import Sample, iter_shard
 
 
 def config(root, out, **kw) -> BuildConfig:
@@ -27,7 +27,7 @@ def config(root, out, **kw) -> BuildConfig:
 def stored_samples(store: Path, split="train"):
     manifest = json.loads((store / MANIFEST).read_text())
     for shard in manifest["splits"][split]["shards"]:
-        yield from iter_shard(store / shard["path"], shard["path"], shard["samples"])
+        yield from map(Sample.as_item, iter_shard(store / shard["path"], shard["path"], shard["samples"]))
 
 
 def shard_bytes(store: Path) -> dict:

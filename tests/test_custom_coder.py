@@ -18,7 +18,7 @@ from latentstore.commands.cli import main
 from test_exact import reference, replay
 from test_generic import read_container
 from test_train import args as train_args, classify, losses
-from latentstore.store.readers import iter_shard
+from latentstore.store.readers import Sample, iter_shard
 
 pytestmark = pytest.mark.slow
 MODULE = "my_codec"
@@ -50,7 +50,7 @@ def run(*argv, capsys=None):
 def samples(store):
     manifest = json.loads((store / "manifest.json").read_text())
     for shard in manifest["splits"]["train"]["shards"]:
-        yield from iter_shard(store / shard["path"], shard["path"], shard["samples"], record=shard)
+        yield from map(Sample.as_item, iter_shard(store / shard["path"], shard["path"], shard["samples"], record=shard))
 
 
 def test_a_custom_coder_builds_exactly_verifies_trains_and_refuses_a_changed_source(

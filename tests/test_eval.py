@@ -18,7 +18,7 @@ from latentstore.evaluate.options import EvalConfig, parse_args
 from latentstore.evaluate.run import evaluate_classification, predict_labels
 from latentstore.store.format import read_manifest
 from latentstore.models import create_model
-from latentstore.store.readers import iter_shard
+from latentstore.store.readers import Sample, iter_shard
 from latentstore.evaluate.report import load_records, markdown_row, method_label, results_table
 from latentstore.train import TrainConfig
 from latentstore.train.checkpoint import save
@@ -79,7 +79,7 @@ def reference_top1(store: Path, ckpt: Path) -> tuple:
     r0, r1, c0, c1 = info["valid_region"]
     correct = n = bits = pixels = 0
     for shard in info["shards"]:
-        for s in iter_shard(store / shard["path"], shard["path"], shard["samples"]):
+        for s in map(Sample.as_item, iter_shard(store / shard["path"], shard["path"], shard["samples"])):
             with torch.no_grad():
                 logits = model(torch.from_numpy(s["y_hat"].astype(np.float32))[None, :, r0:r1, c0:c1])
             correct += int(logits.argmax(1).item() == s["label"])
@@ -289,7 +289,7 @@ def test_segmentation_eval_end_to_end(seg_store, tmp_path):
     assert _load_script("segment").main(["--store", str(seg_store), "--checkpoint", str(ckpt),
                                          "--device", "cpu"]) == 0
     rec = json.loads((tmp_path / "run" / "eval.json").read_text())
-    labels = [s["label_map"] for shard in info["shards"]
+    labels = [s.fields["label_map"] for shard in info["shards"]
               for s in iter_shard(seg_store / shard["path"], shard["path"], shard["samples"])]
     assert [128, *(n // 16 for n in labels[0].shape)] == info["latent_shape"]  # whole image, unpadded
     cm = np.array(rec["confusion_matrix"])

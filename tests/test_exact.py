@@ -18,7 +18,7 @@ from compressai import zoo
 from PIL import Image, ImageOps
 
 from latentstore.commands.cli import main
-from latentstore.store.readers import iter_shard
+from latentstore.store.readers import Sample, iter_shard
 
 from conftest import DEMO, demo_photos
 
@@ -76,7 +76,8 @@ def reference(model, crop: Image.Image):
 def stored(store: Path, split: str):
     manifest = json.loads((store / "manifest.json").read_text())
     for shard in manifest["splits"][split]["shards"]:
-        yield from iter_shard(store / shard["path"], shard["path"], shard["samples"], record=shard)  # as trainers read
+        # as trainers read
+        yield from map(Sample.as_item, iter_shard(store / shard["path"], shard["path"], shard["samples"], record=shard))
 
 
 def zoo_model(name: str, quality: int, checkpoint: Path):

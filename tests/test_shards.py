@@ -65,11 +65,12 @@ def test_reader_round_trip(tmp_path):
     record = write_group(tmp_path)
     shard = record["shards"][0]
     samples = list(iter_shard(tmp_path / shard["path"], shard["path"], shard["samples"]))
-    assert [s["__key__"] for s in samples] == [f"img{i:03d}_v000" for i in range(5)]
-    ref = make_sample(2)
-    assert samples[2]["y_string"] == ref.fields["y_string"]
-    assert samples[2]["label"] == 2 and samples[2]["meta"] == ref.meta.to_dict()
-    assert samples[2]["symbols"].dtype == np.int8 and np.array_equal(samples[2]["y_hat"], ref.fields["y_hat"])
+    assert [s.key for s in samples] == [f"img{i:03d}_v000" for i in range(5)]
+    ref, got = make_sample(2), samples[2]
+    assert got.shard == shard["path"] and got.variant is None  # a tar shard read without its record
+    assert got.fields["y_string"] == ref.fields["y_string"]
+    assert got.fields["label"] == 2 and got.meta == ref.meta
+    assert got.fields["symbols"].dtype == np.int8 and np.array_equal(got.fields["y_hat"], ref.fields["y_hat"])
 
 
 def _member_boundaries(path):
@@ -120,7 +121,7 @@ def test_unwanted_samples_are_not_decoded(tmp_path):
     and only a reader that wants the broken sample 3 fails on it."""
     path, shard = shard_with_broken_sample_3(tmp_path)
     got = list(iter_shard(path, shard["path"], shard["samples"], wanted={1, 4}))
-    assert [s if s is None else s["__key__"] for s in got] == [None, "img001_v000", None, None, "img004_v000"]
+    assert [s if s is None else s.key for s in got] == [None, "img001_v000", None, None, "img004_v000"]
     with pytest.raises(StoreError, match="key img003_v000"):
         list(iter_shard(path, shard["path"], shard["samples"], wanted={3}))
 
@@ -149,12 +150,12 @@ def test_unwanted_samples_are_seeked_over_not_read(tmp_path):
     everything, _ = read(None)
     one, got = read({2})
     assert everything > 5 * 200_000 and one < 2 * 200_000, (everything, one)
-    assert got[2]["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
+    assert got[2].fields["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
     # Checked against the record: through the sample index, only the wanted sample's bytes are read
     # and checked (the whole-file digest would read all five).
     one_checked, got = read({2}, record=shard)
     assert one_checked < 2 * 200_000, one_checked
-    assert got[2]["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
+    assert got[2].fields["y_string"] == big[2].fields["y_string"] and got[:2] == [None, None]
 
 
 def test_the_sample_index_gives_each_sample_with_its_own_checksum(tmp_path):
@@ -173,9 +174,10 @@ def test_the_sample_index_gives_each_sample_with_its_own_checksum(tmp_path):
         assert f"{google_crc32c.value(data[o:o + n]):08x}" == crc
     plain = list(iter_shard(path, shard["path"], 5))
     indexed = list(iter_shard(path, shard["path"], 5, record=shard))
-    assert [s["__key__"] for s in indexed] == [s["__key__"] for s in plain]
+    assert [s.key for s in indexed] == [s.key for s in plain]
     for a, b in zip(plain, indexed):
-        assert a.keys() == b.keys() and a["y_string"] == b["y_string"] and np.array_equal(a["y_hat"], b["y_hat"])
+        assert a.fields.keys() == b.fields.keys() and a.meta == b.meta
+        assert a.fields["y_string"] == b.fields["y_string"] and np.array_equal(a.fields["y_hat"], b.fields["y_hat"])
 
 
 def test_damaged_header_is_caught_by_its_checksum(tmp_path):
@@ -198,9 +200,9 @@ def test_long_keys_round_trip_through_pax_headers(tmp_path):
         group.write(sample)
         shard = group.commit()["shards"][0]
     (got,) = iter_shard(tmp_path / shard["path"], shard["path"], 1)
-    assert got["__key__"] == key and got["y_string"] == sample.fields["y_string"]
+    assert got.key == key and got.fields["y_string"] == sample.fields["y_string"]
     (indexed,) = iter_shard(tmp_path / shard["path"], shard["path"], 1, record=shard)  # the span holds the PAX header
-    assert indexed["__key__"] == key and indexed["y_string"] == sample.fields["y_string"]
+    assert indexed.key == key and indexed.fields["y_string"] == sample.fields["y_string"]
 
 
 def test_a_failed_commit_leaves_no_temporary_or_orphan_file(tmp_path):

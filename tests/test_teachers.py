@@ -182,11 +182,11 @@ def test_add_teacher_gives_the_bytes_of_a_build_with_teacher(tiny_folder, tmp_pa
 
 def test_add_teacher_on_a_zarr_store_gives_the_samples_of_a_build_with_teacher(tiny_folder, tmp_path, monkeypatch):
     from latentstore.store.zarr.reader import verify as verify_zarr
-    from latentstore.store.readers import read_dicts
+    from latentstore.store.readers import Sample, read_samples
 
     def samples(store):
         manifest = read_manifest(store)
-        return [s for unit in manifest["splits"]["train"]["shards"] for s in read_dicts(store, "zarr", unit)]
+        return [s for unit in manifest["splits"]["train"]["shards"] for s in map(Sample.as_item, read_samples(store, "zarr", unit))]
 
     plain, built = tmp_path / "plain", tmp_path / "built"
     build(config(tiny_folder, plain, variants=2, format="zarr"), progress=False)

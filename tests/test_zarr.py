@@ -14,7 +14,7 @@ from latentstore.build.run import build
 from latentstore.errors import ConfigError, StoreError
 from latentstore.store.format import FIELDS, MANIFEST, read_manifest
 from latentstore.store.zarr.reader import iter_unit, verify
-from latentstore.store.readers import read_dicts
+from latentstore.store.readers import read_samples
 from latentstore.commands.verify import verify as verify_store
 from latentstore.store.zarr import writer as zarr_writer
 
@@ -51,8 +51,8 @@ def classify_stores(tiny_folder, tmp_path_factory):
 
 def raw_samples(store: Path, split: str, fields=None) -> list:
     manifest = read_manifest(store)
-    return [s for unit in manifest["splits"][split]["shards"]
-            for s in read_dicts(store, manifest["backend"], unit, fields)]
+    return [s.as_item() for unit in manifest["splits"][split]["shards"]
+            for s in read_samples(store, manifest["backend"], unit, fields)]
 
 
 def assert_same(a: dict, b: dict):
@@ -86,10 +86,10 @@ def test_zarr_gives_exactly_the_samples_of_the_shards(stores, request):
         for fmt in stores:
             manifest = read_manifest(stores[fmt])
             unit = max(manifest["splits"][split]["shards"], key=lambda u: u["samples"])
-            whole = list(read_dicts(stores[fmt], fmt, unit))
-            part = list(read_dicts(stores[fmt], fmt, unit, wanted={len(whole) - 1}))
+            whole = list(read_samples(stores[fmt], fmt, unit))
+            part = list(read_samples(stores[fmt], fmt, unit, wanted={len(whole) - 1}))
             assert part[:-1] == [None] * (len(whole) - 1)
-            assert_same(part[-1], whole[-1])
+            assert_same(part[-1].as_item(), whole[-1].as_item())
         # and through the public reader, every field, as tensors
         names = tuple(n for n in FIELDS if n in ta[0])
         for v in range(a["variants"]):
@@ -159,7 +159,7 @@ def test_deleted_chunk_is_caught_never_read_as_zeros(seg_stores, tmp_path):
     with pytest.raises(StoreError, match=f"shard {unit['path']}: chunk file {chunk} is missing"):
         list(iter_unit(store, unit, ("y_hat",)))
     lenient = list(iter_unit(store, unit, ("y_hat",), lenient=True))
-    assert len(lenient) == 1 and lenient[0]["__key__"] is None and chunk in lenient[0]["__error__"]
+    assert len(lenient) == 1 and lenient[0].key is None and chunk in lenient[0].message
     with pytest.raises(StoreError, match="missing"):
         list(open_store(store, "train", variant=unit["variant"], fields=("y_hat",)))
 

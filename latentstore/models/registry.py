@@ -8,11 +8,10 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
-from .adapt import TapClassifier, load_into, read_state_dict, timm_classifier
+from .adapt import load_into, read_state_dict, timm_classifier
 from .baselines import TwoInputCResNet, cresnet, decode_classifier, reshape_classifier
-from .names import EXAMPLES, NAMES, model_names, name_listing
+from .names import NAMES, model_names
 from .pspnet import BACKBONE, PSPNet
-from .taps import CLASSIFICATION_STRIDES, Tap, check_tap_shapes, feature_shapes, shapes_of
 
 __all__ = ["REGISTRY", "ModelEntry", "create_model", "resolve"]
 

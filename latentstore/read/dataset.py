@@ -1,4 +1,4 @@
-"""Reading a store as a torch IterableDataset: an epoch order that depends on (seed, epoch) only.
+"""One split of a store as a torch IterableDataset (`open_store`): its epoch, order and random access.
 
 How one epoch is read (docs/reliability.md §8-§11):
 
@@ -41,31 +41,39 @@ each against its CRC-32C in the shard's sample index (a store without one:
 the whole shard's CRC, once per process). Memory per worker: its share of
 about one window of decoded samples.
 
-Backends: ``readers.read_dicts`` yields the samples of one shard record
-(``info["shards"][i]``) in stored order, for either backend, as dicts of
-decoded arrays; the dataset hands them out as dicts of tensors. Strict reads raise StoreError naming shard and
+The pieces: order.py computes G and each rank's and worker's share (pure
+functions of lists); ``__iter__`` chains the generator stages of stages.py over
+this worker's share (read windows -> decode -> skip budget -> DDP lockstep
+padding -> items). ``readers.read_samples`` yields the samples of one shard record
+(``info["shards"][i]``) in stored order, for either backend, as typed Samples;
+the dataset hands them out as dicts of tensors. Strict reads raise StoreError naming shard and
 key; with ``max_skips > 0`` damaged samples are skipped, listed in
 ``dataset.skipped`` and in the ``__skipped__`` entry of the next item, and the
 read fails once more than ``max_skips`` were skipped.
 """
 from __future__ import annotations
 
-import math
+import inspect
+from functools import partial
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, StoreError
 from ..store.format import FIELDS, read_manifest
 from ..store.keys import SplitKeys, check_fields, read_tar_sample
 from ..store.location import local_root
-from ..store.readers import BACKENDS, read_dicts
+from ..store.readers import BACKENDS, read_samples
 from ..teacher.decode import TeacherDecoder
+from . import stages
+from .options import DEFAULT_FIELDS, ReadOptions, option_parameters
+from .order import EpochOrder, batch_units, epoch_order, rank_share, rank_slice, worker_share
 from .ranks import rank_and_world
+from .tensors import collate, to_tensors
 
-DEFAULT_FIELDS = ("y_hat", "label")
-REMAINDERS = ("drop", "pad", "keep")
+__all__ = ["DEFAULT_FIELDS", "LatentDataset", "ReadOptions", "collate", "open_store", "pick_split", "to_tensors"]
+
 #: Windows of shards a remote store's reader fetches ahead of the one it reads.
 PREFETCH_WINDOWS = 2
 
@@ -81,108 +89,13 @@ def pick_split(manifest: dict, split: str | None, store) -> str:
     return split
 
 
-def to_tensors(sample: dict, y_hat_dtype: torch.dtype | None = torch.float32) -> dict:
-    """numpy fields -> tensors (ŷ in `y_hat_dtype`, None: as stored; integer symbols widened to int32)."""
-    out = {}
-    for name, value in sample.items():
-        if isinstance(value, np.ndarray):
-            t = torch.from_numpy(value)
-            if name == "y_hat":
-                t = t if y_hat_dtype is None else t.to(y_hat_dtype)
-            elif not t.is_floating_point():
-                t = t.to(torch.int32)
-            out[name] = t
-        elif name == "label":
-            out[name] = torch.tensor(value, dtype=torch.int64)
-        else:
-            out[name] = value
-    return out
-
-
-def collate(samples: list[dict]) -> dict:
-    """Stack tensors of equal shape; keep everything else (keys, meta dicts) as lists."""
-    out = {}
-    for name in samples[0]:
-        values = [s[name] for s in samples]
-        out[name] = stack(values) if isinstance(values[0], torch.Tensor) else values
-    return out
-
-
-#: Below this many elements a batch is stacked by torch.stack (labels, scalars): no thread pool at that size.
-_COPY_FROM = 1 << 16
-
-
-def stack(values: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack of equal-shaped tensors, written sample by sample into one preallocated batch.
-
-    torch.stack of a large float16 batch runs on torch's thread pool and costs ~15x a plain copy per
-    sample when the cores are shared (a 0-worker loader in the trainer's process). In a DataLoader
-    worker the batch is allocated in shared memory, as default_collate does, so handing it to the
-    main process costs no second copy."""
-    first = values[0]
-    if first.numel() * len(values) < _COPY_FROM or any(v.shape != first.shape or v.dtype != first.dtype
-                                                       for v in values):
-        return default_collate(values)  # small, or unequal shapes: torch's own error names them
-    shape = (len(values), *first.shape)
-    if get_worker_info() is not None:
-        storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
-        batch = first.new(storage).view(shape)
-    else:
-        batch = torch.empty(shape, dtype=first.dtype)
-    for row, value in zip(batch, values):
-        row.copy_(value)
-    return batch
-
-
-# --------------------------------------------------------------------------- order
-
-def epoch_order(counts: list[int], seed: int, epoch: int, shuffle: bool, window: int) -> list[tuple]:
-    """The epoch's global order: (shard index, sample index) pairs, a function of its arguments only."""
-    if not shuffle:
-        return [(s, i) for s, n in enumerate(counts) for i in range(n)]
-    rng = np.random.default_rng([seed, epoch])
-    shards = [int(s) for s in rng.permutation(len(counts))]
-    order = []
-    for w in range(0, len(shards), window):
-        pool = [(s, i) for s in shards[w:w + window] for i in range(counts[s])]
-        order.extend(pool[int(j)] for j in rng.permutation(len(pool)))
-    return order
-
-
-def rank_slice(total: int, rank: int, world: int, remainder: str) -> range:
-    """Positions in G of rank `rank`'s samples (positions >= total wrap to the start of G)."""
-    if remainder not in REMAINDERS:
-        raise ConfigError(f"Invalid remainder {remainder!r}: choose {', '.join(REMAINDERS)}")
-    if remainder == "keep":
-        return range(rank * total // world, (rank + 1) * total // world)
-    per_rank = total // world if remainder == "drop" else -(-total // world)
-    if per_rank == 0:
-        raise ConfigError(f"{total} samples cannot be split over {world} ranks with remainder='drop': "
-                          "use remainder='pad' or fewer ranks")
-    return range(rank * per_rank, (rank + 1) * per_rank)
-
-
 class LatentDataset(IterableDataset):
-    """The samples of one split, streamed from its shards with strict checks.
+    """The samples of one split, streamed from its shards with strict checks (`ReadOptions`: how;
+    the module docstring: in which order)."""
 
-    variant: None (default) reads variant ``epoch % K`` (call set_epoch); an int
-    pins one. seed/shuffle/shuffle_window: the epoch order (module docstring).
-    batch_size/drop_last: yield collated batches (use ``DataLoader(ds,
-    batch_size=None)``). remainder: "drop" or "pad" to give every rank the same
-    count, "keep" to read every sample exactly once. start: per-rank sample offset to resume from. rank/world: override
-    torch.distributed / RANK, WORLD_SIZE (read when the dataset is made and at
-    every set_epoch: DataLoader workers cannot see the process group). max_skips: 0 = strict.
-    """
-
-    def __init__(self, path, split: str | None = None, variant: int | None = None,
-                 fields=DEFAULT_FIELDS, y_hat_dtype: torch.dtype | None = torch.float32, *,
-                 seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
-                 batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
-                 start: int = 0, rank: int | None = None, world: int | None = None, max_skips: int = 0,
-                 teacher_dtype: torch.dtype | None = torch.float32, storage_options: dict | None = None,
-                 cache_dir=None):
+    def __init__(self, path, split: str | None = None, options: ReadOptions = ReadOptions()):
         # A store at a URL is read through a local mirror, each shard fetched whole on first use.
-        self.path, self.remote = local_root(path, storage_options, cache_dir)
+        self.path, self.remote = local_root(path, options.storage_options, options.cache_dir)
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]
@@ -190,32 +103,28 @@ class LatentDataset(IterableDataset):
         if self.backend not in BACKENDS:
             raise StoreError(f"{self.path} uses backend {self.backend!r}; this latentstore reads "
                              f"{', '.join(BACKENDS)}")
-        fields = check_fields(fields, self.info, self.path, self.split)
-        self.teacher = TeacherDecoder(self.info, fields, teacher_dtype)  # teacher_s8 ... -> float tensors
+        fields = check_fields(options.fields, self.info, self.path, self.split)
+        self.teacher = TeacherDecoder(self.info, fields, options.teacher_dtype)  # teacher_s8 ... -> float tensors
         unknown = set(fields) - set(FIELDS) - self.teacher.fields
         if unknown:
             raise ConfigError(f"Unknown fields {sorted(unknown)}: choose from "
                               f"{', '.join([*FIELDS, *sorted(self.teacher.fields)])}")
-        if variant is not None and not 0 <= variant < self.info["variants"]:
-            raise ConfigError(f"variant {variant} out of range: {self.path} stores {self.info['variants']}")
-        for name, value, low in (("shuffle_window", shuffle_window, 1), ("batch_size", 1 if batch_size is None else batch_size, 1),
-                                 ("start", start, 0), ("max_skips", max_skips, 0)):
-            if value < low:
-                raise ConfigError(f"{name} must be at least {low}, got {value}")
-        if remainder not in REMAINDERS:
-            raise ConfigError(f"Invalid remainder {remainder!r}: choose {', '.join(REMAINDERS)}")
-        self.fields, self.variant, self.y_hat_dtype = tuple(fields), variant, y_hat_dtype
-        self.seed, self.shuffle, self.shuffle_window = seed, shuffle, shuffle_window
-        self.batch_size, self.drop_last, self.remainder = batch_size, drop_last, remainder
+        if options.variant is not None and not 0 <= options.variant < self.info["variants"]:
+            raise ConfigError(f"variant {options.variant} out of range: {self.path} stores {self.info['variants']}")
+        options.check()
+        self.options = options
+        self.fields, self.variant = tuple(fields), options.variant
         self._position = _shared_position()
-        self.start, self.rank, self.world, self.max_skips = start, rank, world, max_skips
-        self._resume_start = start  # consumed by the first set_epoch without a start
+        self.start = options.start
+        self._resume_start = options.start  # consumed by the first set_epoch without a start
         self.epoch = 0
         self.skipped: list[str] = []
         self._keys: SplitKeys | None = None      # random access: built on first use
         self._zarr_keys = None
         # DataLoader workers do not see the process group: resolve it here, in the main process.
         self._dist = rank_and_world()
+
+    # ------------------------------------------------------------------ random access
 
     def keys(self, variant: int | None = None) -> list[str]:
         """The split's sample keys (``<item>_v<variant:03d>``) of `variant` in stored order; None: the
@@ -244,12 +153,14 @@ class LatentDataset(IterableDataset):
             sample = self._zarr_keys.get(key, fields)
         else:
             sample = read_tar_sample(self.path, shard, index, key, fields)
-        return to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
+        return stages.as_dict(sample, self.teacher, self.options.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:
         if self._keys is None:
             self._keys = SplitKeys(self.path, self.manifest, self.split)
         return self._keys
+
+    # ------------------------------------------------------------------ the epoch
 
     def set_epoch(self, epoch: int, start: int | None = None, until: int | None = None) -> None:
         """Read epoch `epoch` next, from per-rank sample offset `start`; with `until`, the same pass
@@ -268,7 +179,7 @@ class LatentDataset(IterableDataset):
         until = epoch + 1 if until is None else until
         if until <= epoch:
             raise ConfigError(f"until={until} must be after epoch {epoch}")
-        if until > epoch + 1 and self.max_skips:
+        if until > epoch + 1 and self.options.max_skips:
             raise ConfigError("one pass through several epochs needs strict reads (max_skips=0): a lenient "
                               "epoch may yield fewer items, and the epochs could not be told apart")
         self.epoch, self.start, self.until = epoch, start, until
@@ -314,12 +225,13 @@ class LatentDataset(IterableDataset):
 
     def _rank_world(self) -> tuple[int, int]:
         rank, world = self._dist if get_worker_info() else rank_and_world()
-        return (rank if self.rank is None else self.rank), (world if self.world is None else self.world)
+        o = self.options
+        return (rank if o.rank is None else o.rank), (world if o.world is None else o.world)
 
     def samples_per_rank(self, epoch: int | None = None) -> int:
         """Samples this rank reads in epoch `epoch` (None: the current epoch), from its first."""
         rank, world = self._rank_world()
-        return len(rank_slice(sum(s["samples"] for s in self.shards(epoch)), rank, world, self.remainder))
+        return len(rank_slice(sum(s["samples"] for s in self.shards(epoch)), rank, world, self.options.remainder))
 
     def __len__(self) -> int:
         """Items this rank yields in a pass: samples, or batches with batch_size (the current epoch
@@ -329,31 +241,26 @@ class LatentDataset(IterableDataset):
     def items(self, epoch: int, start: int = 0) -> int:
         """Items this rank yields in epoch `epoch` from per-rank sample offset `start`."""
         n = max(self.samples_per_rank(epoch) - start, 0)
-        if self.batch_size is None:
+        batch_size = self.options.batch_size
+        if batch_size is None:
             return n
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // batch_size if self.options.drop_last else -(-n // batch_size)
 
     def order(self) -> list[tuple]:
         """The epoch's global order G as (shard path, sample index) pairs."""
         shards = self.shards()
-        return [(shards[s]["path"], i) for s, i in self._order(shards, self.epoch)]
+        return [(shards[s]["path"], i) for s, i in self._order(shards, self.epoch).samples]
 
-    def _order(self, shards, epoch: int) -> list[tuple]:
-        return epoch_order([s["samples"] for s in shards], self.seed, epoch, self.shuffle, self.shuffle_window)
+    def _order(self, shards, epoch: int) -> EpochOrder:
+        o = self.options
+        return epoch_order([s["samples"] for s in shards], o.seed, epoch, o.shuffle, o.shuffle_window)
 
-    def _units(self, shards, epoch: int, start: int) -> list[list[tuple]]:
-        """This rank's items of `epoch` from `start` on, each a list of (shard, index) pairs."""
-        order = self._order(shards, epoch)
-        rank, world = self._rank_world()
-        mine = [order[p % len(order)] for p in rank_slice(len(order), rank, world, self.remainder)]
-        mine = mine[start:]
-        if self.batch_size is None:
-            return [[pair] for pair in mine]
-        b = self.batch_size
-        units = [mine[i:i + b] for i in range(0, len(mine), b)]
-        if self.drop_last and units and len(units[-1]) < b:
-            units.pop()
-        return units
+    def _units(self, order: EpochOrder, start: int) -> list[list[tuple]]:
+        """This rank's items of the epoch from `start` on, each a list of (shard, index) pairs."""
+        mine = rank_share(order.samples, *self._rank_world(), self.options.remainder)[start:]
+        return batch_units(mine, self.options.batch_size, self.options.drop_last)
+
+    # ------------------------------------------------------------------ the stages
 
     def __iter__(self):
         worker = get_worker_info()
@@ -362,123 +269,51 @@ class LatentDataset(IterableDataset):
         before = 0  # items of this pass before `epoch`: item i of the pass goes to worker i mod nworkers
         for epoch in range(first, self.until):
             shards = self.shards(epoch)
-            units = self._units(shards, epoch, start if epoch == first else 0)
-            yield from self._read(shards, epoch, units[(wid - before) % nworkers::nworkers])
+            order = self._order(shards, epoch)
+            units = self._units(order, start if epoch == first else 0)
+            yield from self._read(shards, epoch, order, worker_share(units, wid, nworkers, before))
             before += len(units)
 
-    def _read(self, shards, epoch: int, units: list):
-        """The items of `units` (this worker's share of one epoch), read window by window."""
+    def _read(self, shards: list, epoch: int, order: EpochOrder, units: list):
+        """The items of `units` (this worker's share of one epoch) through the reader's stages."""
+        o = self.options
         self.skipped = []  # max_skips is a budget per epoch: a damaged epoch does not fail the clean ones
-        window_of = self._windows(shards, epoch)
-        uses: dict[tuple, int] = {}
-        mine: dict[int, set] = {}  # shard index -> this worker's sample indices in it
-        for unit in units:
-            for pair in unit:
-                uses[pair] = uses.get(pair, 0) + 1
-                mine.setdefault(pair[0], set()).add(pair[1])
-        cache: dict[tuple, dict | None] = {}
-        pending: list[str] = []
-        if self.remote:  # the next PREFETCH_WINDOWS windows' shards are fetched while one window is read
-            windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
-            ahead = [[shards[s] for s in w] for w in windows[1:]]
-            # a pass through several epochs goes on into the next epochs' first windows
-            ahead += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, self.until))]
-            self._next_window = {w: [shard for nxt in ahead[i:i + PREFETCH_WINDOWS] for shard in nxt]
-                                 for i, w in enumerate(windows)}
-        # Under DDP (world > 1) every unit yields an item, so each rank yields len(self) of them
-        # and the ranks' steps stay in lockstep: a unit whose samples were all skipped repeats
-        # the last item read (or the first one, where none was read yet). A single process
-        # yields only what it read (N - k samples, the k named).
-        lockstep = self._rank_world()[1] > 1
-        last, owed = None, 0
-        for unit in units:
-            batch = []
-            for pair in unit:
-                if pair not in cache:
-                    pending += self._load(shards, window_of[pair[0]], mine, uses, cache)
-                sample = cache[pair]
-                uses[pair] -= 1
-                if uses[pair] == 0:
-                    del cache[pair]
-                if sample is not None:
-                    batch.append(sample)
-            if batch:
-                last = batch[0] if self.batch_size is None else collate(batch)
-            elif not lockstep:
-                continue
-            elif last is None:
-                owed += 1
-                continue
-            item = last
-            if self.max_skips:
-                item = dict(item, __skipped__="\n".join(pending) if self.batch_size is None else pending)
-                pending = []
-            for _ in range(owed + 1):
-                yield item
-            owed = 0
-        if owed:
-            raise StoreError(f"Every sample of {owed} item(s) of rank {self._rank_world()[0]} was damaged and "
-                             f"skipped, so this rank cannot yield as many items as the others:\n  "
-                             + "\n  ".join(self.skipped[:20]) + "\nRun `latentstore verify` and rebuild the "
-                             "damaged shards.")
+        window_of = order.window_of()
+        read = partial(self._read_shard, shards)
+        prefetch = self._prefetcher(shards, epoch, window_of, units) if self.remote else None
+        events = stages.read_windows(units, shards, window_of, read, prefetch)
+        events = stages.decode(events, partial(stages.as_dict, teacher=self.teacher, y_hat_dtype=o.y_hat_dtype))
+        counted = stages.count_skips(events, o.max_skips, self.skipped)
+        rank, world = self._rank_world()
+        padded = stages.pad_for_lockstep(counted, world > 1, rank, self.skipped)
+        return stages.to_items(padded, o.batch_size is not None, o.max_skips > 0)
+
+    def _read_shard(self, shards: list, s: int, wanted):
+        shard = shards[s]
+        if self.remote:
+            self.remote.fetch_shard(shard)
+        return read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
+                            self.options.max_skips > 0, wanted=wanted)
+
+    def _prefetcher(self, shards: list, epoch: int, window_of: dict, units: list):
+        """before_window for a remote store: fetch the shards of the next PREFETCH_WINDOWS windows this
+        worker reads (in a pass through several epochs, on into the next epochs' first windows)."""
+        windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
+        ahead = [[shards[s] for s in w] for w in windows[1:]]
+        ahead += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, self.until))]
+        next_window = {w: [shard for nxt in ahead[i:i + PREFETCH_WINDOWS] for shard in nxt]
+                       for i, w in enumerate(windows)}
+        return lambda window: self.remote.prefetch(next_window.get(tuple(window), []))
 
     def _first_window(self, epoch: int) -> list[dict]:
         """The shard records of the window this rank's slice of `epoch` starts in (what to prefetch)."""
         shards = self.shards(epoch)
         order = self._order(shards, epoch)
-        positions = rank_slice(len(order), *self._rank_world(), self.remainder)
-        if not order or not positions:
+        positions = rank_slice(len(order.samples), *self._rank_world(), self.options.remainder)
+        if not order.samples or not positions:
             return []
-        return [shards[s] for s in self._windows(shards, epoch)[order[positions[0] % len(order)][0]]]
-
-    def _windows(self, shards, epoch: int) -> dict[int, list[int]]:
-        """Shard index -> the shards read together with it (its shuffle window)."""
-        if not self.shuffle:
-            return {s: [s] for s in range(len(shards))}
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = [int(s) for s in rng.permutation(len(shards))]  # same first draw as epoch_order
-        groups = [perm[w:w + self.shuffle_window] for w in range(0, len(perm), self.shuffle_window)]
-        return {s: g for g in groups for s in g}
-
-    def _load(self, shards, window: list[int], mine: dict, uses: dict, cache: dict) -> list[str]:
-        """Read the shards of one window into `cache` (only samples still to be used); return skips.
-        Only this worker's samples (`mine`) are decoded: the rest are other workers' work."""
-        skipped = []
-        if self.remote:
-            self.remote.prefetch(self._next_window.get(tuple(window), []))
-        for s in window:
-            shard = shards[s]
-            if self.remote:
-                self.remote.fetch_shard(shard)
-            seen, damage = 0, "the shard holds fewer samples than the manifest records"
-            samples = read_dicts(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
-                                 self.max_skips > 0, wanted=mine.get(s, ()))
-            for index, sample in enumerate(samples):
-                seen = index + 1
-                if sample is None:
-                    continue
-                if "__error__" in sample:
-                    if sample["__key__"] is None:  # damage to the shard itself: none of its samples is kept
-                        seen, damage = 0, sample["__error__"]
-                        break
-                    if uses.get((s, index)):
-                        skipped.append(sample["__error__"])
-                        cache[(s, index)] = None
-                    continue
-                if uses.get((s, index)):
-                    cache[(s, index)] = to_tensors(self.teacher.decode(sample), self.y_hat_dtype)
-            for index in range(seen, shard["samples"]):
-                if uses.get((s, index)) and not ((s, index) in cache and cache[(s, index)] is None):
-                    known = cache.get((s, index))  # read before the shard's damage showed: not trusted
-                    key = f"key {known['__key__']}" if known else "key unknown"
-                    skipped.append(f"shard {shard['path']}, sample #{index} ({key}): lost ({damage})")
-                    cache[(s, index)] = None
-        self.skipped += skipped
-        if len(self.skipped) > self.max_skips:
-            listing = "\n  ".join(self.skipped[:20])
-            raise StoreError(f"{len(self.skipped)} damaged samples, more than max_skips={self.max_skips}:\n  "
-                             f"{listing}\nRun `latentstore verify` and rebuild the damaged shards.")
-        return skipped
+        first_shard = order.samples[positions[0] % len(order.samples)][0]
+        return [shards[s] for s in order.window_of()[first_shard]]
 
 
 def _shared_position() -> torch.Tensor:
@@ -487,43 +322,26 @@ def _shared_position() -> torch.Tensor:
     return torch.zeros(3, dtype=torch.int64).share_memory_()
 
 
-def open_store(path, split: str | None = None, *, fields=DEFAULT_FIELDS, variant: int | None = None,
-               y_hat_dtype: torch.dtype | None = torch.float32, teacher_dtype: torch.dtype | None = torch.float32,
-               seed: int = 0, shuffle: bool = False, shuffle_window: int = 4,
-               batch_size: int | None = None, drop_last: bool = False, remainder: str = "drop",
-               start: int = 0, rank: int | None = None, world: int | None = None,
-               max_skips: int = 0, storage_options: dict | None = None, cache_dir=None) -> LatentDataset:
+def open_store(path, split: str | None = None, **options) -> LatentDataset:
     """Open one split of a store for reading, as a torch IterableDataset of sample dicts.
 
     Args:
         path: the store folder (it holds manifest.json), or its URL: any protocol fsspec reads
             (``s3://bucket/prefix``, ``gs://``, ``az://``, ``https://``, ``hf://``).
         split: the split to read; None if the store holds only one.
-        fields: the fields each sample carries, a tuple of names or one name: y_hat, symbols,
-            y_string, z_string, label, meta, and what the store was built with (means, scales,
-            z_symbols, label_map, teacher_<tap>). A field the split does not hold is an error.
-        variant: None reads variant ``epoch % K`` (call ``set_epoch``); an int pins one.
-        y_hat_dtype / teacher_dtype: dtype of ŷ and of the teacher maps in the samples. None: as
-            stored (int8 teacher maps dequantized to float32), the fewest bytes per batch for a
-            loader that widens on the GPU (the trainers and evals do).
-        seed, shuffle, shuffle_window: the epoch order, a function of (seed, epoch) only; shards
-            are shuffled, then the samples of each window of ``shuffle_window`` shards.
-        batch_size, drop_last: yield collated batches (use ``DataLoader(ds, batch_size=None)``).
-        remainder: "drop" or "pad", so that every rank reads the same number of samples; "keep" reads
-            every sample exactly once (ranks may differ by one sample: evaluation).
-        start: per-rank sample offset to resume an epoch from.
-        rank, world: override torch.distributed (or RANK / WORLD_SIZE).
-        max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
-        storage_options: passed to fsspec for a URL (e.g. ``{"endpoint_url": ..., "anon": True}``).
-        cache_dir: where a remote store's shards are mirrored (default ``$LATENTSTORE_CACHE``, else
-            ``~/.cache/latentstore/stores``); see latentstore/store/location.py.
+        options: keyword arguments, the fields of `ReadOptions` (listed below).
 
     Each sample is a dict of tensors plus ``__key__`` and ``__shard__``. ŷ is padded to a
     multiple of 64 pixels: ``ds.info["valid_region"]`` (rows r0:r1, cols c0:c1) are the latent
     cells of the image, e.g. ``y = s["y_hat"][..., r0:r1, c0:c1]``. ``ds.keys()`` lists the
     sample keys; ``ds[key]`` or ``ds[i]`` reads one sample.
     """
-    return LatentDataset(path, split, variant, fields, y_hat_dtype, seed=seed, shuffle=shuffle,
-                         shuffle_window=shuffle_window, batch_size=batch_size, drop_last=drop_last,
-                         remainder=remainder, start=start, rank=rank, world=world, max_skips=max_skips,
-                         teacher_dtype=teacher_dtype, storage_options=storage_options, cache_dir=cache_dir)
+    return LatentDataset(path, split, ReadOptions(**options))
+
+
+# One list of options: open_store shows ReadOptions' fields as its keyword-only parameters and documents them.
+open_store.__signature__ = inspect.Signature(
+    [inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="str | None"),
+     *option_parameters()], return_annotation="LatentDataset")
+open_store.__doc__ += "\n    " + ReadOptions.__doc__.strip() + "\n"

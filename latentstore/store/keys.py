@@ -23,6 +23,7 @@ from ..errors import ConfigError, StoreError
 from .format import FIELDS, OPTIONAL_FIELDS, commit_record_name, field_for_member, sample_key
 from .paths import store_file
 from .readers import iter_shard
+from .sample import Sample
 
 
 def stored_fields(info: dict) -> tuple | None:
@@ -118,14 +119,14 @@ def _group_of(shard: dict) -> int:
     return int(Path(shard["path"]).name.split("-")[-1].split(".")[0])
 
 
-def read_tar_sample(store, shard: dict, index: int, key: str, fields: tuple) -> dict:
+def read_tar_sample(store, shard: dict, index: int, key: str, fields: tuple) -> Sample:
     """Sample number `index` of a tar shard, checked to be `key` (through the shard's sample index)."""
     path = store_file(store, shard["path"], f"shard {shard['path']}")
     for i, sample in enumerate(iter_shard(path, shard["path"], None, fields,
-                                          wanted={index}, record=shard)):
+                                          wanted={index}, record=shard, variant=shard["variant"])):
         if i == index:
-            if sample["__key__"] != key:
-                raise StoreError(f"shard {shard['path']}: sample #{index} is {sample['__key__']!r}, its commit "
+            if sample.key != key:
+                raise StoreError(f"shard {shard['path']}: sample #{index} is {sample.key!r}, its commit "
                                  f"record says {key!r}; run `latentstore verify`")
             return sample
     raise StoreError(f"shard {shard['path']}: holds fewer than {index + 1} samples, the manifest records "

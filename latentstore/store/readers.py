@@ -1,33 +1,33 @@
-"""Store readers, one module per backend, both yielding the same decoded sample dicts.
+"""Store readers, one module per backend, both yielding the same typed records: Samples, ReadErrors.
 
-`read_dicts` hands those dicts on as they are (the dataset's path: it makes tensors of them);
-`read_shard` gives the stages that rewrite a store (convert, add-teacher, verify) typed Samples.
+`read_samples` is the one entry point: the dataset reads with it (leniently, only the samples it
+wants), and `read_shard` is its strict form for the stages that rewrite or check a store
+(convert, add-teacher, verify).
 """
 from pathlib import Path
 
 from ..errors import StoreError
 from .paths import store_file
-from .sample import Sample
+from .sample import ReadError, Sample
 from .tar.reader import iter_shard
 from .zarr.reader import iter_unit
 
 BACKENDS = ("webdataset", "zarr")
 
 
-def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
-               check_digest: bool = True):
-    """The samples of one manifest shard (a tar shard or a Zarr unit) in stored order, as dicts
-    {field: decoded value, "meta": its JSON dict, "__key__", "__shard__"}, its files checked against
-    their record first: digests only with `check_digest`, which a caller turns off only right after
-    checking them itself (a Zarr unit's sizes are checked either way: Zarr reads a missing chunk as
-    zeros); None for an index not in `wanted` (left undecoded). Strict reads raise StoreError naming
-    shard and key; with ``lenient=True`` a sample that cannot be trusted comes as {"__key__",
-    "__shard__", "__error__"} instead (``__key__`` None: damage to the shard itself, after which
-    nothing more comes)."""
+def read_samples(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
+                 check_digest: bool = True):
+    """The samples of one manifest shard (a tar shard or a Zarr unit) in stored order, as Samples
+    (fields decoded, meta.json as a SampleMeta where `fields` asks for it), its files checked
+    against their record first: digests only with `check_digest`, which a caller turns off only
+    right after checking them itself (a Zarr unit's sizes are checked either way: Zarr reads a
+    missing chunk as zeros); None for an index not in `wanted` (left undecoded). Strict reads raise
+    StoreError naming shard and key; with ``lenient=True`` a sample that cannot be trusted comes as
+    a ReadError instead (key None: damage to the shard itself, after which nothing more comes)."""
     if backend == "webdataset":
         path = store_file(store, shard["path"], f"shard {shard['path']}")
         return iter_shard(path, shard["path"], shard["samples"], fields, lenient=lenient,
-                          wanted=wanted, record=shard if check_digest else None)
+                          wanted=wanted, record=shard if check_digest else None, variant=shard["variant"])
     if backend == "zarr":
         return iter_unit(Path(store), shard, fields, lenient, wanted=wanted, check_digest=check_digest)
     raise StoreError(f"{store} uses backend {backend!r}; this latentstore reads {', '.join(BACKENDS)}")
@@ -35,9 +35,8 @@ def read_dicts(store, backend: str, shard: dict, fields=None, lenient: bool = Fa
 
 def read_shard(store, backend: str, shard: dict, check_digest: bool = True):
     """The Samples of one manifest shard in stored order, every field decoded (strict: StoreError
-    naming shard and key on any damage; digests as in `read_dicts`)."""
-    for read in read_dicts(store, backend, shard, check_digest=check_digest):
-        yield Sample.from_read(read, shard["variant"])
+    naming shard and key on any damage; digests as in `read_samples`)."""
+    return read_samples(store, backend, shard, check_digest=check_digest)
 
 
-__all__ = ["BACKENDS", "iter_shard", "iter_unit", "read_dicts", "read_shard"]
+__all__ = ["BACKENDS", "ReadError", "Sample", "iter_shard", "iter_unit", "read_samples", "read_shard"]

@@ -1,8 +1,9 @@
-"""The sample the stages hand on: encoder -> writers, readers -> convert, add-teacher, verify.
+"""The sample the stages hand on: encoder -> writers, readers -> dataset, convert, add-teacher, verify.
 
 A Sample holds decoded values, never member bytes. Each backend serialises it
-its own way (writers/webdataset.py as tar members, writers/zarr.py as array
-rows), and `readers.read_shard` gives one back, so no stage turns arrays into
+its own way (store/tar/writer.py as tar members, store/zarr/writer.py as array
+rows), and its reader gives one back (a ReadError where a lenient read cannot
+trust it; store/readers.py), so no stage turns arrays into
 bytes only for the next one to parse them again. Field names and encodings: format.FIELDS
 and docs/FORMAT.md, "Samples".
 """
@@ -51,7 +52,7 @@ class Sample:
     the int label), with meta.json as a SampleMeta (None when a reader was not asked for it).
     `shard` names where a reader found it, for error messages; writers ignore it."""
     key: str
-    variant: int
+    variant: int | None        # None where the reader was not told (a tar shard read without its record)
     fields: dict
     meta: SampleMeta | None = None
     shard: str | None = None
@@ -60,10 +61,17 @@ class Sample:
         """{field name: value}, meta as its JSON dict: what a backend serialises."""
         return {**self.fields, **({"meta": self.meta.to_dict()} if self.meta is not None else {})}
 
-    @classmethod
-    def from_read(cls, read: dict, variant: int) -> "Sample":
-        """From a reader's dict ({field: decoded value, "__key__", "__shard__"}, meta as its JSON dict)."""
-        key, shard = read["__key__"], read.get("__shard__")
-        fields = {name: v for name, v in read.items() if name != "meta" and not name.startswith("__")}
-        meta = SampleMeta.from_dict(read["meta"], f"shard {shard}, key {key}") if "meta" in read else None
-        return cls(key, variant, fields, meta, shard)
+    def as_item(self) -> dict:
+        """webdataset's dict shape, {"__key__", "__shard__", field: value, "meta": dict}: what a dataset
+        hands out (read/stages.py makes tensors of it)."""
+        return {"__key__": self.key, "__shard__": self.shard, **self.values()}
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """What a lenient reader yields in place of a sample it cannot trust: `message` is the one-line
+    error naming `shard` and `key`; `key` None is damage to the shard itself, after which the
+    reader yields nothing more."""
+    shard: str
+    key: str | None
+    message: str

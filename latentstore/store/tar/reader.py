@@ -1,4 +1,4 @@
-"""Strict reading of latentstore tar shards, and their sample index.
+"""Strict reading of latentstore tar shards into Samples, and their sample index.
 
 A tar file has no trailer, so a shard cut at a member boundary reads back
 without any error from tarfile or webdataset. The strict reader therefore
@@ -19,7 +19,6 @@ same shard skip it, and a changed file gets a new mtime, so the check runs again
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import BinaryIO, Container, Iterator
@@ -30,6 +29,7 @@ from ...errors import StoreError
 from ..checksum import CRC32C_IS_FAST, check_once
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 from ..locks import write_in_progress
+from ..sample import ReadError, Sample, SampleMeta
 from .index import INDEX_COLUMNS, read_index
 
 _BLOCK = 512
@@ -160,7 +160,7 @@ def build_index(path, shard: str) -> dict:
 
 
 def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, required, lenient: bool,
-             wanted: Container[int] | None) -> Iterator[dict | None]:
+             wanted: Container[int] | None, variant: int | None) -> Iterator[Sample | ReadError | None]:
     """iter_shard through the sample index: each wanted sample is one read of its span, checked
     against its own CRC-32C (once per process); the others are not read at all."""
     index = read_index(path, shard, record, st.st_size)
@@ -179,11 +179,11 @@ def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, r
                                      "damaged or replaced shard), so this sample cannot be trusted. Run `latentstore "
                                      "verify` and rebuild the shard (delete its group record, rerun the build command)")
                 checked[i] = 1
-                yield _decode(shard, key, _span_fields(data, shard, key), fields, required)
+                yield _decode(shard, key, _span_fields(data, shard, key), fields, required, variant)
             except StoreError as exc:
                 if not lenient:
                     raise
-                yield {"__key__": key, "__shard__": shard, "__error__": str(exc)}
+                yield ReadError(shard, key, str(exc))
 
 
 def _span_fields(data: bytes, shard: str, key: str) -> dict:
@@ -202,18 +202,19 @@ def _span_fields(data: bytes, shard: str, key: str) -> dict:
 def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
                lenient: bool = False, wanted: Container[int] | None = None,
-               record: dict | None = None) -> Iterator[dict | None]:
-    """Yield the samples of one shard as dicts {field: decoded value, "__key__", "__shard__"}.
+               record: dict | None = None, variant: int | None = None) -> Iterator[Sample | ReadError | None]:
+    """Yield the samples of one shard as Samples (fields decoded, meta.json as a SampleMeta, `variant`
+    as given: a tar shard does not record it).
 
     `fields` limits which fields are decoded (None: all). `wanted` (sample
     indices; None: all) leaves the others undecoded and unchecked: None is
     yielded in their place, so positions still count. Raises StoreError naming
     the shard (and key) on a damaged tar, a missing field, an undecodable field,
     or a sample count other than `expected_samples`. With ``lenient=True`` it
-    yields {"__key__", "__shard__", "__error__": message} in place of a damaged
-    sample and goes on; damage to the shard itself (unreadable tar, wrong count)
-    comes last, as such a dict with ``__key__`` None. With `record` (the
-    manifest's shard entry: bytes, sha256, crc32c and its sample index) the file
+    yields a ReadError in place of a damaged sample and goes on; damage to the
+    shard itself (unreadable tar, wrong count) comes last, as a ReadError with
+    key None. With `record` (the manifest's shard entry: bytes, sha256, crc32c
+    and its sample index) the file
     must match it before any sample is read.
     """
     count = 0
@@ -223,7 +224,7 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
         if record is not None and CRC32C_IS_FAST:
-            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted)
+            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted, variant)
             return
         if record is not None and not check_once(path, record):  # no fast CRC-32C: the whole shard's sha256
             yield from _damaged(Path(path), shard, expected_samples, lenient)
@@ -234,11 +235,11 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
                 yield None
                 continue
             try:
-                yield _decode(shard, key, raw, fields, required)
+                yield _decode(shard, key, raw, fields, required, variant)
             except StoreError as exc:
                 if not lenient:
                     raise
-                yield {"__key__": key, "__shard__": shard, "__error__": str(exc)}
+                yield ReadError(shard, key, str(exc))
         if expected_samples is not None and count != expected_samples:
             raise StoreError(
                 f"shard {shard}: holds {count} samples, the manifest records {expected_samples} "
@@ -248,12 +249,12 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     except OSError as exc:
         if not lenient:
             raise StoreError(f"shard {shard}: unreadable ({exc})") from exc
-        yield {"__key__": None, "__shard__": shard, "__error__": f"shard {shard}: unreadable ({exc})"}
+        yield ReadError(shard, None, f"shard {shard}: unreadable ({exc})")
     except StoreError as exc:
         exc = _while_written(Path(path), shard, exc)
         if not lenient:
             raise exc
-        yield {"__key__": None, "__shard__": shard, "__error__": str(exc)}
+        yield ReadError(shard, None, str(exc))
 
 
 def _while_written(path: Path, shard: str, exc: StoreError) -> StoreError:
@@ -263,7 +264,7 @@ def _while_written(path: Path, shard: str, exc: StoreError) -> StoreError:
     return StoreError(f"shard {shard} changed while it was read: {writing}") if writing else exc
 
 
-def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Iterator[dict]:
+def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Iterator[ReadError]:
     """A shard whose digest differs: no sample is trusted. Strict: one error naming the keys it holds;
     lenient: an error per sample, with its key (so skip lists name them)."""
     why = ("bytes differ from the manifest's checksum (a damaged or replaced shard), so none of its samples can be "
@@ -273,7 +274,7 @@ def _damaged(path: Path, shard: str, expected: int | None, lenient: bool) -> Ite
         listed = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         raise StoreError(f"shard {shard}: {why}. Its keys: {listed or 'none'}")
     for key in keys[:expected]:
-        yield {"__key__": key, "__shard__": shard, "__error__": f"shard {shard}, key {key}: {why}"}
+        yield ReadError(shard, key, f"shard {shard}, key {key}: {why}")
     if expected is not None and len(keys) != expected:
         raise StoreError(f"shard {shard}: holds {len(keys)} samples, the manifest records {expected}")
 
@@ -311,15 +312,19 @@ def _field_names(shard: str, key: str, members: dict) -> dict:
     return raw
 
 
-def _decode(shard: str, key: str, raw: dict, fields, required) -> dict:
+def _decode(shard: str, key: str, raw: dict, fields, required, variant: int | None) -> Sample:
     missing = [name for name in required if name not in raw]
     if missing:
         raise StoreError(f"shard {shard}, key {key}: missing field(s) {', '.join(missing)}")
-    sample = {"__key__": key, "__shard__": shard}
+    values, meta = {}, None
     for name, data in raw.items():
         if fields is None or name in fields:
             try:
-                sample[name] = decode_field(name, data)
+                value = decode_field(name, data)
             except Exception as exc:
                 raise StoreError(f"shard {shard}, key {key}: field {name} does not decode ({exc})") from exc
-    return sample
+            if name == "meta":
+                meta = SampleMeta.from_dict(value, f"shard {shard}, key {key}")
+            else:
+                values[name] = value
+    return Sample(key, variant, values, meta, shard)

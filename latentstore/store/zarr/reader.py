@@ -1,4 +1,4 @@
-"""Strict reading of latentstore Zarr stores: the same sample dicts as the tar reader.
+"""Strict reading of latentstore Zarr stores: the same Samples as the tar reader.
 
 Zarr itself reads a missing chunk as fill_value without a word, and blosc has
 no checksum (a flipped byte decodes to other numbers), so nothing is read
@@ -34,6 +34,7 @@ from ..format import (
     smallest_int_dtype,
 )
 from ..paths import store_file
+from ..sample import ReadError, Sample, SampleMeta
 from .writer import COMPRESSOR, COMPRESSORS, ROW_CAPACITY, ROW_CHUNK, shard_items
 
 
@@ -180,8 +181,6 @@ def _convert(name: str, value):
         return int(value)
     if name in ("symbols", "z_symbols"):
         return value.astype(smallest_int_dtype(value))
-    if name == "meta":
-        return json.loads(value)
     if name in ZARR_VLEN_FIELDS:
         return value
     return np.ascontiguousarray(value)
@@ -202,15 +201,15 @@ def _block(group: dict, names, variant: int, lo: int, hi: int, row: int) -> dict
 
 
 def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = False,
-              wanted: Container[int] | None = None, check_digest: bool = True) -> Iterator[dict | None]:
+              wanted: Container[int] | None = None, check_digest: bool = True) -> Iterator[Sample | ReadError | None]:
     """Yield the samples of one (variant, group) unit, as ``iter_shard`` does for a tar shard
     (None in place of samples whose index is not in `wanted`).
 
     Raises StoreError naming the unit (and key) when a chunk file is missing or
     resized, differs from its digest (only with `check_digest`: off for a caller
     that has just checked the digests itself), or the unit's sample count is not
-    the recorded one. With ``lenient=True`` such damage comes as one
-    {"__key__": None, "__error__"} dict.
+    the recorded one. With ``lenient=True`` such damage comes as one ReadError
+    with key None, and a sample that does not decode as a ReadError naming it.
     """
     store, name = Path(store), unit["path"]
     try:
@@ -228,7 +227,7 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
             StoreError(f"shard {name}: unreadable Zarr data ({type(exc).__name__}: {exc}); run `latentstore verify`")
         if not lenient:
             raise error from exc
-        yield {"__key__": None, "__shard__": name, "__error__": str(error)}
+        yield ReadError(name, None, str(error))
         return
     for index, i in enumerate(np.flatnonzero(present).tolist()):
         if wanted is not None and index not in wanted:
@@ -238,15 +237,16 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
         try:
             meta = json.loads(block["meta"][i])
             key = meta["key"]
-            sample = {"__key__": key, "__shard__": name}
-            for field in names:
-                if fields is None or field in fields:
-                    sample[field] = meta if field == "meta" else _convert(field, block[field][i])
+            values = {field: _convert(field, block[field][i]) for field in names
+                      if field != "meta" and (fields is None or field in fields)}
+            wants_meta = fields is None or "meta" in fields
+            sample = Sample(key, unit["variant"], values, SampleMeta.from_dict(meta, f"shard {name}, key {key}")
+                            if wants_meta else None, name)
         except Exception as exc:
             error = StoreError(f"shard {name}, key {key}: does not decode ({type(exc).__name__}: {exc})")
             if not lenient:
                 raise error from exc
-            yield {"__key__": key, "__shard__": name, "__error__": str(error)}
+            yield ReadError(name, key, str(error))
             continue
         yield sample
 
@@ -264,7 +264,7 @@ class KeyIndex:
             first = next(u for u in record["shards"])["items"][0]
             self.items.update({key: (group, first + i) for i, key in enumerate(record["items"])})
 
-    def get(self, key: str, fields: tuple | None = None) -> dict:
+    def get(self, key: str, fields: tuple | None = None) -> Sample:
         item, sep, variant = key.rpartition("_v")
         if not sep or not variant.isdigit() or item not in self.items:
             raise ConfigError(f"No sample {key!r} in split {self.split!r} of {self.store} "
@@ -283,9 +283,10 @@ class KeyIndex:
         except Exception as exc:
             raise StoreError(f"shard {unit['path']}, key {key}: unreadable Zarr data ({type(exc).__name__}: "
                              f"{exc}); run `latentstore verify`") from exc
-        sample = {"__key__": key, "__shard__": unit["path"]}
-        sample.update({n: _convert(n, block[n][0]) for n in names})
-        return sample
+        values = {n: _convert(n, block[n][0]) for n in names if n != "meta"}
+        meta = SampleMeta.from_dict(json.loads(block["meta"][0]), f"shard {unit['path']}, key {key}") \
+            if "meta" in names else None
+        return Sample(key, unit["variant"], values, meta, unit["path"])
 
 
 def metadata_problems(store: Path, split: str, info: dict) -> list[str]:

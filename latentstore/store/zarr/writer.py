@@ -53,6 +53,7 @@ from ..format import (
     member_size,
     write_json_atomic,
 )
+from ..locks import pid_alive
 from ..sample import Sample
 
 ROW_CAPACITY = 2 ** 40        # length of a bytes row; only written chunks exist on disk
