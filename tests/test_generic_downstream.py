@@ -21,7 +21,7 @@ from latentstore.commands.add_teacher import add_teacher, teacher_error
 from latentstore.commands.convert import convert
 from latentstore.commands.verify import verify
 from latentstore.store.format import MANIFEST, read_manifest
-from latentstore.store.readers import read_dicts
+from latentstore.store.readers import read_samples
 from test_eval import _load_script
 from test_exact import cli
 from test_generic import read_container
@@ -36,7 +36,7 @@ def samples(store: Path, split: str = "train") -> dict:
     """{key: sample dict} of a split, every field as the strict reader of its backend gives it."""
     manifest = read_manifest(store)
     return {s["__key__"]: s for unit in manifest["splits"][split]["shards"]
-            for s in read_dicts(store, manifest["backend"], unit)}
+            for s in (x.as_item() for x in read_samples(store, manifest["backend"], unit))}
 
 
 def assert_same_samples(a: dict, b: dict) -> None:

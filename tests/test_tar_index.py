@@ -128,7 +128,7 @@ from test_tar_index import ITEMS, write_group
 from latentstore.store.readers import iter_shard
 store = Path({str(tmp_path)!r})
 shard = write_group(store)["shards"][0]
-keys = [s["__key__"] for s in iter_shard(store / shard["path"], shard["path"], len(ITEMS), record=shard)]
+keys = [s.key for s in iter_shard(store / shard["path"], shard["path"], len(ITEMS), record=shard)]
 assert keys == [item + "_v000" for item in ITEMS], keys
 print("read", len(keys))
 """
