@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     echo ">> creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import latentstore, compressai, timm, webdataset, zarr, google_crc32c, tensorboard, yaml, fsspec, s3fs, moto, pytest, xdist, matplotlib" 2>/dev/null; then
+if ! .venv/bin/python -c "import latentstore, compressai, timm, torchvision, webdataset, zarr, google_crc32c, tensorboard, yaml, fsspec, s3fs, moto, pytest, xdist, matplotlib" 2>/dev/null; then
     echo ">> installing latentstore and its dependencies (torch, compressai, timm, ...; a few minutes)"
     # pip prints a line per package it collects, downloads and installs: the progress of those minutes.
     # Some pip configurations list local indexes that do not exist here; hide those warnings only.
