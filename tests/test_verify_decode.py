@@ -62,7 +62,7 @@ def test_decode_takes_a_count_or_all(tiny_folder, tmp_path, capsys):
     assert code == 2 and "'some' is neither a number nor 'all'" in out
 
 
-def test_a_store_from_before_the_fix_is_named_with_what_to_do(tiny_folder, tmp_path, capsys, monkeypatch):
+def test_a_store_of_another_encoder_revision_is_named_with_what_to_do(tiny_folder, tmp_path, capsys, monkeypatch):
     store = tmp_path / "s"
     monkeypatch.setattr(latentstore.build.generic_encoder, "Encoder", UlpOffEncoder)  # what make_encoder builds
     monkeypatch.setattr(latentstore.build.run, "ENCODER_REVISION", 1)
@@ -77,15 +77,15 @@ def test_a_store_from_before_the_fix_is_named_with_what_to_do(tiny_folder, tmp_p
     assert "CompressAI decodes a different ŷ" in bad[0] and "encoder revision 1" in bad[0]
     assert "rebuild it with the same command into a new --out" in bad[0]
     code, out = run(capsys, "info", store)
-    assert code == 0 and "BUILT BEFORE THE EXACTNESS FIX" in out
+    assert code == 0 and "ANOTHER ENCODER REVISION (this latentstore writes 2)" in out
 
 
-def test_a_build_started_before_the_fix_is_not_resumed(tiny_folder, tmp_path):
+def test_a_build_started_by_another_encoder_revision_is_not_resumed(tiny_folder, tmp_path):
     store = tmp_path / "s"
     build(config(tiny_folder, store), progress=False)
     started = store / "build-train.json"
     record = json.loads(started.read_text())
-    del record["encoder_revision"]
+    record["encoder_revision"] = 1
     started.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="encoder revision 1 .* new --out"):
         build(config(tiny_folder, store), progress=False)

@@ -216,9 +216,9 @@ class BuildConfig:
         d["fields"] = list(self.fields)
         d["scale"] = list(self.scale) if self.scale is not None else None
         d["root"] = str(Path(self.root).resolve())
-        if self.metric == "mse":  # absent: mse, as stores built before --metric record it
+        if self.metric == "mse":  # the default is not recorded: an identity without "metric" means mse
             d.pop("metric")
-        for k in TEACHER_ARGS:  # without a teacher the identity stays what it always was
+        for k in TEACHER_ARGS:  # without a teacher, its arguments are not part of the identity
             if self.teacher is None:
                 d.pop(k)
             elif isinstance(d[k], tuple):

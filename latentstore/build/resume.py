@@ -144,9 +144,9 @@ def check_resume(out: Path, cfg: BuildConfig, weights: dict, teacher=None) -> bo
         if started.get("code_sha256") != current.get("code_sha256"):
             diffs.append(f"coder source {weights.get('code', {}).get('file', '')} differs (sha256)")
         diffs += _teacher_diffs(started, current, cfg)
-        if started.get("encoder_revision", 1) != ENCODER_REVISION:
-            diffs.append(f"encoded by encoder revision {started.get('encoder_revision', 1)} (this latentstore: "
-                         f"{ENCODER_REVISION}), whose ŷ is not exact: start again in a new --out")
+        if started.get("encoder_revision") != ENCODER_REVISION:
+            diffs.append(f"encoded by encoder revision {started.get('encoder_revision')} (this latentstore: "
+                         f"{ENCODER_REVISION}), which stores another ŷ: start again in a new --out")
         if started.get("device", "cpu") != cfg.device:  # g_a on another device gives other symbols
             diffs.append(f"--device: store was started on {started.get('device', 'cpu')}, command has "
                          f"{cfg.device} (a store's symbols depend on the device type)")

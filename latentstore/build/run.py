@@ -265,7 +265,7 @@ def _versions() -> dict:
 def _coder_entry(cfg: BuildConfig, coder) -> dict:
     entry = {"name": coder.spec.name, "quality": cfg.quality, "latent_kind": coder.spec.latent_kind,
              "channels": coder.channels, "weights": coder.weights}
-    if coder.spec.path == "generic":  # absent: the single pass, as stores built before the generic path say
+    if coder.spec.path == "generic":  # the default is not recorded: a coder entry without "path" is single-pass
         entry["path"] = "generic"
     return entry
 

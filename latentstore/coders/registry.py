@@ -214,7 +214,7 @@ def load_coder(name: str, quality: int, weights: str = "pretrained", seed: int =
                                     f"(or run `latentstore fetch-weights --coder {spec.name} --quality {quality}` "
                                     "where there is internet and copy $TORCH_HOME/hub here)")
             provenance = {"source": "pretrained", "trained": True, "url": url, "file_sha256": file_sha256(path)}
-            if metric != "mse":  # absent: mse, as stores built before --metric record it
+            if metric != "mse":  # the default is not recorded: provenance without "metric" means mse
                 provenance["metric"] = metric
         else:
             path = Path(weights)

@@ -106,10 +106,11 @@ def _label(ext: str, backend: str) -> str:
 
 
 def _encoder_line(created_by: dict) -> str:
-    revision = created_by.get("encoder_revision", 1)
+    revision = created_by.get("encoder_revision")
     line = (f"encoder   revision {revision}, latentstore {created_by.get('latentstore', '?')}, "
             f"torch {created_by.get('torch', '?')} at {created_by.get('torch_threads', '?')} thread(s)")
-    if revision < ENCODER_REVISION:
-        line += ("\n          BUILT BEFORE THE EXACTNESS FIX: ŷ can be an ulp off CompressAI's decode "
-                 "(check: latentstore verify STORE --decode all); rebuild into a new --out")
+    if revision != ENCODER_REVISION:
+        line += (f"\n          ANOTHER ENCODER REVISION (this latentstore writes {ENCODER_REVISION}): its ŷ need not "
+                 "be what CompressAI decodes here (check: latentstore verify STORE --decode all); rebuild into a "
+                 "new --out")
     return line

@@ -15,7 +15,6 @@ import torch
 
 from ..errors import ConfigError, StoreError
 from ..store.format import fsync_dir
-from .store_identity import saved_summary
 
 LAST = "last.pt"
 
@@ -55,9 +54,8 @@ def find_resume(resume: str, out) -> Path | None:
 
 def check_same_store(saved: dict, current: dict, path) -> None:
     """Refuse to resume on another store: `current` (``latentstore.train.store_identity.store_summary``) must equal
-    the summary the checkpoint saved, key by key (keys an older checkpoint does not record excepted)."""
-    saved = saved_summary(saved)
-    diffs = [f"{k}: checkpoint {saved[k]!r}, store {v!r}" for k, v in current.items() if k in saved and saved[k] != v]
+    the summary the checkpoint saved, key by key."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, store {v!r}" for k, v in current.items() if saved.get(k) != v]
     if diffs:
         raise StoreError(f"Checkpoint {path} was trained on another store:\n  " + "\n  ".join(diffs)
                          + "\nPoint --store at the original store, or start a new --out.")

@@ -82,8 +82,7 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def changed_hparams(self, saved: dict) -> list[str]:
-        """'--name old → new' for each hyperparameter that differs from `saved` (a checkpoint's config);
-        fields `saved` does not record (an older checkpoint) are not compared."""
+        """'--name old → new' for each hyperparameter that differs from `saved` (a checkpoint's config)."""
         mine = self.as_dict()
         return [f"--{k.replace('_', '-')} {_shown(saved[k])} → {_shown(v)}" for k, v in mine.items()
                 if k not in RUN_CONTROLS and k in saved and _comparable(saved[k]) != _comparable(v)]

@@ -23,18 +23,6 @@ def store_summary(manifest: dict, split: str) -> dict:
             "teacher": teacher.get("name"), "teacher_sha256": teacher.get("weights_sha256")}
 
 
-def saved_summary(saved: dict) -> dict:
-    """A summary as a checkpoint saved it, in today's keys. Checkpoints from before the one summary
-    recorded ``coder_sha256`` (now ``weights_sha256``) and ``classes`` as a count (now ``num_classes``;
-    the names are then unknown)."""
-    out = dict(saved)
-    if "coder_sha256" in out:
-        out.setdefault("weights_sha256", out.pop("coder_sha256"))
-    if isinstance(out.get("classes"), int):
-        out.setdefault("num_classes", out.pop("classes"))
-    return out
-
-
 #: What evaluation compares: the facts a model's outputs depend on (not split, counts or teacher).
 COMPARED = ("coder", "quality", "latent_kind", "channels", "weights_sha256", "latent_shape", "num_classes",
             "classes")
