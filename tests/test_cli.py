@@ -74,7 +74,7 @@ def test_help_explains_the_commands(capsys):
 
 def test_build_options_are_buildconfig_fields_with_their_help_and_defaults(capsys):
     from latentstore.build.config import BuildConfig
-    from latentstore.options import options
+    from latentstore.flags import options
 
     code, out, _ = run(capsys, "build", "--help")
     text = "".join(out.split())  # undo click's line wrapping (it may break a line where no space was)

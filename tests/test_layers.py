@@ -14,17 +14,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "latentstore"
 #: top-level unit -> (units it may import at module level, units it may import only inside a function)
 ALLOWED = {
     "errors": (set(), set()),
-    "options": ({"errors"}, set()),  # config dataclass -> flags, for every command
+    "flags": ({"errors"}, set()),  # config dataclass -> flags, for every command
     "store": ({"errors"}, set()),
     "weights": ({"errors", "store"}, set()),
     "coders": ({"errors", "store", "weights"}, set()),
     "models": ({"errors"}, {"coders"}),
     "teacher": ({"errors", "store", "weights"}, {"models"}),
-    "build": ({"errors", "options", "store", "weights", "coders", "teacher", "models"}, set()),
+    "build": ({"errors", "flags", "store", "weights", "coders", "teacher", "models"}, set()),
     "read": ({"errors", "store", "teacher"}, set()),
-    "train": ({"errors", "options", "store", "read", "models", "teacher", "evaluate"}, {"coders"}),
-    "evaluate": ({"errors", "options", "store", "read", "models", "train"}, {"coders"}),
-    "commands": ({"errors", "options", "store", "weights", "coders", "models", "teacher", "build", "read", "train",
+    "train": ({"errors", "flags", "store", "read", "models", "teacher", "evaluate"}, {"coders"}),
+    "evaluate": ({"errors", "flags", "store", "read", "models", "train"}, {"coders"}),
+    "commands": ({"errors", "flags", "store", "weights", "coders", "models", "teacher", "build", "read", "train",
                   "evaluate"}, set()),
     "": (set(), {"read"}),  # the package itself: open_store on first use
     "__main__": ({"commands"}, set()),  # python -m latentstore

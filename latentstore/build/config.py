@@ -1,6 +1,6 @@
 """The arguments of `latentstore build`, resolved and checked: what decides a store's bytes.
 
-Each field carries its flag's help, choices and default (latentstore/options.py; commands/cli.py makes
+Each field carries its flag's help, choices and default (latentstore/flags.py; commands/cli.py makes
 the click options from them). ``BuildConfig.identity()`` is what a resumed build must repeat and what
 the manifest records; the last block of fields changes speed only, never bytes. This module imports
 nothing heavy: ``checked()`` finds every argument error before the codec (seconds) is imported.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..coders.names import METRICS, canonical_coder, check_coder_quality, check_metric, coder_help
 from ..errors import ConfigError
-from ..options import comma_ints, comma_words, opt
+from ..flags import comma_ints, comma_words, opt
 from ..store.numerics import MODES
 from ..teacher.names import DEFAULT_STRIDES, TEACHER_ARGS, TEACHER_DTYPES, resolve_teacher_args
 

@@ -61,9 +61,9 @@ class _FieldType(click.ParamType):
 
 def field_options(cls, names=None, required=()) -> list:
     """Click options for the fields of the config dataclass `cls` (all, or `names`), with the help, choices
-    and shown defaults the fields declare (latentstore/options.py). Each option's value is None unless
+    and shown defaults the fields declare (latentstore/flags.py). Each option's value is None unless
     given: the command passes only given values, so the dataclass's defaults stay the only ones."""
-    from ..options import options
+    from ..flags import options
 
     made = []
     for o in options(cls):

@@ -1,11 +1,11 @@
-"""The eval scripts' flags -> a frozen EvalConfig (latentstore/options.py: an unknown flag is an error)."""
+"""The eval scripts' flags -> a frozen EvalConfig (latentstore/flags.py: an unknown flag is an error)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..options import opt, parse_config
+from ..flags import opt, parse_config
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -1,4 +1,4 @@
-"""Trainer configuration: one frozen dataclass, parsed from flags by latentstore/options.py (an unknown
+"""Trainer configuration: one frozen dataclass, parsed from flags by latentstore/flags.py (an unknown
 flag is an error; `--config FILE.yaml` sets any flag).
 
 The resolved config goes into every checkpoint, so it holds primitives only
@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..options import opt, parse_config  # noqa: F401  (parse_config: the trainers' entry, latentstore.train)
+from ..flags import opt, parse_config  # noqa: F401  (parse_config: the trainers' entry, latentstore.train)
 from ..store.location import is_url, shown
 
 TRANSFERS = ("none", "mse", "mae", "cos")

@@ -1,10 +1,10 @@
-"""latentstore/options.py: a frozen dataclass's fields become flags with their own defaults, help and choices."""
+"""latentstore/flags.py: a frozen dataclass's fields become flags with their own defaults, help and choices."""
 from dataclasses import dataclass
 
 import pytest
 
 from latentstore.errors import ConfigError
-from latentstore.options import comma_words, opt, options, parse_config
+from latentstore.flags import comma_words, opt, options, parse_config
 
 
 def _even(text: str) -> int:
