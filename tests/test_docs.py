@@ -50,3 +50,15 @@ def test_format_webdataset_line_reads_every_sample_without_warnings(padded_store
         warnings.simplefilter("error", UserWarning)
         samples = list(eval(expr, {"wds": wds, "store": str(padded_store)}))
     assert len(samples) == 6 and all("y_hat.npy" in s for s in samples)
+
+
+def test_every_module_path_the_docs_cite_exists():
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    cited = {(doc.name, m[0]) for doc in docs for m in re.finditer(r"latentstore/[\w/]+(?:\.py|/)", doc.read_text())}
+    assert cited and not [(doc, path) for doc, path in cited if not (ROOT / path).exists()]
+
+
+def test_the_pipeline_page_places_every_package():
+    text = (ROOT / "docs" / "pipeline.md").read_text()
+    packages = {p.parent.name for p in (ROOT / "latentstore").glob("*/__init__.py")}
+    assert packages and {p for p in packages if f"latentstore/{p}/" not in text and f"`{p}/`" not in text} == set()
