@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import portable  # noqa: F401  (first: the portable numerics pins, before torch loads)
 import numpy as np
 import torch
 

@@ -45,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+import portable  # noqa: F401  (first: the portable numerics pins, before torch loads)
 import numpy as np
 from PIL import Image, ImageEnhance
 import torch
