@@ -59,6 +59,58 @@ def tiny_store(root, out, **overrides) -> Path:
     return Path(out)
 
 
+def _tree_state(root) -> list:
+    """(path, size, mtime) of every file under `root`: a changed source tree is another build."""
+    root = Path(root)
+    return [(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+@pytest.fixture(scope="session")
+def store_cache(tmp_path_factory):
+    """`store_cache(cfg)` does what `build(cfg, progress=False)` does to a new (or empty) `cfg.out`, and
+    returns the same: the first call with these arguments builds under this session's basetemp, every call
+    copies that store into `cfg.out`. So a test gets a store of its own to read, damage, resume or seal
+    without paying a build through CompressAI each time. A store's bytes depend only on its inputs and
+    arguments, never on --out (tests/test_build.py checks that), so the copy is the store a build would
+    write there. The key is every build argument but --out, plus the state of the source tree. Each
+    pytest-xdist worker has its own basetemp, so each builds its own first copy. Use it only where the
+    build itself is not under test: a test that monkeypatches, times, counts or watches a build builds."""
+    import copy
+    import json
+    import shutil
+    from dataclasses import asdict, replace
+
+    from latentstore.build.run import build
+
+    folder, made = tmp_path_factory.mktemp("store-cache"), {}
+
+    def built(cfg):
+        key = json.dumps({**asdict(cfg), "out": None, "root": str(Path(cfg.root).resolve()),
+                          "tree": _tree_state(cfg.root)}, sort_keys=True, default=str)
+        if key not in made:
+            first = folder / f"{len(made)}"
+            made[key] = first, build(replace(cfg, out=str(first)), progress=False)
+        first, result = made[key]
+        out = Path(cfg.out)
+        assert not out.exists() or not any(out.iterdir()), f"{out} is not a new store: build into it instead"
+        shutil.copytree(first, out, dirs_exist_ok=True)
+        return copy.deepcopy(result)
+
+    return built
+
+
+@pytest.fixture(scope="session")
+def tiny_store_copy(store_cache):
+    """`tiny_store_copy(root, out, **overrides)`: `tiny_store` through the session's `store_cache`."""
+
+    def make(root, out, **overrides) -> Path:
+        store_cache(tiny_config(root, out, **overrides))
+        return Path(out)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
     """Save a seeded untrained coder with non-trivial symbols as a CompressAI checkpoint file."""

@@ -110,8 +110,8 @@ def test_attack_nan_y_hat_with_fresh_digests_reported_by_verify(zarr_store, tmp_
 
 
 @pytest.fixture(scope="module")
-def tar_store(tiny_folder, tmp_path_factory):
-    return tiny_store(tiny_folder, tmp_path_factory.mktemp("tar") / "s", format="webdataset")
+def tar_store(tiny_folder, tmp_path_factory, tiny_store_copy):
+    return tiny_store_copy(tiny_folder, tmp_path_factory.mktemp("tar") / "s", format="webdataset")
 
 
 @pytest.mark.parametrize("where", ["../outside/v000-000000.tar", "/etc/hostname"])

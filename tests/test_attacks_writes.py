@@ -110,11 +110,15 @@ def test_a_second_writer_of_one_group_leaves_the_first_writers_temporaries_alone
     assert not stale.exists(), "a dead process's temporary is stale and is removed"
 
 
+# What a running build (build.resume.build_lock) holds on its (split, part): the flock on the part's lock
+# file. Taken here without importing the build (which loads torch: seconds per child).
 HOLD_PART_LOCK = """
-    import sys
-    from pathlib import Path
-    from latentstore.build.resume import build_lock
-    with build_lock(Path(sys.argv[1]), "train", int(sys.argv[2]), int(sys.argv[3])):
+    import fcntl, sys
+    from latentstore.store.locks import part_lock_path
+    path = part_lock_path(sys.argv[1], "train", int(sys.argv[2]), int(sys.argv[3]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         print("holding", flush=True)
         sys.stdin.readline()
 """
@@ -188,13 +192,13 @@ def test_a_refused_build_leaves_nothing_that_blocks_the_corrected_command(tiny_f
     assert manifest["splits"]["train"]["samples"] == 6
 
 
-def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, tmp_path):
+def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, tmp_path, tiny_store_copy):
     from latentstore.commands.add_teacher import add_teacher
     from latentstore.commands.convert import convert
     from latentstore.store.format import read_manifest
     from latentstore.commands.verify import verify
 
-    src, dst = tiny_store(tiny_folder, tmp_path / "src", shard_size=3), tmp_path / "zarr"
+    src, dst = tiny_store_copy(tiny_folder, tmp_path / "src", shard_size=3), tmp_path / "zarr"
     convert(src, dst, "zarr", progress=False)
     add_teacher(src, "resnet18", "untrained", strides=(32,), dtype="int8", progress=False)
     convert(src, dst, "zarr", progress=False)  # the same command again, after the source gained a teacher
@@ -205,14 +209,14 @@ def test_convert_again_after_add_teacher_carries_the_teacher_over(tiny_folder, t
     assert report.ok, report.problems
 
 
-def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(tiny_folder, tmp_path):
+def test_convert_onto_a_store_built_with_another_seed_keeps_none_of_its_groups(tiny_folder, tmp_path, tiny_store_copy):
     from latentstore.commands.convert import convert
     from latentstore.store.format import read_manifest
     from latentstore.store.readers import read_samples
 
-    src = tiny_store(tiny_folder, tmp_path / "src", format="zarr", shard_size=3)
-    dst = tiny_store(tiny_folder, tmp_path / "dst", seed=7, shard_size=3)  # a finished store of other crops
-    direct = tiny_store(tiny_folder, tmp_path / "direct", shard_size=3)  # what converting src must give
+    src = tiny_store_copy(tiny_folder, tmp_path / "src", format="zarr", shard_size=3)
+    dst = tiny_store_copy(tiny_folder, tmp_path / "dst", seed=7, shard_size=3)  # a finished store of other crops
+    direct = tiny_store_copy(tiny_folder, tmp_path / "direct", shard_size=3)  # what converting src must give
 
     def y_hats(store):
         m = read_manifest(store)
@@ -291,13 +295,13 @@ def _pax_block(name: bytes, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("record", [b"zz\n", b"0 \n", b"99 path=x\n", b"6 path\n"])
-def test_a_malformed_pax_header_is_a_one_line_error_naming_the_shard(tiny_folder, tmp_path, record):
+def test_a_malformed_pax_header_is_a_one_line_error_naming_the_shard(tiny_folder, tmp_path, tiny_store_copy, record):
     from latentstore import open_store
     from latentstore.commands.convert import convert
     from latentstore.store.format import read_manifest
     from latentstore.commands.verify import verify
 
-    store = tiny_store(tiny_folder, tmp_path / "s", shard_size=3)
+    store = tiny_store_copy(tiny_folder, tmp_path / "s", shard_size=3)
     shard = read_manifest(store)["splits"]["train"]["shards"][0]["path"]
     tar = store / shard
     tar.write_bytes(_pax_block(b"PaxHeader/x", record) + tar.read_bytes())
@@ -337,11 +341,12 @@ def test_a_hand_edited_manifest_is_a_one_line_error_in_verify_and_the_reader(two
         open_store(store, split="train")
 
 
-def test_a_reader_meeting_a_shard_being_rewritten_is_told_a_build_is_in_progress(tiny_folder, tmp_path):
+def test_a_reader_meeting_a_shard_being_rewritten_is_told_a_build_is_in_progress(tiny_folder, tmp_path,
+                                                                                  tiny_store_copy):
     from latentstore import open_store
     from latentstore.store.format import read_manifest
 
-    store = tiny_store(tiny_folder, tmp_path / "s", shard_size=3)
+    store = tiny_store_copy(tiny_folder, tmp_path / "s", shard_size=3)
     shard = read_manifest(store)["splits"]["train"]["shards"][0]["path"]
     writer = child(HOLD_PART_LOCK, store, 0, 1)  # a resumed build (or add-teacher) of the split is running
     try:

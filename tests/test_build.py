@@ -173,9 +173,9 @@ def test_bytes_do_not_depend_on_the_callers_thread_count(tiny_folder, tmp_path):
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
 
 
-def test_rerun_resumes_and_gives_identical_bytes(tiny_folder, tmp_path):
+def test_rerun_resumes_and_gives_identical_bytes(tiny_folder, tmp_path, store_cache):
     out = tmp_path / "s"
-    build(config(tiny_folder, out), progress=False)
+    store_cache(config(tiny_folder, out))
     reference = shard_bytes(out)
     # Simulate a crash that lost group 1 and left a stray temporary file.
     (out / "train" / "group-000001.json").unlink()
@@ -185,14 +185,14 @@ def test_rerun_resumes_and_gives_identical_bytes(tiny_folder, tmp_path):
     assert shard_bytes(out) == reference
 
 
-def test_rerun_with_other_arguments_is_refused(tiny_folder, tmp_path):
-    build(config(tiny_folder, tmp_path / "s"), progress=False)
+def test_rerun_with_other_arguments_is_refused(tiny_folder, tmp_path, store_cache):
+    store_cache(config(tiny_folder, tmp_path / "s"))
     with pytest.raises(ConfigError, match="--variants: store has 2, command has 3"):
         build(config(tiny_folder, tmp_path / "s", variants=3), progress=False)
 
 
-def test_same_command_twice_gives_identical_shards(tiny_folder, tmp_path):
-    build(config(tiny_folder, tmp_path / "a"), progress=False)
+def test_same_command_twice_gives_identical_shards(tiny_folder, tmp_path, store_cache):
+    store_cache(config(tiny_folder, tmp_path / "a"))  # the cache's first copy is a build of its own
     build(config(tiny_folder, tmp_path / "b"), progress=False)
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
 

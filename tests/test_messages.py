@@ -7,7 +7,7 @@ from latentstore.commands.add_teacher import add_teacher
 from latentstore.build.run import build
 from latentstore.errors import ConfigError
 
-from conftest import tiny_config, tiny_store
+from conftest import tiny_config
 
 
 def _flags_to_kwargs(flags: str) -> dict:
@@ -19,8 +19,8 @@ def _flags_to_kwargs(flags: str) -> dict:
     return kwargs
 
 
-def test_rerunning_the_build_after_add_teacher_names_the_teacher_flags_to_add(tiny_folder, tmp_path):
-    store = tiny_store(tiny_folder, tmp_path / "s")
+def test_rerunning_the_build_after_add_teacher_names_the_teacher_flags_to_add(tiny_folder, tmp_path, tiny_store_copy):
+    store = tiny_store_copy(tiny_folder, tmp_path / "s")
     add_teacher(store, "resnet18", "untrained", dtype="int8", progress=False)
     with pytest.raises(ConfigError) as exc:
         build(tiny_config(tiny_folder, store), progress=False)                  # the original command
@@ -36,10 +36,10 @@ def test_rerunning_the_build_after_add_teacher_names_the_teacher_flags_to_add(ti
     build(tiny_config(tiny_folder, store, **added), progress=False)             # the advice, followed, is accepted
 
 
-def test_eval_with_the_other_task_s_script_names_the_right_one(tiny_folder, tmp_path, capsys):
+def test_eval_with_the_other_task_s_script_names_the_right_one(tiny_folder, tmp_path, tiny_store_copy, capsys):
     from test_eval import _load_script, make_checkpoint
 
-    store = tiny_store(tiny_folder, tmp_path / "s")
+    store = tiny_store_copy(tiny_folder, tmp_path / "s")
     seg = make_checkpoint(tmp_path / "seg.pt", store, model_name="pspnet50-aa", num_classes=19)
     cls = make_checkpoint(tmp_path / "cls.pt", store)
     for script, ckpt, advice in (("classify", seg, "use eval/segment.py"), ("segment", cls, "use eval/classify.py")):
@@ -80,11 +80,11 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'latentstore[plot]'" in err, err
 
 
-def test_zarr_info_names_fields_not_tar_members(tiny_folder, tmp_path):
+def test_zarr_info_names_fields_not_tar_members(tiny_folder, tmp_path, tiny_store_copy):
     from latentstore.commands.info import render, summarize
 
-    tar_text = render(summarize(tiny_store(tiny_folder, tmp_path / "t")))
-    zarr_text = render(summarize(tiny_store(tiny_folder, tmp_path / "z", format="zarr")))
+    tar_text = render(summarize(tiny_store_copy(tiny_folder, tmp_path / "t")))
+    zarr_text = render(summarize(tiny_store_copy(tiny_folder, tmp_path / "z", format="zarr")))
     assert "    y_hat.npy " in tar_text
     section = zarr_text.split("bytes per sample, by field:")[1].split("rejects")[0]
     assert "    y_hat " in section and ".npy" not in section and ".cls" not in section, section

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, tiny_store
+from conftest import tiny_config
 
 from latentstore.store import numerics
 from latentstore.build.run import build
@@ -55,8 +55,8 @@ def test_the_weights_identity_is_the_same_under_every_dispatch_variable(checkpoi
     assert len({tuple(ids) for ids in seen.values()}) == 1, seen
 
 
-def test_a_portable_build_records_its_pinned_numerics(tiny_folder, tmp_path):
-    store = tiny_store(tiny_folder, tmp_path / "s")
+def test_a_portable_build_records_its_pinned_numerics(tiny_folder, tmp_path, tiny_store_copy):
+    store = tiny_store_copy(tiny_folder, tmp_path / "s")
     recorded = json.loads((store / "manifest.json").read_text())["created_by"]["numerics"]
     assert recorded["mode"] == "portable" and "cpu" not in recorded  # nothing that names the machine
     assert recorded["torch_cpu_capability"] == "AVX2" and recorded["onednn_isa"] == "Intel AVX2"
@@ -144,10 +144,10 @@ def test_seal_refuses_parts_of_other_numerics(tiny_folder, tmp_path):
         seal(out)
 
 
-def test_info_says_which_cpus_give_the_same_bytes(tiny_folder, tmp_path):
+def test_info_says_which_cpus_give_the_same_bytes(tiny_folder, tmp_path, tiny_store_copy):
     from latentstore.commands.info import render, summarize
 
-    text = render(summarize(tiny_store(tiny_folder, tmp_path / "s")))
+    text = render(summarize(tiny_store_copy(tiny_folder, tmp_path / "s")))
     assert "numerics portable" in text and "any x86-64 CPU with AVX2" in text
     assert "any CPU at the recorded versions" not in text
 

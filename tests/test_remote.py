@@ -50,8 +50,8 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local(tiny_folder, tmp_path_factory):
-    return tiny_store(tiny_folder, tmp_path_factory.mktemp("remote") / "store", variants=2, shard_size=2)
+def local(tiny_folder, tmp_path_factory, tiny_store_copy):
+    return tiny_store_copy(tiny_folder, tmp_path_factory.mktemp("remote") / "store", variants=2, shard_size=2)
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ segment = load_script("segment")
 
 
 @pytest.fixture(scope="module")
-def store(tiny_folder, tmp_path_factory):
+def store(tiny_folder, tmp_path_factory, tiny_store_copy):
     out = tmp_path_factory.mktemp("train-store")
-    tiny_store(tiny_folder, out, variants=2, shard_size=2)
+    tiny_store_copy(tiny_folder, out, variants=2, shard_size=2)
     return out
 
 

@@ -14,14 +14,13 @@ import yaml
 from latentstore.train import checkpoint as ckpt
 from latentstore.train import run_script
 
-from conftest import tiny_store
 from test_train import ROOT, args, classify, losses
 
 
 @pytest.fixture(scope="module")
-def store(tiny_folder, tmp_path_factory):
+def store(tiny_folder, tmp_path_factory, tiny_store_copy):
     out = tmp_path_factory.mktemp("control-store")
-    tiny_store(tiny_folder, out, variants=2, shard_size=2)   # 6 train images: 3 steps of 2 per epoch
+    tiny_store_copy(tiny_folder, out, variants=2, shard_size=2)   # 6 train images: 3 steps of 2 per epoch
     return out
 
 

@@ -39,9 +39,9 @@ class UlpOffEncoder(Encoder):
         return encoded
 
 
-def test_decode_all_runs_at_the_stores_thread_count(tiny_folder, tmp_path, capsys):
+def test_decode_all_runs_at_the_stores_thread_count(tiny_folder, tmp_path, store_cache, capsys):
     store = tmp_path / "s"
-    build(config(tiny_folder, store), progress=False)
+    store_cache(config(tiny_folder, store))
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the caller's count must not reach the decoder
     try:
@@ -55,9 +55,9 @@ def test_decode_all_runs_at_the_stores_thread_count(tiny_folder, tmp_path, capsy
     assert manifest["created_by"]["torch_threads"] == 1 and manifest["created_by"]["encoder_revision"] == 2
 
 
-def test_decode_takes_a_count_or_all(tiny_folder, tmp_path, capsys):
+def test_decode_takes_a_count_or_all(tiny_folder, tmp_path, store_cache, capsys):
     store = tmp_path / "s"
-    build(config(tiny_folder, store), progress=False)
+    store_cache(config(tiny_folder, store))
     code, out = run(capsys, "verify", store, "--decode", "some")
     assert code == 2 and "'some' is neither a number nor 'all'" in out
 
@@ -80,9 +80,9 @@ def test_a_store_of_another_encoder_revision_is_named_with_what_to_do(tiny_folde
     assert code == 0 and "ANOTHER ENCODER REVISION (this latentstore writes 2)" in out
 
 
-def test_a_build_started_by_another_encoder_revision_is_not_resumed(tiny_folder, tmp_path):
+def test_a_build_started_by_another_encoder_revision_is_not_resumed(tiny_folder, tmp_path, store_cache):
     store = tmp_path / "s"
-    build(config(tiny_folder, store), progress=False)
+    store_cache(config(tiny_folder, store))
     started = store / "build-train.json"
     record = json.loads(started.read_text())
     record["encoder_revision"] = 1
