@@ -149,7 +149,7 @@ def rerun_finishes_and_verifies(tiny_folder: Path, out: Path) -> None:
 
 
 def temporaries(out: Path) -> list[str]:
-    """Files a commit writes under temporary names (writers/, format.write_json_atomic) and renames."""
+    """Files a commit writes under temporary names (the store writers, format.write_json_atomic) and renames."""
     return [p.relative_to(out).as_posix() for p in out.rglob("*") if ".tmp" in p.name]
 
 

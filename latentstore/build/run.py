@@ -2,7 +2,7 @@
 
 The work is split into item groups of ``shard_size`` source images. Group j
 becomes one shard per variant, committed atomically with a record of its
-shards and rejects (see writers/webdataset.py). Which images land in which
+shards and rejects (see store/tar/writer.py). Which images land in which
 shard is a pure function of the sorted source list, so a rerun of the same
 command skips committed groups and produces the rest, and the finished store
 does not depend on batch size, worker count or interruptions. The manifest is

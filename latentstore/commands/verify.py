@@ -143,7 +143,7 @@ def _check_decode(coder, name: str, key: str, s: Sample, created_by: dict, numer
 
 def _stray_files(store: Path, manifest: dict) -> list:
     """Everything in the store folder that is not part of the store: stray files, unlisted splits and
-    shards, temporary files, links. Zarr chunk files are matched against the records by readers.zarr."""
+    shards, temporary files, links. Zarr chunk files are matched against the records by store/zarr/reader.py."""
     from ..store.seal import PARTS_DIR, part_file
 
     splits, zarr = manifest["splits"], manifest["backend"] == "zarr"
@@ -166,7 +166,7 @@ def _stray_files(store: Path, manifest: dict) -> list:
             if path.is_symlink():
                 problems.append(f"{rel}: a link inside the store (a store holds plain files only); remove it")
             elif ".tmp-" in entry or entry.startswith(".tmp-group-"):
-                if not (zarr and top in splits):  # inside a Zarr split, readers.zarr.verify names them
+                if not (zarr and top in splits):  # inside a Zarr split, store/zarr/reader.py names them
                     problems.append(f"{rel}: leftover temporary file of an interrupted write "
                                     f"(delete it, or rerun the build command to finish)")
                 dirnames[:] = [d for d in dirnames if d != entry]
@@ -176,7 +176,7 @@ def _stray_files(store: Path, manifest: dict) -> list:
             elif path.is_dir() or rel in known or (top == PARTS_DIR and entry.startswith(".lock-")):
                 continue
             elif zarr and (entry == "zarr.json" or "/c/" in rel):
-                continue  # array descriptions and chunks: readers.zarr checks them against the records
+                continue  # array descriptions and chunks: store/zarr/reader.py checks them against the records
             elif path.suffix == ".tar":
                 problems.append(f"{rel}: shard not listed in the manifest")
             else:
@@ -291,7 +291,7 @@ def verify(store, decode: int = 0, seed: int = 0, weights: str | None = None, pr
         numerics.require(mode)
     backend = manifest["backend"]
     report.problems += _stray_files(store, manifest)
-    if backend == "zarr":  # chunk files and array descriptions against the commit records (readers/zarr.py)
+    if backend == "zarr":  # chunk files and array descriptions against the commit records (store/zarr/reader.py)
         from ..store.zarr.reader import verify as verify_zarr
         report.problems += verify_zarr(store)
     report.problems += _check_totals(store, manifest)

@@ -8,7 +8,7 @@ through a GroupCommit:
             group.write(sample)
         record = group.commit(rejects=..., sources=...)
 
-The backend writer (writers/) makes the group's files under temporary names;
+The backend writer (tar/writer.py, zarr/writer.py) makes the group's files under temporary names;
 ``commit`` renames them into place, writes the group's record last and returns
 it (docs/reliability.md §1). Leaving the block without a commit, by an
 exception or otherwise, removes everything the group wrote (§2).

@@ -24,7 +24,7 @@ group's samples arrive, so memory stays bounded), copied at commit into whole
 shards (``.../shards``, one (field, variant) at a time), fsynced, renamed into
 place, and only then is the commit record ``S/group-<j>.json`` written,
 listing every file with its size and digests (latentstore/store/checksum.py). A file that no record lists, or
-a record whose file is gone, is caught by ``readers.zarr.verify`` and by the
+a record whose file is gone, is caught by ``zarr.reader.verify`` and by the
 reader (a missing file is an error, never zeros); a resumed build rewrites
 the group.
 """
