@@ -11,29 +11,14 @@ sample (y_hat, label) ``--epochs`` times in a fresh interpreter; the first epoch
 the figure is samples/s over the rest; the two checkouts alternate for ``--rounds`` rounds, best kept.
 """
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_checkouts import read_speed  # one timed read, in a fresh interpreter of a checkout
+
 HERE = Path(__file__).resolve().parents[1]
-READ = """
-import sys, time
-from latentstore import open_store
-store, epochs = sys.argv[1], int(sys.argv[2])
-list(open_store(store, fields=("y_hat", "label")))  # first epoch: digests checked once per process
-t, n = time.perf_counter(), 0
-for _ in range(epochs):
-    n += sum(1 for _ in open_store(store, fields=("y_hat", "label")))
-print(n / (time.perf_counter() - t))
-"""
-
-
-def read_speed(checkout: Path, store: Path, epochs: int) -> float:
-    out = subprocess.run([sys.executable, "-c", READ, str(store), str(epochs)], check=True, text=True,
-                         capture_output=True, env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"})
-    return float(out.stdout.split()[-1])
 
 
 def main():

@@ -16,6 +16,7 @@ from latentstore.errors import ConfigError, InputError
 from latentstore.store.format import MANIFEST
 from latentstore.build.images import load_rgb
 from latentstore.store.readers import Sample, iter_shard
+from test_exact import g_s_input
 
 
 def config(root, out, **kw) -> BuildConfig:
@@ -34,18 +35,6 @@ def shard_bytes(store: Path) -> dict:
     return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.glob("*/*.tar"))}
 
 
-def g_s_input(model, strings, shape) -> torch.Tensor:
-    """What CompressAI's decompress() hands to g_s, captured with a forward pre-hook."""
-    seen = []
-    hook = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-    try:
-        with torch.no_grad():
-            model.decompress(strings, shape)
-    finally:
-        hook.remove()
-    return seen[0][0]
-
-
 def assert_exact(store: Path, root: Path, coder, count: int | None = None):
     """Stored strings == model.compress() on the replayed crop; stored ŷ == decompress()'s g_s input."""
     model = coder.model
@@ -62,7 +51,7 @@ def assert_exact(store: Path, root: Path, coder, count: int | None = None):
             ref = model.compress(x)
         strings = [[s["y_string"]]] + ([[s["z_string"]]] if "z_string" in s else [])
         assert strings == [[st[0]] for st in ref["strings"]], s["__key__"]
-        y_hat = g_s_input(model, strings, ref["shape"]).numpy()
+        y_hat = g_s_input(model, lambda: model.decompress(strings, ref["shape"]))[1]
         assert s["y_hat"].dtype == np.float32
         np.testing.assert_array_equal(s["y_hat"], y_hat, err_msg=s["__key__"])
         assert len(np.unique(s["symbols"])) > 3, "symbols are trivial: the check would prove nothing"

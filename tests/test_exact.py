@@ -52,6 +52,30 @@ def replay(path: Path, params: dict) -> Image.Image:
     return out
 
 
+def g_s_input(model, call):
+    """(call()'s result, the tensor CompressAI's g_s received during it), at one thread, without grad."""
+    seen = []
+    hook = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            result = call()
+    finally:
+        torch.set_num_threads(before)
+        hook.remove()
+    return result, seen[0][0].numpy()
+
+
+def compress_and_decompress(model, x):
+    """compress()'s output, and decompress()'s g_s input for its strings (batch 1)."""
+    def both():
+        out = model.compress(x)
+        model.decompress(out["strings"], out["shape"])
+        return out
+    return g_s_input(model, both)
+
+
 def reference(model, crop: Image.Image):
     """(strings, ŷ) from CompressAI's compress() and decompress() on a fresh NCHW tensor."""
     x = torch.tensor(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
@@ -59,18 +83,8 @@ def reference(model, crop: Image.Image):
     h, w = x.shape[-2:]
     ph, pw = -h % 64, -w % 64
     x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    seen = []
-    hook = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            out = model.compress(x)
-            model.decompress(out["strings"], out["shape"])
-    finally:
-        torch.set_num_threads(before)
-        hook.remove()
-    return [s[0] for s in out["strings"]], seen[0][0].numpy()
+    out, y_hat = compress_and_decompress(model, x)
+    return [s[0] for s in out["strings"]], y_hat
 
 
 def stored(store: Path, split: str):

@@ -15,6 +15,7 @@ from compressai.models import Cheng2020AnchorCheckerboard, Elic2022Official
 from PIL import Image
 
 from conftest import demo_photos
+from test_exact import compress_and_decompress, g_s_input
 from latentstore.coders.registry import CODERS, load_coder
 from latentstore.build.encoder import Encoder, to_input
 from latentstore.errors import ConfigError
@@ -70,18 +71,8 @@ def read_container(blob: bytes):
 
 def reference(model, x):
     """(strings, shape, ŷ) from CompressAI's compress() and decompress() at batch 1, one thread."""
-    seen = []
-    hook = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            out = model.compress(x.contiguous())
-            model.decompress(out["strings"], out["shape"])
-    finally:
-        torch.set_num_threads(before)
-        hook.remove()
-    return [s[0] for s in out["strings"]], out["shape"], seen[0][0].numpy()
+    out, y_hat = compress_and_decompress(model, x.contiguous())
+    return [s[0] for s in out["strings"]], out["shape"], y_hat
 
 
 @pytest.mark.parametrize("model_class,kwargs", [
@@ -100,12 +91,8 @@ def test_generic_path_is_compressai_for_other_coders(model_class, kwargs):
         assert json.dumps(stored_shape, sort_keys=True) == json.dumps(shape, sort_keys=True)
         assert enc.bits() == 8 * sum(map(len, strings))
         # What the container holds decodes, with CompressAI alone, to the stored ŷ.
-        seen = []
-        hook = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-        with torch.no_grad():
-            model.decompress([[b] for b in stored], stored_shape)
-        hook.remove()
-        np.testing.assert_array_equal(enc.y_hat, seen[0][0].numpy())
+        decoded = g_s_input(model, lambda: model.decompress([[b] for b in stored], stored_shape))[1]
+        np.testing.assert_array_equal(enc.y_hat, decoded)
         np.testing.assert_array_equal(enc.y_hat, y_hat)
         assert enc.y_hat.tobytes() == y_hat.tobytes()
         np.testing.assert_array_equal(enc.y_hat.astype(np.float16), y_hat.astype(np.float16))

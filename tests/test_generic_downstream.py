@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import tiny_config
 from latentstore.build.run import build
@@ -23,7 +22,7 @@ from latentstore.commands.verify import verify
 from latentstore.store.format import MANIFEST, read_manifest
 from latentstore.store.readers import read_samples
 from test_eval import _load_script
-from test_exact import cli
+from test_exact import cli, g_s_input
 from test_generic import read_container
 from test_train import args as train_args, classify, losses
 
@@ -54,17 +53,7 @@ def assert_same_samples(a: dict, b: dict) -> None:
 def decoded_by_compressai(model, y_string: bytes) -> np.ndarray:
     """What CompressAI's decompress() hands to g_s for the container's streams and shape."""
     streams, shape = read_container(y_string)
-    seen = []
-    hook = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            model.decompress([[s] for s in streams], shape)
-    finally:
-        torch.set_num_threads(before)
-        hook.remove()
-    return seen[0][0].numpy()
+    return g_s_input(model, lambda: model.decompress([[s] for s in streams], shape))[1]
 
 
 def build_elic(root: Path, out: Path, **overrides) -> Path:
