@@ -35,6 +35,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the S3 relay of the tests (also in the proxy's spawned process)
+from relay import Relay  # noqa: E402
 DEMO = REPO / "latentstore" / "data" / "demo-imagenet"
 VARIANTS = 16
 
@@ -92,31 +94,14 @@ def passes(name: str, make, workers: int, n: int) -> list[dict]:
     return rows
 
 
-class LatencyProxy(http.server.BaseHTTPRequestHandler):
+class LatencyProxy(Relay):
     """Forwards every request to the S3 server after `delay` seconds."""
-    protocol_version = "HTTP/1.1"
-    upstream, delay = ("127.0.0.1", 0), 0.0
+    delay = 0.0
+    timeout_s = 60.0
 
-    def log_message(self, *args):
-        pass
-
-    def _forward(self):
+    def intercept(self) -> bool:
         time.sleep(self.delay)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
-        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-        reply = conn.getresponse()
-        data = reply.read()
-        self.send_response(reply.status)
-        for k, v in reply.getheaders():
-            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        conn.close()
-
-    do_GET = do_HEAD = do_PUT = do_POST = _forward
+        return False
 
 
 def serve_proxy(port: int, upstream: tuple, delay: float) -> None:

@@ -17,6 +17,7 @@ from latentstore.commands.copy import copy_store
 from latentstore.errors import ConfigError, StoreError
 
 from conftest import tiny_store
+from relay import Relay
 
 moto_server = pytest.importorskip("moto.server", reason="tests need moto[server] (pip install 'moto[server]')")
 pytest.importorskip("s3fs", reason="tests need s3fs (pip install 'latentstore[s3]')")
@@ -183,46 +184,27 @@ def test_a_store_served_over_http_reads_as_the_local_one(http_store, local, tmp_
 
 # --------------------------------------------------------------------------- faults
 
-class FaultProxy(http.server.BaseHTTPRequestHandler):
+class FaultProxy(Relay):
     """Forwards to the S3 server; request n fails when n % 3 == 1: alternately a 503 and a dropped connection."""
-    protocol_version = "HTTP/1.1"
-    upstream: tuple = ()
     count = [0]
     faults = [0]
     lock = threading.Lock()
 
-    def log_message(self, *args):
-        pass
-
-    def _forward(self):
+    def intercept(self) -> bool:
         with self.lock:
             n = self.count[0] = self.count[0] + 1
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if n % 3 == 1:
-            with self.lock:
-                self.faults[0] += 1
-            if n % 2:
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-            else:
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
-        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-        reply = conn.getresponse()
-        data = reply.read()
-        self.send_response(reply.status)
-        for k, v in reply.getheaders():
-            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        conn.close()
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+        if n % 3 != 1:
+            return False
+        with self.lock:
+            self.faults[0] += 1
+        if n % 2:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        return True
 
 
 def test_an_epoch_through_a_faulty_proxy_reads_every_sample_exactly_once(published, local, s3, tmp_path):
