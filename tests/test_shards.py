@@ -235,3 +235,30 @@ def test_a_sample_checked_once_is_checked_again_when_its_shard_changes(tmp_path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # a coarse clock: still a new mtime
     with pytest.raises(StoreError, match="v000-000000.tar, key img003_v000: bytes differ from the shard index"):
         list(iter_shard(path, shard["path"], 5, record=shard))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through /proc")
+def test_once_checked_a_sample_s_unwanted_members_are_not_read(tmp_path):
+    """An epoch after the first (CRC matched in this process) reads only the members it decodes: a
+    trainer that wants ŷ and the label does not read the strings or teacher features again."""
+    big = [make_sample(i) for i in range(5)]
+    for s in big:
+        s.fields["y_string"] = np.random.default_rng(s.meta.label).bytes(200_000)
+    with GroupCommit(tmp_path, "webdataset", layout(5)) as group:
+        for s in big:
+            group.write(s)
+        shard = group.commit()["shards"][0]
+    path, fields = tmp_path / shard["path"], ("y_hat", "label", "meta")
+
+    def read():
+        before = _bytes_read()
+        got = list(iter_shard(path, shard["path"], 5, fields=fields, record=shard))
+        return _bytes_read() - before, got
+
+    first, got_first = read()
+    again, got_again = read()
+    assert first > 5 * 200_000 and again < 200_000, (first, again)
+    for s, a, b in zip(big, got_first, got_again):
+        assert a.key == b.key == s.key and a.meta == b.meta == s.meta and b.fields.keys() == {"y_hat", "label"}
+        np.testing.assert_array_equal(b.fields["y_hat"], s.fields["y_hat"])
+        assert b.fields["label"] == s.fields["label"]

@@ -141,21 +141,22 @@ def encode_npy(a: np.ndarray) -> bytes:
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n\Z")
 
 
-def decode_npy(data: bytes) -> np.ndarray:
-    """The array of an .npy file (never pickled objects). Headers as np.save writes them for C-order
+def decode_npy(data: bytes | memoryview) -> np.ndarray:
+    """The array of an .npy file (never pickled objects), always a copy: `data` may be a view of the
+    tar reader's read of a whole sample, which is not kept. Headers as np.save writes them for C-order
     arrays of plain dtypes are read here: np.load parses every header with ast.literal_eval, which
     took a quarter of the loader's time per sample. Anything else goes to np.load, which decides."""
     if data[:6] == b"\x93NUMPY" and data[6:7] in (b"\x01", b"\x02"):
         start = 10 if data[6] == 1 else 12
         end = start + int.from_bytes(data[8:start], "little")
-        header = _NPY_HEADER.match(data[start:end].decode("latin1"))
+        header = _NPY_HEADER.match(bytes(data[start:end]).decode("latin1"))
         if header:
             dtype = np.dtype(header[1])
             shape = tuple(int(n) for n in header[2].split(",") if n.strip())
             count = math.prod(shape)
             if not dtype.hasobject and len(data) >= end + count * dtype.itemsize:
                 return np.frombuffer(data, dtype, count, end).reshape(shape).copy()  # a writable array, as np.load's
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    return np.load(io.BytesIO(data), allow_pickle=False)  # BytesIO copies
 
 
 def encode_png(a: np.ndarray) -> bytes:
@@ -206,10 +207,12 @@ def member_size(name: str, value) -> int:
     return len(encode_field(name, value))
 
 
-def decode_field(name: str, data: bytes):
+def decode_field(name: str, data: bytes | memoryview):
+    """The value of field `name` from its member's bytes (or a view of them, never kept)."""
     kind = get_field(name).kind
     if kind == "npy":
         return decode_npy(data)
+    data = bytes(data)
     if kind == "json":
         return json.loads(data)
     if kind == "text":

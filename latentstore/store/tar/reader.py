@@ -15,10 +15,11 @@ only its pure-Python fallback, the whole shard's sha256 is checked first
 instead (latentstore/store/checksum.py). Either check runs once per process and
 sample (or shard), remembered by path, size and mtime: later epochs over the
 same shard skip it, and a changed file gets a new mtime, so the check runs again.
+Such a sample is then read member by member, only the fields the caller decodes;
+an unchecked one is one read of its span, parsed in place.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import BinaryIO, Container, Iterator
@@ -51,7 +52,7 @@ def _header(block: bytes, shard: str, offset: int, verify: bool = True) -> tuple
     return name, _octal(block[124:136]), block[156:157]
 
 
-def _walk(f: BinaryIO, shard: str, verify: bool = True) -> Iterator[tuple[int, str, str, int]]:
+def _walk(f: BinaryIO, shard: str, verify: bool = True, end: int | None = None) -> Iterator[tuple[int, str, str, int]]:
     """(start, key, member suffix, size) for each member of an open tar, in order, with `f` left at
     the member's data for the caller to read or not; `start` is the offset of the member's first
     header block (a PAX or GNU long-name header before it included).
@@ -61,12 +62,12 @@ def _walk(f: BinaryIO, shard: str, verify: bool = True) -> Iterator[tuple[int, s
     checksum, follows PAX and GNU long names, and refuses anything but plain
     files named "<key>.<suffix>" (members are read into memory, never
     extracted, but no name may point elsewhere). EOF at a member boundary ends
-    the iteration quietly, like tarfile: the caller's sample count decides. `verify` False skips the
-    header checksums, for bytes whose CRC-32C has matched already.
+    the iteration quietly, like tarfile: the caller's sample count decides; so does offset `end`, a
+    sample's span. `verify` False skips the header checksums, for bytes whose CRC-32C has matched already.
     """
     offset, long_name, start = f.tell(), None, None
-    while True:
-        block = f.read(_BLOCK)
+    while end is None or offset < end:
+        block = bytes(f.read(_BLOCK))  # no copy from a file; a header's copy from a _View
         if len(block) < _BLOCK or block == _END:
             if block and block != _END:
                 raise StoreError(f"shard {shard}: truncated tar header at byte {offset}")
@@ -75,7 +76,7 @@ def _walk(f: BinaryIO, shard: str, verify: bool = True) -> Iterator[tuple[int, s
         start = offset if start is None else start
         next_offset = offset + _BLOCK + size + (-size % _BLOCK)
         if kind in (b"x", b"L", b"g"):  # PAX record, GNU long name, PAX global header
-            data = _read(f, size, shard, name.decode("utf-8", errors="replace"))
+            data = bytes(_read(f, size, shard, name.decode("utf-8", errors="replace")))
             if kind == b"x":  # the next member's name
                 long_name = _pax_path(data, shard, offset, name.decode("utf-8", errors="replace"))
             elif kind == b"L":
@@ -159,6 +160,25 @@ def build_index(path, shard: str) -> dict:
     return {"keys": keys, "offsets": offsets, "bytes": [e - s for s, e in zip(offsets, ends)], "crc32c": crcs}
 
 
+class _View:
+    """The read/seek/tell of a file over a memoryview, whose reads are views, not copies: a sample's
+    span is read once and its members are parsed in place (decoding copies out what it keeps)."""
+
+    def __init__(self, view: memoryview):
+        self._view, self._pos = view, 0
+
+    def read(self, size: int) -> memoryview:
+        data = self._view[self._pos:self._pos + size]
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int) -> None:
+        self._pos = pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
 def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, required, lenient: bool,
              wanted: Container[int] | None, variant: int | None) -> Iterator[Sample | ReadError | None]:
     """iter_shard through the sample index: each wanted sample is one read of its span, checked
@@ -172,31 +192,40 @@ def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, r
                 yield None
                 continue
             try:
-                f.seek(start)
-                data = f.read(length)
-                if not checked[i] and (len(data) != length or f"{google_crc32c.value(data):08x}" != crc):
-                    raise StoreError(f"shard {shard}, key {key}: bytes differ from the shard index's checksum (a "
-                                     "damaged or replaced shard), so this sample cannot be trusted. Run `latentstore "
-                                     "verify` and rebuild the shard (delete its group record, rerun the build command)")
-                checked[i] = 1
-                yield _decode(shard, key, _span_fields(data, shard, key), fields, required, variant)
+                if checked[i] and fields is not None:  # its bytes matched before: read only what is decoded
+                    f.seek(start)
+                    raw = _span_fields(f, start + length, shard, key, fields)
+                else:
+                    f.seek(start)
+                    span = f.read(length)
+                    if len(span) != length or f"{google_crc32c.value(span):08x}" != crc:
+                        raise StoreError(f"shard {shard}, key {key}: bytes differ from the shard index's checksum (a "
+                                         "damaged or replaced shard), so this sample cannot be trusted. Run "
+                                         "`latentstore verify` and rebuild the shard (delete its group record, rerun "
+                                         "the build command)")
+                    checked[i] = 1
+                    raw = _span_fields(_View(memoryview(span)), length, shard, key)
+                yield _decode(shard, key, raw, fields, required, variant)
             except StoreError as exc:
                 if not lenient:
                     raise
                 yield ReadError(shard, key, str(exc))
 
 
-def _span_fields(data: bytes, shard: str, key: str) -> dict:
-    """{field name: bytes} of the one sample whose tar bytes are `data` (its index span)."""
-    f, members = io.BytesIO(data), {}
-    for _, got, ext, size in _walk(f, shard, verify=False):  # the span's CRC-32C matched: headers as written
+def _span_fields(f, end: int, shard: str, key: str, fields: Container[str] | None = None) -> dict:
+    """{field name: bytes} of the one sample whose tar bytes run from `f`'s position to `end` (its index
+    span), read only for the names in `fields` (None: all); the others are listed with None, so the
+    required fields are still checked."""
+    raw = {}
+    for _, got, ext, size in _walk(f, shard, verify=False, end=end):  # the span's CRC-32C matched: headers as written
         if got != key:
             raise StoreError(f"shard {shard}, key {key}: its index span holds member {got}.{ext}; the index "
                              "and the shard disagree (run `latentstore verify`)")
-        if ext in members:
+        field = _field(shard, key, ext)
+        if field.name in raw:
             raise StoreError(f"shard {shard}, key {key}: duplicate member {key}.{ext}")
-        members[ext] = _read(f, size, shard, f"{key}.{ext}")
-    return _field_names(shard, key, members)
+        raw[field.name] = _read(f, size, shard, f"{key}.{ext}") if fields is None or field.name in fields else None
+    return raw
 
 
 def iter_shard(path, shard: str, expected_samples: int | None = None,
@@ -303,13 +332,14 @@ def _groups(path: Path, shard: str, wanted: Container[int] | None = None) -> Ite
 
 def _field_names(shard: str, key: str, members: dict) -> dict:
     """{member suffix: bytes} -> {field name: bytes}."""
-    raw = {}
-    for ext, data in members.items():
-        field = field_for_member(ext)
-        if field is None:
-            raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
-        raw[field.name] = data
-    return raw
+    return {_field(shard, key, ext).name: data for ext, data in members.items()}
+
+
+def _field(shard: str, key: str, ext: str):
+    field = field_for_member(ext)
+    if field is None:
+        raise StoreError(f"shard {shard}, key {key}: unknown member suffix {ext!r}")
+    return field
 
 
 def _decode(shard: str, key: str, raw: dict, fields, required, variant: int | None) -> Sample:
