@@ -229,14 +229,18 @@ def test_dry_run_projects_the_built_size(tiny_folder, tmp_path, capsys):
     args = ["build", "--coder", "bmshj2018-factorized", "--quality", "1", "--weights", "untrained",
             "--dataset", "imagefolder", "--root", str(tiny_folder), "--variants", "2", "--crop", "64",
             "--shard-size", "4", "--out", str(out), "--teacher", "resnet18", "--teacher-weights", "untrained",
-            "--teacher-dtype", "float16", "--quiet"]
+            "--teacher-dtype", "float16"]
     main(args + ["--dry-run"])
-    text = capsys.readouterr().out
+    printed = capsys.readouterr()
+    text, steps = printed.out, [line for line in printed.err.splitlines() if line.startswith("[")]
+    assert [line.split("] ")[1].split(" ")[0] for line in steps] == ["listing", "loading", "encoding", "timing",
+                                                                      "loading", "timing"], printed.err
+    assert steps[0].startswith("[1/6 ") and "resnet18" in steps[4]
     assert not out.exists() and "nothing written" in text and "teacher_s32.npy" in text
     seconds = float(text.split("projected encoding time: ")[1].split(" s per sample")[0])
     assert seconds > 0 and "of CPU;" in text and "with --encoders 1" in text
     projected = int(text.split("projected store size:")[1].split("(")[1].split(" bytes")[0].replace(",", ""))
-    main(args)
+    main(args + ["--quiet"])
     actual = sum(p.stat().st_size for p in out.glob("train/*.tar"))
     assert abs(projected - actual) / actual < 0.03, (projected, actual)
 

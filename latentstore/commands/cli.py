@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -145,9 +146,12 @@ def build(quiet, dry_run, profile, **fields):
 
     cfg = BuildConfig(**given(fields)).checked()   # at once: what follows imports the codec (seconds)
     if dry_run:
-        click.echo("importing the codec and timing a batch on this machine (about half a minute) ...", err=True)
+        from ..store.numerics import environment_matches
+
+        if environment_matches(cfg.numerics) and not quiet:  # else the command reruns itself first
+            click.echo("dry run: importing the codec (seconds), then timing a batch on this machine ...", err=True)
         from ..build.dryrun import project, render as render_projection
-        click.echo(render_projection(project(cfg)))
+        click.echo(render_projection(project(cfg, say=(lambda line: None) if quiet else partial(click.echo, err=True))))
         return
     from ..build.run import build as run_build
     from ..build.timing import Profiler

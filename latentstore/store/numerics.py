@@ -72,6 +72,12 @@ def running_mode() -> str:
     return "portable" if pinned and in_effect else "native"
 
 
+def environment_matches(mode: str) -> bool:
+    """Whether this process's environment holds `mode`'s pins (light: imports no torch). The command line
+    reruns itself when it does not, so a message printed before that would show twice."""
+    return all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items()) == (mode == "portable")
+
+
 def require(mode: str) -> None:
     """Raise WrongNumerics unless this process runs in `mode` (checked before anything is computed)."""
     if mode not in MODES:
