@@ -49,6 +49,8 @@ def test_trainer_help_and_flag_errors_import_no_torch(script):
      DEMO, "--out", "never-made", "--teacher", "resnet18", "--teacher-dtype", "int4"],
     ["latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root",
      "no-such-root", "--out", "never-made"],
+    ["latentstore", "build", "--coder", "cheng2020", "--quality", "3", "--dataset", "imagefolder", "--root",
+     DEMO, "--out", "never-made", "--teacher", "resnet5O"],
 ])
 def test_cli_help_argument_errors_and_model_listing_import_no_codec(argv):
     assert heavy_imports(argv, how="module", target="latentstore") == ""
@@ -60,6 +62,7 @@ def test_cli_help_argument_errors_and_model_listing_import_no_codec(argv):
     (["--teacher", "resnet18", "--teacher-strides", "8,x"], "'8,x' is not a comma-separated list of integers"),
     (["--teacher", "resnet18", "--teacher-dtype", "int4"], "'int4' is not one of 'float16', 'bfloat16', 'int8'"),
     (["--split", "../x"], "Invalid --split '../x'"),
+    (["--teacher", "resnet5O"], "Unknown --teacher 'resnet5O': timm 1.0.31 has no such model (did you mean resnet50"),
 ])
 def test_build_argument_errors_are_one_line_naming_the_flag(capsys, args, message):
     from latentstore.commands.cli import main
@@ -100,3 +103,14 @@ def test_models_lists_names_and_counts_on_request(capsys):
     main(["models"])
     out = capsys.readouterr().out
     assert "resnet50-aa" in out and "pspnet50-aa" in out and "`--all`" in out and "MACs |" not in out
+
+
+def test_the_timm_name_table_is_the_installed_timm_s():
+    """latentstore/data/timm_models.txt refuses a misspelt --teacher without timm: it must list exactly the
+    pinned timm's models (after a pin change: .venv/bin/python scripts/timm_models.py)."""
+    import timm
+    from latentstore.teacher.names import check_teacher_name, timm_models
+
+    assert timm_models() == (timm.__version__, frozenset(timm.list_models()))
+    for name in ("resnet50", "resnet50.a1_in1k", "pspnet50", None):  # tagged names are timm's to judge
+        check_teacher_name(name)

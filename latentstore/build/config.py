@@ -18,7 +18,7 @@ from ..coders.names import METRICS, canonical_coder, check_coder_quality, check_
 from ..errors import ConfigError
 from ..flags import comma_ints, comma_words, opt
 from ..store.numerics import MODES
-from ..teacher.names import DEFAULT_STRIDES, TEACHER_ARGS, TEACHER_DTYPES, resolve_teacher_args
+from ..teacher.names import DEFAULT_STRIDES, TEACHER_ARGS, TEACHER_DTYPES, check_teacher_name, resolve_teacher_args
 
 if TYPE_CHECKING:
     from ..coders.registry import LoadedCoder
@@ -207,6 +207,7 @@ class BuildConfig:
             raise ConfigError(f"Unknown --fields {', '.join(sorted(unknown))}: "
                               f"choose from {', '.join(OPTIONAL_FIELDS)}")
         check_metric(self.weights, self.metric)
+        check_teacher_name(self.teacher)
 
     def identity(self) -> dict:
         """The arguments a resumed build must repeat exactly (speed knobs excluded)."""

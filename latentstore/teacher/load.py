@@ -39,9 +39,13 @@ from ..weights import (
 )
 from .dtypes import TEACHER_DTYPES, quantize
 from .fingerprint import expected_fingerprint
-from .names import DEFAULT_STRIDES, TEACHER_ARGS, parse_list, resolve_teacher_args  # noqa: F401  (their users' import)
-
-SEGMENTATION_TEACHERS = {"pspnet50"}  # latentstore.models.PSPNet, layers by name, weights from a file
+from .names import (  # noqa: F401  (their users' import)
+    DEFAULT_STRIDES,
+    SEGMENTATION_TEACHERS,
+    TEACHER_ARGS,
+    parse_list,
+    resolve_teacher_args,
+)
 
 
 @dataclass(frozen=True)
