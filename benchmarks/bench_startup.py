@@ -28,6 +28,7 @@ COMMANDS = {
     "build: val with --variants 3": [*BUILD, "--split", "val", "--variants", "3"],
     "build: bad --teacher-strides": [*BUILD, "--teacher", "resnet18", "--teacher-strides", "8,x"],
     "build: bad --split": [*BUILD, "--split", "../x"],
+    "build: unknown --teacher": [*BUILD, "--teacher", "resnet5O"],
     "latentstore models": ["-m", "latentstore", "models"],
     "train/classify.py --help": ["train/classify.py", "--help"],
     "train/segment.py --help": ["train/segment.py", "--help"],
