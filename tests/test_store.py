@@ -290,3 +290,24 @@ def test_open_store_shows_its_options():
     params = inspect.signature(latentstore.open_store).parameters
     assert {"fields", "variant", "shuffle", "batch_size", "max_skips", "teacher_dtype"} <= set(params)
     assert "kwargs" not in params and "valid_region" in latentstore.open_store.__doc__
+
+
+def test_a_pass_reads_each_sample_when_its_item_is_due_not_its_window_first(tiny_folder, tiny_store_copy, tmp_path):
+    """The first item of a shuffled pass comes before the rest of its shuffle window is read: a damaged
+    sample later in the window fails the item that needs it, not the first one (strict reading)."""
+    import json
+
+    store = tiny_store_copy(tiny_folder, tmp_path / "s", shard_size=2)
+    ds = open_store(store, shuffle=True, shuffle_window=3, seed=1)
+    order = ds.order()
+    victim_path, victim = order[1]
+    shard = store / victim_path
+    index = json.loads(shard.with_name(shard.name.replace(".tar", ".idx.json")).read_text())
+    data = bytearray(shard.read_bytes())
+    data[index["offsets"][victim] + index["bytes"][victim] - 600] ^= 0x01  # inside the sample's last member
+    shard.write_bytes(bytes(data))
+    items = iter(ds)
+    first = next(items)
+    assert first["__shard__"] == order[0][0]
+    with pytest.raises(StoreError, match=f"key {index['keys'][victim]}: bytes differ"):
+        next(items)

@@ -281,19 +281,19 @@ class LatentDataset(IterableDataset):
         window_of = order.window_of()
         read = partial(self._read_shard, shards)
         prefetch = self._prefetcher(shards, epoch, window_of, units) if self.remote else None
-        events = stages.read_windows(units, shards, window_of, read, prefetch)
+        events = stages.read_units(units, shards, window_of, read, prefetch)
         events = stages.decode(events, partial(stages.as_dict, teacher=self.teacher, y_hat_dtype=o.y_hat_dtype))
         counted = stages.count_skips(events, o.max_skips, self.skipped)
         rank, world = self._rank_world()
         padded = stages.pad_for_lockstep(counted, world > 1, rank, self.skipped)
         return stages.to_items(padded, o.batch_size is not None, o.max_skips > 0)
 
-    def _read_shard(self, shards: list, s: int, wanted):
+    def _read_shard(self, shards: list, s: int, order: list):
         shard = shards[s]
         if self.remote:
             self.remote.fetch_shard(shard)
         return read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
-                            self.options.max_skips > 0, wanted=wanted)
+                            self.options.max_skips > 0, order=order)
 
     def _prefetcher(self, shards: list, epoch: int, window_of: dict, units: list):
         """before_window for a remote store: fetch the shards of the next PREFETCH_WINDOWS windows this

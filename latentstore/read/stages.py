@@ -1,8 +1,8 @@
-"""The reader's generator stages after the order: read windows, decode, skip budget, DDP lockstep padding, batches.
+"""The reader's generator stages after the order: read units, decode, skip budget, DDP lockstep padding, batches.
 
 Each stage takes an iterator and yields, as webdataset's filters do, so each can be tested with a
-list. Between `read_windows` and `pad_for_lockstep` the stream holds one list of samples per item
-of this worker (a sample, or a batch to be), with `Skipped` events where a window's damaged
+list. Between `read_units` and `pad_for_lockstep` the stream holds one list of samples per item
+of this worker (a sample, or a batch to be), with `Skipped` events where a unit's damaged
 samples were set aside; `count_skips` turns those into (samples, messages) pairs. A sample is a
 reader's `Sample` until `as_dict` (through `decode`) makes it the dict of tensors a dataset hands out.
 """
@@ -23,71 +23,81 @@ REBUILD = "Run `latentstore verify` and rebuild the damaged shards."
 
 @dataclass(frozen=True)
 class Skipped:
-    """Damaged samples set aside while a window was read, one message each (naming shard and key)."""
+    """Damaged samples set aside while a unit was read, one message each (naming shard and key)."""
     messages: list[str]
 
 
-def read_windows(units: list[list[tuple]], shards: list[dict], window_of: dict, read: Callable,
-                 before_window: Callable | None = None) -> Iterator:
+def read_units(units: list[list[tuple]], shards: list[dict], window_of: dict, read: Callable,
+               before_window: Callable | None = None) -> Iterator:
     """Per unit (a list of (shard, index) pairs), the list of its samples that could be read.
 
-    Each window of shards (`window_of`: shard -> its window) is read once, when the first sample it
-    holds is due, and only samples still to be handed out are kept. ``read(shard, wanted)`` yields
-    the records of ``shards[shard]`` (a manifest record: "path", "samples") in stored order: a
-    `Sample`, a `ReadError`, or None for an index not in `wanted`. A window's damaged samples come
-    as one `Skipped` before the unit that needed it. `before_window(window)` runs before a window
-    is read (a remote store's prefetch)."""
+    ``read(shard, order)`` yields one record of ``shards[shard]`` (a manifest record: "path",
+    "samples") per index in `order`, in that order: a `Sample`, a `ReadError` naming its key, or a
+    `ReadError` with key None (damage to the shard itself: none of its samples is trusted, and
+    nothing more comes). `order` is this worker's indices of the shard in the order its units use
+    them, and a record is pulled only when its unit is due, so where the reader is lazy (an indexed
+    tar shard) the first item of a pass reads its own samples only, not its shuffle window's. A
+    unit's damaged samples come as one `Skipped` before it. `before_window(window)` runs when the
+    first shard of a window (`window_of`: shard -> its window) is opened (a remote store's prefetch).
+    """
     uses: dict[tuple, int] = {}
-    mine: dict[int, set] = {}  # shard -> the sample indices wanted from it
+    order_of: dict[int, list] = {}  # shard -> its indices in the order of first use
     for unit in units:
         for pair in unit:
+            if pair not in uses:
+                order_of.setdefault(pair[0], []).append(pair[1])
             uses[pair] = uses.get(pair, 0) + 1
-            mine.setdefault(pair[0], set()).add(pair[1])
-    cache: dict[tuple, Sample | None] = {}
-    for unit in units:
-        samples = []
-        for pair in unit:
-            if pair not in cache:
-                window = window_of[pair[0]]
-                if before_window is not None:
-                    before_window(window)
-                skipped = [m for s in window for m in _keep(s, shards[s], read(s, mine.get(s, ())), uses, cache)]
-                if skipped:
-                    yield Skipped(skipped)
-            sample = cache[pair]
-            uses[pair] -= 1
-            if uses[pair] == 0:
-                del cache[pair]
-            if sample is not None:
-                samples.append(sample)
-        yield samples
+    streams: dict[int, Iterator] = {}  # the shards being read: an open file each, closed once read out
+    cursor = dict.fromkeys(order_of, 0)
+    entered, cache = set(), {}
+    try:
+        for unit in units:
+            samples, skipped = [], []
+            for pair in unit:
+                s = pair[0]
+                if pair not in cache:
+                    if s not in streams:
+                        window = tuple(window_of[s])
+                        if before_window is not None and window not in entered:
+                            entered.add(window)
+                            before_window(window)
+                        streams[s] = iter(read(s, order_of[s]))
+                    skipped += _pull(s, shards[s], streams[s], order_of[s], cursor, cache)
+                    if cursor[s] == len(order_of[s]):
+                        _close(streams.pop(s))
+                sample = cache[pair]
+                uses[pair] -= 1
+                if uses[pair] == 0:
+                    del cache[pair]
+                if sample is not None:
+                    samples.append(sample)
+            if skipped:
+                yield Skipped(skipped)
+            yield samples
+    finally:
+        for stream in streams.values():
+            _close(stream)
 
 
-def _keep(s: int, shard: dict, records: Iterable, uses: dict, cache: dict) -> list[str]:
-    """Cache the samples of shard `s` still to be used (None: damaged); return the damage messages.
-    Damage to the shard itself loses all of its samples, also those read before it showed."""
-    messages, seen, damage = [], 0, "the shard holds fewer samples than the manifest records"
-    for index, record in enumerate(records):
-        seen = index + 1
-        if record is None:
-            continue
-        if isinstance(record, ReadError):
-            if record.key is None:  # damage to the shard itself: none of its samples is kept
-                seen, damage = 0, record.message
-                break
-            if uses.get((s, index)):
-                messages.append(record.message)
-                cache[(s, index)] = None
-            continue
-        if uses.get((s, index)):
-            cache[(s, index)] = record
-    for index in range(seen, shard["samples"]):
-        if uses.get((s, index)) and not ((s, index) in cache and cache[(s, index)] is None):
-            known = cache.get((s, index))  # read before the shard's damage showed: not trusted
-            key = f"key {known.key}" if known else "key unknown"
-            messages.append(f"shard {shard['path']}, sample #{index} ({key}): lost ({damage})")
-            cache[(s, index)] = None
-    return messages
+def _close(stream: Iterator) -> None:
+    close = getattr(stream, "close", None)  # a generator: its reader's `with open(...)` ends now
+    if close is not None:
+        close()
+
+
+def _pull(s: int, shard: dict, stream: Iterator, order: list, cursor: dict, cache: dict) -> list[str]:
+    """Cache the next record of shard `s` (None: damaged) and return its damage messages; damage to the
+    shard itself, or an early end, caches None for every sample of it still to come."""
+    index = order[cursor[s]]
+    record = next(stream, ReadError(shard["path"], None, "the shard holds fewer samples than the manifest records"))
+    if isinstance(record, ReadError) and record.key is None:
+        lost = order[cursor[s]:]
+        cursor[s] = len(order)
+        cache.update(((s, i), None) for i in lost)
+        return [f"shard {shard['path']}, sample #{i} (key unknown): lost ({record.message})" for i in lost]
+    cursor[s] += 1
+    cache[(s, index)] = None if isinstance(record, ReadError) else record
+    return [record.message] if isinstance(record, ReadError) else []
 
 
 def decode(events: Iterable, convert: Callable) -> Iterator:

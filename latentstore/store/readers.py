@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import StoreError
 from .paths import store_file
-from .sample import ReadError, Sample
+from .sample import ReadError, Sample, in_order
 from .tar.reader import iter_shard
 from .zarr.reader import iter_unit
 
@@ -16,19 +16,24 @@ BACKENDS = ("webdataset", "zarr")
 
 
 def read_samples(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
-                 check_digest: bool = True):
+                 check_digest: bool = True, order: list[int] | None = None):
     """The samples of one manifest shard (a tar shard or a Zarr unit) in stored order, as Samples
     (fields decoded, meta.json as a SampleMeta where `fields` asks for it), its files checked
     against their record first: digests only with `check_digest`, which a caller turns off only
     right after checking them itself (a Zarr unit's sizes are checked either way: Zarr reads a
     missing chunk as zeros); None for an index not in `wanted` (left undecoded). Strict reads raise
     StoreError naming shard and key; with ``lenient=True`` a sample that cannot be trusted comes as
-    a ReadError instead (key None: damage to the shard itself, after which nothing more comes)."""
+    a ReadError instead (key None: damage to the shard itself, after which nothing more comes).
+    With `order` (sample indices), one record per index of it instead, in that order: lazily for a tar
+    shard (each when pulled), at once for a Zarr unit (its chunks hold many samples)."""
     if backend == "webdataset":
         path = store_file(store, shard["path"], f"shard {shard['path']}")
-        return iter_shard(path, shard["path"], shard["samples"], fields, lenient=lenient,
-                          wanted=wanted, record=shard if check_digest else None, variant=shard["variant"])
+        return iter_shard(path, shard["path"], shard["samples"], fields, lenient=lenient, wanted=wanted,
+                          record=shard if check_digest else None, variant=shard["variant"], order=order)
     if backend == "zarr":
+        if order is not None:
+            return in_order(iter_unit(Path(store), shard, fields, lenient, wanted=set(order),
+                                      check_digest=check_digest), order)
         return iter_unit(Path(store), shard, fields, lenient, wanted=wanted, check_digest=check_digest)
     raise StoreError(f"{store} uses backend {backend!r}; this latentstore reads {', '.join(BACKENDS)}")
 

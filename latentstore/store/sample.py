@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 from ..errors import StoreError
 
@@ -75,3 +76,21 @@ class ReadError:
     shard: str
     key: str | None
     message: str
+
+
+def in_order(records: Iterable, order: list[int]) -> Iterator:
+    """One record per index of `order`, in that order, from a reader's `records` in stored order
+    (None where not wanted), all read first. Damage to the shard itself comes alone, wherever it showed:
+    the samples read before it are not trusted either. A wanted index the reader never gave ends the
+    stream early (its caller counts that as damage)."""
+    by_index = {}
+    for i, record in enumerate(records):
+        if isinstance(record, ReadError) and record.key is None:
+            yield record
+            return
+        if record is not None:
+            by_index[i] = record
+    for i in order:
+        if i not in by_index:
+            return
+        yield by_index[i]

@@ -30,7 +30,7 @@ from ...errors import StoreError
 from ..checksum import CRC32C_IS_FAST, check_once
 from ..format import REQUIRED_FIELDS, decode_field, field_for_member
 from ..locks import write_in_progress
-from ..sample import ReadError, Sample, SampleMeta
+from ..sample import ReadError, Sample, SampleMeta, in_order
 from .index import INDEX_COLUMNS, read_index
 
 _BLOCK = 512
@@ -180,17 +180,21 @@ class _View:
 
 
 def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, required, lenient: bool,
-             wanted: Container[int] | None, variant: int | None) -> Iterator[Sample | ReadError | None]:
+             wanted: Container[int] | None, variant: int | None,
+             order: list[int] | None) -> Iterator[Sample | ReadError | None]:
     """iter_shard through the sample index: each wanted sample is one read of its span, checked
-    against its own CRC-32C (once per process); the others are not read at all."""
+    against its own CRC-32C (once per process); the others are not read at all. With `order`, the
+    samples of those indices in that order, each read when the caller pulls it."""
     index = read_index(path, shard, record, st.st_size)
+    keys, offsets, sizes, crcs = (index[c] for c in INDEX_COLUMNS)
     checked = _CHECKED_SAMPLES.setdefault((str(path), st.st_size, st.st_mtime_ns, record["index"]["crc32c"]),
-                                          bytearray(len(index["keys"])))
+                                          bytearray(len(keys)))
     with open(path, "rb") as f:
-        for i, (key, start, length, crc) in enumerate(zip(*(index[c] for c in INDEX_COLUMNS))):
-            if wanted is not None and i not in wanted:
+        for i in range(len(keys)) if order is None else order:
+            if order is None and wanted is not None and i not in wanted:
                 yield None
                 continue
+            key, start, length, crc = keys[i], offsets[i], sizes[i], crcs[i]
             try:
                 if checked[i] and fields is not None:  # its bytes matched before: read only what is decoded
                     f.seek(start)
@@ -231,7 +235,8 @@ def _span_fields(f, end: int, shard: str, key: str, fields: Container[str] | Non
 def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
                lenient: bool = False, wanted: Container[int] | None = None,
-               record: dict | None = None, variant: int | None = None) -> Iterator[Sample | ReadError | None]:
+               record: dict | None = None, variant: int | None = None,
+               order: list[int] | None = None) -> Iterator[Sample | ReadError | None]:
     """Yield the samples of one shard as Samples (fields decoded, meta.json as a SampleMeta, `variant`
     as given: a tar shard does not record it).
 
@@ -244,8 +249,14 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     shard itself (unreadable tar, wrong count) comes last, as a ReadError with
     key None. With `record` (the manifest's shard entry: bytes, sha256, crc32c
     and its sample index) the file
-    must match it before any sample is read.
+    must match it before any sample is read. With `order` (sample indices), one record per index of
+    it instead, in that order: each read when pulled where the shard's index serves it (a record given,
+    fast CRC-32C), else all read first (store/sample.py in_order).
     """
+    if order is not None and (record is None or not CRC32C_IS_FAST):
+        yield from in_order(iter_shard(path, shard, expected_samples, fields, required, lenient, set(order),
+                                       record, variant), order)
+        return
     count = 0
     try:
         st = os.stat(path)
@@ -253,7 +264,7 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
         if record is not None and CRC32C_IS_FAST:
-            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted, variant)
+            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted, variant, order)
             return
         if record is not None and not check_once(path, record):  # no fast CRC-32C: the whole shard's sha256
             yield from _damaged(Path(path), shard, expected_samples, lenient)
