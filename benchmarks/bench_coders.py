@@ -4,8 +4,9 @@
     python benchmarks/bench_coders.py --images 8 --repeats 3
 
 At 224 crops padded to 256, on the CPU, in one process at the store's thread count (1), for
-cheng2020-anchor (single pass), cheng2020-checkerboard and elic2022-official (generic path) and a
-user's CompressionModel subclass (generic path): seconds per image of compress(), of compress() +
+cheng2020-anchor (single pass), cheng2020-checkerboard, elic2022-official and elic2022-chandelier (ŷ
+from compress(): "compress ŷ") and a user's CompressionModel subclass (compress() then decompress()
+up to g_s: "generic"): seconds per image of compress(), of compress() +
 decompress(), and of the encoder a build runs (generic_encode.make_encoder), which is what a build
 spends per image apart from decoding, augmenting and writing. Seeded untrained weights with
 non-trivial symbols (weights do not change the work). The methods of one coder run interleaved,
@@ -48,11 +49,17 @@ def user_coder() -> LoadedCoder:
 
 def coders(quality: int) -> dict:
     out = {}
-    for name in ("cheng2020-anchor", "cheng2020-checkerboard", "elic2022-official"):
+    for name in ("cheng2020-anchor", "cheng2020-checkerboard", "elic2022-official", "elic2022-chandelier"):
         spec = CODERS[name]
         out[name] = LoadedCoder(model=untrained_coder(spec, quality), spec=spec, quality=quality, weights={})
     out["custom (generic path)"] = user_coder()
     return out
+
+
+def path_label(spec: CoderSpec) -> str:
+    if spec.path == "single-pass":
+        return "single pass"
+    return "compress ŷ" if spec.y_hat_in_compress else "generic"
 
 
 def timed(fn) -> float:
@@ -103,7 +110,7 @@ def main() -> None:
             if got != streams:
                 raise SystemExit(f"{name}: the build's strings differ from compress()'s")
         per = {k: v / a.images for k, v in best.items()}
-        print(f"{name:24} {coder.spec.path:12} {per['c']:8.3f} ({1 / per['c']:5.2f}) {per['cd']:10.3f} "
+        print(f"{name:24} {path_label(coder.spec):12} {per['c']:8.3f} ({1 / per['c']:5.2f}) {per['cd']:10.3f} "
               f"({1 / per['cd']:5.2f}) {per['b']:8.3f} ({1 / per['b']:5.2f}) {per['b'] / per['c']:15.2f} "
               f"{per['b'] / per['cd']:12.2f}")
 

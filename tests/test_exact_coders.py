@@ -77,13 +77,13 @@ def cityscapes_frame(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", list(CLASSES))
-def test_named_coder_cityscapes_crop_is_exact(name, checkpoint_factory, cityscapes_frame, tmp_path):
+@pytest.mark.parametrize("name,dtype", [(n, "float32") for n in CLASSES] + [("elic2022-official", "float16")])
+def test_named_coder_cityscapes_crop_is_exact(name, dtype, checkpoint_factory, cityscapes_frame, tmp_path):
     """One seg-train crop as pipelines/cityscapes.sh makes it: random rescale, 640x640 window, flip."""
     ckpt = checkpoint_factory(name, 3)
     store = tmp_path / "store"
     cli("build", "--coder", name, "--quality", 3, "--weights", ckpt, "--dataset", "cityscapes",
-        "--root", cityscapes_frame, "--split", "train", "--variants", 1, "--y-hat-dtype", "float32",
+        "--root", cityscapes_frame, "--split", "train", "--variants", 1, "--y-hat-dtype", dtype,
         "--out", store, "--quiet")
     cli("verify", store, "--decode", 1, "--quiet")
     (s,) = stored(store, "train")
@@ -91,4 +91,4 @@ def test_named_coder_cityscapes_crop_is_exact(name, checkpoint_factory, cityscap
     assert meta["augment"]["mode"] == "seg-train" and meta["augment"]["source_size"] == [2048, 1024]
     assert meta["image_size"] == [640, 640] and meta["y_shape"] == [40, 40]  # 640 is a multiple of 64: no padding
     strings, y_hat = reference(compressai_model(name, ckpt), replay(cityscapes_frame / meta["source"], meta["augment"]))
-    assert_strings_and_y_hat_exact(name, s, strings, y_hat)
+    assert_strings_and_y_hat_exact(name, s, strings, y_hat, dtype)

@@ -19,7 +19,7 @@ from test_exact import compress_and_decompress, g_s_input
 from latentstore.coders.registry import CODERS, load_coder
 from latentstore.build.encoder import Encoder, to_input
 from latentstore.errors import ConfigError
-from latentstore.build.generic_encoder import GenericEncoder, check_fields
+from latentstore.build.generic_encoder import GenericEncoder, check_fields, make_encoder
 
 
 def crops(n=2, size=64):
@@ -97,6 +97,20 @@ def test_generic_path_is_compressai_for_other_coders(model_class, kwargs):
         assert enc.y_hat.tobytes() == y_hat.tobytes()
         np.testing.assert_array_equal(enc.y_hat.astype(np.float16), y_hat.astype(np.float16))
         assert len(np.unique(y_hat)) > 3, "trivial ŷ would prove nothing"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, spec in CODERS.items() if spec.y_hat_in_compress))
+def test_y_hat_from_compress_is_decompress_s_g_s_input(name, checkpoint_factory):
+    """The coders that take ŷ from compress() (half the work): at the real size (224 crops padded to 256),
+    on weights with non-trivial symbols, the same streams and the same ŷ bytes as decompress()'s."""
+    coder = load_coder(name, 3, str(checkpoint_factory(name, 3)))
+    x, _ = to_input(crops(1, 224))
+    one_pass = GenericEncoder(coder.model, y_hat_from_compress=True).encode(x)[0]
+    two_pass = GenericEncoder(coder.model).encode(x)[0]
+    assert x.shape[-2:] == (256, 256) and one_pass.y_string == two_pass.y_string
+    assert one_pass.y_hat.dtype == np.float32 and one_pass.y_hat.tobytes() == two_pass.y_hat.tobytes()
+    assert len(np.unique(one_pass.y_hat)) > 3, "trivial ŷ would prove nothing"
+    assert make_encoder(coder).y_hat_from_compress  # what a build uses
 
 
 def test_fields_the_generic_path_cannot_derive_are_refused_by_name():

@@ -5,7 +5,10 @@ known families), the stored values are CompressAI's by construction:
 
 * the strings are ``model.compress(x_i)["strings"]`` at batch 1;
 * ŷ is the tensor ``model.decompress(strings, shape)`` hands to ``g_s``, captured by a forward pre-hook
-  (g_s itself never runs), at batch 1, on a contiguous NCHW input, at the store's thread count.
+  (g_s itself never runs), at batch 1, on a contiguous NCHW input, at the store's thread count;
+* or, for the named coders whose compress() already decodes its own strings as decompress() does
+  (CoderSpec.y_hat_in_compress: the checkerboard coder and ELIC), the "y_hat" compress() returns, which
+  halves the work; tests/test_generic.py shows it equals decompress()'s g_s input for each.
 
 The streams (ELIC: one per channel group, then z) and ``compress()``'s shape are kept together in
 ``y_string`` as the container of store/strings_container.py (docs/FORMAT.md "Nested strings"); ``bits`` counts
@@ -15,6 +18,7 @@ time rather than storing something that is not what the rANS coder wrote.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..coders.custom import check_model
@@ -42,14 +46,16 @@ class GenericEncoder:
     """Encodes batches image by image with the coder's own compress() and decompress().
 
     ``container=False`` (tests only) keeps the known families' layout instead: y_string and z_string
-    raw, which must then give the single pass's bytes.
+    raw, which must then give the single pass's bytes. ``y_hat_from_compress`` takes ŷ from compress()'s
+    output instead of running decompress() (only for coders whose spec says it is the decoder's).
     """
 
     def __init__(self, model: torch.nn.Module, profiler: Profiler | None = None, container: bool = True,
-                 threads: int = STORE_THREADS):
+                 threads: int = STORE_THREADS, y_hat_from_compress: bool = False):
         check_model(model)
         self.model = model.eval()
         self.profiler, self.container, self.threads = profiler, container, threads
+        self.y_hat_from_compress = y_hat_from_compress
         self.device = next(model.parameters()).device
 
     def encode(self, x: torch.Tensor) -> list[EncodedImage]:
@@ -63,8 +69,11 @@ class GenericEncoder:
         with _stage(self.profiler, "compress"):
             out = self.model.compress(x)
         streams, shape = [bytes(s[0]) for s in out["strings"]], out["shape"]
-        with _stage(self.profiler, "decompress"):
-            y_hat = capture_y_hat(self.model, [[s] for s in streams], shape)
+        if self.y_hat_from_compress:
+            y_hat = np.ascontiguousarray(out["y_hat"][0].detach().cpu().numpy(), dtype=np.float32)
+        else:
+            with _stage(self.profiler, "decompress"):
+                y_hat = capture_y_hat(self.model, [[s] for s in streams], shape)
         fields = dict(symbols=None, y_hat=y_hat, z_symbols=None, means=None, scales=None,
                       y_shape=tuple(y_hat.shape[-2:]))
         if self.container:
@@ -95,4 +104,4 @@ def make_encoder(coder, profiler: Profiler | None = None, analysis_device=None):
     if analysis_device is not None:
         raise ConfigError(f"--device {analysis_device}: {coder.spec.name} is encoded by its own compress() on "
                           "the CPU (the generic path); use --device cpu")
-    return GenericEncoder(coder.model, profiler)
+    return GenericEncoder(coder.model, profiler, y_hat_from_compress=coder.spec.y_hat_in_compress)

@@ -51,6 +51,11 @@ class CoderSpec:
     #   "generic": whatever the coder's decompress() hands g_s (build/generic_encoder.py)
     latent_kind: str
     in_zoo: bool = True     # compressai.zoo builds it (and has weights); else the class itself (build_untrained)
+    # The generic path may take ŷ from compress(): CompressAI's latent codecs (hyperprior, checkerboard, channel
+    # groups, Gaussian conditional) decode their own strings inside compress() with the ops, parameters and
+    # order that decompress() runs, and return that ŷ; so decompress() need not run again. Checked against
+    # decompress() for each such coder by tests/test_generic.py and, through the CLI, tests/test_exact_coders.py.
+    y_hat_in_compress: bool = False
     untrained_gain: float = 32.0  # untrained_coder's scale of g_a's last conv: enough for non-trivial symbols
 
     @property
@@ -99,11 +104,12 @@ CODERS = {
                   {q: 192 if q <= 5 else 320 for q in range(1, 9)}, "round", in_zoo=False, untrained_gain=128.0),
         # Not in the zoo: the quality is the user's label of a checkpoint's rate point; the
         # class's defaults fix the channels (Elic: M=320; checkerboard: M=N=192).
-        CoderSpec("elic2022-official", Elic2022Official, {q: 320 for q in range(1, 9)}, "generic", in_zoo=False),
+        CoderSpec("elic2022-official", Elic2022Official, {q: 320 for q in range(1, 9)}, "generic", in_zoo=False,
+                  y_hat_in_compress=True),
         CoderSpec("elic2022-chandelier", Elic2022Chandelier, {q: 320 for q in range(1, 9)}, "generic",
-                  in_zoo=False),
+                  in_zoo=False, y_hat_in_compress=True),
         CoderSpec("cheng2020-checkerboard", Cheng2020AnchorCheckerboard, {q: 192 for q in range(1, 9)}, "generic",
-                  in_zoo=False),
+                  in_zoo=False, y_hat_in_compress=True),
     )
 }
 
