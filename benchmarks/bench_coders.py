@@ -4,10 +4,10 @@
     python benchmarks/bench_coders.py --images 8 --repeats 3
 
 At 224 crops padded to 256, on the CPU, in one process at the store's thread count (1), for
-cheng2020-anchor (single pass), cheng2020-checkerboard, elic2022-official and elic2022-chandelier (ŷ
-from compress(): "compress ŷ") and a user's CompressionModel subclass (compress() then decompress()
-up to g_s: "generic"): seconds per image of compress(), of compress() +
-decompress(), and of the encoder a build runs (generic_encode.make_encoder), which is what a build
+cheng2020-anchor (single pass), cheng2020-checkerboard, elic2022-official and elic2022-chandelier
+(generic path, ŷ from compress(): "compress ŷ") and a user's CompressionModel subclass (generic path,
+ŷ from decompress() up to g_s: "generic"): seconds per image of compress(), of compress() +
+decompress(), and of the encoder a build runs (generic_encoder.make_encoder), which is what a build
 spends per image apart from decoding, augmenting and writing. Seeded untrained weights with
 non-trivial symbols (weights do not change the work). The methods of one coder run interleaved,
 --repeats rounds, the fastest reported. Fails if the encoder's strings differ from compress()'s.
@@ -57,6 +57,7 @@ def coders(quality: int) -> dict:
 
 
 def path_label(spec: CoderSpec) -> str:
+    """The path as docs/coders.md names it."""
     if spec.path == "single-pass":
         return "single pass"
     return "compress ŷ" if spec.y_hat_in_compress else "generic"

@@ -79,7 +79,8 @@ def cityscapes_frame(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name,dtype", [(n, "float32") for n in CLASSES] + [("elic2022-official", "float16")])
 def test_named_coder_cityscapes_crop_is_exact(name, dtype, checkpoint_factory, cityscapes_frame, tmp_path):
-    """One seg-train crop as pipelines/cityscapes.sh makes it: random rescale, 640x640 window, flip."""
+    """One seg-train crop as pipelines/cityscapes.sh makes it: random rescale, 640x640 window, flip.
+    float16: decompress()'s g_s input after one rounding to float16."""
     ckpt = checkpoint_factory(name, 3)
     store = tmp_path / "store"
     cli("build", "--coder", name, "--quality", 3, "--weights", ckpt, "--dataset", "cityscapes",

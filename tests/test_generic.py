@@ -16,10 +16,12 @@ from PIL import Image
 
 from conftest import demo_photos
 from test_exact import compress_and_decompress, g_s_input
+from user_coder import TwoHalvesHyperprior
 from latentstore.coders.registry import CODERS, load_coder
 from latentstore.build.encoder import Encoder, to_input
 from latentstore.errors import ConfigError
 from latentstore.build.generic_encoder import GenericEncoder, check_fields, make_encoder
+from latentstore.build.timing import Profiler
 
 
 def crops(n=2, size=64):
@@ -99,18 +101,45 @@ def test_generic_path_is_compressai_for_other_coders(model_class, kwargs):
         assert len(np.unique(y_hat)) > 3, "trivial ŷ would prove nothing"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, spec in CODERS.items() if spec.y_hat_in_compress))
-def test_y_hat_from_compress_is_decompress_s_g_s_input(name, checkpoint_factory):
-    """The coders that take ŷ from compress() (half the work): at the real size (224 crops padded to 256),
-    on weights with non-trivial symbols, the same streams and the same ŷ bytes as decompress()'s."""
+def stored_fields(enc):
+    """Everything of an EncodedImage a store writes for a generic coder, as bytes and tuples."""
+    return (enc.y_string, enc.z_string, enc.y_hat.dtype, enc.y_hat.shape, enc.y_hat.tobytes(), enc.y_shape,
+            enc.z_shape, enc.bits(), enc.symbols, enc.means, enc.scales, enc.z_symbols)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cheng2020-checkerboard", "elic2022-chandelier", "elic2022-official"])
+def test_a_build_takes_y_hat_from_compress_and_gets_decompress_s_bytes(name, checkpoint_factory):
+    """The checkerboard coder and ELIC: a build runs compress() alone and stores its ŷ, which is byte for
+    byte the tensor decompress() hands g_s, at the real size (224 crops padded to 256), on a checkpoint
+    with non-trivial symbols. The build's encoder runs first, on the model as loaded, as in a build."""
     coder = load_coder(name, 3, str(checkpoint_factory(name, 3)))
-    x, _ = to_input(crops(1, 224))
-    one_pass = GenericEncoder(coder.model, y_hat_from_compress=True).encode(x)[0]
-    two_pass = GenericEncoder(coder.model).encode(x)[0]
-    assert x.shape[-2:] == (256, 256) and one_pass.y_string == two_pass.y_string
-    assert one_pass.y_hat.dtype == np.float32 and one_pass.y_hat.tobytes() == two_pass.y_hat.tobytes()
-    assert len(np.unique(one_pass.y_hat)) > 3, "trivial ŷ would prove nothing"
-    assert make_encoder(coder).y_hat_from_compress  # what a build uses
+    x, _ = to_input(crops(2, 224))
+    profiler = Profiler()
+    one_pass = make_encoder(coder, profiler).encode(x)
+    assert profiler.totals["compress"][1] == 2 and "decompress" not in profiler.totals
+    two_pass = GenericEncoder(coder.model).encode(x)
+    assert x.shape[-2:] == (256, 256)
+    for a, b in zip(one_pass, two_pass, strict=True):
+        assert stored_fields(a) == stored_fields(b)
+        assert a.y_hat.dtype == np.float32 and len(np.unique(a.y_hat)) > 3, "trivial ŷ would prove nothing"
+
+
+class ClaimsAYHat(TwoHalvesHyperprior):
+    """A user's coder whose compress() also returns a "y_hat" that is not the decoder's: y, unrounded."""
+
+    def compress(self, x):
+        return {**super().compress(x), "y_hat": self.g_a(x)}
+
+
+def test_a_custom_coder_s_y_hat_comes_from_decompress_whatever_compress_returns():
+    coder = load_coder(f"{__name__}:ClaimsAYHat", 1, "untrained")
+    x, _ = to_input(crops())
+    profiler = Profiler()
+    encoded = make_encoder(coder, profiler).encode(x)
+    assert profiler.totals["decompress"][1] == 2
+    for i, enc in enumerate(encoded):
+        assert enc.y_hat.tobytes() == reference(coder.model, x[i:i + 1])[2].tobytes()
 
 
 def test_fields_the_generic_path_cannot_derive_are_refused_by_name():

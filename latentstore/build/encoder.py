@@ -350,7 +350,12 @@ def capture_y_hat(model, strings, shape) -> np.ndarray:
         handle.remove()
     if not captured:
         raise RuntimeError(f"{type(model).__name__}.decompress never called g_s")
-    return np.ascontiguousarray(captured[0][0].numpy(), dtype=np.float32)
+    return y_hat_array(captured[0])
+
+
+def y_hat_array(y_hat: torch.Tensor) -> np.ndarray:
+    """A batch-1 ŷ tensor [1, M, Hy, Wy] as an EncodedImage holds it: float32 [M, Hy, Wy], C-contiguous."""
+    return np.ascontiguousarray(y_hat[0].detach().cpu().numpy(), dtype=np.float32)
 
 
 def decode_y_hat(coder: LoadedCoder, enc: EncodedImage, threads: int = STORE_THREADS) -> np.ndarray:

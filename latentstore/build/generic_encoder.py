@@ -6,9 +6,10 @@ known families), the stored values are CompressAI's by construction:
 * the strings are ``model.compress(x_i)["strings"]`` at batch 1;
 * ŷ is the tensor ``model.decompress(strings, shape)`` hands to ``g_s``, captured by a forward pre-hook
   (g_s itself never runs), at batch 1, on a contiguous NCHW input, at the store's thread count;
-* or, for the named coders whose compress() already decodes its own strings as decompress() does
-  (CoderSpec.y_hat_in_compress: the checkerboard coder and ELIC), the "y_hat" compress() returns, which
-  halves the work; tests/test_generic.py shows it equals decompress()'s g_s input for each.
+* except for the named coders whose compress() already returns that tensor as ``"y_hat"``
+  (``CoderSpec.y_hat_in_compress``: the checkerboard coder and ELIC): their compress() decodes its own
+  strings with decompress()'s calls on the same inputs, so the build takes its ŷ and skips decompress()
+  (docs/benchmarks.md "Coders"). tests/test_generic.py shows both give the same bytes for each such coder.
 
 The streams (ELIC: one per channel group, then z) and ``compress()``'s shape are kept together in
 ``y_string`` as the container of store/strings_container.py (docs/FORMAT.md "Nested strings"); ``bits`` counts
@@ -25,7 +26,7 @@ from ..coders.custom import check_model
 from ..errors import ConfigError, InputError
 from ..store import strings_container
 from ..store.threads import STORE_THREADS, store_threads
-from .encoder import EncodedImage, Encoder, capture_y_hat
+from .encoder import EncodedImage, Encoder, capture_y_hat, y_hat_array
 from .timing import Profiler, stage as _stage
 
 #: Fields only the single-pass path can derive (they live inside the entropy models).
@@ -47,7 +48,8 @@ class GenericEncoder:
 
     ``container=False`` (tests only) keeps the known families' layout instead: y_string and z_string
     raw, which must then give the single pass's bytes. ``y_hat_from_compress`` takes ŷ from compress()'s
-    output instead of running decompress() (only for coders whose spec says it is the decoder's).
+    output and never runs decompress(): only for a coder whose compress() returns the decoder's ŷ
+    (its CoderSpec.y_hat_in_compress).
     """
 
     def __init__(self, model: torch.nn.Module, profiler: Profiler | None = None, container: bool = True,
@@ -69,11 +71,7 @@ class GenericEncoder:
         with _stage(self.profiler, "compress"):
             out = self.model.compress(x)
         streams, shape = [bytes(s[0]) for s in out["strings"]], out["shape"]
-        if self.y_hat_from_compress:
-            y_hat = np.ascontiguousarray(out["y_hat"][0].detach().cpu().numpy(), dtype=np.float32)
-        else:
-            with _stage(self.profiler, "decompress"):
-                y_hat = capture_y_hat(self.model, [[s] for s in streams], shape)
+        y_hat = self._y_hat(out, streams, shape)
         fields = dict(symbols=None, y_hat=y_hat, z_symbols=None, means=None, scales=None,
                       y_shape=tuple(y_hat.shape[-2:]))
         if self.container:
@@ -84,6 +82,15 @@ class GenericEncoder:
         z_string = streams[1] if len(streams) == 2 else None
         z_shape = tuple(int(v) for v in shape) if z_string is not None else None
         return EncodedImage(y_string=streams[0], z_string=z_string, z_shape=z_shape, **fields)
+
+    def _y_hat(self, out: dict, streams: list, shape) -> np.ndarray:
+        """ŷ as decompress() hands it to g_s: compress()'s own where it is that tensor, else decompress()'s."""
+        if self.y_hat_from_compress:
+            # ELIC's channel groups decode into zeros_like(y) in compress() and into a fresh contiguous
+            # buffer in decompress(): the same layout (so the same kernels) because x, hence y, is contiguous.
+            return y_hat_array(out["y_hat"])
+        with _stage(self.profiler, "decompress"):
+            return capture_y_hat(self.model, [[s] for s in streams], shape)
 
 
 class NestedEncodedImage(EncodedImage):

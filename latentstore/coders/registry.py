@@ -6,8 +6,9 @@ the latent channel count per quality, and whether the coder is autoregressive
 (its ŷ is ``round(y - μ) + μ`` decoded serially, see docs/FORMAT.md).
 
 Coders latentstore does not reimplement (ELIC, the checkerboard coder) have the latent kind
-"generic": build/generic_encoder.py encodes them with their own compress() and decompress(), exact by
-construction; docs/coders.md lists every coder, its ŷ and its path.
+"generic": build/generic_encoder.py encodes them with their own compress() (and, unless compress()
+already returns the decoder's ŷ, decompress()), exact by construction; docs/coders.md lists every coder,
+its ŷ and its path.
 """
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ class CoderSpec:
     #   "generic": whatever the coder's decompress() hands g_s (build/generic_encoder.py)
     latent_kind: str
     in_zoo: bool = True     # compressai.zoo builds it (and has weights); else the class itself (build_untrained)
-    # The generic path may take ŷ from compress(): CompressAI's latent codecs (hyperprior, checkerboard, channel
-    # groups, Gaussian conditional) decode their own strings inside compress() with the ops, parameters and
-    # order that decompress() runs, and return that ŷ; so decompress() need not run again. Checked against
-    # decompress() for each such coder by tests/test_generic.py and, through the CLI, tests/test_exact_coders.py.
+    # Generic path only: compress() returns as "y_hat" the very tensor decompress() hands g_s, so the build
+    # takes it and skips decompress(). True where compress() is CompressAI's latent codecs (hyperprior,
+    # checkerboard, channel groups, Gaussian conditional): each decodes its own strings inside compress()
+    # with decompress()'s calls on the same inputs, so ŷ is the decoder's by construction (docs/coders.md).
     y_hat_in_compress: bool = False
     untrained_gain: float = 32.0  # untrained_coder's scale of g_a's last conv: enough for non-trivial symbols
 
