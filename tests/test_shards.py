@@ -130,16 +130,21 @@ def _bytes_read() -> int:
     return int(next(line for line in open("/proc/self/io") if line.startswith("rchar:")).split()[1])
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through /proc")
-def test_unwanted_samples_are_seeked_over_not_read(tmp_path):
-    """k DataLoader workers each want 1/k of a shard: the rest is skipped, not read k times over."""
+def big_shard(tmp_path):
+    """(samples, shard record) of a committed shard of 5 samples whose y_string is 200 kB each."""
     big = [make_sample(i) for i in range(5)]
     for s in big:
         s.fields["y_string"] = np.random.default_rng(s.meta.label).bytes(200_000)
     with GroupCommit(tmp_path, "webdataset", layout(5)) as group:
         for s in big:
             group.write(s)
-        shard = group.commit()["shards"][0]
+        return big, group.commit()["shards"][0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through /proc")
+def test_unwanted_samples_are_seeked_over_not_read(tmp_path):
+    """k DataLoader workers each want 1/k of a shard: the rest is skipped, not read k times over."""
+    big, shard = big_shard(tmp_path)
     path = tmp_path / shard["path"]
 
     def read(wanted, record=None):
@@ -241,13 +246,7 @@ def test_a_sample_checked_once_is_checked_again_when_its_shard_changes(tmp_path)
 def test_once_checked_a_sample_s_unwanted_members_are_not_read(tmp_path):
     """An epoch after the first (CRC matched in this process) reads only the members it decodes: a
     trainer that wants ŷ and the label does not read the strings or teacher features again."""
-    big = [make_sample(i) for i in range(5)]
-    for s in big:
-        s.fields["y_string"] = np.random.default_rng(s.meta.label).bytes(200_000)
-    with GroupCommit(tmp_path, "webdataset", layout(5)) as group:
-        for s in big:
-            group.write(s)
-        shard = group.commit()["shards"][0]
+    big, shard = big_shard(tmp_path)
     path, fields = tmp_path / shard["path"], ("y_hat", "label", "meta")
 
     def read():
