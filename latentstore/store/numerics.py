@@ -63,19 +63,23 @@ class WrongNumerics(ConfigError):
         return {**env, **PORTABLE_ENV} if self.mode == "portable" else env
 
 
+def _pinned() -> bool:
+    """Whether this process's environment holds every portable pin (light: imports no torch)."""
+    return all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
+
+
 def running_mode() -> str:
     """'portable' if this process runs pinned, in effect and not only in its environment; else 'native'."""
     live = effective()
-    pinned = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
     in_effect = (live["torch_cpu_capability"] == "AVX2" and live["onednn_isa"] == "Intel AVX2"
                  and live["mkl_cbwr"] == "COMPATIBLE,STRICT")
-    return "portable" if pinned and in_effect else "native"
+    return "portable" if _pinned() and in_effect else "native"
 
 
 def environment_matches(mode: str) -> bool:
     """Whether this process's environment holds `mode`'s pins (light: imports no torch). The command line
     reruns itself when it does not, so a message printed before that would show twice."""
-    return all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items()) == (mode == "portable")
+    return _pinned() == (mode == "portable")
 
 
 def require(mode: str) -> None:
