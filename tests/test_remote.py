@@ -246,13 +246,27 @@ def test_a_shard_damaged_in_the_bucket_is_refused_on_fill_naming_its_url(publish
     assert f"BAD  shard {shard.removeprefix('bucket/stores/damaged/')}" in capsys.readouterr().err
 
 
-def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch, workers):
     shard_bytes = max(p.stat().st_size for p in Path(local).rglob("*.tar"))
     monkeypatch.setenv("LATENTSTORE_CACHE_GB", str(2.5 * shard_bytes / 2**30))
     cache = tmp_path / "cache"
-    assert_same(samples(open_store(published, cache_dir=cache)), samples(open_store(local)))
+    assert_same(samples(open_store(published, cache_dir=cache), workers), samples(open_store(local)))
     held = sum(p.stat().st_size for p in cache.rglob("*.tar"))
     assert 0 < held <= 2.5 * shard_bytes
+
+
+def test_a_cache_under_its_limit_is_listed_once_not_after_every_fetch(published, tmp_path, monkeypatch):
+    import json
+    import latentstore.store.location as location
+    walks, real_walk = [], os.walk
+    monkeypatch.setattr(location.os, "walk", lambda *a, **k: walks.append(a) or real_walk(*a, **k))
+    cache = tmp_path / "cache"
+    ds = open_store(published, cache_dir=cache)
+    assert len(samples(ds)) == sum(s["samples"] for s in ds.shards()) and len(ds.shards()) > 2
+    assert len(walks) == 1  # the first fetch found no record of the cache's size; the others added theirs
+    recorded = json.loads((cache / location.USAGE).read_text())["bytes"]
+    assert recorded == sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != location.USAGE)
 
 
 def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path, monkeypatch):
@@ -282,3 +296,26 @@ def test_eval_reads_a_store_url_as_the_local_store(s3, tmp_path, tiny_folder, tm
     assert records[1]["store"]["path"] == "s3://bucket/stores/eval"
     for name in ("samples", "top1", "bits", "pixels", "matches_manifest"):
         assert records[0][name] == records[1][name]
+
+
+def test_a_persistent_worker_fetches_the_next_pass_s_first_shard_only_until_that_pass_is_asked_for(
+        published, local, tmp_path):
+    """latentstore/read/ahead.py: once its share of a pass is read, a worker begins the next one, but a
+    guess that may be wrong fetches no more than the shard of its first item."""
+    ds = open_store(published, cache_dir=tmp_path)  # no shuffle: store order, shard by shard
+    loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
+    ds.set_epoch(0)
+    first_pass = list(loader)
+    following = [ds.path / s["path"] for s in ds.shards(1)]
+    for _ in range(600):  # the worker's thread fetches epoch 1's first shard in the background
+        if following[0].is_file():
+            break
+        threading.Event().wait(0.05)
+    assert [p.is_file() for p in following] == [True] + [False] * (len(following) - 1)
+    ds.set_epoch(1)
+    assert_same(first_pass + list(loader), [s for e in (0, 1) for s in samples(_epoch(open_store(local), e))])
+
+
+def _epoch(ds, epoch):
+    ds.set_epoch(epoch)
+    return ds

@@ -9,7 +9,7 @@ against its manifest record (size, CRC-32C or sha256) before it enters the mirro
 
 The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore/stores``), one folder per
 (URL, manifest digest), so a republished store never reads a stale file; least recently used files
-are evicted above ``$LATENTSTORE_CACHE_GB`` (default 50).
+are evicted above ``$LATENTSTORE_CACHE_GB`` (default 50), down to 90% of it.
 
 Transient errors (connection resets, timeouts, 5xx, throttling) are retried with exponential backoff,
 at most ``ATTEMPTS`` times and ``RETRY_SECONDS`` in all; missing files and refused access fail at once
@@ -39,6 +39,9 @@ MANIFEST = "manifest.json"
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http",
           "az": "azure", "abfs": "azure", "abfss": "azure", "hf": "hf"}
 PREFETCH_THREADS = 2
+SMALL_FILE_THREADS = 16
+USAGE = "usage.json"  # the cache's recorded size, in its root folder
+LOW_WATER = 0.9       # a full cache is evicted down to this fraction of its limit
 ATTEMPTS = 6
 RETRY_SECONDS = 60.0
 _SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s@]*@|(?P<query>\?[^\s'\"]*)", re.IGNORECASE)
@@ -144,9 +147,13 @@ class Location:
     def _path(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"
 
-    def read(self, rel: str) -> bytes:
-        """The bytes of one file of the store, in one request."""
-        return self._retry(rel, lambda: self.fs.cat_file(self._path(rel)))
+    def read(self, rel: str, size: int | None = None) -> bytes:
+        """The bytes of one file of the store. A file of known `size` (a manifest record's) is read in one
+        ranged request; without one, some backends ask for the size first (s3fs: a HEAD, one more round
+        trip to the object store)."""
+        if size is None:
+            return self._retry(rel, lambda: self.fs.cat_file(self._path(rel)))
+        return self._retry(rel, lambda: self.fs.cat_file(self._path(rel), start=0, end=size))
 
     def write(self, rel: str, data: bytes) -> None:
         self._retry(rel, lambda: self.fs.pipe_file(self._path(rel), data))
@@ -197,9 +204,10 @@ class Remote(Location):
     def __getstate__(self):
         return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None}
 
-    def fetch(self, rel: str, record: dict | None = None) -> Path:
-        """The local copy of file `rel`, downloaded (and checked against `record`) unless present. A lock
-        file makes the DataLoader workers that need the same shard download it once between them."""
+    def fetch(self, rel: str, record: dict | None = None, evict: bool = True) -> Path:
+        """The local copy of file `rel`, downloaded (and checked against `record`) unless present, then the
+        cache trimmed to its limit (`evict`). A lock file makes the DataLoader workers that need the same
+        shard download it once between them."""
         check_recorded(self.shown, rel, "a recorded file")   # never a path out of the mirror
         local = self.mirror / rel
         if self._present(local, record):
@@ -209,13 +217,14 @@ class Remote(Location):
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             if self._present(local, record):  # another worker fetched it meanwhile
                 return local
-            data = self.read(rel)
+            data = self.read(rel, None if record is None else record["bytes"])
             problem = check_bytes(data, record)
             if problem:
                 raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
                                  f"`latentstore verify {self.shown}`")
             self._put(rel, data)
-        self._evict(keep=local)
+        if evict:
+            self._trim(keep=local)
         return local
 
     @staticmethod
@@ -254,21 +263,24 @@ class Remote(Location):
             self.fetch(shard["index"]["path"], shard["index"])
 
     def fetch_small(self, manifest: dict) -> None:
-        """Everything but shard data: commit records, sample indexes, Zarr array descriptions."""
+        """Everything but shard data: commit records, sample indexes, Zarr array descriptions, SMALL_FILE_THREADS
+        at a time (a store has two small files per shard, each a round trip to the object store)."""
         from .format import commit_record_name  # format imports nothing of ours at this stage's cost
+        wanted = {}  # path -> its manifest record, or None
         for split, info in manifest["splits"].items():
             for shard in info["shards"]:
                 if shard.get("index"):
-                    self.fetch(shard["index"]["path"], shard["index"])
+                    wanted[shard["index"]["path"]] = shard["index"]
                 group = shard.get("group")
                 if group is None:
                     group = int(Path(shard["path"]).name.split("-")[-1].split(".")[0])
-                self.fetch(commit_record_name(split, group))
+                wanted[commit_record_name(split, group)] = None
         if manifest.get("backend") == "zarr":
             data = {f["path"] for i in manifest["splits"].values() for s in i["shards"] for f in s.get("files", [s])}
-            for rel in self.files():
-                if rel not in data and rel != MANIFEST:
-                    self.fetch(rel)
+            wanted.update((rel, None) for rel in self.files() if rel not in data and rel != MANIFEST)
+        with ThreadPoolExecutor(SMALL_FILE_THREADS) as pool:
+            # small files are never evicted: the shard fetches that follow trim the cache
+            list(pool.map(lambda rel: self.fetch(rel, wanted[rel], evict=False), wanted))
 
     def download_all(self, folder: Path) -> Path:
         """Every file of the store, as it is, into `folder` (verify reads and judges every byte itself, so a
@@ -286,26 +298,47 @@ class Remote(Location):
         tmp.write_bytes(data)
         os.replace(tmp, local)  # workers filling the same file: the last complete copy wins
 
-    def _evict(self, keep: Path) -> None:
-        """Delete least recently used files of the cache until it holds at most `self.limit` bytes. Other
-        workers fill and evict the same cache meanwhile: a file gone since the listing is skipped."""
-        files = []
-        for p in self.cache.rglob("*"):
+    def _trim(self, keep: Path) -> None:
+        """Count file `keep`, just fetched, into the cache's recorded size (USAGE, shared under a lock by
+        every process using the cache); once that passes the limit, list the cache and evict. So the cache
+        is listed once per (1 - LOW_WATER) x limit of fetches, not after every fetch: O(files) each time."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        usage = self.cache / USAGE
+        with open(usage, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            f.seek(0)
             try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            if p.is_file():
-                files.append((st.st_mtime, st.st_size, p))
+                used = int(json.loads(f.read())["bytes"]) + keep.stat().st_size
+            except (ValueError, KeyError, TypeError):  # a new cache (or a damaged record): list it
+                used = None
+            if used is None or used > self.limit:
+                used = self._evict(keep, int(self.limit * LOW_WATER))
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"bytes": used}))  # "a+": written at the end, which truncate made 0
+
+    def _evict(self, keep: Path, target: int) -> int:
+        """Delete least recently used files of the cache until it holds at most `target` bytes; returns what
+        it holds then. Other workers fill the same cache meanwhile: a file gone since the listing is skipped."""
+        files = []
+        for folder, _, names in os.walk(self.cache):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                files.append((st.st_mtime, st.st_size, Path(path)))
         total = sum(size for _, size, _ in files)
         for _, size, p in sorted(files, key=lambda f: f[0]):
-            if total <= self.limit:
-                return
+            if total <= target:
+                break
             # the small files stay (readers open them any time), and so do the ones being filled
             if p == keep or p.suffix in (".json", ".lock", ".part"):
                 continue
             p.unlink(missing_ok=True)
             total -= size
+        return total
 
 
 _OPEN: dict = {}
