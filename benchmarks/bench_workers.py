@@ -12,9 +12,11 @@ Side by side, batch 32, ŷ as stored (float16), ``DataLoader(batch_size=None, pe
   floor     an IterableDataset yielding ready batches of the same shapes, dtypes and key lists, dealt to the
             workers as the store deals them: what the DataLoader itself allows
   remote    the store in moto's S3 server on 127.0.0.1, read through a proxy adding ``--latency`` ms per
-            request, a fresh cache each pass (every shard fetched again)
+            request; the cache's shard files are deleted before each pass (every shard fetched again)
   server    what that server and proxy deliver without latentstore: every shard file of a pass fetched with
-            s3fs, 2 workers x PREFETCH_THREADS at a time, as samples/s (the remote loader's ceiling here)
+            s3fs as the loader does (one ranged GET each), 2 workers x PREFETCH_THREADS at a time, as samples/s
+            (the remote loader's ceiling here), and the CPU seconds per GB that the server, the proxy and the
+            client spend (what the remote target costs this machine before the loader does any work)
 Printed per pass: samples/s, the first batch's time and a steady batch's time. Best and median of
 ``--passes``: other jobs on a shared machine slow every pipeline; the load average is printed.
 """
@@ -79,11 +81,13 @@ class Floor(IterableDataset):
                    "__shard__": ["train/v000-000000.tar"] * 32}
 
 
-def passes(name: str, make, workers: int, n: int) -> list[dict]:
+def passes(name: str, make, workers: int, n: int, before_pass=None) -> list[dict]:
     data = make()
     loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
     rows = []
     for p in range(n):
+        if before_pass is not None:
+            before_pass(data)
         if hasattr(data, "set_epoch"):
             data.set_epoch(VARIANTS * p, until=VARIANTS * (p + 1))
         began, first, count, batches = time.perf_counter(), None, 0, 0
@@ -98,23 +102,36 @@ def passes(name: str, make, workers: int, n: int) -> list[dict]:
     return rows
 
 
-def server_rate(store: Path, proxy_port: int, threads: int) -> float:
-    """Samples/s at which the S3 server and the proxy hand out one pass's shard files (tar and index), fetched
-    `threads` at a time by s3fs: no reader, no cache, no workers."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_rate(store: Path, proxy_port: int, threads: int, pids: dict) -> dict:
+    """What the S3 server and the proxy hand out without latentstore: one pass's shard files (tar and index)
+    fetched `threads` at a time by s3fs as the loader fetches them (one ranged GET of the recorded size), no
+    reader, no cache, no workers. Also the CPU seconds per GB moved that the server, the proxy (`pids`) and
+    the s3fs client (this process) spent: what the transport itself costs on this machine."""
     import json
 
     import s3fs
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{proxy_port}"})
     shards = [s for split in json.loads((store / "manifest.json").read_text())["splits"].values()
               for s in split["shards"]]
-    files = [f"bench/store/{s['path']}" for s in shards] + [f"bench/store/{s['index']['path']}" for s in shards]
+    files = [(f"bench/store/{r['path']}", r["bytes"]) for s in shards for r in (s, s["index"])]
+    pids = {**pids, "client": os.getpid()}
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     began = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        fetched = sum(map(len, pool.map(fs.cat_file, files)))
+        fetched = sum(map(len, pool.map(lambda f: fs.cat_file(f[0], start=0, end=f[1]), files)))
     seconds = time.perf_counter() - began
+    per_gb = {name: (cpu_seconds(pid) - cpu[name]) / (fetched / 1e9) for name, pid in pids.items()}
     rate = sum(s["samples"] for s in shards) / seconds
-    print(f"  server  {threads} at a time: {fetched / seconds / 1e6:6.1f} MB/s = {rate:8,.0f} samples/s", flush=True)
-    return rate
+    print(f"  server  {threads} at a time: {fetched / seconds / 1e6:6.1f} MB/s = {rate:8,.0f} samples/s; CPU s per GB: "
+          + ", ".join(f"{name} {v:.2f}" for name, v in per_gb.items()), flush=True)
+    return {"name": "server", "workers": 2, "rate": rate, "cpu_per_gb": sum(per_gb.values()),
+            "bytes_per_sample": fetched / sum(s["samples"] for s in shards)}
 
 
 class LatencyProxy(Relay):
@@ -195,16 +212,25 @@ def main(argv=None) -> int:
         s3fs.S3FileSystem().mkdir("bench")
         copy_store(str(store), "s3://bench/store")
         cache = a.work / "cache"
-        fresh = iter(range(10**6))
+        shutil.rmtree(cache, ignore_errors=True)
 
         def remote():
             return open_store("s3://bench/store", fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True,
-                              batch_size=32, drop_last=True, cache_dir=cache / str(next(fresh)),
+                              batch_size=32, drop_last=True, cache_dir=cache,
                               storage_options={"endpoint_url": f"http://127.0.0.1:{proxy_port}"})
+
+        def cold(data):
+            """Every shard of the pass comes through the proxy again: the cache's shard files are deleted
+            (the small files stay, as a store opened once keeps them). The workers persist, as they do locally;
+            a worker's next pass, begun when its last one ended (read/ahead.py), may keep the one shard it
+            holds open."""
+            time.sleep(1.0)  # the workers' next-pass threads have fetched what they fetch
+            for tar in data.path.rglob("*.tar"):
+                tar.unlink()
         from latentstore.store.location import PREFETCH_THREADS
-        for p in range(a.passes):  # a cold cache every pass: each shard comes through the proxy
-            rows += passes("remote", remote, 2, 1)
-            rows.append({"name": "server", "workers": 2, "rate": server_rate(store, proxy_port, 2 * PREFETCH_THREADS)})
+        rows += passes("remote", remote, 2, a.passes, before_pass=cold)
+        for p in range(a.passes):
+            rows.append(server_rate(store, proxy_port, 2 * PREFETCH_THREADS, {"S3 server": server.pid, "proxy": proxy.pid}))
         proxy.terminate()
         server.terminate()
         server.wait()
@@ -225,6 +251,12 @@ def main(argv=None) -> int:
         print(f"remote ({a.latency:.0f} ms/request) / local, 2 workers: {ratio(('remote', 2), ('store', 2))} "
               "(target 50%)")
         print(f"remote / server (what the server and proxy deliver): {ratio(('remote', 2), ('server', 2))}")
+        # What the target asks of this machine: half the local rate in bytes, at the transport's measured CPU cost
+        server_rows = [r for r in rows if r["name"] == "server"]
+        cost = statistics.median(r["cpu_per_gb"] for r in server_rows)
+        wanted = 0.5 * median[("store", 2)] * server_rows[0]["bytes_per_sample"] / 1e9
+        print(f"50% of local = {wanted:.2f} GB/s; the transport alone (server + proxy + s3fs) costs {cost:.2f} CPU s "
+              f"per GB here, so {wanted * cost:.1f} of this machine's {os.cpu_count()} cores before the loader reads a sample")
     for name in ("store", "floor"):  # pass 0 starts the workers: later passes show a pass's own start-up
         firsts = [r["first_ms"] / r["steady_ms"] for r in rows if r["name"] == name and r["workers"] == 2][1:]
         print(f"{name}, 2 workers, passes 1+: first batch {statistics.median(firsts):.1f}x a steady batch of "

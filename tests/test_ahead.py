@@ -3,18 +3,17 @@ import pytest
 from torch.utils.data import DataLoader
 
 from latentstore import open_store
-from latentstore.read.ahead import Ahead, Gate, following
+from latentstore.read.ahead import Ahead, following
 
 from conftest import tiny_store
 
 
 def counting(log: list):
-    """make(plan, gate) for Ahead: items plan[0]*10, +1, +2; each read is logged; gate holds a 'prefetch'."""
-    def make(plan, gate):
+    """make(plan) for Ahead: items plan[0]*10, +1, +2; each read is logged."""
+    def make(plan):
         def items():
-            gate(lambda: log.append(("prefetch", plan)))
             for i in range(3):
-                log.append(("read", plan, i))
+                log.append((plan, i))
                 yield plan[0] * 10 + i
         return items()
     return make
@@ -25,11 +24,9 @@ def test_the_pass_begun_ahead_is_taken_when_it_is_the_one_asked_for():
     make = counting(log)
     ahead.start((2, 0, 3), make)
     ahead._thread.join()
-    assert log == [("read", (2, 0, 3), 0)]  # the first item only, and its prefetch held by the gate
-    items = ahead.take((2, 0, 3), make)
-    assert log[-1] == ("prefetch", (2, 0, 3))  # the gate opens when the pass is taken
-    assert list(items) == [20, 21, 22]
-    assert [e for e in log if e[0] == "read"] == [("read", (2, 0, 3), i) for i in range(3)]  # nothing read twice
+    assert log == [((2, 0, 3), 0)]  # the first item only
+    assert list(ahead.take((2, 0, 3), make)) == [20, 21, 22]
+    assert log == [((2, 0, 3), i) for i in range(3)]  # nothing read twice
 
 
 def test_another_pass_discards_the_one_begun_ahead():
@@ -37,12 +34,12 @@ def test_another_pass_discards_the_one_begun_ahead():
     make = counting(log)
     ahead.start((2, 0, 3), make)
     assert list(ahead.take((2, 5, 3), make)) == [20, 21, 22]
-    assert ("prefetch", (2, 0, 3)) not in log and ("prefetch", (2, 5, 3)) in log
+    assert log[-3:] == [((2, 5, 3), i) for i in range(3)]
     assert list(ahead.take((4, 0, 5), make)) == [40, 41, 42]  # nothing begun: a fresh pass
 
 
 def test_an_error_of_the_pass_begun_ahead_is_raised_where_it_is_taken():
-    def make(plan, gate):
+    def make(plan):
         def items():
             raise ValueError("damaged shard")
             yield
@@ -57,15 +54,6 @@ def test_an_error_of_the_pass_begun_ahead_is_raised_where_it_is_taken():
 def test_the_following_pass_runs_as_many_epochs_again():
     assert following((0, 0, 1)) == (1, 0, 2)
     assert following((3, 7, 6)) == (6, 0, 9)
-
-
-def test_a_closed_gate_runs_its_actions_when_opened():
-    done, gate = [], Gate(is_open=False)
-    gate(lambda: done.append(1))
-    assert done == []
-    gate.open()
-    gate(lambda: done.append(2))
-    assert done == [1, 2]
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

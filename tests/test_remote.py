@@ -266,7 +266,27 @@ def test_a_cache_under_its_limit_is_listed_once_not_after_every_fetch(published,
     assert len(samples(ds)) == sum(s["samples"] for s in ds.shards()) and len(ds.shards()) > 2
     assert len(walks) == 1  # the first fetch found no record of the cache's size; the others added theirs
     recorded = json.loads((cache / location.USAGE).read_text())["bytes"]
-    assert recorded == sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != location.USAGE)
+    sizes = [p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != location.USAGE]
+    # a file put while another thread lists the cache is counted twice: an overcount only brings the next
+    # listing forward (PREFETCH_THREADS threads and the reader fetch here)
+    assert sum(sizes) <= recorded <= sum(sizes) + location.PREFETCH_THREADS * max(sizes)
+
+
+def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):
+    """A shard fetched ahead stays until read, whichever reader of the cache trims it (each holds its own lock
+    files, as DataLoader workers do); released, it goes as any other."""
+    from latentstore.store.location import Remote
+    monkeypatch.setenv("LATENTSTORE_CACHE_GB", "0")  # every fetch and release trims all it may
+    mine, other = Remote(published, cache_dir=tmp_path), Remote(published, cache_dir=tmp_path)
+    records = open_store(published, cache_dir=tmp_path).shards()[:2]
+    first, second = [mine.mirror / r["path"] for r in records]
+    mine.fetch_shard(records[0])
+    other.fetch_shard(records[1])  # its trim would take the least recently used shard: the first
+    assert first.is_file() and second.is_file()
+    mine.release(records[0])
+    assert not first.is_file() and second.is_file()
+    other.release(records[1])
+    assert not second.is_file()
 
 
 def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path, monkeypatch):
@@ -296,26 +316,3 @@ def test_eval_reads_a_store_url_as_the_local_store(s3, tmp_path, tiny_folder, tm
     assert records[1]["store"]["path"] == "s3://bucket/stores/eval"
     for name in ("samples", "top1", "bits", "pixels", "matches_manifest"):
         assert records[0][name] == records[1][name]
-
-
-def test_a_persistent_worker_fetches_the_next_pass_s_first_shard_only_until_that_pass_is_asked_for(
-        published, local, tmp_path):
-    """latentstore/read/ahead.py: once its share of a pass is read, a worker begins the next one, but a
-    guess that may be wrong fetches no more than the shard of its first item."""
-    ds = open_store(published, cache_dir=tmp_path)  # no shuffle: store order, shard by shard
-    loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
-    ds.set_epoch(0)
-    first_pass = list(loader)
-    following = [ds.path / s["path"] for s in ds.shards(1)]
-    for _ in range(600):  # the worker's thread fetches epoch 1's first shard in the background
-        if following[0].is_file():
-            break
-        threading.Event().wait(0.05)
-    assert [p.is_file() for p in following] == [True] + [False] * (len(following) - 1)
-    ds.set_epoch(1)
-    assert_same(first_pass + list(loader), [s for e in (0, 1) for s in samples(_epoch(open_store(local), e))])
-
-
-def _epoch(ds, epoch):
-    ds.set_epoch(epoch)
-    return ds

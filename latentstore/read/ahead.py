@@ -9,33 +9,16 @@ and reads its first item. The next pass takes that item if it is the pass predic
 pass discards it and starts afresh. The items are the same either way: a pass is a function of
 (epoch, start, until) and the dataset's options alone, never of when it was begun.
 
-What a wrong guess costs: one item read per worker, and for a remote store the first shard of that
-item fetched (fetches further ahead are held until the pass is taken: `Gate`).
+What a wrong guess costs: one item read per worker. Only the workers of a local store read ahead: a
+worker of a DataLoader without persistent workers exits once its pass is read, and a remote fetch begun
+then stalled that exit for a minute in tests/test_remote.py (s3fs in a process shutting down), holding the
+shard's download lock against the next pass's workers meanwhile.
 """
 from __future__ import annotations
 
 import itertools
 import threading
 from typing import Callable, Iterator
-
-
-class Gate:
-    """Runs actions at once when open; a closed gate keeps them until it is opened."""
-
-    def __init__(self, is_open: bool = True):
-        self.is_open, self._waiting = is_open, []
-
-    def __call__(self, action: Callable[[], None]) -> None:
-        if self.is_open:
-            action()
-        else:
-            self._waiting.append(action)
-
-    def open(self) -> None:
-        self.is_open = True
-        waiting, self._waiting = self._waiting, []
-        for action in waiting:
-            action()
 
 
 def following(plan: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -48,13 +31,13 @@ class Ahead:
     """At most one pass begun ahead: its plan, its item stream and the first item (or the error) it gave."""
 
     def __init__(self):
-        self._plan, self._items, self._gate, self._thread = None, None, None, None
+        self._plan, self._items, self._thread = None, None, None
         self._first: tuple = ()
 
-    def start(self, plan: tuple, make: Callable[[tuple, Gate], Iterator]) -> None:
-        """Begin pass `plan` (``make(plan, gate)`` gives its items) in a thread and read its first item."""
-        self._plan, self._gate = plan, Gate(is_open=False)
-        self._items = make(plan, self._gate)
+    def start(self, plan: tuple, make: Callable[[tuple], Iterator]) -> None:
+        """Begin pass `plan` (``make(plan)`` gives its items) in a thread and read its first item."""
+        self._plan = plan
+        self._items = make(plan)
         self._thread = threading.Thread(target=self._read_first, name="latentstore-next-pass", daemon=True)
         self._thread.start()
 
@@ -66,19 +49,18 @@ class Ahead:
         except BaseException as exc:  # raised where the pass is taken, as a fresh pass would raise it
             self._first = ("error", exc)
 
-    def take(self, plan: tuple, make: Callable[[tuple, Gate], Iterator]) -> Iterator:
+    def take(self, plan: tuple, make: Callable[[tuple], Iterator]) -> Iterator:
         """The items of pass `plan`: the pass begun ahead if it is that one, else a fresh one."""
         if self._thread is None:
-            return make(plan, Gate())
+            return make(plan)
         self._thread.join()
-        items, first, gate = self._items, self._first, self._gate
+        items, first = self._items, self._first
         matches = plan == self._plan
         self.__init__()
         if not matches:
             if hasattr(items, "close"):
                 items.close()
-            return make(plan, Gate())
-        gate.open()
+            return make(plan)
         if first[0] == "error":
             raise first[1]
         return itertools.chain([first[1]], items) if first[0] == "item" else iter(())

@@ -44,9 +44,9 @@ about one window of decoded samples.
 The pieces: order.py computes G and each rank's and worker's share (pure
 functions of lists); ``__iter__`` chains the generator stages of stages.py over
 this worker's share (read units -> decode -> skip budget -> DDP lockstep
-padding -> items). In a DataLoader worker, ahead.py begins the pass that
-usually follows once this worker's share of a pass is read out, so that the
-next pass's first item is ready when it is asked for. ``readers.read_samples``
+padding -> items). In a DataLoader worker of a local store, ahead.py begins
+the pass that usually follows once this worker's share of a pass is read out,
+so that the next pass's first item is ready when it is asked for. ``readers.read_samples``
 yields the samples of one shard record (``info["shards"][i]``) in stored
 order, for either backend, as typed Samples; the dataset hands them out as
 dicts of tensors. Strict reads raise StoreError naming shard and key; with ``max_skips > 0`` damaged samples are skipped, listed in
@@ -69,7 +69,7 @@ from ..store.location import local_root
 from ..store.readers import BACKENDS, read_samples
 from ..teacher.decode import TeacherDecoder
 from . import stages
-from .ahead import Ahead, Gate, following
+from .ahead import Ahead, following
 from .options import DEFAULT_FIELDS, ReadOptions, option_parameters
 from .order import EpochOrder, batch_units, epoch_order, rank_share, rank_slice, worker_share
 from .ranks import rank_and_world
@@ -150,13 +150,17 @@ class LatentDataset(IterableDataset):
         if self.remote:
             self.remote.fetch_shard(shard)
         fields = self.teacher.read_fields(self.fields)
-        if self.backend == "zarr":
-            from ..store.zarr.reader import KeyIndex
-            if self._zarr_keys is None:
-                self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
-            sample = self._zarr_keys.get(key, fields)
-        else:
-            sample = read_tar_sample(self.path, shard, index, key, fields)
+        try:
+            if self.backend == "zarr":
+                from ..store.zarr.reader import KeyIndex
+                if self._zarr_keys is None:
+                    self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
+                sample = self._zarr_keys.get(key, fields)
+            else:
+                sample = read_tar_sample(self.path, shard, index, key, fields)
+        finally:
+            if self.remote:
+                self.remote.release(shard)
         return stages.as_dict(sample, self.teacher, self.options.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:
@@ -271,32 +275,36 @@ class LatentDataset(IterableDataset):
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
         plan = (self.epoch, self.start, self.until)
         make = partial(self._pass, wid=wid, nworkers=nworkers)
-        if worker is None:  # the main process: nothing is read ahead of the caller (nor its `skipped` reset)
-            yield from make(plan, Gate())
+        if worker is None or self.remote:  # ahead.py: which readers begin the next pass early, and why
+            yield from make(plan)
             return
-        # A DataLoader worker: the pass that usually follows is begun once this one is read out (ahead.py).
+        # A DataLoader worker of a local store: the pass that usually follows is begun once this one is read out.
         self._ahead = self._ahead or Ahead()
         yield from self._ahead.take(plan, make)
         self._ahead.start(following(plan), make)
 
-    def _pass(self, plan: tuple, gate: Gate, wid: int, nworkers: int):
-        """This worker's items of pass `plan` = (epoch, start, until); `gate` runs a remote store's prefetches."""
+    def _pass(self, plan: tuple, wid: int, nworkers: int):
+        """This worker's items of pass `plan` = (epoch, start, until)."""
         first, start, until = plan
         before = 0  # items of this pass before `epoch`: item i of the pass goes to worker i mod nworkers
-        for epoch in range(first, until):
-            shards = self.shards(epoch)
-            order = self._order(shards, epoch)
-            units = self._units(order, start if epoch == first else 0)
-            yield from self._read(shards, epoch, until, order, worker_share(units, wid, nworkers, before), gate)
-            before += len(units)
+        try:
+            for epoch in range(first, until):
+                shards = self.shards(epoch)
+                order = self._order(shards, epoch)
+                units = self._units(order, start if epoch == first else 0)
+                yield from self._read(shards, epoch, until, order, worker_share(units, wid, nworkers, before))
+                before += len(units)
+        finally:
+            if self.remote:  # a pass stopped early leaves no fetch queued (a worker may exit next)
+                self.remote.cancel_prefetches()
 
-    def _read(self, shards: list, epoch: int, until: int, order: EpochOrder, units: list, gate: Gate):
+    def _read(self, shards: list, epoch: int, until: int, order: EpochOrder, units: list):
         """The items of `units` (this worker's share of one epoch) through the reader's stages."""
         o = self.options
         self.skipped = []  # max_skips is a budget per epoch: a damaged epoch does not fail the clean ones
         window_of = order.window_of()
         read = partial(self._read_shard, shards)
-        prefetch = self._prefetcher(shards, epoch, until, window_of, units, gate) if self.remote else None
+        prefetch = self._prefetcher(shards, epoch, until, window_of, units) if self.remote else None
         events = stages.read_units(units, shards, window_of, read, prefetch)
         events = stages.decode(events, partial(stages.as_dict, teacher=self.teacher, y_hat_dtype=o.y_hat_dtype))
         counted = stages.count_skips(events, o.max_skips, self.skipped)
@@ -308,20 +316,25 @@ class LatentDataset(IterableDataset):
         shard = shards[s]
         if self.remote:
             self.remote.fetch_shard(shard)
-        return read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
-                            self.options.max_skips > 0, order=order)
+        try:
+            yield from read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
+                                    self.options.max_skips > 0, order=order)
+        finally:
+            if self.remote:
+                self.remote.release(shard)  # read out (or abandoned): the cache may evict it
 
-    def _prefetcher(self, shards: list, epoch: int, until: int, window_of: dict, units: list, gate: Gate):
-        """before_window for a remote store: fetch the window's own shards and those of the next
-        PREFETCH_WINDOWS windows this worker reads (in a pass through several epochs, on into the next
-        epochs' first windows), PREFETCH_THREADS at a time: a window's first unit has samples of all its
-        shards, and those already fetched ahead cost a stat each."""
+    def _prefetcher(self, shards: list, epoch: int, until: int, window_of: dict, units: list):
+        """before_window for a remote store: fetch the shards this worker reads of the window and of the
+        next PREFETCH_WINDOWS windows (in a pass through several epochs, on into the next epochs' first
+        windows), PREFETCH_THREADS at a time: a window's first unit has samples of all its shards, and those
+        already fetched ahead cost a stat each."""
         windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
-        ahead = [[shards[s] for s in w] for w in windows]
+        mine = {s for unit in units for s, _ in unit}  # a window's shards this worker reads
+        ahead = [[shards[s] for s in w if s in mine] for w in windows]
         ahead += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, until))]
         next_window = {w: [shard for nxt in ahead[i:i + 1 + PREFETCH_WINDOWS] for shard in nxt]
                        for i, w in enumerate(windows)}
-        return lambda window: gate(partial(self.remote.prefetch, next_window.get(tuple(window), [])))
+        return lambda window: self.remote.prefetch(next_window.get(tuple(window), []))
 
     def _first_window(self, epoch: int) -> list[dict]:
         """The shard records of the window this rank's slice of `epoch` starts in (what to prefetch)."""

@@ -200,32 +200,79 @@ class Remote(Location):
         self.mirror = self.cache / digest
         self._put(MANIFEST, manifest)
         self._pool, self._pending, self._pool_pid = None, {}, None
+        self._pins, self._pins_lock = {}, threading.Lock()  # rel -> its lock file, held shared
 
-    def __getstate__(self):
-        return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None}
+    def __getstate__(self):  # a worker holds its own pins and threads
+        return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None, "_pins": {},
+                "_pins_lock": None}
 
-    def fetch(self, rel: str, record: dict | None = None, evict: bool = True) -> Path:
-        """The local copy of file `rel`, downloaded (and checked against `record`) unless present, then the
-        cache trimmed to its limit (`evict`). A lock file makes the DataLoader workers that need the same
-        shard download it once between them."""
+    def __setstate__(self, state):
+        self.__dict__.update(state, _pins_lock=threading.Lock())
+
+    def fetch(self, rel: str, record: dict | None = None, pin: bool = False, wait: bool = True) -> Path | None:
+        """The local copy of file `rel`, downloaded (and checked against `record`) unless present.
+
+        The file's lock file (``.<name>.lock``) makes the DataLoader workers that need the same shard
+        download it once between them: a download holds it exclusively; without `wait`, a file another
+        process is downloading is left to it (None). With `pin` (shard data), this process then holds it
+        shared until `release`, and eviction, which takes it exclusively without waiting, passes the file by:
+        a shard fetched ahead is not deleted before it is read, by this process or another."""
         check_recorded(self.shown, rel, "a recorded file")   # never a path out of the mirror
         local = self.mirror / rel
-        if self._present(local, record):
+        if not pin and self._present(local, record):
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
-        with open(local.with_name(f".{local.name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            if self._present(local, record):  # another worker fetched it meanwhile
+        while True:
+            lock = open(local.with_name(f".{local.name}.lock"), "a")
+            try:
+                try:  # flock converts a lock by dropping it first: two processes cannot deadlock here
+                    fcntl.flock(lock, fcntl.LOCK_SH if wait else fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    missing = not self._present(local, record)
+                    if missing:
+                        fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process is downloading (or evicting) it
+                    return None
+                if missing:
+                    fetched = not self._present(local, record)  # else another fetched it meanwhile
+                    if fetched:
+                        self._download(rel, record)
+                    fcntl.flock(lock, fcntl.LOCK_SH)
+                    if not self._present(local, record):  # evicted between the two locks: again
+                        continue
+                    if pin and fetched:
+                        self._trim(local)
+                if pin:
+                    lock = self._pin(rel, lock)
                 return local
-            data = self.read(rel, None if record is None else record["bytes"])
-            problem = check_bytes(data, record)
-            if problem:
-                raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
-                                 f"`latentstore verify {self.shown}`")
-            self._put(rel, data)
-        if evict:
-            self._trim(keep=local)
-        return local
+            finally:
+                if lock is not None:
+                    lock.close()
+
+    def _download(self, rel: str, record: dict | None) -> None:
+        data = self.read(rel, None if record is None else record["bytes"])
+        problem = check_bytes(data, record)
+        if problem:
+            raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
+                             f"`latentstore verify {self.shown}`")
+        self._put(rel, data)
+
+    def _pin(self, rel: str, lock):
+        """Keep `lock` (held shared) until `release`; returns the lock left to close (this process pinned
+        the file already), or None."""
+        with self._pins_lock:
+            if rel in self._pins:
+                return lock
+            self._pins[rel] = lock
+            return None
+
+    def release(self, shard: dict) -> None:
+        """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
+        if it holds more than its limit now that they may go."""
+        with self._pins_lock:
+            locks = [self._pins.pop(f["path"], None) for f in _shard_files(shard)]
+        for lock in filter(None, locks):
+            lock.close()
+        self._trim()
 
     @staticmethod
     def _present(local: Path, record: dict | None) -> bool:
@@ -241,12 +288,23 @@ class Remote(Location):
 
     def prefetch(self, shards: list) -> None:
         """Start fetching `shards` in the background, PREFETCH_THREADS at a time: the next window's shards
-        arrive while the current one is read."""
+        arrive while the current one is read. The DataLoader workers read the same windows, so they ask for
+        the same shards in the same order: a shard another worker is downloading is skipped, and each
+        worker's threads go on to one nobody fetches yet (where it is needed, `fetch_shard` waits for it)."""
         if self._pool_pid != os.getpid():  # a forked worker: the parent's threads are not here
             self._pool, self._pending, self._pool_pid = ThreadPoolExecutor(PREFETCH_THREADS), {}, os.getpid()
         for shard in shards:
             if shard["path"] not in self._pending:
-                self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard)
+                self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard, wait=False)
+
+    def cancel_prefetches(self) -> None:
+        """Drop the prefetches not started yet. A DataLoader worker exits once its pass is read, and a fetch
+        that opened its connection while the worker's interpreter shut down stalled until the client's timeout
+        (a minute) in tests/test_remote.py, holding the shard's download lock against the next workers."""
+        if self._pool_pid == os.getpid():
+            for path, pending in list(self._pending.items()):
+                if pending.cancel():
+                    del self._pending[path]
 
     def fetch_shard(self, shard: dict) -> None:
         """The files of one manifest shard (a tar shard and its index, or a Zarr unit's chunk files); waits
@@ -256,11 +314,9 @@ class Remote(Location):
             pending.result()
         self._fetch_shard(shard)  # present already after a prefetch: a stat per file
 
-    def _fetch_shard(self, shard: dict) -> None:
-        for f in shard.get("files", [shard]):
-            self.fetch(f["path"], f)
-        if shard.get("index"):
-            self.fetch(shard["index"]["path"], shard["index"])
+    def _fetch_shard(self, shard: dict, wait: bool = True) -> None:
+        for f in _shard_files(shard):
+            self.fetch(f["path"], f, pin=True, wait=wait)
 
     def fetch_small(self, manifest: dict) -> None:
         """Everything but shard data: commit records, sample indexes, Zarr array descriptions, SMALL_FILE_THREADS
@@ -279,8 +335,7 @@ class Remote(Location):
             data = {f["path"] for i in manifest["splits"].values() for s in i["shards"] for f in s.get("files", [s])}
             wanted.update((rel, None) for rel in self.files() if rel not in data and rel != MANIFEST)
         with ThreadPoolExecutor(SMALL_FILE_THREADS) as pool:
-            # small files are never evicted: the shard fetches that follow trim the cache
-            list(pool.map(lambda rel: self.fetch(rel, wanted[rel], evict=False), wanted))
+            list(pool.map(lambda rel: self.fetch(rel, wanted[rel]), wanted))
 
     def download_all(self, folder: Path) -> Path:
         """Every file of the store, as it is, into `folder` (verify reads and judges every byte itself, so a
@@ -298,26 +353,27 @@ class Remote(Location):
         tmp.write_bytes(data)
         os.replace(tmp, local)  # workers filling the same file: the last complete copy wins
 
-    def _trim(self, keep: Path) -> None:
-        """Count file `keep`, just fetched, into the cache's recorded size (USAGE, shared under a lock by
-        every process using the cache); once that passes the limit, list the cache and evict. So the cache
-        is listed once per (1 - LOW_WATER) x limit of fetches, not after every fetch: O(files) each time."""
+    def _trim(self, fetched: Path | None = None) -> None:
+        """Count file `fetched` into the cache's recorded size (USAGE, shared under a lock by every process
+        using the cache); once that passes the limit, list the cache and evict. So the cache is listed once
+        per (1 - LOW_WATER) x limit of fetches, not after every fetch: O(files) each time. Pinned files stay,
+        so the cache can hold more than its limit while they are read."""
         self.cache.mkdir(parents=True, exist_ok=True)
         usage = self.cache / USAGE
         with open(usage, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             f.seek(0)
             try:
-                used = int(json.loads(f.read())["bytes"]) + keep.stat().st_size
+                used = int(json.loads(f.read())["bytes"]) + (fetched.stat().st_size if fetched else 0)
             except (ValueError, KeyError, TypeError):  # a new cache (or a damaged record): list it
                 used = None
             if used is None or used > self.limit:
-                used = self._evict(keep, int(self.limit * LOW_WATER))
+                used = self._evict(int(self.limit * LOW_WATER))
             f.seek(0)
             f.truncate()
             f.write(json.dumps({"bytes": used}))  # "a+": written at the end, which truncate made 0
 
-    def _evict(self, keep: Path, target: int) -> int:
+    def _evict(self, target: int) -> int:
         """Delete least recently used files of the cache until it holds at most `target` bytes; returns what
         it holds then. Other workers fill the same cache meanwhile: a file gone since the listing is skipped."""
         files = []
@@ -334,11 +390,26 @@ class Remote(Location):
             if total <= target:
                 break
             # the small files stay (readers open them any time), and so do the ones being filled
-            if p == keep or p.suffix in (".json", ".lock", ".part"):
+            if p.suffix in (".json", ".lock", ".part") or not _unlink_unless_locked(p):
                 continue
-            p.unlink(missing_ok=True)
             total -= size
         return total
+
+
+def _unlink_unless_locked(path: Path) -> bool:
+    """Delete `path` unless a process holds its lock file (downloading or pinning it); True if deleted."""
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
+
+def _shard_files(shard: dict) -> list[dict]:
+    """The records of a manifest shard's files: a tar shard and its sample index, or a Zarr unit's chunk files."""
+    return [*shard.get("files", [shard]), *([shard["index"]] if shard.get("index") else [])]
 
 
 _OPEN: dict = {}
