@@ -46,12 +46,13 @@ functions of lists); ``__iter__`` chains the generator stages of stages.py over
 this worker's share (read units -> decode -> skip budget -> DDP lockstep
 padding -> items). In a DataLoader worker of a local store, ahead.py begins
 the pass that usually follows once this worker's share of a pass is read out,
-so that the next pass's first item is ready when it is asked for. ``readers.read_samples``
-yields the samples of one shard record (``info["shards"][i]``) in stored
-order, for either backend, as typed Samples; the dataset hands them out as
-dicts of tensors. Strict reads raise StoreError naming shard and key; with ``max_skips > 0`` damaged samples are skipped, listed in
-``dataset.skipped`` and in the ``__skipped__`` entry of the next item, and the
-read fails once more than ``max_skips`` were skipped.
+so that the next pass's first item is ready when it is asked for.
+``readers.read_samples`` yields the samples of one shard record
+(``info["shards"][i]``) in stored order, for either backend, as typed Samples;
+the dataset hands them out as dicts of tensors. Strict reads raise StoreError
+naming shard and key; with ``max_skips > 0`` damaged samples are skipped,
+listed in ``dataset.skipped`` and in the ``__skipped__`` entry of the next
+item, and the read fails once more than ``max_skips`` were skipped.
 """
 from __future__ import annotations
 
@@ -330,9 +331,9 @@ class LatentDataset(IterableDataset):
         already fetched ahead cost a stat each."""
         windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
         mine = {s for unit in units for s, _ in unit}  # a window's shards this worker reads
-        ahead = [[shards[s] for s in w if s in mine] for w in windows]
-        ahead += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, until))]
-        next_window = {w: [shard for nxt in ahead[i:i + 1 + PREFETCH_WINDOWS] for shard in nxt]
+        to_fetch = [[shards[s] for s in w if s in mine] for w in windows]
+        to_fetch += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, until))]
+        next_window = {w: [shard for nxt in to_fetch[i:i + 1 + PREFETCH_WINDOWS] for shard in nxt]
                        for i, w in enumerate(windows)}
         return lambda window: self.remote.prefetch(next_window.get(tuple(window), []))
 
