@@ -13,7 +13,9 @@ Side by side, batch 32, ŷ as stored (float16), ``DataLoader(batch_size=None, pe
             workers as the store deals them: what the DataLoader itself allows
   remote    the store in moto's S3 server on 127.0.0.1, read through a proxy adding ``--latency`` ms per
             request; the cache's shard files are deleted before each pass (every shard fetched again)
-  server    what that server and proxy deliver without latentstore: every shard file of a pass fetched with
+  http      the same through the same proxy from nginx, a native HTTP server, where it is installed
+            (``apt-get install nginx-light``): how much of the remote figure is the test server's
+  *-server  what that server and proxy deliver without latentstore: every shard file of a pass fetched with
             s3fs as the loader does (one ranged GET each), 2 workers x PREFETCH_THREADS at a time, as samples/s
             (the remote loader's ceiling here), and the CPU seconds per GB that the server, the proxy and the
             client spend (what the remote target costs this machine before the loader does any work)
@@ -23,13 +25,12 @@ Printed per pass: samples/s, the first batch's time and a steady batch's time. B
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
 import multiprocessing
 import os
 import shutil
 import subprocess
 import socket
+import socketserver
 import statistics
 import sys
 import tempfile
@@ -41,8 +42,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the S3 relay of the tests (also in the proxy's spawned process)
-from relay import Relay  # noqa: E402
 DEMO = REPO / "latentstore" / "data" / "demo-imagenet"
 VARIANTS = 16
 
@@ -108,45 +107,161 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_rate(store: Path, proxy_port: int, threads: int, pids: dict) -> dict:
-    """What the S3 server and the proxy hand out without latentstore: one pass's shard files (tar and index)
-    fetched `threads` at a time by s3fs as the loader fetches them (one ranged GET of the recorded size), no
-    reader, no cache, no workers. Also the CPU seconds per GB moved that the server, the proxy (`pids`) and
-    the s3fs client (this process) spent: what the transport itself costs on this machine."""
-    import json
-
-    import s3fs
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{proxy_port}"})
-    shards = [s for split in json.loads((store / "manifest.json").read_text())["splits"].values()
-              for s in split["shards"]]
-    files = [(f"bench/store/{r['path']}", r["bytes"]) for s in shards for r in (s, s["index"])]
+def server_rate(name: str, fs, files: list, samples: int, threads: int, pids: dict) -> dict:
+    """What a server and the proxy hand out without latentstore: one pass's shard files (tar and index,
+    `files` as (path, bytes)) fetched `threads` at a time by `fs` as the loader fetches them (one ranged GET
+    of the recorded size), no reader, no cache, no workers. Also the CPU seconds per GB moved that the server,
+    the proxy (`pids`) and the client (this process) spent: what the transport itself costs on this machine."""
     pids = {**pids, "client": os.getpid()}
-    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = {who: cpu_seconds(pid) for who, pid in pids.items()}
     began = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         fetched = sum(map(len, pool.map(lambda f: fs.cat_file(f[0], start=0, end=f[1]), files)))
     seconds = time.perf_counter() - began
-    per_gb = {name: (cpu_seconds(pid) - cpu[name]) / (fetched / 1e9) for name, pid in pids.items()}
-    rate = sum(s["samples"] for s in shards) / seconds
-    print(f"  server  {threads} at a time: {fetched / seconds / 1e6:6.1f} MB/s = {rate:8,.0f} samples/s; CPU s per GB: "
-          + ", ".join(f"{name} {v:.2f}" for name, v in per_gb.items()), flush=True)
-    return {"name": "server", "workers": 2, "rate": rate, "cpu_per_gb": sum(per_gb.values()),
-            "bytes_per_sample": fetched / sum(s["samples"] for s in shards)}
+    per_gb = {who: (cpu_seconds(pid) - cpu[who]) / (fetched / 1e9) for who, pid in pids.items()}
+    print(f"  {name:7} {threads} at a time: {fetched / seconds / 1e6:6.1f} MB/s = {samples / seconds:8,.0f} "
+          "samples/s; CPU s per GB: " + ", ".join(f"{who} {v:.2f}" for who, v in per_gb.items()), flush=True)
+    return {"name": name, "workers": 2, "rate": samples / seconds, "cpu_per_gb": sum(per_gb.values()),
+            "bytes_per_sample": fetched / samples}
 
 
-class LatencyProxy(Relay):
-    """Forwards every request to the S3 server after `delay` seconds."""
+def remote_rows(kind: str, store: Path, url: str, options: dict, fs, prefix: str, pids: dict, work: Path,
+                passes_: int) -> list[dict]:
+    """The loader over the store at `url` (2 persistent workers, the cache's shard files deleted before each
+    pass so that every shard comes through the proxy again), then the server row: the same files fetched by
+    `fs` under `prefix`, without latentstore."""
+    import json
+
+    from latentstore import open_store
+    from latentstore.store.location import PREFETCH_THREADS
+    cache = work / f"cache-{kind}"
+    shutil.rmtree(cache, ignore_errors=True)
+
+    def remote():
+        return open_store(url, fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True, batch_size=32,
+                          drop_last=True, cache_dir=cache, storage_options=options)
+
+    def cold(data):  # the small files stay, as a store opened once keeps them
+        for tar in data.path.rglob("*.tar"):
+            tar.unlink()
+    rows = passes(kind, remote, 2, passes_, before_pass=cold)
+    shards = [s for split in json.loads((store / "manifest.json").read_text())["splits"].values()
+              for s in split["shards"]]
+    files = [(f"{prefix}/{r['path']}", r["bytes"]) for s in shards for r in (s, s["index"])]
+    samples = sum(s["samples"] for s in shards)
+    for _ in range(passes_):
+        rows.append(server_rate(f"{kind}-server", fs, files, samples, 2 * PREFETCH_THREADS, pids))
+    shutil.rmtree(cache, ignore_errors=True)
+    return rows
+
+
+def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen:
+    """nginx serving `root` on 127.0.0.1:`port` as one process (its CPU time is then its own), Range
+    requests answered from the files (sendfile): a native server beside moto."""
+    conf = work / "nginx.conf"
+    temp = work / "nginx-temp"
+    temp.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f"""daemon off; master_process off; worker_processes 1; user root;
+pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {temp}; proxy_temp_path {temp};
+  fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};
+  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+""")
+    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+class LatencyProxy(socketserver.BaseRequestHandler):
+    """Relays each request to `upstream` after `delay` seconds and moves the reply's body from socket to
+    socket in the kernel (os.splice through a pipe): a network adds latency without costing the client's
+    machine CPU, and a relay copying every byte through Python cost ~0.7 CPU s per GB here, a third of
+    what this 2-core machine has at the target rate. Keep-alive; bodies of known length only."""
+    upstream: tuple = ()
     delay = 0.0
-    timeout_s = 60.0
 
-    def intercept(self) -> bool:
-        time.sleep(self.delay)
-        return False
+    def handle(self):
+        client, upstream = self.request, None
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pipe = os.pipe()
+        try:
+            while True:
+                request = _read_message(client)
+                if request is None:
+                    return
+                time.sleep(self.delay)
+                if upstream is None:
+                    upstream = socket.create_connection(self.upstream)
+                    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                head, body_start, length = request
+                upstream.sendall(head + body_start + _recv_exactly(client, length - len(body_start)))
+                head, body_start, length = _read_message(upstream)
+                if head.split(b" ", 2)[1] in (b"204", b"304") or request[0].startswith(b"HEAD "):
+                    length = len(body_start)
+                client.sendall(head + body_start)
+                _splice(upstream, client, length - len(body_start), pipe)
+        except (ConnectionError, OSError):
+            return
+        finally:
+            for fd in pipe:
+                os.close(fd)
+            if upstream is not None:
+                upstream.close()
+
+
+def _read_message(sock) -> tuple | None:
+    """(head up to the blank line, the body bytes read with it, Content-Length) of the next HTTP message;
+    None when the peer closed the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+        elif name.strip().lower() == b"transfer-encoding":
+            raise OSError("chunked messages are not relayed")
+    return head + b"\r\n\r\n", rest, length
+
+
+def _recv_exactly(sock, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        data += chunk
+    return data
+
+
+def _splice(src, dst, n: int, pipe: tuple) -> None:
+    """Move `n` bytes from socket `src` to socket `dst` through `pipe`, in the kernel."""
+    r, w = pipe
+    while n > 0:
+        moved = os.splice(src.fileno(), w, min(n, 1 << 20))
+        if moved == 0:
+            raise ConnectionError("closed mid-body")
+        n -= moved
+        while moved:
+            moved -= os.splice(r, dst.fileno(), moved)
 
 
 def serve_proxy(port: int, upstream: tuple, delay: float) -> None:
     LatencyProxy.upstream, LatencyProxy.delay = upstream, delay
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), LatencyProxy).serve_forever()
+    socketserver.ThreadingTCPServer.daemon_threads = True
+    socketserver.ThreadingTCPServer(("127.0.0.1", port), LatencyProxy).serve_forever()
+
+
+def start_proxy(port: int, upstream_port: int, latency_ms: float):
+    proxy = multiprocessing.get_context("spawn").Process(
+        target=serve_proxy, args=(port, ("127.0.0.1", upstream_port), latency_ms / 1e3), daemon=True)
+    proxy.start()
+    return proxy
 
 
 def wait_for(port: int, timeout: float = 60.0) -> None:
@@ -197,44 +312,36 @@ def main(argv=None) -> int:
         rows += passes("store", local, workers, a.passes)
         rows += passes("floor", lambda: Floor(batches, y.shape, y.dtype), workers, a.passes)
     if not a.no_remote:
-        # The S3 server and the proxy run in processes of their own: in this one they would hold the GIL
+        # The servers and the proxies run in processes of their own: in this one they would hold the GIL
         # against the loader's main loop, which a real object store does not.
         port, proxy_port = free_port(), free_port()
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proxy = multiprocessing.get_context("spawn").Process(
-            target=serve_proxy, args=(proxy_port, ("127.0.0.1", port), a.latency / 1e3), daemon=True)
-        proxy.start()
+        proxy = start_proxy(proxy_port, port, a.latency)
         os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
                           AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
         wait_for(port), wait_for(proxy_port)
         import s3fs
         s3fs.S3FileSystem().mkdir("bench")
         copy_store(str(store), "s3://bench/store")
-        cache = a.work / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-
-        def remote():
-            return open_store("s3://bench/store", fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True,
-                              batch_size=32, drop_last=True, cache_dir=cache,
-                              storage_options={"endpoint_url": f"http://127.0.0.1:{proxy_port}"})
-
-        def cold(data):
-            """Every shard of the pass comes through the proxy again: the cache's shard files are deleted
-            (the small files stay, as a store opened once keeps them). The workers persist, as they do locally;
-            a worker's next pass, begun when its last one ended (read/ahead.py), may keep the one shard it
-            holds open."""
-            time.sleep(1.0)  # the workers' next-pass threads have fetched what they fetch
-            for tar in data.path.rglob("*.tar"):
-                tar.unlink()
-        from latentstore.store.location import PREFETCH_THREADS
-        rows += passes("remote", remote, 2, a.passes, before_pass=cold)
-        for p in range(a.passes):
-            rows.append(server_rate(store, proxy_port, 2 * PREFETCH_THREADS, {"S3 server": server.pid, "proxy": proxy.pid}))
+        endpoint = {"endpoint_url": f"http://127.0.0.1:{proxy_port}"}
+        rows += remote_rows("remote", store, "s3://bench/store", endpoint, s3fs.S3FileSystem(client_kwargs=endpoint),
+                            "bench/store", {"S3 server": server.pid, "proxy": proxy.pid}, a.work, a.passes)
         proxy.terminate()
         server.terminate()
         server.wait()
-        shutil.rmtree(cache, ignore_errors=True)
+        if shutil.which("nginx"):  # a native server, where one is installed (apt-get install nginx-light)
+            import fsspec
+            port, proxy_port = free_port(), free_port()
+            server = start_nginx(store.parent, port, a.work)
+            proxy = start_proxy(proxy_port, port, a.latency)
+            wait_for(port), wait_for(proxy_port)
+            url = f"http://127.0.0.1:{proxy_port}/{store.name}"
+            rows += remote_rows("http", store, url, {}, fsspec.filesystem("http"), url,
+                                {"nginx": server.pid, "proxy": proxy.pid}, a.work, a.passes)
+            proxy.terminate()
+            server.terminate()
+            server.wait()
     rates = {}
     for r in rows:
         rates.setdefault((r["name"], r["workers"]), []).append(r["rate"])
@@ -247,16 +354,19 @@ def main(argv=None) -> int:
     def ratio(a_key, b_key):
         return f"{best[a_key] / best[b_key]:.0%} of best, {median[a_key] / median[b_key]:.0%} of median"
     print(f"store / floor, 2 workers: {ratio(('store', 2), ('floor', 2))} (target 70%)")
-    if ("remote", 2) in best:
-        print(f"remote ({a.latency:.0f} ms/request) / local, 2 workers: {ratio(('remote', 2), ('store', 2))} "
+    for kind in ("remote", "http"):
+        if (kind, 2) not in best:
+            continue
+        print(f"{kind} ({a.latency:.0f} ms/request) / local, 2 workers: {ratio((kind, 2), ('store', 2))} "
               "(target 50%)")
-        print(f"remote / server (what the server and proxy deliver): {ratio(('remote', 2), ('server', 2))}")
+        print(f"{kind} / {kind}-server (what the server and proxy deliver): {ratio((kind, 2), (f'{kind}-server', 2))}")
         # What the target asks of this machine: half the local rate in bytes, at the transport's measured CPU cost
-        server_rows = [r for r in rows if r["name"] == "server"]
+        server_rows = [r for r in rows if r["name"] == f"{kind}-server"]
         cost = statistics.median(r["cpu_per_gb"] for r in server_rows)
         wanted = 0.5 * median[("store", 2)] * server_rows[0]["bytes_per_sample"] / 1e9
-        print(f"50% of local = {wanted:.2f} GB/s; the transport alone (server + proxy + s3fs) costs {cost:.2f} CPU s "
-              f"per GB here, so {wanted * cost:.1f} of this machine's {os.cpu_count()} cores before the loader reads a sample")
+        print(f"  50% of local = {wanted:.2f} GB/s; the transport alone (server + proxy + client) costs {cost:.2f} "
+              f"CPU s per GB here, so {wanted * cost:.1f} of this machine's {os.cpu_count()} cores before the "
+              "loader reads a sample")
     for name in ("store", "floor"):  # pass 0 starts the workers: later passes show a pass's own start-up
         firsts = [r["first_ms"] / r["steady_ms"] for r in rows if r["name"] == name and r["workers"] == 2][1:]
         print(f"{name}, 2 workers, passes 1+: first batch {statistics.median(firsts):.1f}x a steady batch of "

@@ -201,6 +201,7 @@ class Remote(Location):
         self._put(MANIFEST, manifest)
         self._pool, self._pending, self._pool_pid = None, {}, None
         self._pins, self._pins_lock = {}, threading.Lock()  # rel -> its lock file, held shared
+        self._over = False  # the last trim left the cache above its limit (pinned files)
 
     def __getstate__(self):  # a worker holds its own pins and threads
         return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None, "_pins": {},
@@ -267,12 +268,13 @@ class Remote(Location):
 
     def release(self, shard: dict) -> None:
         """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
-        if it holds more than its limit now that they may go."""
+        if pinned files held it above its limit."""
         with self._pins_lock:
             locks = [self._pins.pop(f["path"], None) for f in _shard_files(shard)]
         for lock in filter(None, locks):
             lock.close()
-        self._trim()
+        if self._over:
+            self._trim()
 
     @staticmethod
     def _present(local: Path, record: dict | None) -> bool:
@@ -359,19 +361,21 @@ class Remote(Location):
         per (1 - LOW_WATER) x limit of fetches, not after every fetch: O(files) each time. Pinned files stay,
         so the cache can hold more than its limit while they are read."""
         self.cache.mkdir(parents=True, exist_ok=True)
-        usage = self.cache / USAGE
-        with open(usage, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-            f.seek(0)
+        fd = os.open(self.cache / USAGE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file closes
             try:
-                used = int(json.loads(f.read())["bytes"]) + (fetched.stat().st_size if fetched else 0)
+                used = int(json.loads(os.pread(fd, 4096, 0))["bytes"]) + (fetched.stat().st_size if fetched else 0)
             except (ValueError, KeyError, TypeError):  # a new cache (or a damaged record): list it
                 used = None
             if used is None or used > self.limit:
                 used = self._evict(int(self.limit * LOW_WATER))
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps({"bytes": used}))  # "a+": written at the end, which truncate made 0
+            self._over = used > self.limit  # pinned files held it above: trim again when they are released
+            # Written over in place, padded to one length: truncating and rewriting a file makes ext4 flush
+            # it on close (auto_da_alloc), a disk wait per fetch.
+            os.pwrite(fd, json.dumps({"bytes": used}).ljust(64).encode(), 0)
+        finally:
+            os.close(fd)
 
     def _evict(self, target: int) -> int:
         """Delete least recently used files of the cache until it holds at most `target` bytes; returns what
