@@ -1,5 +1,5 @@
 """An HTTP handler that relays every request to an upstream server: the base of the fault proxy in
-tests/test_remote.py and the latency proxy in benchmarks/bench_workers.py, both in front of the S3 test server."""
+tests/test_remote.py, in front of the S3 test server."""
 import http.client
 import http.server
 

@@ -58,8 +58,7 @@ class Ahead:
         matches = plan == self._plan
         self.__init__()
         if not matches:
-            if hasattr(items, "close"):
-                items.close()
+            items.close()  # a generator: its open shard is closed now
             return make(plan)
         if first[0] == "error":
             raise first[1]

@@ -56,6 +56,7 @@ item, and the read fails once more than ``max_skips`` were skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from functools import partial
 
@@ -148,10 +149,8 @@ class LatentDataset(IterableDataset):
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = self._key_index().key_at(self.current_variant, int(key))
         shard, index = self._key_index().locate(key)
-        if self.remote:
-            self.remote.fetch_shard(shard)
         fields = self.teacher.read_fields(self.fields)
-        try:
+        with self._held(shard):
             if self.backend == "zarr":
                 from ..store.zarr.reader import KeyIndex
                 if self._zarr_keys is None:
@@ -159,9 +158,6 @@ class LatentDataset(IterableDataset):
                 sample = self._zarr_keys.get(key, fields)
             else:
                 sample = read_tar_sample(self.path, shard, index, key, fields)
-        finally:
-            if self.remote:
-                self.remote.release(shard)
         return stages.as_dict(sample, self.teacher, self.options.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:
@@ -315,14 +311,13 @@ class LatentDataset(IterableDataset):
 
     def _read_shard(self, shards: list, s: int, order: list):
         shard = shards[s]
-        if self.remote:
-            self.remote.fetch_shard(shard)
-        try:
+        with self._held(shard):  # until read out (or abandoned): then the cache may evict it
             yield from read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
                                     self.options.max_skips > 0, order=order)
-        finally:
-            if self.remote:
-                self.remote.release(shard)  # read out (or abandoned): the cache may evict it
+
+    def _held(self, shard: dict):
+        """A remote store's shard fetched and pinned in the local mirror while it is read; nothing locally."""
+        return self.remote.held(shard) if self.remote else contextlib.nullcontext()
 
     def _prefetcher(self, shards: list, epoch: int, until: int, window_of: dict, units: list):
         """before_window for a remote store: fetch the shards this worker reads of the window and of the

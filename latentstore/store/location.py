@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -307,6 +308,15 @@ class Remote(Location):
             for path, pending in list(self._pending.items()):
                 if pending.cancel():
                     del self._pending[path]
+
+    @contextmanager
+    def held(self, shard: dict):
+        """The shard's files fetched (and pinned) for the body of the with-block, released after it."""
+        self.fetch_shard(shard)
+        try:
+            yield
+        finally:
+            self.release(shard)
 
     def fetch_shard(self, shard: dict) -> None:
         """The files of one manifest shard (a tar shard and its index, or a Zarr unit's chunk files); waits
