@@ -229,6 +229,24 @@ def test_a_zarr_store_reads_from_s3_as_the_local_one(s3, tiny_folder, tmp_path):
     assert torch.equal(got[got.keys()[2]]["y_hat"], open_store(local)[2]["y_hat"])
 
 
+def test_a_zarr_store_fetches_only_the_arrays_its_reader_reads(s3, tiny_folder, tmp_path):
+    local = tiny_store(tiny_folder, tmp_path / "zarr", variants=1, shard_size=2, format="zarr")
+    copy_store(str(local), "s3://bucket/stores/zarr-fields")
+    cache = tmp_path / "cache"
+
+    def fetched_arrays():
+        chunks = [p.relative_to(cache).parts for p in cache.rglob("*") if p.is_file() and "c" in p.parent.parts]
+        return {parts[2] for parts in chunks}  # <mirror>/train/<array>/c/...
+    lean = open_store("s3://bucket/stores/zarr-fields", fields=("y_hat", "label"), cache_dir=cache)
+    assert_same(samples(lean, workers=2), samples(open_store(local, fields=("y_hat", "label"))))
+    assert fetched_arrays() == {"y_hat", "label", "meta", "present"}  # no symbols, strings, means ...
+    full = open_store("s3://bucket/stores/zarr-fields", fields=("y_hat", "label", "symbols"), cache_dir=cache)
+    got, want = samples(full), samples(open_store(local, fields=("y_hat", "label", "symbols")))
+    assert_same(got, want)
+    assert all(torch.equal(a["symbols"], b["symbols"]) for a, b in zip(got, want))
+    assert "symbols" in fetched_arrays()
+
+
 def test_a_shard_damaged_in_the_bucket_is_refused_on_fill_naming_its_url(published, s3, tmp_path, capsys):
     import s3fs
     fs = s3fs.S3FileSystem()

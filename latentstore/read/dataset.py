@@ -127,6 +127,10 @@ class LatentDataset(IterableDataset):
         self._keys: SplitKeys | None = None      # random access: built on first use
         self._zarr_keys = None
         self._ahead: Ahead | None = None  # a DataLoader worker's next pass, begun early
+        self._arrays = None  # a remote Zarr store: the arrays whose chunk files are fetched (a tar shard: whole)
+        if self.remote and self.backend == "zarr":
+            from ..store.zarr.reader import arrays_read
+            self._arrays = arrays_read(self.teacher.read_fields(self.fields))
         # DataLoader workers do not see the process group: resolve it here, in the main process.
         self._dist = rank_and_world()
 
@@ -317,7 +321,7 @@ class LatentDataset(IterableDataset):
 
     def _held(self, shard: dict):
         """A remote store's shard fetched and pinned in the local mirror while it is read; nothing locally."""
-        return self.remote.held(shard) if self.remote else contextlib.nullcontext()
+        return self.remote.held(shard, self._arrays) if self.remote else contextlib.nullcontext()
 
     def _prefetcher(self, shards: list, epoch: int, until: int, window_of: dict, units: list):
         """before_window for a remote store: fetch the shards this worker reads of the window and of the
@@ -330,7 +334,7 @@ class LatentDataset(IterableDataset):
         to_fetch += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, until))]
         next_window = {w: [shard for nxt in to_fetch[i:i + 1 + PREFETCH_WINDOWS] for shard in nxt]
                        for i, w in enumerate(windows)}
-        return lambda window: self.remote.prefetch(next_window.get(tuple(window), []))
+        return lambda window: self.remote.prefetch(next_window.get(tuple(window), []), self._arrays)
 
     def _first_window(self, epoch: int) -> list[dict]:
         """The shard records of the window this rank's slice of `epoch` starts in (what to prefetch)."""

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import google_crc32c
 
 from ..errors import ConfigError, StoreError
-from .paths import check_recorded
+from .paths import check_recorded, zarr_array_of
 
 MANIFEST = "manifest.json"
 #: pip extra that brings each protocol's fsspec backend
@@ -271,7 +271,7 @@ class Remote(Location):
         """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
         if pinned files held it above its limit."""
         with self._pins_lock:
-            locks = [self._pins.pop(f["path"], None) for f in _shard_files(shard)]
+            locks = [self._pins.pop(f["path"], None) for f in shard_files(shard)]
         for lock in filter(None, locks):
             lock.close()
         if self._over:
@@ -289,16 +289,17 @@ class Remote(Location):
         os.utime(local)  # recently used: evicted last
         return True
 
-    def prefetch(self, shards: list) -> None:
+    def prefetch(self, shards: list, arrays=None) -> None:
         """Start fetching `shards` in the background, PREFETCH_THREADS at a time: the next window's shards
         arrive while the current one is read. The DataLoader workers read the same windows, so they ask for
         the same shards in the same order: a shard another worker is downloading is skipped, and each
-        worker's threads go on to one nobody fetches yet (where it is needed, `fetch_shard` waits for it)."""
+        worker's threads go on to one nobody fetches yet (where it is needed, `fetch_shard` waits for it).
+        `arrays`: as for `shard_files`."""
         if self._pool_pid != os.getpid():  # a forked worker: the parent's threads are not here
             self._pool, self._pending, self._pool_pid = ThreadPoolExecutor(PREFETCH_THREADS), {}, os.getpid()
         for shard in shards:
             if shard["path"] not in self._pending:
-                self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard, wait=False)
+                self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard, arrays, wait=False)
 
     def cancel_prefetches(self) -> None:
         """Drop the prefetches not started yet. A DataLoader worker exits once its pass is read, and a fetch
@@ -310,24 +311,25 @@ class Remote(Location):
                     del self._pending[path]
 
     @contextmanager
-    def held(self, shard: dict):
-        """The shard's files fetched (and pinned) for the body of the with-block, released after it."""
-        self.fetch_shard(shard)
+    def held(self, shard: dict, arrays=None):
+        """The shard's files (`arrays`: as for `shard_files`) fetched and pinned for the body of the with-block,
+        released after it."""
+        self.fetch_shard(shard, arrays)
         try:
             yield
         finally:
             self.release(shard)
 
-    def fetch_shard(self, shard: dict) -> None:
-        """The files of one manifest shard (a tar shard and its index, or a Zarr unit's chunk files); waits
-        for its prefetch where one runs (a prefetch's error is raised here, where the shard is needed)."""
+    def fetch_shard(self, shard: dict, arrays=None) -> None:
+        """The files of one manifest shard (`shard_files`); waits for its prefetch where one runs (a
+        prefetch's error is raised here, where the shard is needed)."""
         pending = self._pending.pop(shard["path"], None) if self._pool_pid == os.getpid() else None
         if pending is not None:
             pending.result()
-        self._fetch_shard(shard)  # present already after a prefetch: a stat per file
+        self._fetch_shard(shard, arrays)  # present already after a prefetch: a stat per file
 
-    def _fetch_shard(self, shard: dict, wait: bool = True) -> None:
-        for f in _shard_files(shard):
+    def _fetch_shard(self, shard: dict, arrays=None, wait: bool = True) -> None:
+        for f in shard_files(shard, arrays):
             self.fetch(f["path"], f, pin=True, wait=wait)
 
     def fetch_small(self, manifest: dict) -> None:
@@ -421,9 +423,14 @@ def _unlink_unless_locked(path: Path) -> bool:
         return True
 
 
-def _shard_files(shard: dict) -> list[dict]:
-    """The records of a manifest shard's files: a tar shard and its sample index, or a Zarr unit's chunk files."""
-    return [*shard.get("files", [shard]), *([shard["index"]] if shard.get("index") else [])]
+def shard_files(shard: dict, arrays=None) -> list[dict]:
+    """The records of a manifest shard's files: a tar shard and its sample index, or a Zarr unit's chunk
+    files; with `arrays` (names: zarr/reader.py `arrays_read`), only the chunk files of those arrays. A tar
+    shard holds every field of a sample together, so it is fetched whole; a Zarr store keeps each field in
+    arrays of its own, and a reader of ŷ and labels fetches neither symbols nor strings."""
+    if "files" not in shard:
+        return [shard, *([shard["index"]] if shard.get("index") else [])]
+    return [f for f in shard["files"] if arrays is None or zarr_array_of(f["path"]) in arrays]
 
 
 _OPEN: dict = {}

@@ -25,6 +25,12 @@ def check_recorded(store, recorded, where: str) -> None:
         raise StoreError(f"{store}: {where}: {problem}; the records were edited: restore them or rebuild the store")
 
 
+def zarr_array_of(recorded: str) -> str:
+    """The array a recorded Zarr chunk file belongs to: "train/y_hat/c/0/1" -> "y_hat"; "train/meta/bytes/c/..."
+    -> "meta"."""
+    return recorded.split("/c/", 1)[0].split("/")[1]
+
+
 def store_file(store, recorded, where: str) -> Path:
     """The file `recorded` names inside `store`, refused (StoreError) before it is opened when the path
     could leave the store, lexically or through a symlink to a place outside it."""

@@ -33,7 +33,7 @@ from ..format import (
     read_manifest,
     smallest_int_dtype,
 )
-from ..paths import store_file
+from ..paths import store_file, zarr_array_of
 from ..sample import ReadError, Sample, SampleMeta
 from .writer import COMPRESSOR, COMPRESSORS, ROW_CAPACITY, ROW_CHUNK, shard_items
 
@@ -155,21 +155,24 @@ def array_paths(names) -> list:
     return paths
 
 
-def _array_of(path: str) -> str:
-    """The array a chunk file belongs to: "train/y_hat/c/0/1" -> "y_hat"; "train/meta/bytes/c/..." -> "meta"."""
-    return path.split("/c/", 1)[0].split("/")[1]
+def arrays_read(fields) -> set[str] | None:
+    """The arrays `iter_unit` reads for `fields` (None: all): the fields', meta's (the keys) and the present
+    flags. Only their chunk files need to be there: a remote store fetches no others."""
+    return None if fields is None else {*fields, "meta", "present"}
 
 
-def check_files(store: Path, unit: dict, arrays=None) -> None:
-    """Every chunk file of the unit exists with its recorded size (else Zarr would return zeros); with
-    `arrays` (names), those arrays' files also match their recorded digest."""
+def check_files(store: Path, unit: dict, arrays=None, digest: bool = True) -> None:
+    """The unit's chunk files of `arrays` (names; None: all) exist with their recorded size (else Zarr would
+    return zeros) and, with `digest`, match their recorded digest."""
     for f in unit["files"]:
+        if arrays is not None and zarr_array_of(f["path"]) not in arrays:
+            continue
         path = store_file(store, f["path"], f"shard {unit['path']}")
         problem = file_problem(path, f)
         if problem:  # Zarr would read a missing chunk as zeros
             raise StoreError(f"shard {unit['path']}: chunk file {f['path']} {problem}. Run `latentstore verify` "
                              "and rebuild the group (rerun the build command).")
-        if arrays is not None and _array_of(f["path"]) in arrays and not check_once(path, f):
+        if digest and not check_once(path, f):
             raise StoreError(f"shard {unit['path']}: chunk file {f['path']} differs from its record "
                              "(checksum): its samples cannot be trusted. Run `latentstore verify` and "
                              "rebuild the group (rerun the build command)")
@@ -213,8 +216,9 @@ def iter_unit(store, unit: dict, fields: tuple | None = None, lenient: bool = Fa
     """
     store, name = Path(store), unit["path"]
     try:
-        names = [n for n in unit["fields"] if fields is None or n in fields or n == "meta"]
-        check_files(store, unit, {*names, "present"} if check_digest else None)  # sizes always
+        arrays = arrays_read(fields)
+        names = [n for n in unit["fields"] if arrays is None or n in arrays]
+        check_files(store, unit, arrays, digest=check_digest)
         group = checked_arrays(store, unit["split"], array_paths(names))
         lo, hi = unit["items"]
         present = group["present"][unit["variant"], lo:hi]
