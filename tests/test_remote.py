@@ -307,6 +307,33 @@ def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published,
     assert not second.is_file()
 
 
+def test_persistent_workers_read_again_shards_deleted_from_the_cache_between_passes(published, local, tmp_path):
+    """A pass leaves no file pinned: a persistent worker that kept the pins of its last pass held off the
+    other worker's download of those files, once deleted, and the two waited on each other for ever."""
+    import threading
+    per_epoch = open_store(local).samples_per_rank()
+    # one batch an epoch: worker 0 reads epochs 0 and 2 (variant 0), worker 1 epochs 1 and 3 (variant 1), and
+    # each prefetches into the next epochs
+    ds = open_store(published, cache_dir=tmp_path, shuffle=True, batch_size=per_epoch)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    data = [s["path"] for s in ds.info["shards"]]
+    passes = []
+
+    def two_passes():
+        for _ in range(2):
+            ds.set_epoch(0, until=4)
+            passes.append([key for batch in loader for key in batch["__key__"]])
+            for rel in data:  # as a user clearing the cache does, or another tool evicting from it
+                (ds.path / rel).unlink(missing_ok=True)
+    reader = threading.Thread(target=two_passes, daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    assert not reader.is_alive(), "the second pass waits on a download lock"
+    want = open_store(local, shuffle=True, batch_size=per_epoch)
+    want.set_epoch(0, until=4)
+    assert passes == [[key for batch in want for key in batch["__key__"]]] * 2
+
+
 def test_the_next_window_s_shards_are_fetched_while_the_current_one_is_read(published, tmp_path, monkeypatch):
     monkeypatch.setattr("latentstore.read.dataset.PREFETCH_WINDOWS", 1)  # the lookahead is bounded: one window here
     ds = open_store(published, cache_dir=tmp_path)  # no shuffle: a window is one shard, in store order

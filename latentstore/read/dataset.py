@@ -58,7 +58,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections import deque
 from functools import partial
+from itertools import islice
 
 import numpy as np
 import torch
@@ -286,27 +288,37 @@ class LatentDataset(IterableDataset):
 
     def _pass(self, plan: tuple, wid: int, nworkers: int):
         """This worker's items of pass `plan` = (epoch, start, until)."""
-        first, start, until = plan
-        before = 0  # items of this pass before `epoch`: item i of the pass goes to worker i mod nworkers
+        shares = self._shares(plan, wid, nworkers)
+        # A remote store's reader prefetches into the next epochs: their shares are computed that far ahead.
+        upcoming = deque(islice(shares, 1 + (PREFETCH_WINDOWS if self.remote else 0)))
         try:
-            for epoch in range(first, until):
-                shards = self.shards(epoch)
-                order = self._order(shards, epoch)
-                units = self._units(order, start if epoch == first else 0)
-                yield from self._read(shards, epoch, until, order, worker_share(units, wid, nworkers, before))
-                before += len(units)
+            while upcoming:
+                shards, order, units = upcoming.popleft()
+                upcoming.extend(islice(shares, 1))
+                prefetch = self._prefetcher(shards, order, units, upcoming) if self.remote else None
+                yield from self._read(shards, order, units, prefetch)
         finally:
-            if self.remote:  # a pass stopped early leaves no fetch queued (a worker may exit next)
-                self.remote.cancel_prefetches()
+            if self.remote:  # no fetch left running or queued (a worker may exit next), no file pinned
+                self.remote.end_pass()
 
-    def _read(self, shards: list, epoch: int, until: int, order: EpochOrder, units: list):
+    def _shares(self, plan: tuple, wid: int, nworkers: int):
+        """(shards, order, this worker's units) of each epoch of pass `plan`: item i of the pass goes to
+        worker i mod nworkers."""
+        first, start, until = plan
+        before = 0  # items of this pass before `epoch`
+        for epoch in range(first, until):
+            shards = self.shards(epoch)
+            order = self._order(shards, epoch)
+            units = self._units(order, start if epoch == first else 0)
+            yield shards, order, worker_share(units, wid, nworkers, before)
+            before += len(units)
+
+    def _read(self, shards: list, order: EpochOrder, units: list, prefetch):
         """The items of `units` (this worker's share of one epoch) through the reader's stages."""
         o = self.options
         self.skipped = []  # max_skips is a budget per epoch: a damaged epoch does not fail the clean ones
-        window_of = order.window_of()
         read = partial(self._read_shard, shards)
-        prefetch = self._prefetcher(shards, epoch, until, window_of, units) if self.remote else None
-        events = stages.read_units(units, shards, window_of, read, prefetch)
+        events = stages.read_units(units, shards, order.window_of(), read, prefetch)
         events = stages.decode(events, partial(stages.as_dict, teacher=self.teacher, y_hat_dtype=o.y_hat_dtype))
         counted = stages.count_skips(events, o.max_skips, self.skipped)
         rank, world = self._rank_world()
@@ -323,28 +335,24 @@ class LatentDataset(IterableDataset):
         """A remote store's shard fetched and pinned in the local mirror while it is read; nothing locally."""
         return self.remote.held(shard, self._arrays) if self.remote else contextlib.nullcontext()
 
-    def _prefetcher(self, shards: list, epoch: int, until: int, window_of: dict, units: list):
-        """before_window for a remote store: fetch the shards this worker reads of the window and of the
-        next PREFETCH_WINDOWS windows (in a pass through several epochs, on into the next epochs' first
-        windows), PREFETCH_THREADS at a time: a window's first unit has samples of all its shards, and those
-        already fetched ahead cost a stat each."""
-        windows = list(dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit))
-        mine = {s for unit in units for s, _ in unit}  # a window's shards this worker reads
-        to_fetch = [[shards[s] for s in w if s in mine] for w in windows]
-        to_fetch += [self._first_window(e) for e in range(epoch + 1, min(epoch + 1 + PREFETCH_WINDOWS, until))]
+    def _prefetcher(self, shards: list, order: EpochOrder, units: list, upcoming):
+        """before_window for a remote store: fetch the shards this worker reads of the window and of its
+        next PREFETCH_WINDOWS windows (on into the first windows of the `upcoming` epochs' shares, in a pass
+        through several epochs), PREFETCH_THREADS at a time: a window's first unit has samples of all its
+        shards, and those already fetched ahead cost a stat each."""
+        windows = _windows_read(shards, order, units)
+        to_fetch = [*windows.values(), *(next(iter(_windows_read(*share).values()), []) for share in upcoming)]
         next_window = {w: [shard for nxt in to_fetch[i:i + 1 + PREFETCH_WINDOWS] for shard in nxt]
                        for i, w in enumerate(windows)}
         return lambda window: self.remote.prefetch(next_window.get(tuple(window), []), self._arrays)
 
-    def _first_window(self, epoch: int) -> list[dict]:
-        """The shard records of the window this rank's slice of `epoch` starts in (what to prefetch)."""
-        shards = self.shards(epoch)
-        order = self._order(shards, epoch)
-        positions = rank_slice(len(order.samples), *self._rank_world(), self.options.remainder)
-        if not order.samples or not positions:
-            return []
-        first_shard = order.samples[positions[0] % len(order.samples)][0]
-        return [shards[s] for s in order.window_of()[first_shard]]
+
+def _windows_read(shards: list, order: EpochOrder, units: list) -> dict:
+    """{window: the records of its shards that `units` read}, windows in the order the units reach them."""
+    window_of = order.window_of()
+    mine = {s for unit in units for s, _ in unit}
+    windows = dict.fromkeys(tuple(window_of[s]) for unit in units for s, _ in unit)
+    return {w: [shards[s] for s in w if s in mine] for w in windows}
 
 
 def _shared_position() -> torch.Tensor:

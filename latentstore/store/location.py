@@ -223,6 +223,8 @@ class Remote(Location):
         local = self.mirror / rel
         if not pin and self._present(local, record):
             return local
+        if pin:  # flock is per open file: this process's own pin would block its download of a file deleted since
+            self._unpin([rel])
         local.parent.mkdir(parents=True, exist_ok=True)
         while True:
             lock = open(local.with_name(f".{local.name}.lock"), "a")
@@ -243,8 +245,11 @@ class Remote(Location):
                         continue
                     if pin and fetched:
                         self._trim(local)
-                if pin:
-                    lock = self._pin(rel, lock)
+                if pin:  # kept open until released; a second pin (a prefetch's and its reader's) closes the first
+                    with self._pins_lock:
+                        previous = self._pins.get(rel)
+                        self._pins[rel] = lock
+                    lock = previous
                 return local
             finally:
                 if lock is not None:
@@ -258,24 +263,18 @@ class Remote(Location):
                              f"`latentstore verify {self.shown}`")
         self._put(rel, data)
 
-    def _pin(self, rel: str, lock):
-        """Keep `lock` (held shared) until `release`; returns the lock left to close (this process pinned
-        the file already), or None."""
-        with self._pins_lock:
-            if rel in self._pins:
-                return lock
-            self._pins[rel] = lock
-            return None
-
     def release(self, shard: dict) -> None:
         """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
         if pinned files held it above its limit."""
-        with self._pins_lock:
-            locks = [self._pins.pop(f["path"], None) for f in shard_files(shard)]
-        for lock in filter(None, locks):
-            lock.close()
+        self._unpin(f["path"] for f in shard_files(shard))
         if self._over:
             self._trim()
+
+    def _unpin(self, rels) -> None:
+        with self._pins_lock:
+            locks = [self._pins.pop(rel, None) for rel in rels]
+        for lock in filter(None, locks):
+            lock.close()
 
     @staticmethod
     def _present(local: Path, record: dict | None) -> bool:
@@ -301,14 +300,22 @@ class Remote(Location):
             if shard["path"] not in self._pending:
                 self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard, arrays, wait=False)
 
-    def cancel_prefetches(self) -> None:
-        """Drop the prefetches not started yet. A DataLoader worker exits once its pass is read, and a fetch
-        that opened its connection while the worker's interpreter shut down stalled until the client's timeout
-        (a minute) in tests/test_remote.py, holding the shard's download lock against the next workers."""
+    def end_pass(self) -> None:
+        """Drop the prefetches not started yet, wait for the running ones, and unpin every file: a pass is
+        over (read out or abandoned), and its shards fetched ahead but not read stay in the cache unpinned.
+        - A DataLoader worker exits once its pass is read, and a fetch still running while its interpreter
+          shut down stalled until the client's timeout (a minute) in tests/test_remote.py, holding the
+          shard's download lock against the next workers.
+        - A persistent worker that kept its pins between passes held off other workers' downloads of those
+          files for as long as it lived, should the files be deleted meanwhile."""
         if self._pool_pid == os.getpid():
-            for path, pending in list(self._pending.items()):
-                if pending.cancel():
-                    del self._pending[path]
+            running = [pending for pending in self._pending.values() if not pending.cancel()]
+            self._pending = {}
+            for pending in running:
+                pending.exception()  # waits; a prefetch's error matters only to a reader of its shard
+        self._unpin(list(self._pins))
+        if self._over:
+            self._trim()
 
     @contextmanager
     def held(self, shard: dict, arrays=None):
