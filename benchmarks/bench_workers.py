@@ -15,8 +15,8 @@ Side by side, batch 32, ŷ as stored (float16), ``DataLoader(batch_size=None, pe
             request; the cache's shard files are deleted before each pass (every shard fetched again)
   http      the same through the same proxy from nginx, a native HTTP server, where it is installed
             (``apt-get install nginx-light``): how much of the remote figure is the test server's
-  *-server  what that server and proxy deliver without latentstore: every shard file of a pass fetched with
-            s3fs as the loader does (one ranged GET each), 2 workers x PREFETCH_THREADS at a time, as samples/s
+  *-server  what that server and proxy deliver without latentstore: every file of a pass the loader fetches,
+            fetched as the loader does (one ranged GET each), 2 workers x FILE_THREADS at a time, as samples/s
             (the remote loader's ceiling here), and the CPU seconds per GB that the server, the proxy and the
             client spend (what the remote target costs this machine before the loader does any work)
 Printed per pass: samples/s, the first batch's time and a steady batch's time. Best and median of
@@ -25,6 +25,7 @@ Printed per pass: samples/s, the first batch's time and a steady batch's time. B
 from __future__ import annotations
 
 import argparse
+import fcntl
 import multiprocessing
 import os
 import shutil
@@ -44,6 +45,17 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "latentstore" / "data" / "demo-imagenet"
 VARIANTS = 16
+FIELDS = ("y_hat", "label")
+
+
+def zarr_twin(store: Path) -> Path:
+    """The same samples as a Zarr store (``latentstore convert``), built once beside `store`: each field in
+    arrays of its own, so a remote reader of ŷ and labels fetches only those (a tar shard is fetched whole)."""
+    from latentstore.commands.convert import convert
+    out = store.with_name(store.name + "-zarr")
+    if not (out / "manifest.json").is_file():
+        convert(store, out, "zarr", progress=False)
+    return out
 
 
 def build_store(work: Path, images: int) -> Path:
@@ -96,7 +108,7 @@ def passes(name: str, make, workers: int, n: int, before_pass=None) -> list[dict
         wall = time.perf_counter() - began
         rows.append({"name": name, "workers": workers, "rate": count / wall, "first_ms": first * 1e3,
                      "steady_ms": (wall - first) / max(batches - 1, 1) * 1e3})
-        print(f"  {name:7} {workers} workers, pass {p}: {rows[-1]['rate']:8,.0f} samples/s, first batch "
+        print(f"  {name:11} {workers} workers, pass {p}: {rows[-1]['rate']:8,.0f} samples/s, first batch "
               f"{rows[-1]['first_ms']:6.1f} ms, steady batch {rows[-1]['steady_ms']:5.1f} ms", flush=True)
     return rows
 
@@ -119,45 +131,53 @@ def server_rate(name: str, fs, files: list, samples: int, threads: int, pids: di
         fetched = sum(map(len, pool.map(lambda f: fs.cat_file(f[0], start=0, end=f[1]), files)))
     seconds = time.perf_counter() - began
     per_gb = {who: (cpu_seconds(pid) - cpu[who]) / (fetched / 1e9) for who, pid in pids.items()}
-    print(f"  {name:7} {threads} at a time: {fetched / seconds / 1e6:6.1f} MB/s = {samples / seconds:8,.0f} "
+    print(f"  {name:18} {threads} at a time: {fetched / seconds / 1e6:6.1f} MB/s = {samples / seconds:8,.0f} "
           "samples/s; CPU s per GB: " + ", ".join(f"{who} {v:.2f}" for who, v in per_gb.items()), flush=True)
     return {"name": name, "workers": 2, "rate": samples / seconds, "cpu_per_gb": sum(per_gb.values()),
             "bytes_per_sample": fetched / samples}
 
 
+def open_bench_store(store, **options):
+    """The store as every row reads it: ŷ and labels, ŷ as stored, shuffled batches of 32."""
+    from latentstore import open_store
+    return open_store(store, **{"fields": FIELDS, "y_hat_dtype": None, "shuffle": True, "batch_size": 32,
+                                "drop_last": True, **options})
+
+
 def remote_rows(kind: str, store: Path, url: str, options: dict, fs, prefix: str, pids: dict, work: Path,
                 passes_: int) -> list[dict]:
-    """The loader over the store at `url` (2 persistent workers, the cache's shard files deleted before each
-    pass so that every shard comes through the proxy again), then the server row: the same files fetched by
-    `fs` under `prefix`, without latentstore."""
+    """The loader over the store at `url` (2 persistent workers, the cache's shard data deleted before each
+    pass so that every shard comes through the proxy again), then the server row: the files the loader
+    fetches (a tar shard and its index; a Zarr unit's chunk files of ŷ, labels and keys) fetched by `fs`
+    under `prefix`, without latentstore."""
     import json
 
-    from latentstore import open_store
-    from latentstore.store.location import PREFETCH_THREADS
+    from latentstore.store.location import FILE_THREADS, shard_files
+    from latentstore.store.zarr.reader import arrays_read
     cache = work / f"cache-{kind}"
     shutil.rmtree(cache, ignore_errors=True)
+    manifest = json.loads((store / "manifest.json").read_text())
+    shards = [s for split in manifest["splits"].values() for s in split["shards"]]
+    data = {f["path"] for s in shards for f in s.get("files", [s])}  # tar shards, Zarr chunk files
 
-    def remote():
-        return open_store(url, fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True, batch_size=32,
-                          drop_last=True, cache_dir=cache, storage_options=options)
-
-    def cold(data):  # the small files stay, as a store opened once keeps them
-        for tar in data.path.rglob("*.tar"):
-            tar.unlink()
-    rows = passes(kind, remote, 2, passes_, before_pass=cold)
-    shards = [s for split in json.loads((store / "manifest.json").read_text())["splits"].values()
-              for s in split["shards"]]
-    files = [(f"{prefix}/{r['path']}", r["bytes"]) for s in shards for r in (s, s["index"])]
+    def cold(dataset):  # the small files stay, as a store opened once keeps them
+        for rel in data:
+            (dataset.path / rel).unlink(missing_ok=True)
+    rows = passes(kind, lambda: open_bench_store(url, cache_dir=cache, storage_options=options), 2, passes_,
+                  before_pass=cold)
+    arrays = arrays_read(FIELDS) if manifest.get("backend") == "zarr" else None
+    files = [(f"{prefix}/{f['path']}", f["bytes"]) for s in shards for f in shard_files(s, arrays)]
     samples = sum(s["samples"] for s in shards)
     for _ in range(passes_):
-        rows.append(server_rate(f"{kind}-server", fs, files, samples, 2 * PREFETCH_THREADS, pids))
+        rows.append(server_rate(f"{kind}-server", fs, files, samples, 2 * FILE_THREADS, pids))
     shutil.rmtree(cache, ignore_errors=True)
     return rows
 
 
 def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen:
     """nginx serving `root` on 127.0.0.1:`port` as one process (its CPU time is then its own), Range
-    requests answered from the files (sendfile): a native server beside moto."""
+    requests answered from the files (sendfile), folders listed (a Zarr store lists its files on open): a
+    native server beside moto."""
     conf = work / "nginx.conf"
     temp = work / "nginx-temp"
     temp.mkdir(parents=True, exist_ok=True)
@@ -166,7 +186,7 @@ pid {work}/nginx.pid; error_log {work}/nginx-error.log;
 events {{ worker_connections 256; }}
 http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {temp}; proxy_temp_path {temp};
   fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};
-  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+  server {{ listen 127.0.0.1:{port}; root {root}; autoindex on; }} }}
 """)
     return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -185,6 +205,7 @@ class LatencyProxy(socketserver.BaseRequestHandler):
         client, upstream = self.request, None
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pipe = os.pipe()
+        fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, 1 << 20)  # 16x the default: fewer splice calls per reply
         try:
             while True:
                 request = _read_message(client)
@@ -202,6 +223,10 @@ class LatencyProxy(socketserver.BaseRequestHandler):
                 head, body_start, length = reply
                 if head.split(b" ", 2)[1] in (b"204", b"304") or request[0].startswith(b"HEAD "):
                     length = len(body_start)
+                if length is None:  # a folder listing (Zarr stores list theirs on open)
+                    client.sendall(head)
+                    _relay_chunks(upstream, client, body_start)
+                    continue
                 client.sendall(head + body_start)
                 _splice(upstream, client, length - len(body_start), pipe)
         except (ConnectionError, OSError):
@@ -214,8 +239,8 @@ class LatencyProxy(socketserver.BaseRequestHandler):
 
 
 def _read_message(sock) -> tuple | None:
-    """(head up to the blank line, the body bytes read with it, Content-Length) of the next HTTP message;
-    None when the peer closed the connection."""
+    """(head up to the blank line, the body bytes read with it, Content-Length or None for a chunked body)
+    of the next HTTP message; None when the peer closed the connection."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -229,8 +254,23 @@ def _read_message(sock) -> tuple | None:
         if name.strip().lower() == b"content-length":
             length = int(value)
         elif name.strip().lower() == b"transfer-encoding":
-            raise OSError("chunked messages are not relayed")
+            length = None
     return head + b"\r\n\r\n", rest, length
+
+
+def _relay_chunks(src, dst, data: bytes) -> None:
+    """Relay a chunked body (`data`: its bytes read so far) up to its last, empty chunk (no trailers)."""
+    while True:
+        while b"\r\n" not in data:
+            data += _recv_exactly(src, 1)
+        line, _, data = data.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16) + 2  # the chunk and its CRLF
+        if len(data) < size:
+            data += _recv_exactly(src, size - len(data))
+        dst.sendall(line + b"\r\n" + data[:size])
+        if size == 2:
+            return
+        data = data[size:]
 
 
 def _recv_exactly(sock, n: int) -> bytes:
@@ -297,24 +337,21 @@ def main(argv=None) -> int:
         ap.error("--images must be at least 32: a variant must fill a batch of 32")
     sys.path.insert(0, str(REPO / "tests"))
     import conftest  # noqa: F401  the portable numerics pins, as the tests build
-    from latentstore import open_store
     from latentstore.commands.copy import copy_store
 
     store = build_store(a.work, a.images)
-    probe = open_store(store, fields=("y_hat", "label"), y_hat_dtype=None, batch_size=32, drop_last=True)
+    zstore = zarr_twin(store)
+    probe = open_bench_store(store, shuffle=False)
     y = next(iter(probe))["y_hat"]
     probe.set_epoch(0, until=VARIANTS)
     batches = len(probe)
     print(f"store {store}: {batches * 32:,} samples per pass, y_hat {tuple(y.shape)} {y.dtype}; "
           f"load average {os.getloadavg()[0]:.2f}")
-
-    def local():
-        return open_store(store, fields=("y_hat", "label"), y_hat_dtype=None, shuffle=True, batch_size=32,
-                          drop_last=True)
     rows = []
     for workers in (0, 2):
-        rows += passes("store", local, workers, a.passes)
+        rows += passes("store", lambda: open_bench_store(store), workers, a.passes)
         rows += passes("floor", lambda: Floor(batches, y.shape, y.dtype), workers, a.passes)
+    rows += passes("zarr", lambda: open_bench_store(zstore), 2, a.passes)
     if not a.no_remote:
         # The servers and the proxies run in processes of their own: in this one they would hold the GIL
         # against the loader's main loop, which a real object store does not.
@@ -327,10 +364,13 @@ def main(argv=None) -> int:
         wait_for(port), wait_for(proxy_port)
         import s3fs
         s3fs.S3FileSystem().mkdir("bench")
-        copy_store(str(store), "s3://bench/store")
         endpoint = {"endpoint_url": f"http://127.0.0.1:{proxy_port}"}
-        rows += remote_rows("remote", store, "s3://bench/store", endpoint, s3fs.S3FileSystem(client_kwargs=endpoint),
-                            "bench/store", {"S3 server": server.pid, "proxy": proxy.pid}, a.work, a.passes)
+        pids = {"S3 server": server.pid, "proxy": proxy.pid}
+        for kind, local in (("remote", store), ("remote-zarr", zstore)):
+            copy_store(str(local), f"s3://bench/{local.name}")
+            rows += remote_rows(kind, local, f"s3://bench/{local.name}", endpoint,
+                                s3fs.S3FileSystem(client_kwargs=endpoint), f"bench/{local.name}", pids, a.work,
+                                a.passes)
         proxy.terminate()
         server.terminate()
         server.wait()
@@ -340,9 +380,10 @@ def main(argv=None) -> int:
             server = start_nginx(store.parent, port, a.work)
             proxy = start_proxy(proxy_port, port, a.latency)
             wait_for(port), wait_for(proxy_port)
-            url = f"http://127.0.0.1:{proxy_port}/{store.name}"
-            rows += remote_rows("http", store, url, {}, fsspec.filesystem("http"), url,
-                                {"nginx": server.pid, "proxy": proxy.pid}, a.work, a.passes)
+            pids = {"nginx": server.pid, "proxy": proxy.pid}
+            for kind, local in (("http", store), ("http-zarr", zstore)):
+                url = f"http://127.0.0.1:{proxy_port}/{local.name}"
+                rows += remote_rows(kind, local, url, {}, fsspec.filesystem("http"), url, pids, a.work, a.passes)
             proxy.terminate()
             server.terminate()
             server.wait()
@@ -351,26 +392,28 @@ def main(argv=None) -> int:
         rates.setdefault((r["name"], r["workers"]), []).append(r["rate"])
     best = {key: max(v) for key, v in rates.items()}
     median = {key: statistics.median(v) for key, v in rates.items()}
-    print("\nsamples/s over passes:      best    median")
+    print("\nsamples/s over passes:                 best    median")
     for key in rates:
-        print(f"  {key[0]:7} {key[1]} workers:  {best[key]:8,.0f}  {median[key]:8,.0f}")
+        print(f"  {key[0]:18} {key[1]} workers:  {best[key]:8,.0f}  {median[key]:8,.0f}")
 
     def ratio(a_key, b_key):
         return f"{best[a_key] / best[b_key]:.0%} of best, {median[a_key] / median[b_key]:.0%} of median"
     print(f"store / floor, 2 workers: {ratio(('store', 2), ('floor', 2))} (target 70%)")
-    for kind in ("remote", "http"):
+    local_of = {"remote": "store", "http": "store", "remote-zarr": "zarr", "http-zarr": "zarr"}
+    for kind, local in local_of.items():
         if (kind, 2) not in best:
             continue
-        print(f"{kind} ({a.latency:.0f} ms/request) / local, 2 workers: {ratio((kind, 2), ('store', 2))} "
-              "(target 50%)")
-        print(f"{kind} / {kind}-server (what the server and proxy deliver): {ratio((kind, 2), (f'{kind}-server', 2))}")
+        print(f"{kind} ({a.latency:.0f} ms/request) / local {local}, 2 workers: {ratio((kind, 2), (local, 2))} "
+              "(target 50%)" + ("" if local == "store" else f"; / the tar store: {ratio((kind, 2), ('store', 2))}"))
+        print(f"  / {kind}-server (what the server and proxy deliver): {ratio((kind, 2), (f'{kind}-server', 2))}")
         # What the target asks of this machine: half the local rate in bytes, at the transport's measured CPU cost
         server_rows = [r for r in rows if r["name"] == f"{kind}-server"]
         cost = statistics.median(r["cpu_per_gb"] for r in server_rows)
-        wanted = 0.5 * median[("store", 2)] * server_rows[0]["bytes_per_sample"] / 1e9
-        print(f"  50% of local = {wanted:.2f} GB/s; the transport alone (server + proxy + client) costs {cost:.2f} "
-              f"CPU s per GB here, so {wanted * cost:.1f} of this machine's {os.cpu_count()} cores before the "
-              "loader reads a sample")
+        per_sample = server_rows[0]["bytes_per_sample"]
+        wanted = 0.5 * median[(local, 2)] * per_sample / 1e9
+        print(f"  {per_sample / 1e3:.0f} kB fetched per sample; 50% of local = {wanted:.2f} GB/s; the transport "
+              f"alone (server + proxy + client) costs {cost:.2f} CPU s per GB here, so {wanted * cost:.1f} of this "
+              f"machine's {os.cpu_count()} cores before the loader reads a sample")
     for name in ("store", "floor"):  # pass 0 starts the workers: later passes show a pass's own start-up
         firsts = [r["first_ms"] / r["steady_ms"] for r in rows if r["name"] == name and r["workers"] == 2][1:]
         print(f"{name}, 2 workers, passes 1+: first batch {statistics.median(firsts):.1f}x a steady batch of "

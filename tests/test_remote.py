@@ -286,8 +286,8 @@ def test_a_cache_under_its_limit_is_listed_once_not_after_every_fetch(published,
     recorded = json.loads((cache / location.USAGE).read_text())["bytes"]
     sizes = [p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != location.USAGE]
     # a file put while another thread lists the cache is counted twice: an overcount only brings the next
-    # listing forward (PREFETCH_THREADS threads and the reader fetch here)
-    assert sum(sizes) <= recorded <= sum(sizes) + location.PREFETCH_THREADS * max(sizes)
+    # listing forward (FILE_THREADS threads fetch here)
+    assert sum(sizes) <= recorded <= sum(sizes) + location.FILE_THREADS * max(sizes)
 
 
 def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ MANIFEST = "manifest.json"
 #: pip extra that brings each protocol's fsspec backend
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http",
           "az": "azure", "abfs": "azure", "abfss": "azure", "hf": "hf"}
-PREFETCH_THREADS = 2
+PREFETCH_THREADS = 2  # shards fetched ahead at a time
+FILE_THREADS = 8      # files of those shards (and of the one being read) fetched at a time
 SMALL_FILE_THREADS = 16
 USAGE = "usage.json"  # the cache's recorded size, in its root folder
 LOW_WATER = 0.9       # a full cache is evicted down to this fraction of its limit
@@ -200,12 +201,13 @@ class Remote(Location):
         digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]
         self.mirror = self.cache / digest
         self._put(MANIFEST, manifest)
-        self._pool, self._pending, self._pool_pid = None, {}, None
+        self._pool, self._file_pool, self._pending, self._pool_pid = None, None, {}, None
         self._pins, self._pins_lock = {}, threading.Lock()  # rel -> its lock file, held shared
         self._over = False  # the last trim left the cache above its limit (pinned files)
 
     def __getstate__(self):  # a worker holds its own pins and threads
-        return {**super().__getstate__(), "_pool": None, "_pending": {}, "_pool_pid": None, "_pins": {},
+        return {**super().__getstate__(), "_pool": None, "_file_pool": None, "_pending": {}, "_pool_pid": None,
+                "_pins": {},
                 "_pins_lock": None}
 
     def __setstate__(self, state):
@@ -294,8 +296,7 @@ class Remote(Location):
         the same shards in the same order: a shard another worker is downloading is skipped, and each
         worker's threads go on to one nobody fetches yet (where it is needed, `fetch_shard` waits for it).
         `arrays`: as for `shard_files`."""
-        if self._pool_pid != os.getpid():  # a forked worker: the parent's threads are not here
-            self._pool, self._pending, self._pool_pid = ThreadPoolExecutor(PREFETCH_THREADS), {}, os.getpid()
+        self._start_threads()
         for shard in shards:
             if shard["path"] not in self._pending:
                 self._pending[shard["path"]] = self._pool.submit(self._fetch_shard, shard, arrays, wait=False)
@@ -336,8 +337,16 @@ class Remote(Location):
         self._fetch_shard(shard, arrays)  # present already after a prefetch: a stat per file
 
     def _fetch_shard(self, shard: dict, arrays=None, wait: bool = True) -> None:
-        for f in shard_files(shard, arrays):
-            self.fetch(f["path"], f, pin=True, wait=wait)
+        """The shard's files, FILE_THREADS at a time: each is a round trip (a tar shard and its index; a Zarr
+        unit's chunk files, one or more per array)."""
+        self._start_threads()
+        list(self._file_pool.map(lambda f: self.fetch(f["path"], f, pin=True, wait=wait), shard_files(shard, arrays)))
+
+    def _start_threads(self) -> None:
+        """The thread pools of this process (a forked DataLoader worker does not have its parent's threads)."""
+        if self._pool_pid != os.getpid():
+            self._pool, self._file_pool = ThreadPoolExecutor(PREFETCH_THREADS), ThreadPoolExecutor(FILE_THREADS)
+            self._pending, self._pool_pid = {}, os.getpid()
 
     def fetch_small(self, manifest: dict) -> None:
         """Everything but shard data: commit records, sample indexes, Zarr array descriptions, SMALL_FILE_THREADS
