@@ -11,10 +11,12 @@ Side by side, batch 32, ŷ as stored (float16), ``DataLoader(batch_size=None, pe
   store     open_store(fields=y_hat,label, shuffle=True, batch_size=32, drop_last=True, y_hat_dtype=None)
   floor     an IterableDataset yielding ready batches of the same shapes, dtypes and key lists, dealt to the
             workers as the store deals them: what the DataLoader itself allows
+  zarr      the same samples as a Zarr store (``latentstore convert``, built once beside the store)
   remote    the store in moto's S3 server on 127.0.0.1, read through a proxy adding ``--latency`` ms per
-            request; the cache's shard files are deleted before each pass (every shard fetched again)
+            request; the cache's shard data are deleted before each pass (every shard fetched again)
   http      the same through the same proxy from nginx, a native HTTP server, where it is installed
             (``apt-get install nginx-light``): how much of the remote figure is the test server's
+  *-zarr    the Zarr store, remote: a reader fetches only the arrays it reads (ŷ, labels, keys)
   *-server  what that server and proxy deliver without latentstore: every file of a pass the loader fetches,
             fetched as the loader does (one ranged GET each), 2 workers x FILE_THREADS at a time, as samples/s
             (the remote loader's ceiling here), and the CPU seconds per GB that the server, the proxy and the
@@ -298,6 +300,9 @@ def _splice(src, dst, n: int, pipe: tuple) -> None:
 def serve_proxy(port: int, upstream: tuple, delay: float) -> None:
     LatencyProxy.upstream, LatencyProxy.delay = upstream, delay
     socketserver.ThreadingTCPServer.daemon_threads = True
+    # The default backlog (5) drops the connections a loader opens at once (two workers, FILE_THREADS each),
+    # and a dropped SYN is sent again after a second.
+    socketserver.ThreadingTCPServer.request_queue_size = 256
     socketserver.ThreadingTCPServer(("127.0.0.1", port), LatencyProxy).serve_forever()
 
 

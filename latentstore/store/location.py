@@ -3,9 +3,10 @@
 A remote store (``s3://bucket/prefix``, ``gs://``, ``az://``, ``https://``, ``hf://``, ``memory://``) is
 read through a local mirror: the small files (manifest, commit records, sample indexes, Zarr array
 descriptions) when it is opened, each shard file in one whole-file request when a reader first needs
-it. So every reader keeps reading local files with its own checks (per-sample CRC-32C, counts,
-fields), and object storage sees few large requests instead of one per sample. A file is checked
-against its manifest record (size, CRC-32C or sha256) before it enters the mirror.
+it (of a Zarr unit, only the chunk files of the arrays the reader reads). So every reader keeps reading
+local files with its own checks (per-sample CRC-32C, counts, fields), and object storage sees few large
+requests instead of one per sample. A file is checked against its manifest record (size, CRC-32C or
+sha256) before it enters the mirror.
 
 The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore/stores``), one folder per
 (URL, manifest digest), so a republished store never reads a stale file; least recently used files
@@ -207,8 +208,7 @@ class Remote(Location):
 
     def __getstate__(self):  # a worker holds its own pins and threads
         return {**super().__getstate__(), "_pool": None, "_file_pool": None, "_pending": {}, "_pool_pid": None,
-                "_pins": {},
-                "_pins_lock": None}
+                "_pins": {}, "_pins_lock": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _pins_lock=threading.Lock())
@@ -340,7 +340,8 @@ class Remote(Location):
         """The shard's files, FILE_THREADS at a time: each is a round trip (a tar shard and its index; a Zarr
         unit's chunk files, one or more per array)."""
         self._start_threads()
-        list(self._file_pool.map(lambda f: self.fetch(f["path"], f, pin=True, wait=wait), shard_files(shard, arrays)))
+        files = shard_files(shard, arrays)
+        list(self._file_pool.map(lambda f: self.fetch(f["path"], f, pin=True, wait=wait), files))
 
     def _start_threads(self) -> None:
         """The thread pools of this process (a forked DataLoader worker does not have its parent's threads)."""
