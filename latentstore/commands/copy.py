@@ -14,12 +14,12 @@ from collections.abc import Callable
 from ..errors import StoreError
 from ..store.format import MANIFEST, read_manifest
 from ..store.location import Location, check_bytes, is_url, local_root
+from ..store.paths import shard_files
 
 
 def _records(manifest: dict) -> dict:
     """{relative path: manifest record} of every file the manifest records."""
-    return {f["path"]: f for info in manifest["splits"].values() for s in info["shards"]
-            for f in [*s.get("files", [s]), *([s["index"]] if s.get("index") else [])]}
+    return {f["path"]: f for info in manifest["splits"].values() for s in info["shards"] for f in shard_files(s)}
 
 
 def copy_store(src: str, dst: str, src_options: dict | None = None, dst_options: dict | None = None,

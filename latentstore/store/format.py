@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import StoreError
 from .checksum import file_problem
 from .location import is_url, local_root
-from .paths import check_recorded, recorded_problem
+from .paths import check_recorded, recorded_problem, shard_files
 from .schema import check_manifest
 
 FORMAT_NAME = "latentstore"
@@ -124,7 +124,7 @@ def recorded_files(record: dict):
     """The files a commit record (or a manifest's shard list) lists: tar shards and their sample
     indexes, or Zarr units' chunk files."""
     for shard in record["shards"]:
-        for f in [*shard.get("files", [shard])] + ([shard["index"]] if "index" in shard else []):
+        for f in shard_files(shard):
             problem = recorded_problem(f.get("path"))
             if problem:
                 raise StoreError(f"the record of shard {shard.get('path')}: {problem}; restore it or rebuild the group")

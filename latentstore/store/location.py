@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import google_crc32c
 
 from ..errors import ConfigError, StoreError
-from .paths import check_recorded, zarr_array_of
+from .paths import check_recorded, shard_files
 
 MANIFEST = "manifest.json"
 #: pip extra that brings each protocol's fsspec backend
@@ -438,16 +438,6 @@ def _unlink_unless_locked(path: Path) -> bool:
             return False
         path.unlink(missing_ok=True)
         return True
-
-
-def shard_files(shard: dict, arrays=None) -> list[dict]:
-    """The records of a manifest shard's files: a tar shard and its sample index, or a Zarr unit's chunk
-    files; with `arrays` (names: zarr/reader.py `arrays_read`), only the chunk files of those arrays. A tar
-    shard holds every field of a sample together, so it is fetched whole; a Zarr store keeps each field in
-    arrays of its own, and a reader of ŷ and labels fetches neither symbols nor strings."""
-    if "files" not in shard:
-        return [shard, *([shard["index"]] if shard.get("index") else [])]
-    return [f for f in shard["files"] if arrays is None or zarr_array_of(f["path"]) in arrays]
 
 
 _OPEN: dict = {}

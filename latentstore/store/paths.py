@@ -31,6 +31,16 @@ def zarr_array_of(recorded: str) -> str:
     return recorded.split("/c/", 1)[0].split("/")[1]
 
 
+def shard_files(shard: dict, arrays=None) -> list[dict]:
+    """The records of a manifest shard's files: a tar shard and its sample index, or a Zarr unit's chunk
+    files; with `arrays` (names: zarr/reader.py `arrays_read`), only the chunk files of those arrays. A tar
+    shard holds every field of a sample together, so a reader needs it whole; a Zarr store keeps each field
+    in arrays of its own, and a reader of ŷ and labels needs neither symbols nor strings."""
+    if "files" not in shard:
+        return [shard, *([shard["index"]] if shard.get("index") else [])]
+    return [f for f in shard["files"] if arrays is None or zarr_array_of(f["path"]) in arrays]
+
+
 def store_file(store, recorded, where: str) -> Path:
     """The file `recorded` names inside `store`, refused (StoreError) before it is opened when the path
     could leave the store, lexically or through a symlink to a place outside it."""
