@@ -23,6 +23,12 @@ Side by side, batch 32, ŷ as stored (float16), ``DataLoader(batch_size=None, pe
             client spend (what the remote target costs this machine before the loader does any work)
 Printed per pass: samples/s, the first batch's time and a steady batch's time. Best and median of
 ``--passes``: other jobs on a shared machine slow every pipeline; the load average is printed.
+
+``--split-cpus``: the servers and the proxy run on CPUs of their own (the second half of this process's),
+the loader, its workers and its fetches on the first half, every row included. On a cluster the object
+store is another machine and the network moves the bytes; on one small machine the server and the proxy
+otherwise take the loader's CPUs. Both runs are worth printing: shared shows the whole machine's cost,
+split the loader's own, local and remote on the same CPUs.
 """
 from __future__ import annotations
 
@@ -177,6 +183,27 @@ def remote_rows(kind: str, store: Path, url: str, options: dict, fs, prefix: str
     return rows
 
 
+SERVER_CPUS: set | None = None  # --split-cpus: where the servers and the proxy run
+
+
+def split_cpus() -> tuple[set, set]:
+    """(the loader's CPUs, the servers'): this process's CPUs cut in two halves. Every thread of this process
+    moves to the first (Linux pins threads one by one, and new ones inherit their creator's CPUs)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--split-cpus needs at least 2 CPUs")
+    loader, servers = set(cpus[:len(cpus) // 2]), set(cpus[len(cpus) // 2:])
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), loader)
+    return loader, servers
+
+
+def on_server_cpus() -> None:
+    """Run this process on the servers' CPUs, under --split-cpus (before it starts threads)."""
+    if SERVER_CPUS:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
 def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen:
     """nginx serving `root` on 127.0.0.1:`port` as one process (its CPU time is then its own), Range
     requests answered from the files (sendfile), folders listed (a Zarr store lists its files on open): a
@@ -192,7 +219,7 @@ http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {temp}
   server {{ listen 127.0.0.1:{port}; root {root}; autoindex on; }} }}
 """)
     return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=on_server_cpus)
 
 
 class LatencyProxy(socketserver.BaseRequestHandler):
@@ -298,7 +325,9 @@ def _splice(src, dst, n: int, pipe: tuple) -> None:
             moved -= os.splice(r, dst.fileno(), moved)
 
 
-def serve_proxy(port: int, upstream: tuple, delay: float) -> None:
+def serve_proxy(port: int, upstream: tuple, delay: float, cpus: set | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     LatencyProxy.upstream, LatencyProxy.delay = upstream, delay
     socketserver.ThreadingTCPServer.daemon_threads = True
     # The default backlog (5) drops the connections a loader opens at once (two workers, FILE_THREADS each),
@@ -309,7 +338,7 @@ def serve_proxy(port: int, upstream: tuple, delay: float) -> None:
 
 def start_proxy(port: int, upstream_port: int, latency_ms: float):
     proxy = multiprocessing.get_context("spawn").Process(
-        target=serve_proxy, args=(port, ("127.0.0.1", upstream_port), latency_ms / 1e3), daemon=True)
+        target=serve_proxy, args=(port, ("127.0.0.1", upstream_port), latency_ms / 1e3, SERVER_CPUS), daemon=True)
     proxy.start()
     return proxy
 
@@ -338,7 +367,13 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--latency", type=float, default=20.0, help="ms added per request by the proxy")
     ap.add_argument("--no-remote", action="store_true")
+    ap.add_argument("--split-cpus", action="store_true",
+                    help="servers and proxy on half of the CPUs, the loader on the other half (see above)")
     a = ap.parse_args(argv)
+    global SERVER_CPUS
+    if a.split_cpus:
+        loader_cpus, SERVER_CPUS = split_cpus()
+        print(f"--split-cpus: the loader on CPUs {sorted(loader_cpus)}, servers and proxy on {sorted(SERVER_CPUS)}")
     if a.images < 32:
         ap.error("--images must be at least 32: a variant must fill a batch of 32")
     sys.path.insert(0, str(REPO / "tests"))
@@ -363,7 +398,7 @@ def main(argv=None) -> int:
         # against the loader's main loop, which a real object store does not.
         port, proxy_port = free_port(), free_port()
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=on_server_cpus)
         proxy = start_proxy(proxy_port, port, a.latency)
         os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
                           AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")

@@ -290,6 +290,31 @@ def test_a_cache_under_its_limit_is_listed_once_not_after_every_fetch(published,
     assert sum(sizes) <= recorded <= sum(sizes) + location.FILE_THREADS * max(sizes)
 
 
+def test_a_cached_shard_s_samples_are_checked_once_per_process_as_a_local_store_s(published, tmp_path, monkeypatch):
+    """A reader remembers the samples whose CRC-32C matched by their file's size and mtime (a changed file gets
+    a new one). Fetching a cached shard again marks it recently used by its access time, so a second epoch
+    reads it without checking its samples again; a touched mtime made every epoch check them all."""
+    import google_crc32c
+    import latentstore.store.tar.reader as tar_reader
+
+    class Counting:  # the reader's CRC-32C, counting the sample spans it checks
+        spans = 0
+
+        @staticmethod
+        def value(data):
+            Counting.spans += len(data) > 4096  # an index is JSON of a few hundred bytes; a sample's span is larger
+            return google_crc32c.value(data)
+    monkeypatch.setattr(tar_reader, "google_crc32c", Counting)
+    ds = open_store(published, cache_dir=tmp_path)
+    first = samples(ds)
+    checked = Counting.spans
+    assert checked == len(first)  # the first epoch checks every sample once
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")}
+    assert_same(samples(ds), first)
+    assert Counting.spans == checked  # the second checks none again
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")} == mtimes
+
+
 def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):
     """A shard fetched ahead stays until read, whichever reader of the cache trims it (each holds its own lock
     files, as DataLoader workers do); released, it goes as any other."""

@@ -282,12 +282,16 @@ class Remote(Location):
     def _present(local: Path, record: dict | None) -> bool:
         """A complete copy is there (it was checked on arrival; the readers check its samples again)."""
         try:
-            size = local.stat().st_size
+            stat = local.stat()
         except FileNotFoundError:
             return False
+        size = stat.st_size
         if record is not None and size != record.get("bytes", size):
             return False
-        os.utime(local)  # recently used: evicted last
+        # Recently used: evicted last. The access time says so, not the modification time: readers remember
+        # a file's checks by its size and mtime (a changed file gets a new one), and a touched mtime made
+        # them check a cached file again at every fetch.
+        os.utime(local, ns=(time.time_ns(), stat.st_mtime_ns))
         return True
 
     def prefetch(self, shards: list, arrays=None) -> None:
@@ -417,7 +421,7 @@ class Remote(Location):
                     st = os.stat(path)
                 except FileNotFoundError:
                     continue
-                files.append((st.st_mtime, st.st_size, Path(path)))
+                files.append((st.st_atime, st.st_size, Path(path)))
         total = sum(size for _, size, _ in files)
         for _, size, p in sorted(files, key=lambda f: f[0]):
             if total <= target:
