@@ -290,11 +290,15 @@ def test_a_cache_under_its_limit_is_listed_once_not_after_every_fetch(published,
     assert sum(sizes) <= recorded <= sum(sizes) + location.FILE_THREADS * max(sizes)
 
 
-def test_a_cached_shard_s_samples_are_checked_once_per_process_as_a_local_store_s(published, tmp_path, monkeypatch):
-    """A reader remembers the samples whose CRC-32C matched by their file's size and mtime (a changed file gets
-    a new one). Fetching a cached shard again marks it recently used by its access time, so a second epoch
-    reads it without checking its samples again; a touched mtime made every epoch check them all."""
+def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_is_checked_once(
+        published, tmp_path, monkeypatch):
+    """A shard's bytes are checked whole (size, CRC-32C) on arrival in the cache, and its readers in the same
+    job do not check each sample's CRC-32C again. A later job checks the cached shards as a local store's,
+    once per process: a fetch marks a cached file recently used by its access time, not its mtime, which
+    the readers remember checked samples by (a touched mtime made every epoch check them again). A byte
+    flipped in the cache between the jobs is then caught, naming the shard and the key."""
     import google_crc32c
+    import latentstore.store.location as location
     import latentstore.store.tar.reader as tar_reader
 
     class Counting:  # the reader's CRC-32C, counting the sample spans it checks
@@ -305,14 +309,29 @@ def test_a_cached_shard_s_samples_are_checked_once_per_process_as_a_local_store_
             Counting.spans += len(data) > 4096  # an index is JSON of a few hundred bytes; a sample's span is larger
             return google_crc32c.value(data)
     monkeypatch.setattr(tar_reader, "google_crc32c", Counting)
-    ds = open_store(published, cache_dir=tmp_path)
-    first = samples(ds)
-    checked = Counting.spans
-    assert checked == len(first)  # the first epoch checks every sample once
+    monkeypatch.setattr(location, "_OPEN", {})
+    first = samples(open_store(published, cache_dir=tmp_path))
+    assert Counting.spans == 0  # every shard arrived in this job, checked whole
+    def later_job():  # a new process: no store open, no sample checked yet
+        monkeypatch.setattr(location, "_OPEN", {})
+        monkeypatch.setattr(tar_reader, "_CHECKED_SAMPLES", {})
+        return open_store(published, cache_dir=tmp_path)
+    later = later_job()
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")}
-    assert_same(samples(ds), first)
-    assert Counting.spans == checked  # the second checks none again
+    assert_same(samples(later), first)
+    assert Counting.spans == len(first)  # its first epoch checks every sample once
+    assert_same(samples(later), first)
+    assert Counting.spans == len(first)  # its second none again
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")} == mtimes
+
+    shard = later.shards()[0]
+    cached = later.path / shard["path"]
+    data = bytearray(cached.read_bytes())
+    data[1024] ^= 1  # in the first sample's bytes; the size stays, and so does the mtime (bit rot)
+    cached.write_bytes(bytes(data))
+    os.utime(cached, ns=(mtimes[cached], mtimes[cached]))
+    with pytest.raises(StoreError, match=rf"shard {shard['path']}, key \S+: bytes differ"):
+        samples(later_job())
 
 
 def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):

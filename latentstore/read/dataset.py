@@ -328,8 +328,9 @@ class LatentDataset(IterableDataset):
     def _read_shard(self, shards: list, s: int, order: list):
         shard = shards[s]
         with self._held(shard):  # until read out (or abandoned): then the cache may evict it
+            checked = self.remote is not None and self.remote.checked_on_arrival(shard, self._arrays)
             yield from read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
-                                    self.options.max_skips > 0, order=order)
+                                    self.options.max_skips > 0, order=order, checked_whole=checked)
 
     def _held(self, shard: dict):
         """A remote store's shard fetched and pinned in the local mirror while it is read; nothing locally."""

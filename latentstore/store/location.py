@@ -4,9 +4,10 @@ A remote store (``s3://bucket/prefix``, ``gs://``, ``az://``, ``https://``, ``hf
 read through a local mirror: the small files (manifest, commit records, sample indexes, Zarr array
 descriptions) when it is opened, each shard file in one whole-file request when a reader first needs
 it (of a Zarr unit, only the chunk files of the arrays the reader reads). So every reader keeps reading
-local files with its own checks (per-sample CRC-32C, counts, fields), and object storage sees few large
-requests instead of one per sample. A file is checked against its manifest record (size, CRC-32C or
-sha256) before it enters the mirror.
+local files with its own checks (counts, fields), and object storage sees few large requests instead of
+one per sample. A file is checked against its manifest record (size, CRC-32C) before it enters the
+mirror; its readers in the same job take that check for their per-sample one, and a file cached by an
+earlier job is checked sample by sample once per process, as a local store's (`checked_on_arrival`).
 
 The mirror lives under ``$LATENTSTORE_CACHE`` (default ``~/.cache/latentstore/stores``), one folder per
 (URL, manifest digest), so a republished store never reads a stale file; least recently used files
@@ -201,6 +202,7 @@ class Remote(Location):
         manifest = self.read(MANIFEST)
         digest = hashlib.sha256(self.shown.encode() + b"\0" + manifest).hexdigest()[:24]
         self.mirror = self.cache / digest
+        self.opened_ns = time.time_ns()  # files of the mirror newer than this were checked on arrival here
         self._put(MANIFEST, manifest)
         self._pool, self._file_pool, self._pending, self._pool_pid = None, None, {}, None
         self._pins, self._pins_lock = {}, threading.Lock()  # rel -> its lock file, held shared
@@ -265,6 +267,19 @@ class Remote(Location):
                              f"`latentstore verify {self.shown}`")
         self._put(rel, data)
 
+    def checked_on_arrival(self, shard: dict, arrays=None) -> bool:
+        """Whether the shard's files in the mirror (`arrays`: as for `shard_files`) all arrived since this
+        store was opened, by this process or another reading it with it (a DataLoader worker): each was then
+        checked whole against its manifest record (size, CRC-32C) before it entered the mirror, so its readers
+        need not check its samples one by one again. A file cached before, by an earlier job, is checked by
+        its readers as a local store's files are, once per process: the cache is a local folder, and its
+        files can change on disk as a store's can."""
+        try:
+            return all((self.mirror / f["path"]).stat().st_mtime_ns >= self.opened_ns
+                       for f in shard_files(shard, arrays))
+        except FileNotFoundError:  # evicted meanwhile: its reader says so
+            return False
+
     def release(self, shard: dict) -> None:
         """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
         if pinned files held it above its limit."""
@@ -280,7 +295,7 @@ class Remote(Location):
 
     @staticmethod
     def _present(local: Path, record: dict | None) -> bool:
-        """A complete copy is there (it was checked on arrival; the readers check its samples again)."""
+        """A complete copy is there (it was checked on arrival; see `checked_on_arrival` for its readers)."""
         try:
             stat = local.stat()
         except FileNotFoundError:

@@ -16,7 +16,7 @@ BACKENDS = ("webdataset", "zarr")
 
 
 def read_samples(store, backend: str, shard: dict, fields=None, lenient: bool = False, wanted=None,
-                 check_digest: bool = True, order: list[int] | None = None):
+                 check_digest: bool = True, order: list[int] | None = None, checked_whole: bool = False):
     """The samples of one manifest shard (a tar shard or a Zarr unit) in stored order, as Samples
     (fields decoded, meta.json as a SampleMeta where `fields` asks for it), its files checked
     against their record first: digests only with `check_digest`, which a caller turns off only
@@ -25,12 +25,17 @@ def read_samples(store, backend: str, shard: dict, fields=None, lenient: bool = 
     StoreError naming shard and key; with ``lenient=True`` a sample that cannot be trusted comes as
     a ReadError instead (key None: damage to the shard itself, after which nothing more comes).
     With `order` (sample indices), one record per index of it instead, in that order: lazily for a tar
-    shard (each when pulled), at once for a Zarr unit (its chunks hold many samples)."""
+    shard (each when pulled), at once for a Zarr unit (its chunks hold many samples).
+    `checked_whole`: the files read matched their manifest records (size, CRC-32C) as a whole just
+    before, as a remote store's are on arrival in the cache; their samples and digests are not checked
+    again (a tar shard still goes by its sample index, a Zarr unit's sizes are still checked)."""
     if backend == "webdataset":
         path = store_file(store, shard["path"], f"shard {shard['path']}")
         return iter_shard(path, shard["path"], shard["samples"], fields, lenient=lenient, wanted=wanted,
-                          record=shard if check_digest else None, variant=shard["variant"], order=order)
+                          record=shard if check_digest else None, variant=shard["variant"], order=order,
+                          trusted=checked_whole)
     if backend == "zarr":
+        check_digest = check_digest and not checked_whole
         if order is not None:
             return in_order(iter_unit(Path(store), shard, fields, lenient, wanted=set(order),
                                       check_digest=check_digest), order)

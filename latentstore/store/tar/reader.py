@@ -181,14 +181,16 @@ class _View:
 
 def _indexed(path: Path, shard: str, record: dict, st: os.stat_result, fields, required, lenient: bool,
              wanted: Container[int] | None, variant: int | None,
-             order: list[int] | None) -> Iterator[Sample | ReadError | None]:
+             order: list[int] | None, trusted: bool) -> Iterator[Sample | ReadError | None]:
     """iter_shard through the sample index: each wanted sample is one read of its span, checked
-    against its own CRC-32C (once per process); the others are not read at all. With `order`, the
-    samples of those indices in that order, each read when the caller pulls it."""
+    against its own CRC-32C (once per process, none if `trusted`); the others are not read at all. With
+    `order`, the samples of those indices in that order, each read when the caller pulls it."""
     index = read_index(path, shard, record, st.st_size)
     keys, offsets, sizes, crcs = (index[c] for c in INDEX_COLUMNS)
     checked = _CHECKED_SAMPLES.setdefault((str(path), st.st_size, st.st_mtime_ns, record["index"]["crc32c"]),
                                           bytearray(len(keys)))
+    if trusted:  # these bytes matched the shard's CRC-32C as a whole
+        checked[:] = b"\1" * len(keys)
     with open(path, "rb") as f:
         for i in range(len(keys)) if order is None else order:
             if order is None and wanted is not None and i not in wanted:
@@ -236,7 +238,7 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
                fields: tuple | None = None, required: tuple = REQUIRED_FIELDS,
                lenient: bool = False, wanted: Container[int] | None = None,
                record: dict | None = None, variant: int | None = None,
-               order: list[int] | None = None) -> Iterator[Sample | ReadError | None]:
+               order: list[int] | None = None, trusted: bool = False) -> Iterator[Sample | ReadError | None]:
     """Yield the samples of one shard as Samples (fields decoded, meta.json as a SampleMeta, `variant`
     as given: a tar shard does not record it).
 
@@ -251,11 +253,13 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
     and its sample index) the file
     must match it before any sample is read. With `order` (sample indices), one record per index of
     it instead, in that order: each read when pulled where the shard's index serves it (a record given,
-    fast CRC-32C), else all read first (store/sample.py in_order).
+    fast CRC-32C), else all read first (store/sample.py in_order). `trusted`: the file matched `record`'s
+    size and CRC-32C as a whole just before (a remote shard, checked on arrival in the cache), so its
+    samples are not checked one by one again.
     """
     if order is not None and (record is None or not CRC32C_IS_FAST):
         yield from in_order(iter_shard(path, shard, expected_samples, fields, required, lenient, set(order),
-                                       record, variant), order)
+                                       record, variant, trusted=trusted), order)
         return
     count = 0
     try:
@@ -264,9 +268,10 @@ def iter_shard(path, shard: str, expected_samples: int | None = None,
             raise StoreError(f"shard {shard}: {st.st_size} bytes, the manifest records {record['bytes']} "
                              "(truncated or replaced shard; run `latentstore verify` and rebuild it)")
         if record is not None and CRC32C_IS_FAST:
-            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted, variant, order)
+            yield from _indexed(Path(path), shard, record, st, fields, required, lenient, wanted, variant, order,
+                                trusted)
             return
-        if record is not None and not check_once(path, record):  # no fast CRC-32C: the whole shard's sha256
+        if record is not None and not trusted and not check_once(path, record):  # no fast CRC-32C: sha256
             yield from _damaged(Path(path), shard, expected_samples, lenient)
             return
         for key, raw in _groups(Path(path), shard, wanted):
