@@ -247,7 +247,8 @@ def test_a_zarr_store_fetches_only_the_arrays_its_reader_reads(s3, tiny_folder, 
     assert "symbols" in fetched_arrays()
 
 
-def test_a_shard_damaged_in_the_bucket_is_refused_on_fill_naming_its_url(published, s3, tmp_path, capsys):
+def test_a_shard_damaged_in_the_bucket_is_refused_naming_its_url_and_a_lenient_reader_skips_its_sample(
+        published, s3, tmp_path, capsys):
     import s3fs
     fs = s3fs.S3FileSystem()
     fs.cp("bucket/stores/tiny", "bucket/stores/damaged", recursive=True)
@@ -256,6 +257,17 @@ def test_a_shard_damaged_in_the_bucket_is_refused_on_fill_naming_its_url(publish
     data[700] ^= 1
     fs.pipe_file(shard, bytes(data))
     with pytest.raises(StoreError) as caught:
+        samples(open_store("s3://bucket/stores/damaged", cache_dir=tmp_path))
+    assert f"s3://{shard}: CRC-32C differs" in str(caught.value)
+    # a lenient reader skips the damaged sample, as it does a local store's, and names it
+    with pytest.warns(UserWarning, match=f"s3://{shard}: CRC-32C differs"):
+        lenient = open_store("s3://bucket/stores/damaged", cache_dir=tmp_path, max_skips=1)
+        keys = [s["__key__"] for s in samples(lenient)]
+    assert len(keys) == len(samples(open_store(published))) - 1
+    name = shard.removeprefix("bucket/stores/damaged/")
+    assert len(lenient.skipped) == 1 and f"shard {name}, key" in lenient.skipped[0]
+    assert lenient.skipped[0].split("key ")[1].split(":")[0] not in keys
+    with pytest.raises(StoreError) as caught:  # a strict reader does not take the damaged copy kept in the cache
         samples(open_store("s3://bucket/stores/damaged", cache_dir=tmp_path))
     assert f"s3://{shard}: CRC-32C differs" in str(caught.value)
     with pytest.raises(SystemExit) as verdict:

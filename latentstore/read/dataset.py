@@ -102,7 +102,8 @@ class LatentDataset(IterableDataset):
 
     def __init__(self, path, split: str | None = None, options: ReadOptions = ReadOptions()):
         # A store at a URL is read through a local mirror, each shard fetched whole on first use.
-        self.path, self.remote = local_root(path, options.storage_options, options.cache_dir)
+        self.path, self.remote = local_root(path, options.storage_options, options.cache_dir,
+                                            keep_damaged=options.max_skips > 0)
         self.manifest = read_manifest(self.path)
         self.split = pick_split(self.manifest, split, self.path)
         self.info = self.manifest["splits"][self.split]

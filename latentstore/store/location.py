@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,10 +193,16 @@ class Location:
 
 
 class Remote(Location):
-    """A store at a URL, mirrored file by file into a local cache folder."""
+    """A store at a URL, mirrored file by file into a local cache folder.
 
-    def __init__(self, url: str, storage_options: dict | None = None, cache_dir=None):
+    A file that arrives with its recorded size but another CRC-32C (damaged in the bucket) is refused in one
+    line naming its URL; with `keep_damaged` (a lenient reader: ``max_skips > 0``) it enters the mirror marked
+    damaged (mtime 0) instead, so that its readers check it sample by sample and skip the damaged samples
+    as they do a local store's. A strict reader fetches a file so marked again, and refuses it."""
+
+    def __init__(self, url: str, storage_options: dict | None = None, cache_dir=None, keep_damaged: bool = False):
         super().__init__(url, storage_options)
+        self.keep_damaged = keep_damaged
         default = Path.home() / ".cache" / "latentstore" / "stores"
         self.cache = Path(cache_dir or os.environ.get("LATENTSTORE_CACHE") or default)
         self.limit = int(float(os.environ.get("LATENTSTORE_CACHE_GB", "50")) * 2**30)
@@ -262,10 +269,14 @@ class Remote(Location):
     def _download(self, rel: str, record: dict | None) -> None:
         data = self.read(rel, None if record is None else record["bytes"])
         problem = check_bytes(data, record)
-        if problem:
+        if problem and not (self.keep_damaged and len(data) == record["bytes"]):
             raise StoreError(f"{self.where(rel)}: {problem} (a damaged or replaced file); run "
                              f"`latentstore verify {self.shown}`")
-        self._put(rel, data)
+        if problem:
+            warnings.warn(f"{self.where(rel)}: {problem} (damaged); kept in the cache for this lenient reader "
+                          f"(max_skips), which checks it sample by sample; run `latentstore verify {self.shown}`",
+                          stacklevel=2)
+        self._put(rel, data, damaged=bool(problem))
 
     def checked_on_arrival(self, shard: dict, arrays=None) -> bool:
         """Whether the shard's files in the mirror (`arrays`: as for `shard_files`) all arrived since this
@@ -293,15 +304,17 @@ class Remote(Location):
         for lock in filter(None, locks):
             lock.close()
 
-    @staticmethod
-    def _present(local: Path, record: dict | None) -> bool:
-        """A complete copy is there (it was checked on arrival; see `checked_on_arrival` for its readers)."""
+    def _present(self, local: Path, record: dict | None) -> bool:
+        """A complete copy is there (it was checked on arrival; see `checked_on_arrival` for its readers),
+        and one this reader may use: a file kept damaged only for a lenient one."""
         try:
             stat = local.stat()
         except FileNotFoundError:
             return False
         size = stat.st_size
         if record is not None and size != record.get("bytes", size):
+            return False
+        if stat.st_mtime_ns == 0 and not self.keep_damaged:
             return False
         # Recently used: evicted last. The access time says so, not the modification time: readers remember
         # a file's checks by its size and mtime (a changed file gets a new one), and a touched mtime made
@@ -396,11 +409,13 @@ class Remote(Location):
             local.write_bytes(self.read(rel))
         return folder
 
-    def _put(self, rel: str, data: bytes) -> None:
+    def _put(self, rel: str, data: bytes, damaged: bool = False) -> None:
         local = self.mirror / rel
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{os.getpid()}-{threading.get_ident()}.part")
         tmp.write_bytes(data)
+        if damaged:  # mtime 0: older than any reader's opening, so checked by each, and fetched again if strict
+            os.utime(tmp, ns=(time.time_ns(), 0))
         os.replace(tmp, local)  # workers filling the same file: the last complete copy wins
 
     def _trim(self, fetched: Path | None = None) -> None:
@@ -462,13 +477,15 @@ def _unlink_unless_locked(path: Path) -> bool:
 _OPEN: dict = {}
 
 
-def local_root(store, storage_options: dict | None = None, cache_dir=None) -> tuple[Path, Remote | None]:
-    """(a local folder that holds the store's manifest and small files, the Remote or None)."""
+def local_root(store, storage_options: dict | None = None, cache_dir=None,
+               keep_damaged: bool = False) -> tuple[Path, Remote | None]:
+    """(a local folder that holds the store's manifest and small files, the Remote or None);
+    `keep_damaged`: as for Remote."""
     if not is_url(store):
         return Path(str(store).removeprefix("file://")), None
-    key = (shown(store), json.dumps(storage_options or {}, sort_keys=True, default=str), str(cache_dir))
+    key = (shown(store), json.dumps(storage_options or {}, sort_keys=True, default=str), str(cache_dir), keep_damaged)
     if key not in _OPEN:
-        remote = Remote(store, storage_options, cache_dir)
+        remote = Remote(store, storage_options, cache_dir, keep_damaged)
         remote.fetch_small(json.loads((remote.mirror / MANIFEST).read_bytes()))
         _OPEN[key] = remote
     return _OPEN[key].mirror, _OPEN[key]
