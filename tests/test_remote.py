@@ -142,6 +142,12 @@ def test_a_missing_protocol_package_names_the_extra(tmp_path):
 
 # --------------------------------------------------------------------------- HTTP with Range
 
+class Server(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that queues the connections a reader opens at once (FILE_THREADS, and
+    PREFETCH_THREADS more): with the default backlog of 5, a dropped SYN is sent again after a second."""
+    request_queue_size = 64
+
+
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder, honouring single byte ranges (206) as object storage does."""
 
@@ -167,7 +173,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def http_store(local):
     handler = lambda *a, **k: RangeHandler(*a, directory=str(local), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -209,7 +215,7 @@ class FaultProxy(Relay):
 
 def test_an_epoch_through_a_faulty_proxy_reads_every_sample_exactly_once(published, local, s3, tmp_path):
     FaultProxy.upstream = ("127.0.0.1", int(s3.rsplit(":", 1)[1]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FaultProxy)
+    server = Server(("127.0.0.1", 0), FaultProxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         options = {"endpoint_url": f"http://127.0.0.1:{server.server_address[1]}", "skip_instance_cache": True}
