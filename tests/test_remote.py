@@ -96,6 +96,9 @@ def test_copy_checks_every_file_and_resumes_where_it_stopped(published, local, s
 def test_verify_and_info_read_a_store_url(published, capsys):
     assert cli_main(["verify", published, "--no-sources", "--quiet"]) in (0, None)
     assert "OK" in capsys.readouterr().out
+    # --decode: CompressAI decodes samples of the downloaded store and compares ŷ bit for bit
+    assert cli_main(["verify", published, "--no-sources", "--quiet", "--decode", "2"]) in (0, None)
+    assert "2 decoded by CompressAI: OK" in capsys.readouterr().out
     assert cli_main(["info", published]) in (0, None)
     assert published in capsys.readouterr().out
 
