@@ -273,8 +273,7 @@ def test_a_shard_damaged_in_the_bucket_is_refused_naming_its_url_and_a_lenient_r
         lenient = open_store("s3://bucket/stores/damaged", cache_dir=tmp_path, max_skips=1)
         keys = [s["__key__"] for s in samples(lenient)]
     assert len(keys) == len(samples(open_store(published))) - 1
-    name = shard.removeprefix("bucket/stores/damaged/")
-    assert len(lenient.skipped) == 1 and f"shard {name}, key" in lenient.skipped[0]
+    assert len(lenient.skipped) == 1 and f"shard s3://{shard}, key" in lenient.skipped[0]
     assert lenient.skipped[0].split("key ")[1].split(":")[0] not in keys
     with pytest.raises(StoreError) as caught:  # a strict reader does not take the damaged copy kept in the cache
         samples(open_store("s3://bucket/stores/damaged", cache_dir=tmp_path))
@@ -351,8 +350,9 @@ def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_i
     data[1024] ^= 1  # in the first sample's bytes; the size stays, and so does the mtime (bit rot)
     cached.write_bytes(bytes(data))
     os.utime(cached, ns=(mtimes[cached], mtimes[cached]))
-    with pytest.raises(StoreError, match=rf"shard {shard['path']}, key \S+: bytes differ"):
+    with pytest.raises(StoreError, match=rf"shard {published}/{shard['path']}, key \S+: bytes differ") as caught:
         samples(later_job())
+    assert f"its copy in the cache, {cached}" in str(caught.value)
 
 
 def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):

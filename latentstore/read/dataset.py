@@ -330,8 +330,9 @@ class LatentDataset(IterableDataset):
         shard = shards[s]
         with self._held(shard):  # until read out (or abandoned): then the cache may evict it
             checked = self.remote is not None and self.remote.checked_on_arrival(shard, self._arrays)
-            yield from read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
-                                    self.options.max_skips > 0, order=order, checked_whole=checked)
+            records = read_samples(self.path, self.backend, shard, self.teacher.read_fields(self.fields),
+                                   self.options.max_skips > 0, order=order, checked_whole=checked)
+            yield from self.remote.named(records, shard) if self.remote else records
 
     def _held(self, shard: dict):
         """A remote store's shard fetched and pinned in the local mirror while it is read; nothing locally."""

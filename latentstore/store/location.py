@@ -20,6 +20,7 @@ texts are scrubbed the same way, so credentials never reach an error, a log or a
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -37,6 +38,7 @@ import google_crc32c
 
 from ..errors import ConfigError, StoreError
 from .paths import check_recorded, shard_files
+from .sample import ReadError
 
 MANIFEST = "manifest.json"
 #: pip extra that brings each protocol's fsspec backend
@@ -290,6 +292,20 @@ class Remote(Location):
                        for f in shard_files(shard, arrays))
         except FileNotFoundError:  # evicted meanwhile: its reader says so
             return False
+
+    def named(self, records, shard: dict):
+        """A reader's `records` (Samples, ReadErrors) of `shard`, read from the mirror, with each error naming
+        the shard by its URL; a strict reader's error also says where the copy it read lies."""
+        local, url = f"shard {shard['path']}", f"shard {self.where(shard['path'])}"
+        try:
+            for record in records:
+                if isinstance(record, ReadError):
+                    record = dataclasses.replace(record, message=record.message.replace(local, url, 1))
+                yield record
+        except StoreError as exc:
+            raise StoreError(f"{str(exc).replace(local, url, 1)} (read from its copy in the cache, "
+                             f"{self.mirror / shard['path']}: should `latentstore verify {self.shown}` find the "
+                             "store sound, delete that copy)") from exc
 
     def release(self, shard: dict) -> None:
         """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
