@@ -161,7 +161,7 @@ def remote_rows(kind: str, store: Path, url: str, options: dict, fs, prefix: str
     under `prefix`, without latentstore."""
     import json
 
-    from latentstore.store.location import FILE_THREADS
+    from latentstore.store.remote import FILE_THREADS
     from latentstore.store.paths import shard_files
     from latentstore.store.zarr.reader import arrays_read
     cache = work / f"cache-{kind}"

@@ -1,5 +1,5 @@
 """Remote stores through fsspec, against real servers on 127.0.0.1: moto's S3 server, an HTTP server with
-Range support, and a fault-injecting proxy in front of the S3 server (latentstore/store/location.py, commands/copy.py)."""
+Range support, and a fault-injecting proxy in front of the S3 server (latentstore/store/location.py, remote.py, commands/copy.py)."""
 import http.client
 import http.server
 import os
@@ -296,18 +296,18 @@ def test_the_cache_stays_under_its_limit(published, local, tmp_path, monkeypatch
 
 def test_a_cache_under_its_limit_is_listed_once_not_after_every_fetch(published, tmp_path, monkeypatch):
     import json
-    import latentstore.store.location as location
+    import latentstore.store.remote as mirror
     walks, real_walk = [], os.walk
-    monkeypatch.setattr(location.os, "walk", lambda *a, **k: walks.append(a) or real_walk(*a, **k))
+    monkeypatch.setattr(mirror.os, "walk", lambda *a, **k: walks.append(a) or real_walk(*a, **k))
     cache = tmp_path / "cache"
     ds = open_store(published, cache_dir=cache)
     assert len(samples(ds)) == sum(s["samples"] for s in ds.shards()) and len(ds.shards()) > 2
     assert len(walks) == 1  # the first fetch found no record of the cache's size; the others added theirs
-    recorded = json.loads((cache / location.USAGE).read_text())["bytes"]
-    sizes = [p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != location.USAGE]
+    recorded = json.loads((cache / mirror.USAGE).read_text())["bytes"]
+    sizes = [p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != mirror.USAGE]
     # a file put while another thread lists the cache is counted twice: an overcount only brings the next
     # listing forward (FILE_THREADS threads fetch here)
-    assert sum(sizes) <= recorded <= sum(sizes) + location.FILE_THREADS * max(sizes)
+    assert sum(sizes) <= recorded <= sum(sizes) + mirror.FILE_THREADS * max(sizes)
 
 
 def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_is_checked_once(
@@ -318,7 +318,7 @@ def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_i
     the readers remember checked samples by (a touched mtime made every epoch check them again). A byte
     flipped in the cache between the jobs is then caught, naming the shard and the key."""
     import google_crc32c
-    import latentstore.store.location as location
+    import latentstore.store.remote as mirror
     import latentstore.store.tar.reader as tar_reader
 
     class Counting:  # the reader's CRC-32C, counting the sample spans it checks
@@ -329,11 +329,11 @@ def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_i
             Counting.spans += len(data) > 4096  # an index is JSON of a few hundred bytes; a sample's span is larger
             return google_crc32c.value(data)
     monkeypatch.setattr(tar_reader, "google_crc32c", Counting)
-    monkeypatch.setattr(location, "_OPEN", {})
+    monkeypatch.setattr(mirror, "_OPEN", {})
     first = samples(open_store(published, cache_dir=tmp_path))
     assert Counting.spans == 0  # every shard arrived in this job, checked whole
     def later_job():  # a new process: no store open, no sample checked yet
-        monkeypatch.setattr(location, "_OPEN", {})
+        monkeypatch.setattr(mirror, "_OPEN", {})
         monkeypatch.setattr(tar_reader, "_CHECKED_SAMPLES", {})
         return open_store(published, cache_dir=tmp_path)
     later = later_job()
@@ -358,7 +358,7 @@ def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_i
 def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):
     """A shard fetched ahead stays until read, whichever reader of the cache trims it (each holds its own lock
     files, as DataLoader workers do); released, it goes as any other."""
-    from latentstore.store.location import Remote
+    from latentstore.store.remote import Remote
     monkeypatch.setenv("LATENTSTORE_CACHE_GB", "0")  # every fetch and release trims all it may
     mine, other = Remote(published, cache_dir=tmp_path), Remote(published, cache_dir=tmp_path)
     records = open_store(published, cache_dir=tmp_path).shards()[:2]

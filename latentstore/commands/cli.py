@@ -196,7 +196,8 @@ def verify(store, decode, weights, seed, root, no_sources, quiet):
 
     if decode != "all" and not decode.isdigit():
         raise click.BadParameter(f"{decode!r} is neither a number nor 'all'", param_hint="--decode")
-    from ..store.location import is_url, local_root
+    from ..store.location import is_url
+    from ..store.remote import local_root
 
     checked, shown = store, str(store)
     with tempfile.TemporaryDirectory(prefix="latentstore-verify-") as scratch:

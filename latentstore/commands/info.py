@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..store.format import ENCODER_REVISION, field_for_member, read_manifest
-from ..store.location import is_url, local_root, shown
+from ..store.location import is_url, shown
+from ..store.remote import local_root
 from ..teacher.info import render_teacher, summarize_teacher
 
 

@@ -69,7 +69,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import ConfigError, StoreError
 from ..store.format import FIELDS, read_manifest
 from ..store.keys import SplitKeys, check_fields, read_tar_sample
-from ..store.location import local_root
+from ..store.remote import local_root
 from ..store.readers import BACKENDS, read_samples
 from ..teacher.decode import TeacherDecoder
 from . import stages

@@ -34,7 +34,7 @@ class ReadOptions:
         max_skips: 0 (default) fails on the first damaged sample; N > 0 skips up to N, named.
         storage_options: passed to fsspec for a URL (e.g. ``{"endpoint_url": ..., "anon": True}``).
         cache_dir: where a remote store's shards are mirrored (default ``$LATENTSTORE_CACHE``, else
-            ``~/.cache/latentstore/stores``); see latentstore/store/location.py.
+            ``~/.cache/latentstore/stores``); see latentstore/store/remote.py.
     """
     fields: tuple | str = DEFAULT_FIELDS
     variant: int | None = None

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import StoreError
 from .checksum import file_problem
-from .location import is_url, local_root
+from .location import is_url
+from .remote import local_root
 from .paths import check_recorded, recorded_problem, shard_files
 from .schema import check_manifest
 
@@ -291,7 +292,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def read_manifest(store) -> dict:
-    """The manifest of a store folder, or of a store at a URL (latentstore/store/location.py mirrors it)."""
+    """The manifest of a store folder, or of a store at a URL (latentstore/store/remote.py mirrors it)."""
     if is_url(store):
         store = local_root(store)[0]
     path = Path(store) / MANIFEST
