@@ -343,13 +343,17 @@ def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_i
     assert_same(samples(later), first)
     assert Counting.spans == len(first)  # its second none again
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")} == mtimes
+    for cached in mtimes:  # shards fetched again by a later job, beside the sample indexes an earlier one cached
+        cached.unlink()
+    assert_same(samples(later_job()), first)
+    assert Counting.spans == len(first)  # checked on arrival: none again
 
     shard = later.shards()[0]
     cached = later.path / shard["path"]
     data = bytearray(cached.read_bytes())
-    data[1024] ^= 1  # in the first sample's bytes; the size stays, and so does the mtime (bit rot)
+    data[1024] ^= 1  # in the first sample's bytes, the size kept: bit rot in a copy an earlier job cached
     cached.write_bytes(bytes(data))
-    os.utime(cached, ns=(mtimes[cached], mtimes[cached]))
+    os.utime(cached, ns=(cached.stat().st_mtime_ns - 10**9,) * 2)  # older than the next job's opening
     with pytest.raises(StoreError, match=rf"shard {published}/{shard['path']}, key \S+: bytes differ") as caught:
         samples(later_job())
     assert f"its copy in the cache, {cached}" in str(caught.value)

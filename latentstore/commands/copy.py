@@ -14,8 +14,8 @@ from collections.abc import Callable
 from ..errors import StoreError
 from ..store.format import MANIFEST, read_manifest
 from ..store.location import Location, check_bytes, is_url
-from ..store.remote import local_root
 from ..store.paths import shard_files
+from ..store.remote import local_root
 
 
 def _records(manifest: dict) -> dict:

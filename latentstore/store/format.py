@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import StoreError
 from .checksum import file_problem
 from .location import is_url
-from .remote import local_root
 from .paths import check_recorded, recorded_problem, shard_files
+from .remote import local_root
 from .schema import check_manifest
 
 FORMAT_NAME = "latentstore"

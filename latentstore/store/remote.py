@@ -131,9 +131,9 @@ class Remote(Location):
         need not check its samples one by one again. A file cached before, by an earlier job, is checked by
         its readers as a local store's files are, once per process: the cache is a local folder, and its
         files can change on disk as a store's can."""
+        data = [f for f in shard_files(shard, arrays) if f is not shard.get("index")]  # every read checks an index
         try:
-            return all((self.mirror / f["path"]).stat().st_mtime_ns >= self.opened_ns
-                       for f in shard_files(shard, arrays))
+            return all((self.mirror / f["path"]).stat().st_mtime_ns >= self.opened_ns for f in data)
         except FileNotFoundError:  # evicted meanwhile: its reader says so
             return False
 
