@@ -357,6 +357,9 @@ def test_a_shard_checked_on_arrival_is_not_checked_again_and_one_cached_before_i
     with pytest.raises(StoreError, match=rf"shard {published}/{shard['path']}, key \S+: bytes differ") as caught:
         samples(later_job())
     assert f"its copy in the cache, {cached}" in str(caught.value)
+    with pytest.raises(StoreError, match=rf"shard {published}/{shard['path']}, key \S+: bytes differ") as caught:
+        later_job()[first[0]["__key__"]]  # a sample read alone, by key
+    assert f"its copy in the cache, {cached}" in str(caught.value)
 
 
 def test_a_fetched_shard_is_not_evicted_before_its_reader_releases_it(published, tmp_path, monkeypatch):

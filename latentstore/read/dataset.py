@@ -158,13 +158,18 @@ class LatentDataset(IterableDataset):
         shard, index = self._key_index().locate(key)
         fields = self.teacher.read_fields(self.fields)
         with self._held(shard):
-            if self.backend == "zarr":
-                from ..store.zarr.reader import KeyIndex
-                if self._zarr_keys is None:
-                    self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
-                sample = self._zarr_keys.get(key, fields)
-            else:
-                sample = read_tar_sample(self.path, shard, index, key, fields)
+            try:
+                if self.backend == "zarr":
+                    from ..store.zarr.reader import KeyIndex
+                    if self._zarr_keys is None:
+                        self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
+                    sample = self._zarr_keys.get(key, fields)
+                else:
+                    sample = read_tar_sample(self.path, shard, index, key, fields)
+            except StoreError as exc:
+                if self.remote is None:
+                    raise
+                raise self.remote.cached_error(exc, shard) from exc
         return stages.as_dict(sample, self.teacher, self.options.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:

@@ -139,17 +139,24 @@ class Remote(Location):
 
     def named(self, records, shard: dict):
         """A reader's `records` (Samples, ReadErrors) of `shard`, read from the mirror, with each error naming
-        the shard by its URL; a strict reader's error also says where the copy it read lies."""
-        local, url = f"shard {shard['path']}", f"shard {self.where(shard['path'])}"
+        the shard by its URL; a strict reader's error as `cached_error` makes it."""
         try:
             for record in records:
                 if isinstance(record, ReadError):
-                    record = dataclasses.replace(record, message=record.message.replace(local, url, 1))
+                    record = dataclasses.replace(record, message=self._url_in(record.message, shard))
                 yield record
         except StoreError as exc:
-            raise StoreError(f"{str(exc).replace(local, url, 1)} (read from its copy in the cache, "
-                             f"{self.mirror / shard['path']}: should `latentstore verify {self.shown}` find the "
-                             "store sound, delete that copy)") from exc
+            raise self.cached_error(exc, shard) from exc
+
+    def cached_error(self, exc: StoreError, shard: dict) -> StoreError:
+        """A reader's error about `shard` as read from the mirror: the shard named by its URL, and where the
+        copy it read lies (damaged in the cache while the bucket's is sound, it is to be deleted)."""
+        return StoreError(f"{self._url_in(str(exc), shard)} (read from its copy in the cache, "
+                          f"{self.mirror / shard['path']}: should `latentstore verify {self.shown}` find the "
+                          "store sound, delete that copy)")
+
+    def _url_in(self, text: str, shard: dict) -> str:
+        return text.replace(f"shard {shard['path']}", f"shard {self.where(shard['path'])}", 1)
 
     def release(self, shard: dict) -> None:
         """Unpin the files of `shard` (read out: an open file outlives its eviction), and trim the cache
