@@ -93,6 +93,26 @@ def test_copy_checks_every_file_and_resumes_where_it_stopped(published, local, s
     assert done["copied"] == 2 and done["skipped"] == len(fs.find("bucket/stores/tiny")) - 2  # the shard, manifest
 
 
+def test_a_copy_with_a_damaged_source_file_stops_without_a_manifest_and_resumes_once_mended(local, tmp_path,
+                                                                                           capsys):
+    """`latentstore copy --jobs 3`: the first damaged file stops the copy, naming it, before manifest.json is
+    written, so no reader sees the half-copied store; once the source is mended a rerun copies the rest."""
+    import shutil
+    source, target = tmp_path / "source", tmp_path / "target"
+    shutil.copytree(local, source)
+    shard = sorted(source.rglob("*.tar"))[1]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:700] + bytes([good[700] ^ 1]) + good[701:])
+    with pytest.raises(SystemExit):
+        cli_main(["copy", str(source), str(target), "--jobs", "3", "--quiet"])
+    assert f"{shard}: CRC-32C differs from the manifest's; the source is damaged" in capsys.readouterr().err
+    assert not (target / "manifest.json").exists()
+    shard.write_bytes(good)
+    cli_main(["copy", str(source), str(target), "--jobs", "3", "--quiet"])
+    assert "already present" in capsys.readouterr().out
+    assert_same(samples(open_store(target)), samples(open_store(local)))
+
+
 def test_verify_and_info_read_a_store_url(published, capsys):
     assert cli_main(["verify", published, "--no-sources", "--quiet"]) in (0, None)
     assert "OK" in capsys.readouterr().out

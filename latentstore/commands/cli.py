@@ -314,8 +314,10 @@ def info(store, as_json, teacher_error, list_keys):
 @cli.command("copy")
 @click.argument("src", type=StoreArg())
 @click.argument("dst")
+@click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Files copied at a time (each holds a file in memory, twice while it is read back).")
 @click.option("--quiet", is_flag=True, help="No per-file lines.")
-def copy_command(src, dst, quiet):
+def copy_command(src, dst, jobs, quiet):
     """Copy store SRC to DST (folders or URLs: s3://bucket/prefix, gs://, ...), each file's digest checked on
     arrival; rerun to resume (files already there with the right digest are skipped); manifest.json last.
 
@@ -323,7 +325,8 @@ def copy_command(src, dst, quiet):
     service is reached through AWS_ENDPOINT_URL."""
     from .copy import copy_store
 
-    done = copy_store(src, dst, progress=None if quiet else lambda rel, what: click.echo(f"{what:8} {rel}"))
+    done = copy_store(src, dst, jobs=jobs,
+                      progress=None if quiet else lambda rel, what: click.echo(f"{what:8} {rel}"))
     click.echo(f"{done['copied']} file(s) copied ({done['bytes']:,} bytes), {done['skipped']} already present")
 
 

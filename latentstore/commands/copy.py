@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import StoreError
 from ..store.format import MANIFEST, read_manifest
 from ..store.location import Location, check_bytes, is_url
 from ..store.paths import shard_files
 from ..store.remote import local_root
+
+JOBS = 8  # files copied at a time
 
 
 def _records(manifest: dict) -> dict:
@@ -24,9 +27,10 @@ def _records(manifest: dict) -> dict:
 
 
 def copy_store(src: str, dst: str, src_options: dict | None = None, dst_options: dict | None = None,
-               progress: Callable[[str, str], None] | None = None) -> dict:
-    """Copy store `src` to `dst`; returns {"copied": n, "skipped": n, "bytes": n}. `progress(rel, what)`
-    is called per file ("copied" or "present")."""
+               progress: Callable[[str, str], None] | None = None, jobs: int = JOBS) -> dict:
+    """Copy store `src` to `dst`, `jobs` files at a time (each file is a few round trips to object storage:
+    read, look for it at the destination, write, read back); returns {"copied": n, "skipped": n, "bytes": n}.
+    `progress(rel, what)` is called per file ("copied" or "present"), from the copying threads."""
     manifest = read_manifest(local_root(src, src_options)[0] if is_url(src) else src)
     source, target = Location(src, src_options), Location(dst, dst_options)
     records = _records(manifest)
@@ -35,8 +39,8 @@ def copy_store(src: str, dst: str, src_options: dict | None = None, dst_options:
     if missing:
         raise StoreError(f"{source.shown} lacks {len(missing)} file(s) its manifest records, e.g. {missing[0]}; "
                          f"run `latentstore verify {source.shown}`")
-    done = {"copied": 0, "skipped": 0, "bytes": 0}
-    for rel in [*files, MANIFEST]:
+
+    def copy_file(rel: str) -> tuple[str, int]:
         record = records.get(rel)
         data = source.read(rel)
         problem = check_bytes(data, record)
@@ -45,17 +49,29 @@ def copy_store(src: str, dst: str, src_options: dict | None = None, dst_options:
                              f"`latentstore verify {source.shown}`")
         digest = hashlib.sha256(data).hexdigest()
         if rel != MANIFEST and target.exists(rel) and hashlib.sha256(target.read(rel)).hexdigest() == digest:
-            done["skipped"] += 1
-            if progress:
-                progress(rel, "present")
-            continue
-        target.write(rel, data)
-        arrived = target.read(rel)
-        if hashlib.sha256(arrived).hexdigest() != digest or check_bytes(arrived, record):
-            raise StoreError(f"{target.where(rel)}: the copy differs from the source after writing "
-                             "(sha256); rerun `latentstore copy` to write it again")
-        done["copied"] += 1
-        done["bytes"] += len(data)
+            what = "present"
+        else:
+            target.write(rel, data)
+            arrived = target.read(rel)
+            if hashlib.sha256(arrived).hexdigest() != digest or check_bytes(arrived, record):
+                raise StoreError(f"{target.where(rel)}: the copy differs from the source after writing "
+                                 "(sha256); rerun `latentstore copy` to write it again")
+            what = "copied"
         if progress:
-            progress(rel, "copied")
+            progress(rel, what)
+        return what, len(data) if what == "copied" else 0
+
+    done = {"copied": 0, "skipped": 0, "bytes": 0}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        copies = [pool.submit(copy_file, rel) for rel in files]
+        try:
+            results = [c.result() for c in copies]
+        except BaseException:  # the first error stops the copy: what is not started is not started
+            for c in copies:
+                c.cancel()
+            raise
+    results.append(copy_file(MANIFEST))  # last, once every other file is there
+    for what, size in results:
+        done["copied" if what == "copied" else "skipped"] += 1
+        done["bytes"] += size
     return done

@@ -136,7 +136,11 @@ class Location:
         return self._retry(rel, lambda: self.fs.cat_file(self._path(rel), start=0, end=size))
 
     def write(self, rel: str, data: bytes) -> None:
-        self._retry(rel, lambda: self.fs.pipe_file(self._path(rel), data))
+        from fsspec.implementations.local import LocalFileSystem
+        path = self._path(rel)
+        if isinstance(self.fs, LocalFileSystem):  # a folder's subfolders are made first (object stores have none)
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._retry(rel, lambda: self.fs.pipe_file(path, data))
 
     def exists(self, rel: str) -> bool:
         return self._retry(rel, lambda: self.fs.exists(self._path(rel)))
