@@ -113,6 +113,19 @@ def test_a_copy_with_a_damaged_source_file_stops_without_a_manifest_and_resumes_
     assert_same(samples(open_store(target)), samples(open_store(local)))
 
 
+def test_a_copy_of_big_files_runs_fewer_jobs_than_asked(local, tmp_path, monkeypatch):
+    """Each job holds a file twice in memory: with room for one largest file, one job copies them all."""
+    import threading
+    import latentstore.commands.copy as copy
+    largest = max(p.stat().st_size for p in Path(local).rglob("*.tar"))
+    monkeypatch.setattr(copy, "MEMORY", 2 * largest)
+    threads = set()
+    done = copy.copy_store(str(local), str(tmp_path / "target"), jobs=8,
+                           progress=lambda rel, what: rel == "manifest.json" or threads.add(threading.get_ident()))
+    files = [p for p in Path(local).rglob("*") if p.is_file() and not p.name.startswith(".")]  # not lock files
+    assert len(threads) == 1 and done["copied"] == len(files)
+
+
 def test_verify_and_info_read_a_store_url(published, capsys):
     assert cli_main(["verify", published, "--no-sources", "--quiet"]) in (0, None)
     assert "OK" in capsys.readouterr().out

@@ -315,7 +315,8 @@ def info(store, as_json, teacher_error, list_keys):
 @click.argument("src", type=StoreArg())
 @click.argument("dst")
 @click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Files copied at a time (each holds a file in memory, twice while it is read back).")
+              help="Files copied at a time; fewer where a store's largest files would hold more than 4 GiB in "
+                   "memory (each is held twice while it is read back).")
 @click.option("--quiet", is_flag=True, help="No per-file lines.")
 def copy_command(src, dst, jobs, quiet):
     """Copy store SRC to DST (folders or URLs: s3://bucket/prefix, gs://, ...), each file's digest checked on

@@ -19,6 +19,7 @@ from ..store.paths import shard_files
 from ..store.remote import local_root
 
 JOBS = 8  # files copied at a time
+MEMORY = 4 << 30  # at most this many bytes of files held at once (each twice while read back): fewer jobs for big files
 
 
 def _records(manifest: dict) -> dict:
@@ -29,7 +30,8 @@ def _records(manifest: dict) -> dict:
 def copy_store(src: str, dst: str, src_options: dict | None = None, dst_options: dict | None = None,
                progress: Callable[[str, str], None] | None = None, jobs: int = JOBS) -> dict:
     """Copy store `src` to `dst`, `jobs` files at a time (each file is a few round trips to object storage:
-    read, look for it at the destination, write, read back); returns {"copied": n, "skipped": n, "bytes": n}.
+    read, look for it at the destination, write, read back), fewer where its largest files would hold more
+    than MEMORY in memory; returns {"copied": n, "skipped": n, "bytes": n}.
     `progress(rel, what)` is called per file ("copied" or "present"), from the copying threads."""
     manifest = read_manifest(local_root(src, src_options)[0] if is_url(src) else src)
     source, target = Location(src, src_options), Location(dst, dst_options)
@@ -61,8 +63,10 @@ def copy_store(src: str, dst: str, src_options: dict | None = None, dst_options:
             progress(rel, what)
         return what, len(data) if what == "copied" else 0
 
+    largest = max((r["bytes"] for r in records.values()), default=0)
+    jobs = max(1, min(jobs, MEMORY // max(2 * largest, 1)))
     done = {"copied": 0, "skipped": 0, "bytes": 0}
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    with ThreadPoolExecutor(jobs) as pool:
         copies = [pool.submit(copy_file, rel) for rel in files]
         try:
             results = [c.result() for c in copies]
