@@ -460,6 +460,8 @@ def main(argv=None) -> int:
               f"machine's {os.cpu_count()} cores before the loader reads a sample")
     for name in ("store", "floor"):  # pass 0 starts the workers: later passes show a pass's own start-up
         firsts = [r["first_ms"] / r["steady_ms"] for r in rows if r["name"] == name and r["workers"] == 2][1:]
+        if not firsts:  # --passes 1
+            continue
         print(f"{name}, 2 workers, passes 1+: first batch {statistics.median(firsts):.1f}x a steady batch of "
               f"its pass (median; {min(firsts):.1f}-{max(firsts):.1f}x) (target 2x)")
     return 0
