@@ -67,7 +67,7 @@ def zarr_twin(store: Path) -> Path:
     return out
 
 
-def build_store(work: Path, images: int) -> Path:
+def build_store(work: Path, images: int, encoders: int = 1) -> Path:
     from PIL import Image
     from latentstore.build.run import BuildConfig, build
     out = work / f"store-{images}"
@@ -81,7 +81,8 @@ def build_store(work: Path, images: int) -> Path:
         photo = Image.open(photos[i % len(photos)]).convert("RGB")
         photo.resize((240 + i % 50, 236 + i % 30)).save(folder / f"{i}.png")
     build(BuildConfig(coder="bmshj2018-hyperprior", quality=1, weights="untrained", dataset="imagefolder",
-                      split="train", variants=VARIANTS, crop=224, root=str(root), out=str(out), shard_size=64),
+                      split="train", variants=VARIANTS, crop=224, root=str(root), out=str(out), shard_size=64,
+                      encoders=encoders),
           progress=False)
     return out
 
@@ -370,6 +371,8 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--latency", type=float, default=20.0, help="ms added per request by the proxy")
     ap.add_argument("--no-remote", action="store_true")
+    ap.add_argument("--encoders", type=int, default=1,
+                    help="encoder processes of the store's one build (the same bytes at any count)")
     ap.add_argument("--split-cpus", action="store_true",
                     help="servers and proxy on half of the CPUs, the loader on the other half (see above)")
     a = ap.parse_args(argv)
@@ -383,7 +386,7 @@ def main(argv=None) -> int:
     import conftest  # noqa: F401  the portable numerics pins, as the tests build
     from latentstore.commands.copy import copy_store
 
-    store = build_store(a.work, a.images)
+    store = build_store(a.work, a.images, a.encoders)
     zstore = zarr_twin(store)
     probe = open_bench_store(store, shuffle=False)
     y = next(iter(probe))["y_hat"]
