@@ -37,8 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=64, help="images; samples = images x 16 variants")
     ap.add_argument("--latency", type=float, default=20.0, help="ms added per request by the proxy")
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(bench.REPO / "tests"))
-    import conftest  # noqa: F401  the portable numerics pins, as the tests build
+    bench.portable_numerics()
     from latentstore.commands.copy import JOBS
 
     store = bench.build_store(a.work, a.images)

@@ -57,6 +57,15 @@ VARIANTS = 16
 FIELDS = ("y_hat", "label")
 
 
+def portable_numerics() -> None:
+    """The portable numerics pins and the store's torch thread count, as tests/conftest.py sets them for the
+    tests' in-process builds (importing it would need pytest, which the GPU machine lacks)."""
+    from latentstore.store.numerics import PORTABLE_ENV
+    from latentstore.store.threads import STORE_THREADS
+    os.environ.update(PORTABLE_ENV)
+    torch.set_num_threads(STORE_THREADS)
+
+
 def zarr_twin(store: Path) -> Path:
     """The same samples as a Zarr store (``latentstore convert``), built once beside `store`: each field in
     arrays of its own, so a remote reader of ŷ and labels fetches only those (a tar shard is fetched whole)."""
@@ -382,8 +391,7 @@ def main(argv=None) -> int:
         print(f"--split-cpus: the loader on CPUs {sorted(loader_cpus)}, servers and proxy on {sorted(SERVER_CPUS)}")
     if a.images < 32:
         ap.error("--images must be at least 32: a variant must fill a batch of 32")
-    sys.path.insert(0, str(REPO / "tests"))
-    import conftest  # noqa: F401  the portable numerics pins, as the tests build
+    portable_numerics()
     from latentstore.commands.copy import copy_store
 
     store = build_store(a.work, a.images, a.encoders)
