@@ -189,11 +189,17 @@ def test_a_killed_encoder_process_stops_the_build_with_a_clear_error(tiny_folder
 @pytest.mark.slow  # ~45 s: an interrupted CLI build with two encoder processes, its rerun and verify
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_stops_a_build_with_encoder_processes_cleanly(tiny_folder, tmp_path):
-    out, stderr = tmp_path / "s", tmp_path / "stderr"
-    with build_under_way(tiny_folder, out, stderr) as (parent, kids, _):
-        os.killpg(parent.pid, signal.SIGINT)            # as Ctrl-C in a terminal: to the whole process group
-        code = stopped_within(parent, 20, "Ctrl-C")
-        left = wait_gone(kids, 5)
+    for attempt in range(3):
+        out, stderr = tmp_path / f"s{attempt}", tmp_path / f"stderr{attempt}"
+        with build_under_way(tiny_folder, out, stderr) as (parent, kids, _):
+            os.killpg(parent.pid, signal.SIGINT)        # as Ctrl-C in a terminal: to the whole process group
+            code = stopped_within(parent, 20, "Ctrl-C")
+            left = wait_gone(kids, 5)
+        # Finished (0, seen once in a full parallel run): the signal landed after the last commit, as when a
+        # busy machine leaves the parent the CPU only once both encoders are done and it commits the groups
+        # in one burst. Interrupt a fresh build then; a Ctrl-C that is ignored fails all three.
+        if code != 0:
+            break
     message = stderr.read_text()
     assert code == 130, message
     assert "Traceback" not in message and len(message.strip().splitlines()) <= 2, message
