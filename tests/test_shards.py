@@ -61,6 +61,24 @@ def test_exception_inside_writer_commits_nothing(tmp_path):
     assert os.listdir(tmp_path / "train") == []
 
 
+def test_an_interrupt_while_a_group_opens_its_files_leaves_none(tmp_path, monkeypatch):
+    """Ctrl-C can land while the writer creates a group's temporary shards (one per variant): the with-block
+    never started, so its exit does not clean up; the entry must (a parallel build's Ctrl-C test left 4 of 6)."""
+    import latentstore.store.tar.writer as writer
+    opened, real = [], writer._HashingFile
+
+    def interrupted_at_the_third(path):
+        opened.append(real(path))
+        if len(opened) == 3:
+            raise KeyboardInterrupt
+        return opened[-1]
+    monkeypatch.setattr(writer, "_HashingFile", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        with GroupCommit(tmp_path, "webdataset", layout(1, 6)):
+            pass
+    assert len(opened) == 3 and os.listdir(tmp_path / "train") == []
+
+
 def test_reader_round_trip(tmp_path):
     record = write_group(tmp_path)
     shard = record["shards"][0]

@@ -56,7 +56,11 @@ class GroupCommit:
         self._committed = False
 
     def __enter__(self) -> "GroupCommit":
-        self._writer.open()
+        try:
+            self._writer.open()
+        except BaseException:  # a Ctrl-C inside open(): __exit__ does not run, and open() made temporaries
+            self._writer.discard()
+            raise
         return self
 
     def write(self, sample: Sample) -> None:
