@@ -5,12 +5,8 @@
 #   SMOKE=1 bash benchmarks/bench_gpu.sh     # any machine, tiny sizes (2-3 min on 2 cores)
 # Runs from the tree (PYTHONPATH), untrained weights, generated images: nothing is downloaded.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-cd "$here"
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 OUT=${OUT:-/tmp/bench_gpu}
-PY=${PYTHON:-python3}
 args=(--out "$OUT")
 [ -n "${SMOKE:-}" ] && args+=(--smoke)
 exec "$PY" benchmarks/bench_gpu.py "${args[@]}" "$@"

@@ -8,12 +8,8 @@
 #   SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/bench_remote_device.sh   # any machine: 32 images, 1 pass
 # The printed table and ratios land in $OUT/bench_workers.txt. No nginx there: its rows are left out.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-cd "$here"
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 OUT=${OUT:-/tmp/bench_remote}
-PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 images=512 passes=3   # 8,192 samples, the issue's size
 [ -n "${SMOKE:-}" ] && images=32 passes=1
