@@ -158,18 +158,13 @@ class LatentDataset(IterableDataset):
         shard, index = self._key_index().locate(key)
         fields = self.teacher.read_fields(self.fields)
         with self._held(shard):
-            try:
-                if self.backend == "zarr":
-                    from ..store.zarr.reader import KeyIndex
-                    if self._zarr_keys is None:
-                        self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
-                    sample = self._zarr_keys.get(key, fields)
-                else:
-                    sample = read_tar_sample(self.path, shard, index, key, fields)
-            except StoreError as exc:
-                if self.remote is None:
-                    raise
-                raise self.remote.cached_error(exc, shard) from exc
+            if self.backend == "zarr":
+                from ..store.zarr.reader import KeyIndex
+                if self._zarr_keys is None:
+                    self._zarr_keys = KeyIndex(self.path, self.manifest, self.split)
+                sample = self._zarr_keys.get(key, fields)
+            else:
+                sample = read_tar_sample(self.path, shard, index, key, fields)
         return stages.as_dict(sample, self.teacher, self.options.y_hat_dtype)
 
     def _key_index(self) -> SplitKeys:
@@ -340,7 +335,8 @@ class LatentDataset(IterableDataset):
             yield from self.remote.named(records, shard) if self.remote else records
 
     def _held(self, shard: dict):
-        """A remote store's shard fetched and pinned in the local mirror while it is read; nothing locally."""
+        """A remote store's shard fetched and pinned in the local mirror while it is read, its errors naming its
+        URL; nothing locally."""
         return self.remote.held(shard, self._arrays) if self.remote else contextlib.nullcontext()
 
     def _prefetcher(self, shards: list, order: EpochOrder, units: list, upcoming):

@@ -138,22 +138,12 @@ class Remote(Location):
             return False
 
     def named(self, records, shard: dict):
-        """A reader's `records` (Samples, ReadErrors) of `shard`, read from the mirror, with each error naming
-        the shard by its URL; a strict reader's error as `cached_error` makes it."""
-        try:
-            for record in records:
-                if isinstance(record, ReadError):
-                    record = dataclasses.replace(record, message=self._url_in(record.message, shard))
-                yield record
-        except StoreError as exc:
-            raise self.cached_error(exc, shard) from exc
-
-    def cached_error(self, exc: StoreError, shard: dict) -> StoreError:
-        """A reader's error about `shard` as read from the mirror: the shard named by its URL, and where the
-        copy it read lies (damaged in the cache while the bucket's is sound, it is to be deleted)."""
-        return StoreError(f"{self._url_in(str(exc), shard)} (read from its copy in the cache, "
-                          f"{self.mirror / shard['path']}: should `latentstore verify {self.shown}` find the "
-                          "store sound, delete that copy)")
+        """A lenient reader's `records` (Samples, ReadErrors) of `shard`, read from the mirror, with each
+        ReadError naming the shard by its URL (a strict reader's error: `held`)."""
+        for record in records:
+            if isinstance(record, ReadError):
+                record = dataclasses.replace(record, message=self._url_in(record.message, shard))
+            yield record
 
     def _url_in(self, text: str, shard: dict) -> str:
         return text.replace(f"shard {shard['path']}", f"shard {self.where(shard['path'])}", 1)
@@ -220,10 +210,15 @@ class Remote(Location):
     @contextmanager
     def held(self, shard: dict, arrays=None):
         """The shard's files (`arrays`: as for `shard_files`) fetched and pinned for the body of the with-block,
-        released after it."""
+        released after it. A reader's StoreError in the body names the shard by its URL, and the copy it read
+        (damaged in the cache while the bucket's is sound, that copy is to be deleted)."""
         self.fetch_shard(shard, arrays)
         try:
             yield
+        except StoreError as exc:
+            raise StoreError(f"{self._url_in(str(exc), shard)} (read from its copy in the cache, "
+                             f"{self.mirror / shard['path']}: should `latentstore verify {self.shown}` find the "
+                             "store sound, delete that copy)") from exc
         finally:
             self.release(shard)
 
